@@ -1,0 +1,61 @@
+"""Checks on the arrays handed to public functions (dtype, rank, backend)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import backend
+
+SUPPORTED_KINDS = ("f", "c")
+
+
+def as_array(value: Any, name: str) -> Any:
+    """``value`` as an ndarray of its own backend (foreign arrays go through ``asarray``)."""
+    owner = backend.backend_of(value)
+    if owner.owns(value):
+        return value
+    if value is None:
+        raise TypeError(f"{name} must be an array, got None")
+    try:
+        array = backend.asarray(value)
+    except TypeError as exc:
+        raise TypeError(f"{name}: {exc}") from exc
+    if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+    return array
+
+
+def check_float(array: Any, name: str) -> None:
+    kind = backend.scalar_kind(array.dtype)
+    if kind not in SUPPORTED_KINDS:
+        raise TypeError(
+            f"{name} must have a floating or complex dtype (float16, float32, float64, "
+            f"complex64, complex128), got {array.dtype}"
+        )
+
+
+def check_same_dtype(**arrays: Any) -> None:
+    """All non-None arrays share one dtype; otherwise a TypeError naming each."""
+    named = [(name, a) for name, a in arrays.items() if a is not None]
+    dtypes = {a.dtype for _, a in named}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{name} is {a.dtype}" for name, a in named)
+        raise TypeError(
+            f"arrays must share one dtype ({listing}); cast them explicitly, "
+            f"e.g. weight.astype(x.dtype)"
+        )
+
+
+def check_ndim(array: Any, name: str, allowed: tuple[int, ...], meaning: str) -> None:
+    if array.ndim not in allowed:
+        expected = " or ".join(str(n) for n in allowed)
+        raise ValueError(
+            f"{name} must be {expected}-dimensional ({meaning}), got shape {tuple(array.shape)}"
+        )
+
+
+def prepare(name: str, value: Any) -> Any:
+    """Common entry check: an array of a floating or complex dtype."""
+    array = as_array(value, name)
+    check_float(array, name)
+    return array

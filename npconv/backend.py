@@ -1,0 +1,262 @@
+"""Array backends: the only module of npconv that imports NumPy or CuPy.
+
+Every other module asks this one for an array module (``xp``) and calls
+``xp.zeros``, ``xp.matmul`` and so on, so one code path serves NumPy and CuPy.
+The backend of a call is decided by the arrays it is given (a CuPy array is
+computed on CuPy); the *active* backend, chosen with ``NPCONV_BACKEND`` or
+:func:`set_backend`, is used only to allocate new arrays (``npconv.xp``) and to
+convert foreign inputs (:func:`asarray`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy
+
+BACKENDS = ("numpy", "cupy")
+
+
+class Backend:
+    """One array library: how to import it and what its arrays can do."""
+
+    name = ""
+
+    def module(self) -> ModuleType:
+        raise NotImplementedError
+
+    def owns(self, array: Any) -> bool:
+        """True if ``array`` is an ndarray of this backend (checked without importing it)."""
+        raise NotImplementedError
+
+    def as_strided(self, x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        raise NotImplementedError
+
+    def from_dlpack(self, obj: Any) -> Any:
+        raise NotImplementedError
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+    def module(self) -> ModuleType:
+        return numpy
+
+    def owns(self, array: Any) -> bool:
+        return isinstance(array, numpy.ndarray)
+
+    def as_strided(self, x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        return numpy.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
+
+    def from_dlpack(self, obj: Any) -> Any:
+        return numpy.from_dlpack(obj)
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+    _cupy: ModuleType | None = None
+
+    def module(self) -> ModuleType:
+        if self._cupy is None:
+            try:
+                cupy = importlib.import_module("cupy")
+            except ImportError as exc:
+                raise ImportError(
+                    "the 'cupy' backend needs CuPy: install it with "
+                    "`pip install npconv[cuda12x]` (or [cuda13x] for CUDA 13)"
+                ) from exc
+            if not cupy.is_available():
+                raise RuntimeError(
+                    "the 'cupy' backend needs a usable CUDA GPU, but cupy.is_available() "
+                    "is False on this machine; use NPCONV_BACKEND=numpy"
+                )
+            CupyBackend._cupy = cupy
+        return self._cupy  # type: ignore[return-value]
+
+    def owns(self, array: Any) -> bool:
+        # Look at the type's module instead of importing CuPy: a NumPy-only
+        # session must never pay for (or fail on) a CuPy import.
+        return type(array).__module__.split(".")[0] == "cupy" and hasattr(array, "strides")
+
+    def as_strided(self, x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        # CuPy arrays carry no read-only flag, so the view is writable there.
+        return self.module().lib.stride_tricks.as_strided(x, shape, strides)
+
+    def from_dlpack(self, obj: Any) -> Any:
+        return self.module().from_dlpack(obj)
+
+
+_REGISTRY: dict[str, Backend] = {"numpy": NumpyBackend(), "cupy": CupyBackend()}
+
+
+def _lookup(name: Any, source: str) -> Backend:
+    if not isinstance(name, str) or name.strip().lower() not in _REGISTRY:
+        raise ValueError(
+            f"{source} must be one of {', '.join(repr(b) for b in BACKENDS)}, got {name!r}"
+        )
+    backend = _REGISTRY[name.strip().lower()]
+    backend.module()  # fail now, with an install hint, rather than at the first call
+    return backend
+
+
+def _from_environment() -> Backend:
+    value = os.environ.get("NPCONV_BACKEND", "")
+    return _lookup(value or "numpy", "NPCONV_BACKEND")
+
+
+_active: Backend = _from_environment()
+
+
+def get_backend() -> str:
+    """Name of the active backend, ``'numpy'`` or ``'cupy'``.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> npconv.get_backend()
+    'numpy'
+    """
+    return _active.name
+
+
+def set_backend(name: str) -> None:
+    """Make ``name`` (``'numpy'`` or ``'cupy'``) the active backend.
+
+    The active backend decides where new arrays are allocated (``npconv.xp``)
+    and where :func:`asarray` puts foreign arrays. Functions given NumPy or
+    CuPy arrays always compute with the library that owns them.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known backend.
+    ImportError, RuntimeError
+        If ``name`` is ``'cupy'`` and CuPy or a GPU is missing.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> npconv.set_backend("numpy")
+    >>> npconv.xp.__name__
+    'numpy'
+    """
+    global _active
+    _active = _lookup(name, "backend name")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[ModuleType]:
+    """Context manager that activates a backend and restores the previous one.
+
+    Yields the backend's array module.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> with npconv.use_backend("numpy") as xp:
+    ...     x = xp.ones((1, 1, 3, 3))
+    >>> type(x).__module__
+    'numpy'
+    """
+    global _active
+    previous = _active
+    _active = _lookup(name, "backend name")
+    try:
+        yield _active.module()
+    finally:
+        _active = previous
+
+
+def active_module() -> ModuleType:
+    """The active backend's array module (``numpy`` or ``cupy``)."""
+    return _active.module()
+
+
+def backend_of(*arrays: Any) -> Backend:
+    """The backend owning ``arrays`` (``None`` entries are skipped).
+
+    Raises ``TypeError`` if NumPy and CuPy arrays are mixed. Non-array inputs
+    leave the choice to the active backend.
+    """
+    found: Backend | None = None
+    for array in arrays:
+        if array is None:
+            continue
+        for backend in _REGISTRY.values():
+            if backend.owns(array):
+                if found is not None and found is not backend:
+                    raise TypeError(
+                        "cannot mix NumPy and CuPy arrays in one call; move them to one "
+                        "backend first (npconv.asarray converts through DLPack)"
+                    )
+                found = backend
+                break
+    return found if found is not None else _active
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """Array module (``numpy`` or ``cupy``) that computes on ``arrays``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> npconv.get_array_module(np.zeros(3)).__name__
+    'numpy'
+    """
+    return backend_of(*arrays).module()
+
+
+def as_strided_view(x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+    """Zero-copy view of ``x`` with the given shape and byte strides (read-only on NumPy)."""
+    return backend_of(x).as_strided(x, tuple(shape), tuple(strides))
+
+
+def asarray(obj: Any) -> Any:
+    """Bring an array into the active backend, without a copy where possible.
+
+    NumPy and CuPy arrays of the active backend are returned as they are.
+    Anything that speaks DLPack (a torch tensor, a CuPy array, a JAX array)
+    is imported through DLPack, which shares memory; other array-likes
+    (lists, objects with ``__array__``) are converted with ``xp.asarray``.
+
+    Raises
+    ------
+    TypeError
+        If the object cannot be shared, e.g. a torch tensor that requires grad
+        or a GPU array while the active backend is NumPy.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> npconv.asarray([[1.0, 2.0]]).shape
+    (1, 2)
+    """
+    if _active.owns(obj):
+        return obj
+    if hasattr(obj, "__dlpack__"):
+        try:
+            return _active.from_dlpack(obj)
+        except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TypeError(
+                f"asarray: cannot share a {type(obj).__module__}.{type(obj).__name__} with the "
+                f"{_active.name} backend through DLPack ({detail}); detach it from autograd "
+                f"and move it to the backend's device first (e.g. tensor.detach().cpu() "
+                f"for NumPy)"
+            ) from exc
+    return _active.module().asarray(obj)
+
+
+def scalar_kind(dtype: Any) -> str:
+    """NumPy's kind code of a dtype ('f' float, 'c' complex, 'i'/'u' int, 'b' bool)."""
+    return numpy.dtype(dtype).kind
+
+
+def numpy_dtype(dtype: Any) -> Any:
+    """A dtype specifier turned into a ``numpy.dtype`` (CuPy uses NumPy's dtypes)."""
+    return numpy.dtype(dtype)

@@ -1,0 +1,750 @@
+"""Convolution of any spatial rank, its hand-derived gradients, and its adjoint.
+
+Layout: x (N, C, *in), weight (O, C/g, *k), bias (O,), grad_output gy
+(N, O, *out); the patch view of x is (N, C, *k, *out). With K = prod(k),
+L = prod(out) and g groups, each formula below is one matmul per batch chunk:
+
+    forward      y[n]  = W (g, O/g, C/g*K) @ cols[n] (g, C/g*K, L)
+    grad weight  gW    = sum_n gy[n] (g, O/g, L) @ cols[n]^T (g, L, C/g*K)
+    grad input   gx    = fold( W^T (g, C/g*K, O/g) @ gy[n] (g, O/g, L) )
+    grad bias    gb    = sum over (N, *out) of gy
+
+A transposed convolution is the adjoint of a convolution: its forward is the
+grad-input map above, and its gradients are the forward and grad-weight maps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import backend, workspace
+from ._validate import check_ndim, check_same_dtype, prepare
+from .geometry import ConvGeometry, IntOrTuple, Padding, as_int, check_padding_mode
+from .patches import fold_add, pad, window_view
+
+ALGORITHMS = ("auto", "im2col", "direct")
+
+
+# --------------------------------------------------------------------------- batch chunks
+
+
+class _Windows:
+    """Patch views of a batch, one chunk at a time, padding each chunk on the fly.
+
+    Padding per chunk keeps the padded copy small and in cache; the zero
+    border of the reused buffer is written once.
+    """
+
+    def __init__(self, x: Any, geometry: ConvGeometry, chunk: int, view: Any = None):
+        self.x, self.geometry, self.view = x, geometry, view
+        self.buffer = None
+        if view is None and geometry.has_padding and geometry.padding_mode == "zeros":
+            xp = backend.get_array_module(x)
+            shape = (min(chunk, x.shape[0]), x.shape[1]) + geometry.padded_size
+            self.buffer = xp.zeros(shape, dtype=x.dtype)
+
+    def __call__(self, start: int, stop: int) -> Any:
+        if self.view is not None:
+            return self.view[start:stop]
+        g = self.geometry
+        if self.buffer is None:
+            return window_view(pad(self.x[start:stop], g), g)
+        padded = self.buffer[: stop - start]
+        interior = (slice(None), slice(None)) + tuple(
+            slice(lo, lo + n) for n, (lo, _) in zip(g.in_size, g.pads)
+        )
+        padded[interior] = self.x[start:stop]
+        return window_view(padded, g)
+
+
+def _flat_buffer(xp: Any, size: int, dtype: Any) -> Any:
+    return xp.empty(size, dtype=dtype)
+
+
+def _take(flat: Any, shape: tuple[int, ...]) -> Any:
+    """The first prod(shape) elements of a flat buffer, as a contiguous array of ``shape``."""
+    return flat[: math.prod(shape)].reshape(shape)
+
+
+def _conj(xp: Any, a: Any) -> Any:
+    # torch's gradients of complex convolutions use the conjugate (adjoint) operator.
+    return xp.conj(a) if backend.scalar_kind(a.dtype) == "c" else a
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _forward(
+    x: Any, weight: Any, bias: Any, geometry: ConvGeometry, groups: int, algorithm: str,
+    view: Any = None,
+) -> Any:
+    """y (N, O, *out) = conv(x, weight) + bias, chunked over the batch."""
+    xp = backend.get_array_module(x, weight)
+    n, c = x.shape[:2]
+    o = weight.shape[0]
+    g, k_vol, length = groups, geometry.kernel_volume, geometry.out_volume
+    y = xp.empty((n, o) + geometry.out_size, dtype=x.dtype)
+    if n == 0 or length == 0:
+        return y
+    w = weight.reshape(g, o // g, (c // g) * k_vol)  # (g, O/g, C/g*K)
+    bias_col = None if bias is None else bias.reshape(1, o, 1)
+
+    if view is None and _is_pointwise(geometry) and algorithm in ("auto", "direct"):
+        # 1x1, stride 1, no padding: the input already is its im2col matrix.
+        cols = x.reshape(n, g, c // g, length)
+        xp.matmul(w, cols, out=y.reshape(n, g, o // g, length))
+        if bias_col is not None:
+            y.reshape(n, o, length)[...] += bias_col
+        return y
+
+    per_image = c * k_vol * length * x.dtype.itemsize
+    chunk = workspace.chunk_length(per_image, n)
+    windows = _Windows(x, geometry, chunk, view)
+    flat = _flat_buffer(xp, chunk * c * k_vol * length, x.dtype)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        cols = _take(flat, (b, c) + geometry.kernel + geometry.out_size)
+        cols[...] = windows(start, stop)
+        y_chunk = y[start:stop].reshape(b, g, o // g, length)
+        # (g, O/g, C/g*K) @ (b, g, C/g*K, L) -> (b, g, O/g, L), written straight into NCHW
+        xp.matmul(w, cols.reshape(b, g, (c // g) * k_vol, length), out=y_chunk)
+        if bias_col is not None:
+            y_chunk.reshape(b, o, length)[...] += bias_col
+    return y
+
+
+def _is_pointwise(geometry: ConvGeometry) -> bool:
+    return (
+        geometry.kernel_volume == 1
+        and all(s == 1 for s in geometry.stride)
+        and not geometry.has_padding
+        and geometry.in_size == geometry.out_size
+    )
+
+
+def _backward(
+    grad_output: Any,
+    x: Any,
+    weight: Any,
+    geometry: ConvGeometry,
+    groups: int,
+    need_input: bool = True,
+    need_weight: bool = True,
+    input_channels: int | None = None,
+    view: Any = None,
+    adjoint: bool = True,
+) -> tuple[Any, Any]:
+    """(grad_input, grad_weight) of y = conv(x, weight); either may be skipped (None).
+
+    ``x`` may be None when only grad_input is needed (then ``input_channels``
+    gives C): that is the forward of a transposed convolution, which for
+    complex dtypes is the transpose, not the adjoint (``adjoint=False``).
+    """
+    xp = backend.get_array_module(grad_output, x, weight)
+    gy = grad_output
+    n, o = gy.shape[:2]
+    c = x.shape[1] if x is not None else input_channels
+    assert c is not None
+    g, k_vol, length = groups, geometry.kernel_volume, geometry.out_volume
+    cg, og = c // g, o // g
+    dtype = gy.dtype
+    grad_input = xp.zeros((n, c) + geometry.in_size, dtype=dtype) if need_input else None
+    grad_weight = xp.zeros((g, og, cg * k_vol), dtype=dtype) if need_weight else None
+    w_t = (_conj(xp, weight) if adjoint else weight).reshape(g, og, cg * k_vol).transpose(0, 2, 1)  # (g, C/g*K, O/g)
+    if n == 0 or length == 0:
+        return grad_input, _weight_shape(grad_weight, weight)
+
+    if view is None and _is_pointwise(geometry):
+        gy3 = gy.reshape(n, g, og, length)
+        if need_weight:
+            xc = _conj(xp, x).reshape(n, g, cg, length)
+            # sum_n (g, O/g, L) @ (g, L, C/g) -> (g, O/g, C/g)
+            grad_weight[...] = xp.matmul(gy3, xc.transpose(0, 1, 3, 2)).sum(axis=0)
+        if need_input:
+            # (g, C/g, O/g) @ (n, g, O/g, L) -> (n, g, C/g, L)
+            xp.matmul(w_t, gy3, out=grad_input.reshape(n, g, cg, length))
+        return grad_input, _weight_shape(grad_weight, weight)
+
+    per_image = (c * k_vol + o) * length * dtype.itemsize
+    chunk = workspace.chunk_length(per_image, n)
+    windows = _Windows(x, geometry, chunk, view) if need_weight else None
+    flat = _flat_buffer(xp, chunk * c * k_vol * length, dtype)
+    flat_gy = _flat_buffer(xp, chunk * o * length, dtype)
+    partial = xp.empty_like(grad_weight) if need_weight else None
+    nd = geometry.nd
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        # Columns laid out (C, *k, b, *out) so that b and L merge into one contraction axis.
+        cols = _take(flat, (c,) + geometry.kernel + (b,) + geometry.out_size)
+        cols_2d = cols.reshape(g, cg * k_vol, b * length)
+        gy_c = _take(flat_gy, (o, b) + geometry.out_size)
+        gy_c[...] = xp.moveaxis(gy[start:stop], 0, 1)
+        gy_2d = gy_c.reshape(g, og, b * length)
+        if need_weight:
+            assert windows is not None and partial is not None
+            cols[...] = xp.moveaxis(windows(start, stop), 0, 1 + nd)
+            # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over chunks
+            xp.matmul(gy_2d, _conj(xp, cols_2d).transpose(0, 2, 1), out=partial)
+            grad_weight += partial
+        if need_input:
+            # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL): the column gradient, then fold
+            xp.matmul(w_t, gy_2d, out=cols_2d)
+            fold_add(grad_input[start:stop], xp.moveaxis(cols, 1 + nd, 0), geometry)
+    return grad_input, _weight_shape(grad_weight, weight)
+
+
+def _weight_shape(grad_weight: Any, weight: Any) -> Any:
+    return None if grad_weight is None else grad_weight.reshape(weight.shape)
+
+
+def _sum_bias(grad_output: Any) -> Any:
+    axes = (0,) + tuple(range(2, grad_output.ndim))
+    return grad_output.sum(axis=axes)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_algorithm(algorithm: object) -> str:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    return algorithm  # type: ignore[return-value]
+
+
+def _check_groups(groups: object, in_channels: int, out_channels: int, transposed: bool) -> int:
+    g = as_int(groups, "groups")
+    if g < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    if in_channels % g:
+        raise ValueError(f"groups={g} must divide the {in_channels} input channels")
+    if out_channels % g:
+        raise ValueError(f"groups={g} must divide the {out_channels} output channels")
+    return g
+
+
+def _prepare_arrays(nd: int | None, x: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any, int]:
+    backend.backend_of(x, weight, bias)  # TypeError on a NumPy/CuPy mix
+    x = prepare("x", x)
+    weight = prepare("weight", weight)
+    if bias is not None:
+        bias = prepare("bias", bias)
+    check_same_dtype(x=x, weight=weight, bias=bias)
+    if nd is None:
+        if weight.ndim < 3:
+            raise ValueError(
+                f"weight must have shape (out_channels, in_channels/groups, *kernel_size) "
+                f"with at least one spatial dim, got shape {tuple(weight.shape)}"
+            )
+        nd = weight.ndim - 2
+    else:
+        check_ndim(weight, "weight", (nd + 2,), f"(out, in/groups, *kernel) for {nd}-d")
+    check_ndim(x, "x", (nd + 1, nd + 2), f"(N, C, *spatial) or unbatched (C, *spatial), {nd}-d")
+    if any(k == 0 for k in weight.shape[2:]):
+        raise ValueError(f"weight has an empty kernel: shape {tuple(weight.shape)}")
+    return x, weight, bias, nd
+
+
+def _check_bias(bias: Any, channels: int) -> None:
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(f"bias must have shape ({channels},), got {tuple(bias.shape)}")
+
+
+def _conv_setup(
+    nd: int | None, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any,
+    groups: Any, padding_mode: Any,
+) -> tuple[Any, Any, Any, ConvGeometry, int, bool]:
+    x, weight, bias, nd = _prepare_arrays(nd, x, weight, bias)
+    batched = x.ndim == nd + 2
+    if not batched:
+        x = x[None]
+    c, o = x.shape[1], weight.shape[0]
+    g = _check_groups(groups, c, o, transposed=False)
+    if weight.shape[1] * g != c:
+        raise ValueError(
+            f"weight of shape {tuple(weight.shape)} with groups={g} expects "
+            f"{weight.shape[1] * g} input channels, but x has {c} (shape {tuple(x.shape)})"
+        )
+    _check_bias(bias, o)
+    check_padding_mode(padding_mode)
+    geometry = ConvGeometry.build(
+        x.shape[2:], tuple(weight.shape[2:]), stride, padding, dilation, padding_mode,
+        input_name="x",
+    )
+    return x, weight, bias, geometry, g, batched
+
+
+def _check_grad_output(grad_output: Any, expected: tuple[int, ...], batched: bool) -> Any:
+    gy = prepare("grad_output", grad_output)
+    if not batched:
+        if tuple(gy.shape) != expected[1:]:
+            raise ValueError(
+                f"grad_output must have shape {expected[1:]} (the output's), got {tuple(gy.shape)}"
+            )
+        return gy[None]
+    if tuple(gy.shape) != expected:
+        raise ValueError(
+            f"grad_output must have shape {expected} (the output's), got {tuple(gy.shape)}"
+        )
+    return gy
+
+
+# --------------------------------------------------------------------------- public: conv
+
+
+def conv(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    algorithm: str = "auto",
+    *,
+    _nd: int | None = None,
+) -> Any:
+    """N-d convolution (cross-correlation, as in deep learning), any number of spatial dims.
+
+    Equal to ``torch.nn.functional.conv1d/2d/3d`` for 1, 2, 3 spatial dims,
+    and to ``torch.nn.ConvNd(padding_mode=...)`` for non-zero padding modes.
+    The rank is taken from ``weight``.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, *spatial) or unbatched (C, *spatial)
+    weight : array, shape (O, C // groups, *kernel_size)
+    bias : array, shape (O,), optional
+    stride, dilation : int or tuple of ints
+    padding : int, tuple of ints, 'same' or 'valid'
+        'same' pads so the output has the input's size (stride 1 only); an odd
+        total goes to the high end, as in torch.
+    groups : int
+        Split channels into ``groups`` independent convolutions.
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
+    algorithm : {'auto', 'im2col', 'direct'}
+        'im2col' always builds column chunks; 'direct' and 'auto' let 1x1
+        convolutions skip im2col.
+
+    Returns
+    -------
+    y : array, shape (N, O, *out_size), dtype of ``x``
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x = np.ones((1, 1, 4, 4))
+    >>> w = np.ones((1, 1, 3, 3))
+    >>> npconv.conv(x, w, padding=1)[0, 0]
+    array([[4., 6., 6., 4.],
+           [6., 9., 9., 6.],
+           [6., 9., 9., 6.],
+           [4., 6., 6., 4.]])
+    """
+    algorithm = _check_algorithm(algorithm)
+    x, weight, bias, geometry, g, batched = _conv_setup(
+        _nd, x, weight, bias, stride, padding, dilation, groups, padding_mode
+    )
+    y = _forward(x, weight, bias, geometry, g, algorithm)
+    return y if batched else y[0]
+
+
+def conv_backward(
+    grad_output: Any,
+    x: Any,
+    weight: Any,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    algorithm: str = "auto",
+    *,
+    _nd: int | None = None,
+) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv` with respect to x, weight and bias.
+
+    Given ``grad_output`` = dL/dy for ``y = conv(x, weight, bias, ...)``,
+    returns ``(grad_input, grad_weight, grad_bias)``, equal to what torch
+    autograd computes (``grad_bias`` is returned whether or not the forward
+    had a bias).
+
+    Parameters
+    ----------
+    grad_output : array, shape of ``conv(x, weight, ...)``
+    x, weight, stride, padding, dilation, groups, padding_mode, algorithm
+        As given to :func:`conv`.
+
+    Returns
+    -------
+    grad_input : array, shape of ``x``
+    grad_weight : array, shape of ``weight``
+    grad_bias : array, shape (O,)
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x = np.ones((1, 1, 3, 3)); w = np.ones((1, 1, 2, 2))
+    >>> gx, gw, gb = npconv.conv_backward(np.ones((1, 1, 2, 2)), x, w)
+    >>> gx[0, 0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    >>> gw[0, 0], gb
+    (array([[4., 4.],
+           [4., 4.]]), array([4.]))
+    """
+    _check_algorithm(algorithm)
+    x, weight, _, geometry, g, batched = _conv_setup(
+        _nd, x, weight, None, stride, padding, dilation, groups, padding_mode
+    )
+    backend.backend_of(grad_output, x)
+    gy = _check_grad_output(
+        grad_output, (x.shape[0], weight.shape[0]) + geometry.out_size, batched
+    )
+    check_same_dtype(grad_output=gy, x=x)
+    grad_input, grad_weight = _backward(gy, x, weight, geometry, g)
+    return (grad_input if batched else grad_input[0]), grad_weight, _sum_bias(gy)
+
+
+# --------------------------------------------------------------------------- public: transposed
+
+
+def _transpose_setup(
+    nd: int | None, x: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+    output_padding: Any, groups: Any, dilation: Any,
+) -> tuple[Any, Any, Any, ConvGeometry, int, bool]:
+    x, weight, bias, nd = _prepare_arrays(nd, x, weight, bias)
+    batched = x.ndim == nd + 2
+    if not batched:
+        x = x[None]
+    c_in = x.shape[1]
+    g = as_int(groups, "groups")
+    if g < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    if weight.shape[0] != c_in:
+        raise ValueError(
+            f"weight of shape {tuple(weight.shape)} expects {weight.shape[0]} input channels "
+            f"(its first axis) for a transposed convolution, but x has {c_in} "
+            f"(shape {tuple(x.shape)})"
+        )
+    c_out = weight.shape[1] * g
+    _check_groups(g, c_in, c_out, transposed=True)
+    _check_bias(bias, c_out)
+    geometry = ConvGeometry.for_transpose(
+        x.shape[2:], tuple(weight.shape[2:]), stride, padding, output_padding, dilation
+    )
+    return x, weight, bias, geometry, g, batched
+
+
+def conv_transpose(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    output_padding: IntOrTuple = 0,
+    groups: int = 1,
+    dilation: IntOrTuple = 1,
+    *,
+    _nd: int | None = None,
+) -> Any:
+    """Transposed convolution (the adjoint of :func:`conv`), any number of spatial dims.
+
+    Equal to ``torch.nn.functional.conv_transpose1d/2d/3d``. It computes the
+    gradient-input map of the convolution whose input is this function's
+    output, so it shares all of its code with :func:`conv_backward`.
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, *spatial) or unbatched (C_in, *spatial)
+    weight : array, shape (C_in, C_out // groups, *kernel_size)
+    bias : array, shape (C_out,), optional
+    stride, padding, output_padding, dilation : int or tuple of ints
+        ``output_padding`` adds to one side of the output and must be smaller
+        than the stride or the dilation.
+    groups : int
+
+    Returns
+    -------
+    y : array, shape (N, C_out, *out), out = (in - 1) s - 2 p + d (k - 1) + output_padding + 1
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x = np.ones((1, 1, 2, 2)); w = np.ones((1, 1, 2, 2))
+    >>> npconv.conv_transpose(x, w)[0, 0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    x, weight, bias, geometry, g, batched = _transpose_setup(
+        _nd, x, weight, bias, stride, padding, output_padding, groups, dilation
+    )
+    c_out = weight.shape[1] * g
+    # x plays the conv's grad_output; weight (C_in, C_out/g, *k) is the conv's weight.
+    y, _ = _backward(
+        x, None, weight, geometry, g, need_weight=False, input_channels=c_out, adjoint=False
+    )
+    if bias is not None:
+        y += bias.reshape((1, c_out) + (1,) * geometry.nd)
+    return y if batched else y[0]
+
+
+def conv_transpose_backward(
+    grad_output: Any,
+    x: Any,
+    weight: Any,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    output_padding: IntOrTuple = 0,
+    groups: int = 1,
+    dilation: IntOrTuple = 1,
+    *,
+    _nd: int | None = None,
+) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv_transpose` with respect to x, weight and bias.
+
+    The adjoint of an adjoint is the map itself: grad_input is a plain
+    convolution of ``grad_output`` with ``weight``, and grad_weight is the
+    convolution's weight gradient with the roles of input and output swapped.
+
+    Returns
+    -------
+    grad_input : array, shape of ``x``
+    grad_weight : array, shape of ``weight``
+    grad_bias : array, shape (C_out,)
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x = np.ones((1, 1, 2, 2)); w = np.ones((1, 1, 2, 2))
+    >>> gx, gw, gb = npconv.conv_transpose_backward(np.ones((1, 1, 3, 3)), x, w)
+    >>> gx[0, 0], gb
+    (array([[4., 4.],
+           [4., 4.]]), array([9.]))
+    """
+    x, weight, _, geometry, g, batched = _transpose_setup(
+        _nd, x, weight, None, stride, padding, output_padding, groups, dilation
+    )
+    backend.backend_of(grad_output, x)
+    c_out = weight.shape[1] * g
+    gy = _check_grad_output(grad_output, (x.shape[0], c_out) + geometry.in_size, batched)
+    check_same_dtype(grad_output=gy, x=x)
+    xp = backend.get_array_module(gy, x, weight)
+    # The conv that this transposes maps gy's shape (its input) to x's shape (its output).
+    grad_input = _forward(gy, _conj(xp, weight), None, geometry, g, "auto")
+    _, grad_weight = _backward(x, gy, weight, geometry, g, need_input=False)
+    grad_weight = _conj(xp, grad_weight)
+    return (grad_input if batched else grad_input[0]), grad_weight, _sum_bias(gy)
+
+
+# --------------------------------------------------------------------------- fixed-rank names
+# Thin aliases with torch's names; the rank check is the only difference.
+
+def conv1d(x: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: str = "zeros", algorithm: str = "auto") -> Any:
+    """1-d :func:`conv`, equal to ``torch.nn.functional.conv1d``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> npconv.conv1d(np.ones((2, 3, 8)), np.ones((4, 3, 3)), padding="same").shape
+    (2, 4, 8)
+    """
+    return conv(x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm,
+                _nd=1)
+
+
+def conv2d(x: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: str = "zeros", algorithm: str = "auto") -> Any:
+    """2-d :func:`conv`, equal to ``torch.nn.functional.conv2d``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> npconv.conv2d(np.ones((2, 3, 8, 8)), np.ones((4, 3, 3, 3)), stride=2).shape
+    (2, 4, 3, 3)
+    """
+    return conv(x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm,
+                _nd=2)
+
+
+def conv3d(x: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: str = "zeros", algorithm: str = "auto") -> Any:
+    """3-d :func:`conv`, equal to ``torch.nn.functional.conv3d``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> npconv.conv3d(np.ones((1, 2, 5, 5, 5)), np.ones((4, 2, 3, 3, 3)), padding=1).shape
+    (1, 4, 5, 5, 5)
+    """
+    return conv(x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm,
+                _nd=3)
+
+
+def conv1d_backward(grad_output: Any, x: Any, weight: Any, stride: IntOrTuple = 1,
+                    padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                    padding_mode: str = "zeros",
+                    algorithm: str = "auto") -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv1d`: ``(grad_input, grad_weight, grad_bias)``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> gx, gw, gb = npconv.conv1d_backward(np.ones((2, 4, 6)), np.ones((2, 3, 8)),
+    ...                                     np.ones((4, 3, 3)))
+    >>> gx.shape, gw.shape, gb.shape
+    ((2, 3, 8), (4, 3, 3), (4,))
+    """
+    return conv_backward(grad_output, x, weight, stride, padding, dilation, groups,
+                         padding_mode, algorithm, _nd=1)
+
+
+def conv2d_backward(grad_output: Any, x: Any, weight: Any, stride: IntOrTuple = 1,
+                    padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                    padding_mode: str = "zeros",
+                    algorithm: str = "auto") -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv2d`: ``(grad_input, grad_weight, grad_bias)``.
+
+    ``grad_weight`` and ``grad_bias`` are contractions of ``grad_output`` with
+    the patch view of ``x`` (and with ones); ``grad_input`` is ``col2im`` of the
+    contraction of ``weight`` with ``grad_output`` over the output channels.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x, w = np.ones((2, 3, 8, 8)), np.ones((4, 3, 3, 3))
+    >>> gy = np.ones_like(npconv.conv2d(x, w))
+    >>> gx, gw, gb = npconv.conv2d_backward(gy, x, w)
+    >>> gx.shape, gw.shape, gb.shape
+    ((2, 3, 8, 8), (4, 3, 3, 3), (4,))
+    """
+    return conv_backward(grad_output, x, weight, stride, padding, dilation, groups,
+                         padding_mode, algorithm, _nd=2)
+
+
+def conv3d_backward(grad_output: Any, x: Any, weight: Any, stride: IntOrTuple = 1,
+                    padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                    padding_mode: str = "zeros",
+                    algorithm: str = "auto") -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv3d`: ``(grad_input, grad_weight, grad_bias)``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> gx, gw, gb = npconv.conv3d_backward(np.ones((1, 4, 3, 3, 3)),
+    ...                                     np.ones((1, 2, 5, 5, 5)), np.ones((4, 2, 3, 3, 3)))
+    >>> gx.shape, gw.shape
+    ((1, 2, 5, 5, 5), (4, 2, 3, 3, 3))
+    """
+    return conv_backward(grad_output, x, weight, stride, padding, dilation, groups,
+                         padding_mode, algorithm, _nd=3)
+
+
+def conv_transpose1d(x: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+                     padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                     groups: int = 1, dilation: IntOrTuple = 1) -> Any:
+    """1-d :func:`conv_transpose`, equal to ``torch.nn.functional.conv_transpose1d``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> npconv.conv_transpose1d(np.ones((2, 3, 8)), np.ones((3, 4, 3)), stride=2).shape
+    (2, 4, 17)
+    """
+    return conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation,
+                          _nd=1)
+
+
+def conv_transpose2d(x: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+                     padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                     groups: int = 1, dilation: IntOrTuple = 1) -> Any:
+    """2-d :func:`conv_transpose`, equal to ``torch.nn.functional.conv_transpose2d``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x, w = np.ones((2, 3, 8, 8)), np.ones((3, 4, 3, 3))
+    >>> npconv.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1).shape
+    (2, 4, 16, 16)
+    """
+    return conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation,
+                          _nd=2)
+
+
+def conv_transpose3d(x: Any, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
+                     padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                     groups: int = 1, dilation: IntOrTuple = 1) -> Any:
+    """3-d :func:`conv_transpose`, equal to ``torch.nn.functional.conv_transpose3d``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> npconv.conv_transpose3d(np.ones((1, 2, 3, 3, 3)), np.ones((2, 4, 2, 2, 2))).shape
+    (1, 4, 4, 4, 4)
+    """
+    return conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation,
+                          _nd=3)
+
+
+def conv_transpose1d_backward(grad_output: Any, x: Any, weight: Any, stride: IntOrTuple = 1,
+                              padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                              groups: int = 1,
+                              dilation: IntOrTuple = 1) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv_transpose1d`: ``(grad_input, grad_weight, grad_bias)``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> gx, gw, gb = npconv.conv_transpose1d_backward(np.ones((2, 4, 10)),
+    ...                                               np.ones((2, 3, 8)), np.ones((3, 4, 3)))
+    >>> gx.shape, gw.shape, gb.shape
+    ((2, 3, 8), (3, 4, 3), (4,))
+    """
+    return conv_transpose_backward(grad_output, x, weight, stride, padding, output_padding,
+                                   groups, dilation, _nd=1)
+
+
+def conv_transpose2d_backward(grad_output: Any, x: Any, weight: Any, stride: IntOrTuple = 1,
+                              padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                              groups: int = 1,
+                              dilation: IntOrTuple = 1) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv_transpose2d`: ``(grad_input, grad_weight, grad_bias)``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> x, w = np.ones((2, 3, 8, 8)), np.ones((3, 4, 3, 3))
+    >>> gy = np.ones_like(npconv.conv_transpose2d(x, w))
+    >>> [a.shape for a in npconv.conv_transpose2d_backward(gy, x, w)]
+    [(2, 3, 8, 8), (3, 4, 3, 3), (4,)]
+    """
+    return conv_transpose_backward(grad_output, x, weight, stride, padding, output_padding,
+                                   groups, dilation, _nd=2)
+
+
+def conv_transpose3d_backward(grad_output: Any, x: Any, weight: Any, stride: IntOrTuple = 1,
+                              padding: IntOrTuple = 0, output_padding: IntOrTuple = 0,
+                              groups: int = 1,
+                              dilation: IntOrTuple = 1) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv_transpose3d`: ``(grad_input, grad_weight, grad_bias)``.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv
+    >>> gx, gw, gb = npconv.conv_transpose3d_backward(np.ones((1, 4, 4, 4, 4)),
+    ...                                               np.ones((1, 2, 3, 3, 3)),
+    ...                                               np.ones((2, 4, 2, 2, 2)))
+    >>> gx.shape, gw.shape
+    ((1, 2, 3, 3, 3), (2, 4, 2, 2, 2))
+    """
+    return conv_transpose_backward(grad_output, x, weight, stride, padding, output_padding,
+                                   groups, dilation, _nd=3)

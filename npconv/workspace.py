@@ -1,0 +1,85 @@
+"""Bound on the temporary memory (im2col buffers) of one convolution call.
+
+Forward and backward never build the whole batch's im2col matrix: they walk
+the batch in chunks whose buffer fits under this limit. The limit is read
+from ``NPCONV_WORKSPACE_MB`` at import and changed with
+:func:`set_workspace_limit`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .geometry import as_int
+
+DEFAULT_LIMIT_MB = 256
+# Chunks of about this size keep the column buffer in cache; measured fastest
+# on a 2-core AVX-512 machine (see docs/benchmarks.md).
+TARGET_CHUNK_BYTES = 4 * 2**20
+
+
+def _from_environment() -> int:
+    raw = os.environ.get("NPCONV_WORKSPACE_MB", "").strip()
+    if not raw:
+        return DEFAULT_LIMIT_MB * 2**20
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"NPCONV_WORKSPACE_MB must be a positive number of MiB, got {raw!r}"
+        ) from None
+    if not mb > 0:
+        raise ValueError(f"NPCONV_WORKSPACE_MB must be a positive number of MiB, got {raw!r}")
+    return int(mb * 2**20)
+
+
+_limit = _from_environment()
+
+
+def get_workspace_limit() -> int:
+    """Current workspace limit in bytes.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> npconv.get_workspace_limit() > 0
+    True
+    """
+    return _limit
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Bound the temporary buffer of one convolution call to ``nbytes`` bytes.
+
+    Convolutions process the batch in chunks so that their im2col buffer stays
+    below the limit; a call whose single image needs more raises
+    ``MemoryError``. Smaller limits cost little speed: chunks of a few MiB are
+    the fastest anyway.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> old = npconv.get_workspace_limit()
+    >>> npconv.set_workspace_limit(64 * 2**20)
+    >>> npconv.get_workspace_limit()
+    67108864
+    >>> npconv.set_workspace_limit(old)
+    """
+    global _limit
+    value = as_int(nbytes, "nbytes")
+    if value <= 0:
+        raise ValueError(f"nbytes must be positive, got {nbytes!r}")
+    _limit = value
+
+
+def chunk_length(per_item_bytes: int, count: int, what: str = "one image") -> int:
+    """How many batch items to process at once (at least one, at most ``count``)."""
+    if per_item_bytes > _limit:
+        raise MemoryError(
+            f"{what} needs a {per_item_bytes / 2**20:.1f} MiB im2col buffer, more than the "
+            f"workspace limit of {_limit / 2**20:.1f} MiB; raise it with "
+            f"npconv.set_workspace_limit() or NPCONV_WORKSPACE_MB"
+        )
+    fit = _limit // max(per_item_bytes, 1)
+    target = max(1, TARGET_CHUNK_BYTES // max(per_item_bytes, 1))
+    return max(1, min(count, fit, target))
