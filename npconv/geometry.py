@@ -11,10 +11,10 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, TypeAlias
 
-IntOrTuple = Union[int, Sequence[int]]
-Padding = Union[int, Sequence[int], str]
+IntOrTuple: TypeAlias = int | Sequence[int]
+Padding: TypeAlias = int | Sequence[int] | str
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -50,7 +50,7 @@ def as_tuple(value: object, nd: int, name: str, minimum: int | None = None) -> t
     if _is_int(value):
         items = (as_int(value, name),) * nd
     else:
-        seq = tuple(value)  # type: ignore[arg-type]
+        seq: tuple[Any, ...] = tuple(value)  # type: ignore[arg-type]
         if len(seq) != nd:
             raise ValueError(
                 f"{name} must be an int or a tuple of {nd} ints for {nd}-d convolution, "
@@ -83,6 +83,8 @@ def spatial_rank(kernel_size: object, default: int) -> int:
     """Number of spatial dimensions implied by ``kernel_size`` (``default`` for an int)."""
     if _is_int(kernel_size):
         return default
+    if isinstance(kernel_size, str):
+        raise TypeError(f"kernel_size must be an int or a tuple of ints, got {kernel_size!r}")
     try:
         return len(kernel_size)  # type: ignore[arg-type]
     except TypeError:
