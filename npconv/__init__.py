@@ -9,6 +9,7 @@ chosen with ``NPCONV_BACKEND`` (``numpy`` by default, or ``cupy``).
 from typing import Any
 
 from . import backend as _backend
+from . import nn
 from ._version import __version__
 from .backend import asarray, get_array_module, get_backend, set_backend, use_backend
 from .conv import (
@@ -57,6 +58,7 @@ __all__ = [
     "get_backend",
     "get_workspace_limit",
     "im2col",
+    "nn",
     "patches",
     "set_backend",
     "set_workspace_limit",

@@ -39,7 +39,9 @@ def as_tuple(value: object, nd: int, name: str, minimum: int | None = None) -> t
     >>> as_tuple((1, 2), 2, "stride", minimum=1)
     (1, 2)
     """
-    if isinstance(value, str) or not isinstance(value, Sequence) and not _is_int(value):
+    if isinstance(value, str):
+        raise TypeError(f"{name} must be an int or a tuple of {nd} ints, got the string {value!r}")
+    if not isinstance(value, Sequence) and not _is_int(value):
         if isinstance(value, Sequence) or hasattr(value, "__len__"):
             value = tuple(value)  # type: ignore[arg-type]
         else:
