@@ -11,6 +11,18 @@ L = prod(out) and g groups, each formula below is one matmul per batch chunk:
 
 A transposed convolution is the adjoint of a convolution: its forward is the
 grad-input map above, and its gradients are the forward and grad-weight maps.
+
+Algorithms (``algorithm=``; 'auto' picks per call from the shapes):
+
+    'im2col'    the chunked matmuls above (any convolution)
+    'direct'    no column buffer: y = sum_k W_k @ x_k over kernel offsets k
+                (x_k the input shifted by k); a 1x1 stride-1 convolution is a
+                single matmul on the input; depthwise (C/g == 1) turns each
+                matmul into an elementwise multiply-add (module ``direct``)
+    'winograd'  F(4x4, 3x3) minimal filtering for 2-d 3x3 stride-1 convolutions
+                with zero padding (module ``winograd``); grad input is the same
+                transform applied to gy with the flipped, channel-swapped weight
+                (pads <= 2), grad weight uses im2col
 """
 
 from __future__ import annotations
@@ -18,12 +30,68 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import backend, workspace
+from . import backend, direct, winograd, workspace
 from ._validate import check_ndim, check_same_dtype, prepare
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_int, check_padding_mode
 from .patches import fold_add, pad, window_view
 
-ALGORITHMS = ("auto", "im2col", "direct")
+ALGORITHMS = ("auto", "im2col", "direct", "winograd")
+
+# 'auto' uses Winograd when both channel counts per group reach this (measured:
+# below it the tile transforms cost more than the 2.25-4x cheaper contraction).
+WINOGRAD_MIN_CHANNELS = 16
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _winograd_ok(geometry: ConvGeometry, dtype: Any) -> bool:
+    return winograd.supported(geometry.kernel, geometry.stride, geometry.dilation, dtype) and (
+        geometry.padding_mode == "zeros" or not geometry.has_padding
+    )
+
+
+def _winograd_grad_input_ok(geometry: ConvGeometry, dtype: Any) -> bool:
+    # the adjoint conv pads by 2 - p; the transposed-conv geometry may also carry
+    # windows that touch nothing (out_size smaller than the padded input allows)
+    full = tuple(n + lo + hi - 2 for n, (lo, hi) in zip(geometry.in_size, geometry.pads))
+    return (
+        _winograd_ok(geometry, dtype)
+        and all(lo <= 2 and hi <= 2 for lo, hi in geometry.pads)
+        and full == geometry.out_size
+    )
+
+
+def _is_depthwise(channels: int, groups: int) -> bool:
+    return groups > 1 and channels == groups
+
+
+def _choose(algorithm: str, geometry: ConvGeometry, groups: int, c: int, o: int,
+            dtype: Any) -> str:
+    """The forward algorithm for one call: 'pointwise', 'direct', 'winograd' or 'im2col'."""
+    if algorithm == "winograd":
+        if not _winograd_ok(geometry, dtype):
+            raise ValueError(
+                "algorithm='winograd' needs a 2-d 3x3 convolution with stride 1, dilation 1, "
+                f"zero padding and a float32/float64 dtype; got kernel {geometry.kernel}, "
+                f"stride {geometry.stride}, dilation {geometry.dilation}, padding_mode "
+                f"{geometry.padding_mode!r}, dtype {backend.numpy_dtype(dtype).name}"
+            )
+        return "winograd"
+    if algorithm == "im2col":
+        return "im2col"
+    if _is_pointwise(geometry):
+        return "pointwise"
+    if algorithm == "direct":
+        return "direct"
+    if _is_depthwise(c, groups):
+        return "direct"
+    if (
+        _winograd_ok(geometry, dtype)
+        and min(c // groups, o // groups) >= WINOGRAD_MIN_CHANNELS
+    ):
+        return "winograd"
+    return "im2col"
 
 
 # --------------------------------------------------------------------------- batch chunks
@@ -89,8 +157,18 @@ def _forward(
         return y
     w = weight.reshape(g, o // g, (c // g) * k_vol)  # (g, O/g, C/g*K)
     bias_col = None if bias is None else bias.reshape(1, o, 1)
+    method = "im2col" if view is not None else _choose(algorithm, geometry, g, c, o, x.dtype)
+    try:
+        if method == "winograd":
+            return winograd.conv2d(x, weight, bias, geometry.pads, g)
+        if method == "direct" and not _is_pointwise(geometry):
+            return direct.forward(x, weight, bias, geometry, g)
+    except MemoryError:
+        if algorithm != "auto":
+            raise
+        method = "im2col"  # the fast path's buffers do not fit; im2col's may
 
-    if view is None and _is_pointwise(geometry) and algorithm in ("auto", "direct"):
+    if method == "pointwise":
         # 1x1, stride 1, no padding: the input already is its im2col matrix.
         cols = x.reshape(n, g, c // g, length)
         xp.matmul(w, cols, out=y.reshape(n, g, o // g, length))
@@ -135,6 +213,7 @@ def _backward(
     input_channels: int | None = None,
     view: Any = None,
     adjoint: bool = True,
+    algorithm: str = "auto",
 ) -> tuple[Any, Any]:
     """(grad_input, grad_weight) of y = conv(x, weight); either may be skipped (None).
 
@@ -152,11 +231,33 @@ def _backward(
     dtype = gy.dtype
     grad_input = xp.zeros((n, c) + geometry.in_size, dtype=dtype) if need_input else None
     grad_weight = xp.zeros((g, og, cg * k_vol), dtype=dtype) if need_weight else None
-    w_t = (_conj(xp, weight) if adjoint else weight).reshape(g, og, cg * k_vol).transpose(0, 2, 1)  # (g, C/g*K, O/g)
+    w_adj = _conj(xp, weight) if adjoint else weight
+    w_t = w_adj.reshape(g, og, cg * k_vol).transpose(0, 2, 1)  # (g, C/g*K, O/g)
     if n == 0 or length == 0:
         return grad_input, _weight_shape(grad_weight, weight)
 
-    if view is None and _is_pointwise(geometry):
+    method = "im2col" if view is not None else _choose(algorithm, geometry, g, c, o, dtype)
+    try:
+        if method == "direct":
+            x_adj = None if x is None else _conj(xp, x)
+            gi, gw = direct.backward(gy, x_adj, w_adj, geometry, g, need_input, need_weight, c)
+            return gi, _weight_shape(gw, weight)
+        if method == "winograd" and need_input and _winograd_grad_input_ok(geometry, dtype):
+            # grad input: conv of gy (padded 2 - p) with the flipped, channel-swapped weight
+            grad_input = winograd.grad_input(gy, w_adj, geometry.pads, g)
+            if not need_weight:
+                return grad_input, None
+            _, grad_weight = _backward(gy, x, weight, geometry, g, need_input=False,
+                                       algorithm="im2col")
+            return grad_input, grad_weight
+    except MemoryError:
+        if algorithm != "auto":
+            raise
+        method = "im2col"  # the fast path's buffers do not fit; im2col's may
+        if need_input:
+            grad_input[...] = 0
+
+    if method == "pointwise":
         gy3 = gy.reshape(n, g, og, length)
         if need_weight:
             xc = _conj(xp, x).reshape(n, g, cg, length)
@@ -325,9 +426,12 @@ def conv(
     groups : int
         Split channels into ``groups`` independent convolutions.
     padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
-    algorithm : {'auto', 'im2col', 'direct'}
-        'im2col' always builds column chunks; 'direct' and 'auto' let 1x1
-        convolutions skip im2col.
+    algorithm : {'auto', 'im2col', 'direct', 'winograd'}
+        How to compute it (same result up to rounding): 'im2col' builds column
+        chunks and matmuls; 'direct' sums shifted inputs over kernel offsets
+        (a 1x1 convolution is one matmul, depthwise ones are multiply-adds);
+        'winograd' (2-d 3x3 stride 1, zero padding, float32/64 only) uses
+        F(4x4, 3x3) tiles. 'auto' picks from the shapes.
 
     Returns
     -------
@@ -397,7 +501,7 @@ def conv_backward(
     (array([[4., 4.],
            [4., 4.]]), array([4.]))
     """
-    _check_algorithm(algorithm)
+    algorithm = _check_algorithm(algorithm)
     x, weight, _, geometry, g, batched = _conv_setup(
         _nd, x, weight, None, stride, padding, dilation, groups, padding_mode
     )
@@ -406,7 +510,7 @@ def conv_backward(
         grad_output, (x.shape[0], weight.shape[0]) + geometry.out_size, batched
     )
     check_same_dtype(grad_output=gy, x=x)
-    grad_input, grad_weight = _backward(gy, x, weight, geometry, g)
+    grad_input, grad_weight = _backward(gy, x, weight, geometry, g, algorithm=algorithm)
     return (grad_input if batched else grad_input[0]), grad_weight, _sum_bias(gy)
 
 

@@ -72,8 +72,14 @@ def set_workspace_limit(nbytes: int) -> None:
     _limit = value
 
 
-def chunk_length(per_item_bytes: int, count: int, what: str = "one image") -> int:
-    """How many batch items to process at once (at least one, at most ``count``)."""
+def chunk_length(
+    per_item_bytes: int, count: int, what: str = "one image", target: int | None = None
+) -> int:
+    """How many batch items to process at once (at least one, at most ``count``).
+
+    Chunks aim at ``target`` bytes (default :data:`TARGET_CHUNK_BYTES`) and never
+    exceed the workspace limit; an item that alone exceeds it raises ``MemoryError``.
+    """
     if per_item_bytes > _limit:
         raise MemoryError(
             f"{what} needs a {per_item_bytes / 2**20:.1f} MiB im2col buffer, more than the "
@@ -81,5 +87,5 @@ def chunk_length(per_item_bytes: int, count: int, what: str = "one image") -> in
             f"npconv.set_workspace_limit() or NPCONV_WORKSPACE_MB"
         )
     fit = _limit // max(per_item_bytes, 1)
-    target = max(1, TARGET_CHUNK_BYTES // max(per_item_bytes, 1))
-    return max(1, min(count, fit, target))
+    want = max(1, (TARGET_CHUNK_BYTES if target is None else target) // max(per_item_bytes, 1))
+    return max(1, min(count, fit, want))

@@ -1,0 +1,280 @@
+"""Direct convolution: a sum over kernel offsets of shifted inputs, with no im2col buffer.
+
+With x_k the input shifted by kernel offset k (a strided slice of the padded
+input, shape (N, C, *out)) and W_k = weight[..., k]:
+
+    forward      y        = sum_k  W_k (g, O/g, C/g) @ x_k (g, C/g, L)
+    grad weight  gW[..,k] = sum_n  gy (g, O/g, L) @ x_k^T (g, L, C/g)
+    grad input   gx_k    += W_k^T (g, C/g, O/g) @ gy (g, O/g, L),  scattered back at offset k
+
+For depthwise convolutions (C/g == 1, O = C * mult) every matmul above is an
+elementwise product broadcast over the channel multiplier, so the whole
+convolution is K multiply-adds over the batch chunk: this is the fast path
+for depthwise layers.
+
+Stride 1 ("flat" layout): flatten the padded input of each channel. Output
+position q = sum_a out_a P_a (P_a the padded strides in elements) reads
+flat index q + off_k, off_k = sum_a k_a d_a P_a, so x_k is the 1-d slice
+[off_k, off_k + Q) and every multiply-add runs over long contiguous rows.
+Positions q with some out_a >= Out_a are junk and dropped at the end (and
+kept zero in grad_output, so they contribute nothing to the gradients).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+from . import backend, workspace
+from .geometry import ConvGeometry
+from .patches import pad, unpad_add, window_view
+
+# Chunks this small keep the shifted operands of a depthwise layer in L2.
+TARGET_CHUNK_BYTES = 1 * 2**20
+
+
+class _Layout:
+    """Kernel offsets and output extent of the flat (stride-1) or strided layout."""
+
+    def __init__(self, geometry: ConvGeometry):
+        g = geometry
+        self.flat = all(s == 1 for s in g.stride)
+        self.padded = g.padded_size
+        self.volume = math.prod(self.padded)
+        strides = [math.prod(self.padded[a + 1:]) for a in range(g.nd)]
+        self.taps = list(itertools.product(*(range(k) for k in g.kernel)))
+        self.offsets = [sum(t * d * st for t, d, st in zip(tap, g.dilation, strides))
+                        for tap in self.taps]
+        # flat extent: last valid output position + 1
+        self.q = sum((n - 1) * st for n, st in zip(g.out_size, strides)) + 1
+        self.geometry = g
+
+    def crop(self, ext: Any) -> Any:
+        """(b, ch, P) flat buffer -> its valid (b, ch, *out) region (a view)."""
+        b, ch = ext.shape[:2]
+        full = ext.reshape((b, ch) + self.padded)
+        return full[(slice(None), slice(None)) + tuple(slice(0, n) for n in self.geometry.out_size)]
+
+    def target(self, tap: tuple[int, ...]) -> tuple[slice, ...]:
+        """Slices of the padded input that kernel offset ``tap`` reads (strided layout)."""
+        g = self.geometry
+        return (slice(None), slice(None)) + tuple(
+            slice(t * d, t * d + s * (n - 1) + 1, s)
+            for t, d, s, n in zip(tap, g.dilation, g.stride, g.out_size)
+        )
+
+
+class _Padder:
+    """Padded copies of batch chunks; the zero border of a reused buffer is written once."""
+
+    def __init__(self, xp: Any, x: Any, geometry: ConvGeometry, chunk: int):
+        self.x, self.geometry = x, geometry
+        self.buffer = None
+        if geometry.has_padding and geometry.padding_mode == "zeros":
+            self.buffer = xp.zeros((min(chunk, x.shape[0]), x.shape[1]) + geometry.padded_size,
+                                   dtype=x.dtype)
+        self.xp = xp
+
+    def __call__(self, start: int, stop: int) -> Any:
+        g = self.geometry
+        if self.buffer is None:
+            return self.xp.ascontiguousarray(pad(self.x[start:stop], g))
+        out = self.buffer[: stop - start]
+        out[(slice(None), slice(None)) + tuple(
+            slice(lo, lo + n) for n, (lo, _) in zip(g.in_size, g.pads))] = self.x[start:stop]
+        return out
+
+
+def _chunk(per_image: int, n: int) -> int:
+    return workspace.chunk_length(per_image, n, target=TARGET_CHUNK_BYTES)
+
+
+def forward(x: Any, weight: Any, bias: Any, geometry: ConvGeometry, groups: int) -> Any:
+    """y (N, O, *out) = conv(x, weight) + bias by shifted multiply-adds."""
+    xp = backend.get_array_module(x, weight)
+    n, c = x.shape[:2]
+    o = weight.shape[0]
+    g = groups
+    cg, og = c // g, o // g
+    out_size = geometry.out_size
+    y = xp.empty((n, o) + out_size, dtype=x.dtype)
+    if n == 0 or geometry.out_volume == 0:
+        return y
+    lay = _Layout(geometry)
+    k_vol = geometry.kernel_volume
+    depthwise = cg == 1
+    w = weight.reshape(g, og, cg, k_vol)
+    length = lay.q if lay.flat else geometry.out_volume
+    per_image = (c * lay.volume + 2 * o * (lay.volume if lay.flat else length)
+                 + (c * k_vol * length if depthwise else 0)) * x.dtype.itemsize
+    chunk = _chunk(per_image, n)
+    padder = _Padder(xp, x, geometry, chunk)
+    acc_flat = xp.empty(chunk * o * (lay.volume if lay.flat else length), dtype=x.dtype)
+    tmp_flat = xp.empty(chunk * o * length, dtype=x.dtype)
+    cols_flat = xp.empty(chunk * c * k_vol * length if depthwise and lay.flat else 0, dtype=x.dtype)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        xpad = padder(start, stop)
+        if lay.flat:
+            xf = xpad.reshape(b, c, lay.volume)
+            acc_ext = acc_flat[: b * o * lay.volume].reshape(b, o, lay.volume)
+            acc = acc_ext[:, :, : lay.q]
+        else:
+            view = window_view(xpad, geometry)
+            acc = acc_flat[: b * o * length].reshape(b, o, length)
+        if depthwise and lay.flat:
+            # cols[n, c, k] = x_k[n, c]: K contiguous 1-d copies, in cache
+            cols = cols_flat[: b * c * k_vol * length].reshape(b, c, k_vol, length)
+            for k, off in enumerate(lay.offsets):
+                cols[:, :, k] = xf[:, :, off: off + lay.q]
+            # y[n, c, t] = w[c, t] (mult, K) @ cols[n, c] (K, Q): batched over channels
+            xp.matmul(w.reshape(c, og, k_vol), cols, out=acc.reshape(b, c, og, length))
+            y[start:stop] = lay.crop(acc_ext)
+            continue
+        tmp = tmp_flat[: b * o * length].reshape(b, o, length)
+        for k, (tap, off) in enumerate(zip(lay.taps, lay.offsets)):
+            if lay.flat:
+                xs = xf[:, :, off: off + lay.q]  # (b, C, Q): x shifted by tap
+            else:
+                xs = view[(slice(None), slice(None)) + tap].reshape(b, c, length)
+            dst = acc if k == 0 else tmp
+            if depthwise:
+                # (b, C, 1, Q) * (C, mult, 1) -> (b, C, mult, Q)
+                xp.multiply(xs[:, :, None, :], w[:, :, 0, k, None],
+                            out=dst.reshape(b, c, og, length))
+            else:
+                # (g, O/g, C/g) @ (b, g, C/g, Q) -> (b, g, O/g, Q)
+                xp.matmul(w[..., k], xs.reshape(b, g, cg, length),
+                          out=dst.reshape(b, g, og, length))
+            if k:
+                acc += tmp
+        if lay.flat:
+            y[start:stop] = lay.crop(acc_ext)
+        else:
+            y[start:stop] = acc.reshape((b, o) + out_size)
+    if bias is not None:
+        y += bias.reshape((1, o) + (1,) * geometry.nd)
+    return y
+
+
+def backward(
+    grad_output: Any, x: Any, weight: Any, geometry: ConvGeometry, groups: int,
+    need_input: bool = True, need_weight: bool = True, input_channels: int | None = None,
+) -> tuple[Any, Any]:
+    """(grad_input, grad_weight) of y = conv(x, weight) by shifted multiply-adds.
+
+    ``weight`` must already be conjugated for complex adjoints; ``x`` may be
+    None when only grad_input is needed (``input_channels`` then gives C).
+    """
+    xp = backend.get_array_module(grad_output, weight)
+    gy = grad_output
+    n, o = gy.shape[:2]
+    c = x.shape[1] if x is not None else input_channels
+    assert c is not None
+    g = groups
+    cg, og = c // g, o // g
+    dtype = gy.dtype
+    k_vol = geometry.kernel_volume
+    depthwise = cg == 1
+    grad_input = xp.zeros((n, c) + geometry.in_size, dtype=dtype) if need_input else None
+    grad_weight = xp.zeros((g, og, cg, k_vol), dtype=dtype) if need_weight else None
+    if n == 0 or geometry.out_volume == 0:
+        return grad_input, grad_weight
+    lay = _Layout(geometry)
+    w = weight.reshape(g, og, cg, k_vol)
+    w_t = w.transpose(0, 2, 1, 3)  # (g, C/g, O/g, K)
+    length = lay.q if lay.flat else geometry.out_volume
+    per_image = (2 * c * lay.volume + o * lay.volume + c * length
+                 + (c * k_vol * length if depthwise else 0)) * dtype.itemsize
+    chunk = _chunk(per_image, n)
+    padder = _Padder(xp, x, geometry, chunk) if need_weight else None
+    gy_flat = xp.zeros(chunk * o * lay.volume, dtype=dtype) if lay.flat else None
+    gx_flat = xp.empty(chunk * c * lay.volume, dtype=dtype) if need_input else None
+    tmp_flat = xp.empty(chunk * c * length, dtype=dtype)
+    cols_flat = xp.empty(chunk * c * k_vol * length if depthwise and lay.flat else 0, dtype=dtype)
+    out_slices = (slice(None), slice(None)) + tuple(slice(0, m) for m in geometry.out_size)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        if lay.flat:
+            assert gy_flat is not None
+            # grad_output in the flat layout; its junk positions stay zero
+            gy_ext = gy_flat[: b * o * lay.volume].reshape((b, o) + lay.padded)
+            gy_ext[out_slices] = gy[start:stop]
+            gys = gy_ext.reshape(b, o, lay.volume)[:, :, : lay.q]
+        else:
+            gys = gy[start:stop].reshape(b, o, length)
+        xf: Any = None
+        view: Any = None
+        if need_weight:
+            assert padder is not None
+            xpad = padder(start, stop)
+            xf = xpad.reshape(b, c, lay.volume) if lay.flat else None
+            view = None if lay.flat else window_view(xpad, geometry)
+        if need_input:
+            assert gx_flat is not None
+            gx_pad = gx_flat[: b * c * lay.volume].reshape((b, c) + lay.padded)
+            gx_pad[...] = 0
+            gxf = gx_pad.reshape(b, c, lay.volume)
+        if depthwise and lay.flat:
+            cols = cols_flat[: b * c * k_vol * length].reshape(b, c, k_vol, length)
+            gy4 = gys.reshape(b, c, og, length)
+            if need_weight:
+                assert grad_weight is not None
+                for k, off in enumerate(lay.offsets):
+                    cols[:, :, k] = xf[:, :, off: off + lay.q]
+                # gW[c, t, k] = sum_n gy[n, c, t] (mult, Q) @ cols[n, c]^T (Q, K)
+                part = xp.matmul(gy4, cols.transpose(0, 1, 3, 2))
+                grad_weight[:, :, 0, :] += part.sum(axis=0)
+            if need_input:
+                # column gradient (b, C, K, Q) = w[c]^T (K, mult) @ gy[n, c] (mult, Q),
+                # then each row k is added back at its offset
+                w_ck = w[:, :, 0, :].transpose(0, 2, 1)  # (C, K, mult)
+                if og == 1:  # an outer product: a broadcast multiply beats a k=1 matmul
+                    xp.multiply(w_ck, gy4, out=cols)
+                else:
+                    xp.matmul(w_ck, gy4, out=cols)
+                for k, off in enumerate(lay.offsets):
+                    gxf[:, :, off: off + lay.q] += cols[:, :, k]
+                assert grad_input is not None
+                unpad_add(grad_input[start:stop], gx_pad, geometry)
+            continue
+        tmp = tmp_flat[: b * c * length].reshape(b, c, length)
+        for k, (tap, off) in enumerate(zip(lay.taps, lay.offsets)):
+            if need_weight:
+                assert grad_weight is not None
+                if lay.flat:
+                    xs = xf[:, :, off: off + lay.q]
+                else:
+                    xs = view[(slice(None), slice(None)) + tap].reshape(b, c, length)
+                if depthwise:
+                    # gW[c, t, k] += sum_{n, q} gy[n, c, t, q] x_k[n, c, q]
+                    grad_weight[:, :, 0, k] += xp.einsum(
+                        "nctq,ncq->ct", gys.reshape(b, c, og, length), xs)
+                else:
+                    # sum_n (b, g, O/g, Q) @ (b, g, Q, C/g) -> (g, O/g, C/g)
+                    part = xp.matmul(gys.reshape(b, g, og, length),
+                                     xs.reshape(b, g, cg, length).transpose(0, 1, 3, 2))
+                    grad_weight[..., k] += part.sum(axis=0)
+            if need_input:
+                if depthwise:
+                    if og == 1:
+                        xp.multiply(gys, w[:, 0, 0, k, None], out=tmp)
+                    else:
+                        # (b, C, mult, Q) . (C, mult) -> (b, C, Q)
+                        tmp[...] = xp.einsum("nctq,ct->ncq", gys.reshape(b, c, og, length),
+                                             w[:, :, 0, k])
+                else:
+                    # (g, C/g, O/g) @ (b, g, O/g, Q) -> (b, g, C/g, Q)
+                    xp.matmul(w_t[..., k], gys.reshape(b, g, og, length),
+                              out=tmp.reshape(b, g, cg, length))
+                if lay.flat:
+                    gxf[:, :, off: off + lay.q] += tmp
+                else:
+                    gx_pad[lay.target(tap)] += tmp.reshape((b, c) + geometry.out_size)
+        if need_input:
+            assert grad_input is not None
+            unpad_add(grad_input[start:stop], gx_pad, geometry)
+    return grad_input, grad_weight
