@@ -1,0 +1,156 @@
+"""Adjoint identities (no torch) and the read-only, zero-copy patch view.
+
+For a linear map A and its claimed adjoint A*, <A x, c> = <x, A* c> for all x
+and c. This is the cheapest strong test of fold_patches/col2im (including every
+padding mode) and of the gradient formulas: in float64 it holds to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npconv
+from npconv.testing import conv_configs, random_conv_arrays
+
+ALL_MODES = ("zeros", "reflect", "replicate", "circular")
+seeds = st.integers(0, 2**31 - 1)
+configs = conv_configs(ndim=(1, 2, 3), padding_modes=ALL_MODES, max_output=3)
+
+
+def assert_inner_equal(lhs_a, lhs_b, rhs_a, rhs_b, rtol=1e-12):
+    """<lhs_a, lhs_b> == <rhs_a, rhs_b> (bilinear, no conjugation), relative to sum|terms|."""
+    lhs = np.sum(lhs_a * lhs_b)
+    rhs = np.sum(rhs_a * rhs_b)
+    scale = np.sum(np.abs(lhs_a * lhs_b)) + np.sum(np.abs(rhs_a * rhs_b)) + 1e-300
+    assert abs(lhs - rhs) <= rtol * scale, (lhs, rhs, abs(lhs - rhs) / scale)
+
+
+def random_like(rng, shape, dtype="float64"):
+    a = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        a = a + 1j * rng.standard_normal(shape)
+    return a.astype(dtype)
+
+
+def geometry_args(cfg):
+    return dict(stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation,
+                padding_mode=cfg.padding_mode)
+
+
+@given(configs, seeds)
+def test_fold_patches_is_adjoint_of_patches(cfg, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(cfg.input_shape)
+    view = npconv.patches(x, cfg.kernel_size, **geometry_args(cfg))
+    c = rng.standard_normal(view.shape)
+    folded = npconv.fold_patches(c, cfg.input_size, cfg.kernel_size, **geometry_args(cfg))
+    assert folded.shape == x.shape
+    assert_inner_equal(view, c, x, folded)
+
+
+@given(configs, seeds, st.booleans())
+def test_col2im_is_adjoint_of_im2col(cfg, seed, unbatched):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(cfg.input_shape[1:] if unbatched else cfg.input_shape)
+    kw = dict(kernel_size=cfg.kernel_size, dilation=cfg.dilation, padding=cfg.padding,
+              stride=cfg.stride, padding_mode=cfg.padding_mode)
+    cols = npconv.im2col(x, **kw)
+    assert cols.shape[-2:] == (cfg.in_channels * math.prod(cfg.kernel_size),
+                               math.prod(cfg.output_size))
+    c = rng.standard_normal(cols.shape)
+    back = npconv.col2im(c, cfg.input_size, **kw)
+    assert back.shape == x.shape
+    assert_inner_equal(cols, c, x, back)
+
+
+@given(conv_configs(ndim=(1, 2, 3), padding_modes=ALL_MODES, max_output=3, unbatched=True),
+       seeds, st.sampled_from(["float64", "complex128"]))
+def test_conv_backward_is_adjoint_of_conv(cfg, seed, dtype):
+    x, w, _, gy = random_conv_arrays(cfg, dtype, seed, bias=False, grad_output=True)
+    kw = cfg.kwargs()
+    gx, gw, gb = npconv.conv_backward(gy, x, w, **kw)
+    y = npconv.conv(x, w, **kw)
+    # y is linear in x and in w: <conj(gy), y> = <conj(gx), x> = <conj(gw), w>
+    assert_inner_equal(np.conj(gy), y, np.conj(gx), x)
+    assert_inner_equal(np.conj(gy), y, np.conj(gw), w)
+    ones = np.ones(cfg.bias_shape, dtype=dtype)
+    yb = npconv.conv(x, w, ones, **kw) - y  # the bias map applied to ones
+    assert_inner_equal(np.conj(gy), yb, np.conj(gb), ones)
+
+
+@given(conv_configs(ndim=(1, 2, 3), transposed=True, max_output=3, unbatched=True), seeds,
+       st.sampled_from(["float64", "complex128"]))
+def test_conv_transpose_backward_is_adjoint(cfg, seed, dtype):
+    x, w, _, gy = random_conv_arrays(cfg, dtype, seed, bias=False, grad_output=True)
+    kw = cfg.kwargs()
+    y = npconv.conv_transpose(x, w, **kw)
+    gx, gw, _ = npconv.conv_transpose_backward(gy, x, w, **kw)
+    assert_inner_equal(np.conj(gy), y, np.conj(gx), x)
+    assert_inner_equal(np.conj(gy), y, np.conj(gw), w)
+
+
+@given(conv_configs(ndim=(1, 2, 3), max_output=3, allow_same=False), seeds,
+       st.sampled_from(["float64", "complex128"]))
+def test_conv_transpose_is_transpose_of_conv(cfg, seed, dtype):
+    """conv_transpose(z, w) with the matching output_padding is the transpose of conv(., w)."""
+    x, w, _, z = random_conv_arrays(cfg, dtype, seed, bias=False, grad_output=True)
+    kw = dict(stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups)
+    full = [(o - 1) * s - 2 * p + d * (k - 1) + 1 for o, s, p, d, k in zip(
+        cfg.output_size, cfg.stride, cfg.padding, cfg.dilation, cfg.kernel_size)]
+    output_padding = tuple(n - f for n, f in zip(cfg.input_size, full))
+    assert all(0 <= op < s for op, s in zip(output_padding, cfg.stride))
+    xt = npconv.conv_transpose(z, w, output_padding=output_padding, **kw)
+    assert xt.shape == x.shape
+    assert_inner_equal(npconv.conv(x, w, **kw), z, x, xt)
+
+
+# --------------------------------------------------------------------------- the patch view
+
+
+@given(conv_configs(ndim=(1, 2, 3), padding_modes=ALL_MODES, max_output=3), seeds)
+def test_patches_view_is_read_only(cfg, seed):
+    x = np.random.default_rng(seed).standard_normal(cfg.input_shape)
+    view = npconv.patches(x, cfg.kernel_size, **geometry_args(cfg))
+    assert not view.flags.writeable
+    with pytest.raises(ValueError):
+        view[(0,) * view.ndim] = 1.0
+    with pytest.raises(ValueError):
+        view += 1.0
+
+
+@given(conv_configs(ndim=(1, 2, 3), max_output=3, max_padding=0, allow_same=False,
+                    padding_modes=ALL_MODES), seeds)
+def test_patches_without_padding_share_memory(cfg, seed):
+    x = np.random.default_rng(seed).standard_normal(cfg.input_shape)
+    before = x.copy()
+    view = npconv.patches(x, cfg.kernel_size, **geometry_args(cfg))
+    assert np.shares_memory(view, x)
+    x[(0,) * x.ndim] += 1.0  # the view follows its base
+    assert view[(0,) * view.ndim] == x[(0,) * x.ndim]
+    x[(0,) * x.ndim] = before[(0,) * x.ndim]
+    valid = npconv.patches(x, cfg.kernel_size, cfg.stride, "valid", cfg.dilation)
+    assert np.shares_memory(valid, x)
+    np.testing.assert_array_equal(valid, view)
+
+
+def test_patches_with_padding_do_not_touch_the_input():
+    x = np.arange(2 * 3 * 5 * 4, dtype=np.float64).reshape(2, 3, 5, 4)
+    before = x.copy()
+    for mode in ALL_MODES:
+        view = npconv.patches(x, (3, 2), padding=1, padding_mode=mode)
+        assert not np.shares_memory(view, x)
+        assert not view.flags.writeable
+    np.testing.assert_array_equal(x, before)
+
+
+def test_fold_patches_counts_overlaps_in_3d():
+    ones = np.ones((1, 1, 2, 2, 2, 3, 3, 3))
+    counts = npconv.fold_patches(ones, (4, 4, 4), 2)
+    per_axis = np.array([1, 2, 2, 1])
+    expected = per_axis[:, None, None] * per_axis[None, :, None] * per_axis[None, None, :]
+    np.testing.assert_array_equal(counts[0, 0], expected)

@@ -1,0 +1,190 @@
+"""im2col/col2im against torch: F.unfold/F.fold in 2-d, identity convolutions in 1/2/3-d.
+
+im2col copies values, so it must match torch *exactly*. col2im sums
+overlapping windows; the order of the additions may differ from torch's, so it
+is compared with a tight dtype-aware tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npconv
+from npconv.testing import ConvConfig, assert_close, conv_configs, random_conv_arrays
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+ALL_MODES = ("zeros", "reflect", "replicate", "circular")
+TORCH_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
+                  "circular": "circular"}
+real_dtypes = st.sampled_from(["float32", "float64"])
+seeds = st.integers(0, 2**31 - 1)
+
+
+def to_torch(a):
+    return torch.from_numpy(np.array(a))  # a copy: torch never sees npconv's memory
+
+
+def torch_pad(t, cfg: ConvConfig):
+    """Pad the spatial axes of a batched tensor as npconv pads them (F.pad: last axis first)."""
+    widths = [w for lo_hi in reversed(cfg.pads) for w in lo_hi]
+    if not any(widths):
+        return t
+    return F.pad(t, widths, mode=TORCH_PAD_MODE[cfg.padding_mode])
+
+
+def identity_kernel(cfg: ConvConfig, dtype):
+    """(K, 1, *k) one-hot kernels: a convolution with them extracts every tap."""
+    kvol = math.prod(cfg.kernel_size)
+    return torch.eye(kvol, dtype=dtype).reshape((kvol, 1) + cfg.kernel_size)
+
+
+def torch_im2col(x, cfg: ConvConfig):
+    """Reference im2col for 1/2/3-d: pad, then convolve each channel with one-hot kernels."""
+    conv = (F.conv1d, F.conv2d, F.conv3d)[cfg.ndim - 1]
+    batched = x.ndim == cfg.ndim + 2
+    t = to_torch(x if batched else x[None])
+    n, c = t.shape[:2]
+    padded = torch_pad(t.reshape((n * c, 1) + t.shape[2:]), cfg)
+    y = conv(padded, identity_kernel(cfg, t.dtype), stride=cfg.stride, dilation=cfg.dilation)
+    cols = y.reshape(n, c * math.prod(cfg.kernel_size), -1).numpy()
+    return cols if batched else cols[0]
+
+
+def torch_col2im(cols, cfg: ConvConfig):
+    """Reference col2im: the vector-Jacobian product of torch's im2col (any mode, any rank)."""
+    conv = (F.conv1d, F.conv2d, F.conv3d)[cfg.ndim - 1]
+    batched = cols.ndim == 3
+    g = to_torch(cols if batched else cols[None])
+    n, c = g.shape[0], g.shape[1] // math.prod(cfg.kernel_size)
+    x = torch.zeros((n * c, 1) + cfg.input_size, dtype=g.dtype, requires_grad=True)
+    y = conv(torch_pad(x, cfg), identity_kernel(cfg, g.dtype), stride=cfg.stride,
+             dilation=cfg.dilation)
+    (grad,) = torch.autograd.grad(y, x, g.reshape(y.shape))
+    out = grad.reshape((n, c) + cfg.input_size).numpy()
+    return out if batched else out[0]
+
+
+def unfold_args(cfg: ConvConfig):
+    return dict(kernel_size=cfg.kernel_size, dilation=cfg.dilation, padding=cfg.padding,
+                stride=cfg.stride, padding_mode=cfg.padding_mode)
+
+
+def col_shape(cfg: ConvConfig):
+    rows = cfg.in_channels * math.prod(cfg.kernel_size)
+    lead = (cfg.batch, rows) if cfg.batched else (rows,)
+    return lead + (math.prod(cfg.output_size),)
+
+
+configs_2d = conv_configs(ndim=2, groups=False, allow_same=False, unbatched=True, max_batch=2,
+                          max_channels=3)
+
+
+# --------------------------------------------------------------------------- F.unfold / F.fold
+
+
+@given(configs_2d, real_dtypes, seeds)
+def test_im2col_equals_unfold(cfg, dtype, seed):
+    x, _, _ = random_conv_arrays(cfg, dtype, seed, bias=False)
+    p = cfg.padding
+    expected = F.unfold(to_torch(x), cfg.kernel_size, cfg.dilation, p, cfg.stride).numpy()
+    got = npconv.im2col(x, cfg.kernel_size, dilation=cfg.dilation, padding=p, stride=cfg.stride)
+    assert got.dtype == x.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+@given(configs_2d, real_dtypes, seeds)
+def test_col2im_equals_fold(cfg, dtype, seed):
+    rng = np.random.default_rng(seed)
+    cols = rng.uniform(-1, 1, col_shape(cfg)).astype(dtype)
+    p = cfg.padding
+    expected = F.fold(to_torch(cols), cfg.input_size, cfg.kernel_size, cfg.dilation, p,
+                      cfg.stride).numpy()
+    got = npconv.col2im(cols, cfg.input_size, cfg.kernel_size, dilation=cfg.dilation,
+                        padding=p, stride=cfg.stride)
+    assert got.dtype == cols.dtype
+    assert_close(got, expected, reduction=math.prod(cfg.kernel_size))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_unfold_fold_int_arguments_and_defaults(dtype):
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 7, 6)).astype(dtype)
+    for kw in ({}, {"dilation": 2}, {"padding": 1}, {"stride": 2}, {"padding": 2, "stride": 3}):
+        got = npconv.im2col(x, 3, **kw)
+        np.testing.assert_array_equal(got, F.unfold(to_torch(x), 3, **kw).numpy())
+        back = npconv.col2im(got, (7, 6), 3, **kw)
+        assert_close(back, F.fold(to_torch(got), (7, 6), 3, **kw).numpy(), reduction=9)
+
+
+def test_fold_of_unfold_counts_windows():
+    x = np.ones((1, 1, 5, 5))
+    counts = npconv.col2im(npconv.im2col(x, 3, padding=1), (5, 5), 3, padding=1)
+    expected = F.fold(F.unfold(torch.ones(1, 1, 5, 5, dtype=torch.float64), 3, padding=1),
+                      (5, 5), 3, padding=1).numpy()
+    np.testing.assert_array_equal(counts, expected)
+
+
+# --------------------------------------------------------------------------- any rank, any mode
+
+configs_nd = conv_configs(ndim=(1, 2, 3), groups=False, padding_modes=ALL_MODES, unbatched=True,
+                          max_channels=2, max_output=3)
+
+
+@given(configs_nd, real_dtypes, seeds)
+def test_im2col_nd_equals_identity_convolution(cfg, dtype, seed):
+    x, _, _ = random_conv_arrays(cfg, dtype, seed, bias=False)
+    before = x.copy()
+    got = npconv.im2col(x, **unfold_args(cfg))
+    np.testing.assert_array_equal(got, torch_im2col(x, cfg))
+    np.testing.assert_array_equal(x, before)
+
+
+@given(configs_nd, real_dtypes, seeds)
+def test_col2im_nd_equals_torch_vjp(cfg, dtype, seed):
+    cols = np.random.default_rng(seed).uniform(-1, 1, col_shape(cfg)).astype(dtype)
+    before = cols.copy()
+    got = npconv.col2im(cols, cfg.input_size, **unfold_args(cfg))
+    np.testing.assert_array_equal(cols, before)
+    # replicate padding can pile many windows onto an edge pixel
+    reduction = math.prod(cfg.kernel_size) * math.prod(n + 2 * 2 for n in cfg.output_size)
+    assert_close(got, torch_col2im(cols, cfg), reduction=reduction)
+
+
+@given(configs_nd, seeds)
+def test_patches_view_equals_im2col(cfg, seed):
+    x, _, _ = random_conv_arrays(cfg, "float64", seed, bias=False)
+    if not cfg.batched:
+        x = x[None]
+    view = npconv.patches(x, cfg.kernel_size, cfg.stride, cfg.padding, cfg.dilation,
+                          cfg.padding_mode)
+    assert view.shape == x.shape[:2] + cfg.kernel_size + cfg.output_size
+    np.testing.assert_array_equal(view.reshape(x.shape[0], -1, math.prod(cfg.output_size)),
+                                  torch_im2col(x, cfg))
+
+
+@pytest.mark.parametrize(
+    "shape, kw",
+    [
+        ((2, 3, 5, 4), dict(kernel_size=3)),
+        ((2, 3, 5, 4), dict(kernel_size=2, padding=1)),
+        # contiguous patch views (1x1 kernels, a kernel covering the whole input) must be
+        # copied too: a regression test for im2col once returning a read-only view of x
+        ((2, 3, 5, 4), dict(kernel_size=1)),
+        ((1, 2, 3, 3), dict(kernel_size=3)),
+        ((2, 4), dict(kernel_size=(1,))),
+    ],
+)
+def test_im2col_returns_a_new_writable_array(shape, kw):
+    x = np.random.default_rng(0).standard_normal(shape)
+    before = x.copy()
+    cols = npconv.im2col(x, **kw)
+    assert cols.flags.c_contiguous
+    assert not np.shares_memory(cols, x)
+    cols[...] = 0.0
+    np.testing.assert_array_equal(x, before)
