@@ -200,7 +200,9 @@ def machine_info() -> dict:
         fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         model = fields.get("Model name", model).strip()
         caches = ", ".join(
-            f"{key.strip()} {fields[key].strip()}" for key in fields if key.strip().endswith("cache")
+            f"{key.strip()} {fields[key].strip()}"
+            for key in fields
+            if key.strip().endswith("cache")
         )
     except (OSError, subprocess.CalledProcessError):
         caches = "?"
@@ -376,7 +378,9 @@ def plot(rows, path) -> None:
     ax.axhline(1.0, color="black", linewidth=1)
     ax.set_xticks(range(len(cases)), cases)
     ax.set_ylabel("time ratio npconv / peer (log; < 1 = npconv faster)")
-    ax.set_title(f"npconv vs torch CPU and mygrad, {THREADS} thread(s), median of interleaved pairs")
+    ax.set_title(
+        f"npconv vs torch CPU and mygrad, {THREADS} thread(s), median of interleaved pairs"
+    )
     ax.legend(fontsize=8, loc="best")
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()

@@ -229,8 +229,8 @@ def _backward(
     g, k_vol, length = groups, geometry.kernel_volume, geometry.out_volume
     cg, og = c // g, o // g
     dtype = gy.dtype
-    grad_input = xp.zeros((n, c) + geometry.in_size, dtype=dtype) if need_input else None
-    grad_weight = xp.zeros((g, og, cg * k_vol), dtype=dtype) if need_weight else None
+    grad_input: Any = xp.zeros((n, c) + geometry.in_size, dtype=dtype) if need_input else None
+    grad_weight: Any = xp.zeros((g, og, cg * k_vol), dtype=dtype) if need_weight else None
     w_adj = _conj(xp, weight) if adjoint else weight
     w_t = w_adj.reshape(g, og, cg * k_vol).transpose(0, 2, 1)  # (g, C/g*K, O/g)
     if n == 0 or length == 0:

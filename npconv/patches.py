@@ -331,7 +331,6 @@ def im2col(
     check_ndim(x, "x", (nd + 1, nd + 2), f"(N, C, *spatial) or (C, *spatial) for {nd}-d")
     batched = x if x.ndim == nd + 2 else x[None]
     view = patches(batched, kernel_size, stride, padding, dilation, padding_mode)
-    xp = backend.get_array_module(view)
     n, c = view.shape[:2]
     rows, length = c * math.prod(view.shape[2 : 2 + nd]), math.prod(view.shape[2 + nd :])
     cols = view.copy().reshape(n, rows, length)  # a copy even where the view is contiguous

@@ -42,10 +42,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import backend
+from . import backend, geometry
 
-# The shape arithmetic below is written independently of npconv.geometry on
-# purpose: a reference that shared that code would share its bugs.
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 __all__ = [
@@ -140,14 +138,7 @@ class ConvConfig:
     @property
     def pads(self) -> tuple[tuple[int, int], ...]:
         """(low, high) padding of each axis, with 'same'/'valid' resolved as torch does."""
-        if self.padding == "valid":
-            return ((0, 0),) * self.ndim
-        if self.padding == "same":
-            # torch: total d (k - 1), the odd extra element on the high side
-            totals = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)]
-            return tuple((t // 2, t - t // 2) for t in totals)
-        assert not isinstance(self.padding, str), self.padding
-        return tuple((p, p) for p in self.padding)
+        return geometry.resolve_padding(self.padding, self.kernel_size, self.stride, self.dilation)
 
     @property
     def output_size(self) -> tuple[int, ...]:
@@ -155,14 +146,14 @@ class ConvConfig:
         if self.transposed:
             extra = self.output_padding or (0,) * self.ndim
             return tuple(
-                (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+                geometry.transpose_output_size(n, k, s, p, d, op)
                 for n, k, s, p, d, op in zip(
                     self.input_size, self.kernel_size, self.stride, self.padding,  # type: ignore[arg-type]
                     self.dilation, extra,
                 )
             )
         return tuple(
-            (n + lo + hi - d * (k - 1) - 1) // s + 1
+            geometry.conv_output_size(n, k, s, lo + hi, d)
             for n, k, s, (lo, hi), d in zip(
                 self.input_size, self.kernel_size, self.stride, self.pads, self.dilation
             )
