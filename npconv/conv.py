@@ -62,6 +62,25 @@ def _winograd_grad_input_ok(geometry: ConvGeometry, dtype: Any) -> bool:
     )
 
 
+def _full_correlation(geometry: ConvGeometry) -> ConvGeometry | None:
+    """Geometry of the stride-1 convolution that maps grad_output to grad_input, if any.
+
+    With stride 1 and zero padding p <= d(k-1) on both sides, the adjoint of a
+    convolution is the convolution with the flipped kernel padded d(k-1) - p.
+    """
+    g = geometry
+    if g.padding_mode != "zeros" and g.has_padding or any(s != 1 for s in g.stride):
+        return None
+    spans = [d * (k - 1) for k, d in zip(g.kernel, g.dilation)]
+    if any(lo > span or hi > span for (lo, hi), span in zip(g.pads, spans)):
+        return None
+    pads = tuple((span - lo, span - hi) for (lo, hi), span in zip(g.pads, spans))
+    size = tuple(n + lo + hi - span for n, (lo, hi), span in zip(g.out_size, pads, spans))
+    if size != g.in_size:
+        return None  # transposed geometry whose trailing windows touch nothing
+    return ConvGeometry(g.out_size, g.kernel, g.stride, g.dilation, pads, g.in_size)
+
+
 def _is_depthwise(channels: int, groups: int) -> bool:
     return groups > 1 and channels == groups
 
@@ -240,7 +259,16 @@ def _backward(
     try:
         if method == "direct":
             x_adj = None if x is None else _conj(xp, x)
-            gi, gw = direct.backward(gy, x_adj, w_adj, geometry, g, need_input, need_weight, c)
+            flipped = _full_correlation(geometry) if (c == g == o) else None
+            if need_input and flipped is not None:
+                # Depthwise, stride 1: grad input is itself a depthwise convolution of gy
+                # with the flipped kernel, padded d(k-1)-p, which the forward does fastest.
+                spatial = tuple(range(2, 2 + geometry.nd))
+                gi = direct.forward(gy, xp.flip(w_adj, axis=spatial), None, flipped, g)
+                _, gw = direct.backward(gy, x_adj, w_adj, geometry, g, False, need_weight, c)
+            else:
+                gi, gw = direct.backward(gy, x_adj, w_adj, geometry, g, need_input,
+                                         need_weight, c)
             return gi, _weight_shape(gw, weight)
         if method == "winograd" and need_input and _winograd_grad_input_ok(geometry, dtype):
             # grad input: conv of gy (padded 2 - p) with the flipped, channel-swapped weight
