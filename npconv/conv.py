@@ -264,7 +264,8 @@ def _backward(
                 # Depthwise, stride 1: grad input is itself a depthwise convolution of gy
                 # with the flipped kernel, padded d(k-1)-p, which the forward does fastest.
                 spatial = tuple(range(2, 2 + geometry.nd))
-                gi = direct.forward(gy, xp.flip(w_adj, axis=spatial), None, flipped, g)
+                flip = xp.ascontiguousarray(xp.flip(w_adj, axis=spatial))  # BLAS wants + strides
+                gi = direct.forward(gy, flip, None, flipped, g)
                 _, gw = direct.backward(gy, x_adj, w_adj, geometry, g, False, need_weight, c)
             else:
                 gi, gw = direct.backward(gy, x_adj, w_adj, geometry, g, need_input,
