@@ -316,7 +316,7 @@ def markdown(rows, checks, info, command) -> str:
         f"- NumPy BLAS (threadpoolctl): {info['blas']}",
         "- OpenBLAS environment: "
         + (", ".join(f"{k}={v}" for k, v in info["openblas_env"].items()) if info["openblas_env"]
-           else "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for this run"),
+           else "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE not set"),
         f"- Threads: {THREADS} for NumPy's BLAS and for torch; load average {info['load']}",
         "",
         "## Method",
@@ -415,8 +415,6 @@ def main(argv=None) -> int:
     for name, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + sys.argv[1:])
-    if "OPENBLAS_CORETYPE" not in os.environ and "OPENBLAS_L2_SIZE" not in os.environ:
-        command = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE " + command
     if args.output:
         with open(args.output, "w") as fh:
             fh.write(markdown(rows, checks, info, command))
