@@ -31,6 +31,7 @@ from .conv import (
     conv_transpose_backward,
 )
 from .patches import col2im, fold_patches, im2col, patches
+from .threads import get_num_threads, set_num_threads
 from .workspace import get_workspace_limit, set_workspace_limit
 
 __all__ = [
@@ -56,11 +57,13 @@ __all__ = [
     "fold_patches",
     "get_array_module",
     "get_backend",
+    "get_num_threads",
     "get_workspace_limit",
     "im2col",
     "nn",
     "patches",
     "set_backend",
+    "set_num_threads",
     "set_workspace_limit",
     "use_backend",
     "xp",

@@ -26,6 +26,8 @@ class Backend:
     """One array library: how to import it and what its arrays can do."""
 
     name = ""
+    # Whether npconv's own elementwise loops gain from host threads (not on a GPU).
+    host_threads = False
 
     def module(self) -> ModuleType:
         raise NotImplementedError
@@ -43,6 +45,7 @@ class Backend:
 
 class NumpyBackend(Backend):
     name = "numpy"
+    host_threads = True
 
     def module(self) -> ModuleType:
         return numpy

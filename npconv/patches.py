@@ -13,12 +13,14 @@ import itertools
 import math
 from typing import Any
 
-from . import backend
+from . import backend, threads
 from ._validate import check_ndim, prepare
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_tuple, spatial_rank
 
 # Output block size of the col2im scatter-add (about half of a 1-2 MiB L2 cache).
 FOLD_BLOCK_BYTES = 512 * 2**10
+# Below this output size a scatter-add is not worth handing to threads.
+THREADED_FOLD_BYTES = 256 * 2**10
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -146,13 +148,22 @@ def _slice_add(
     ]
     # Walk the leading (N, C) axes in blocks of about FOLD_BLOCK_BYTES of output, so
     # that the K slice-adds of a block hit cache instead of memory K times.
+    # Blocks write disjoint parts of ``out``, so they may run on several threads.
     lead = out.shape[: out.ndim - geometry.nd]
     image = math.prod(out.shape[out.ndim - geometry.nd :]) * out.dtype.itemsize
+    images = math.prod(lead)
     per_block = max(1, FOLD_BLOCK_BYTES // max(image, 1))
-    for block in _blocks(lead, per_block):
+    workers = 1
+    if backend.backend_of(out).host_threads and images * image >= THREADED_FOLD_BYTES:
+        workers = threads.get_num_threads()
+        per_block = min(per_block, -(-images // workers))
+
+    def add_block(block: tuple[slice, ...]) -> None:
         o_block, g_block = out[block], grad_patches[block]
         for targets, sources in plan:
             o_block[(Ellipsis,) + targets] += g_block[(Ellipsis,) + sources]
+
+    threads.run_split(add_block, _blocks(lead, per_block), workers)
 
 
 def _blocks(lead: tuple[int, ...], per_block: int) -> list[tuple[slice, ...]]:
@@ -333,7 +344,10 @@ def im2col(
     view = patches(batched, kernel_size, stride, padding, dilation, padding_mode)
     n, c = view.shape[:2]
     rows, length = c * math.prod(view.shape[2 : 2 + nd]), math.prod(view.shape[2 + nd :])
-    cols = view.copy().reshape(n, rows, length)  # a copy even where the view is contiguous
+    xp = backend.get_array_module(view)
+    cols = xp.empty(view.shape, dtype=view.dtype)  # a copy even where the view is contiguous
+    threads.copy_into(cols, view, backend.backend_of(view).host_threads)
+    cols = cols.reshape(n, rows, length)
     return cols if x.ndim == nd + 2 else cols[0]
 
 
