@@ -34,6 +34,16 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 
+# Idle threads must not spin. With both libraries in one process on few cores,
+# OpenBLAS workers busy-wait after each of npconv's matmuls (about 2**28 cycles
+# by default) and OpenMP workers after each torch call, stealing the other
+# library's cores: measured here, that slowed torch about 2x and made npconv's
+# ratios look far better than they are. Both variables must be set before
+# NumPy and torch load their thread pools; values given by the caller win.
+SPIN_LIMITS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+for _name, _value in SPIN_LIMITS.items():
+    os.environ.setdefault(_name, _value)
+
 import numpy as np
 import threadpoolctl
 import torch
@@ -336,6 +346,14 @@ def markdown(rows, checks, info, command) -> str:
         "  at every matmul; when another process holds a core, npconv's many mid-sized",
         "  matmuls slow down by up to 10x while torch's OpenMP pool degrades far less. A",
         "  load average above about 0.5 before the run makes 2-thread ratios meaningless.",
+        "- Idle worker threads do not spin: the script sets "
+        + ", ".join(f"`{k}={os.environ[k]}`" for k in SPIN_LIMITS)
+        + " before NumPy and torch load.",
+        "  With the defaults, OpenBLAS workers busy-wait after every npconv matmul and",
+        "  steal torch's cores in the interleaved loop; that made torch about 2x slower",
+        "  here and npconv's ratios look far better than they are.",
+        "- Ratios move by up to about 2x between runs on this shared virtual machine",
+        "  (single cases, not the geometric means, swing most); quote several runs.",
         "",
         "## Results",
         "",
