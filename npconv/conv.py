@@ -41,6 +41,10 @@ ALGORITHMS = ("auto", "im2col", "direct", "winograd")
 # below it the tile transforms cost more than the 2.25-4x cheaper contraction).
 WINOGRAD_MIN_CHANNELS = 16
 
+# 'auto' differentiates stride-1 convolutions with at most this many input
+# channels per group by the direct path (measured faster for C = 3, 8, 16; not 32).
+DIRECT_BACKWARD_MAX_CHANNELS = 16
+
 
 # --------------------------------------------------------------------------- selection
 
@@ -256,6 +260,11 @@ def _backward(
         return grad_input, _weight_shape(grad_weight, weight)
 
     method = "im2col" if view is not None else _choose(algorithm, geometry, g, c, o, dtype)
+    if (algorithm == "auto" and method == "im2col" and c // g <= DIRECT_BACKWARD_MAX_CHANNELS
+            and all(s == 1 for s in geometry.stride)):
+        # Few input channels: im2col's column fold runs over short rows, while the
+        # direct path's stride-1 flat layout adds each kernel offset as long 1-d runs.
+        method = "direct"
     try:
         if method == "direct":
             x_adj = None if x is None else _conj(xp, x)
