@@ -260,7 +260,8 @@ def _backward(
         return grad_input, _weight_shape(grad_weight, weight)
 
     method = "im2col" if view is not None else _choose(algorithm, geometry, g, c, o, dtype)
-    if (algorithm == "auto" and method == "im2col" and c // g <= DIRECT_BACKWARD_MAX_CHANNELS
+    if (algorithm == "auto" and view is None and method == "im2col"
+            and c // g <= DIRECT_BACKWARD_MAX_CHANNELS
             and all(s == 1 for s in geometry.stride)):
         # Few input channels: im2col's column fold runs over short rows, while the
         # direct path's stride-1 flat layout adds each kernel offset as long 1-d runs.
