@@ -411,7 +411,7 @@ def _conv_setup(
     check_padding_mode(padding_mode)
     geometry = ConvGeometry.build(
         x.shape[2:], tuple(weight.shape[2:]), stride, padding, dilation, padding_mode,
-        input_name="x",
+        input_name="x", single=True,
     )
     return x, weight, bias, geometry, g, batched
 

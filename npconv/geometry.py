@@ -31,8 +31,13 @@ def as_int(value: object, name: str) -> int:
         ) from None
 
 
-def as_tuple(value: object, nd: int, name: str, minimum: int | None = None) -> tuple[int, ...]:
+def as_tuple(
+    value: object, nd: int, name: str, minimum: int | None = None, single: bool = False
+) -> tuple[int, ...]:
     """Expand an int, or check a sequence, to a tuple of ``nd`` ints >= ``minimum``.
+
+    With ``single=True`` a one-element sequence is expanded too, as torch's
+    convolutions do for stride, padding, dilation and output_padding.
 
     >>> as_tuple(3, 2, "kernel_size")
     (3, 3)
@@ -53,6 +58,8 @@ def as_tuple(value: object, nd: int, name: str, minimum: int | None = None) -> t
         items = (as_int(value, name),) * nd
     else:
         seq: tuple[Any, ...] = tuple(value)  # type: ignore[arg-type]
+        if single and len(seq) == 1:
+            seq = seq * nd
         if len(seq) != nd:
             raise ValueError(
                 f"{name} must be an int or a tuple of {nd} ints for {nd}-d convolution, "
@@ -116,7 +123,8 @@ def transpose_output_size(
 
 
 def resolve_padding(
-    padding: Padding, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+    padding: Padding, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
+    single: bool = False,
 ) -> tuple[tuple[int, int], ...]:
     """(low, high) padding per axis; 'same' puts an odd extra at the high end, like torch."""
     nd = len(kernel)
@@ -136,7 +144,7 @@ def resolve_padding(
         raise ValueError(
             f"padding must be 'same', 'valid', an int or a tuple of {nd} ints, got {padding!r}"
         )
-    return tuple((p, p) for p in as_tuple(padding, nd, "padding", minimum=0))
+    return tuple((p, p) for p in as_tuple(padding, nd, "padding", minimum=0, single=single))
 
 
 @dataclass(frozen=True)
@@ -185,13 +193,18 @@ class ConvGeometry:
         dilation: IntOrTuple = 1,
         padding_mode: str = "zeros",
         input_name: str = "input",
+        single: bool = False,
     ) -> ConvGeometry:
-        """Validate the parameters against ``in_size`` and compute the output size."""
+        """Validate the parameters against ``in_size`` and compute the output size.
+
+        ``single=True`` accepts one-element tuples for stride, padding and
+        dilation (torch's convolutions do; its unfold and fold do not).
+        """
         nd = len(in_size)
         kernel = as_tuple(kernel_size, nd, "kernel_size", minimum=1)
-        strides = as_tuple(stride, nd, "stride", minimum=1)
-        dilations = as_tuple(dilation, nd, "dilation", minimum=1)
-        pads = resolve_padding(padding, kernel, strides, dilations)
+        strides = as_tuple(stride, nd, "stride", minimum=1, single=single)
+        dilations = as_tuple(dilation, nd, "dilation", minimum=1, single=single)
+        pads = resolve_padding(padding, kernel, strides, dilations, single=single)
         mode = check_padding_mode(padding_mode)
         size = tuple(as_int(n, f"{input_name} size") for n in in_size)
         if mode != "zeros":
@@ -234,10 +247,10 @@ class ConvGeometry:
                 f"convolution, got {padding!r}"
             )
         kernel = as_tuple(kernel_size, nd, "kernel_size", minimum=1)
-        strides = as_tuple(stride, nd, "stride", minimum=1)
-        dilations = as_tuple(dilation, nd, "dilation", minimum=1)
-        pads = as_tuple(padding, nd, "padding", minimum=0)
-        extra = as_tuple(output_padding, nd, "output_padding", minimum=0)
+        strides = as_tuple(stride, nd, "stride", minimum=1, single=True)
+        dilations = as_tuple(dilation, nd, "dilation", minimum=1, single=True)
+        pads = as_tuple(padding, nd, "padding", minimum=0, single=True)
+        extra = as_tuple(output_padding, nd, "output_padding", minimum=0, single=True)
         for op, s, d in zip(extra, strides, dilations):
             if op >= s and op >= d:
                 raise ValueError(

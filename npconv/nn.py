@@ -133,8 +133,8 @@ class _ConvBase:
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         self.kernel_size = as_tuple(kernel_size, nd, "kernel_size", minimum=1)
-        self.stride = as_tuple(stride, nd, "stride", minimum=1)
-        self.dilation = as_tuple(dilation, nd, "dilation", minimum=1)
+        self.stride = as_tuple(stride, nd, "stride", minimum=1, single=True)
+        self.dilation = as_tuple(dilation, nd, "dilation", minimum=1, single=True)
         self.groups = _check_groups(groups, self.in_channels, self.out_channels,
                                     transposed=self.transposed)
         if not isinstance(bias, bool):
@@ -151,7 +151,7 @@ class _ConvBase:
                     f"padding must be an int or a tuple of {nd} ints for "
                     f"{type(self).__name__}, got {padding!r}"
                 )
-            pads = as_tuple(padding, nd, "padding", minimum=0)
+            pads = as_tuple(padding, nd, "padding", minimum=0, single=True)
             # for_transpose checks output_padding against stride and dilation; the
             # input size is any one for which the output size is positive.
             ConvGeometry.for_transpose(
@@ -159,10 +159,12 @@ class _ConvBase:
                 output_padding, self.dilation,
             )
             self.padding: tuple[int, ...] | str = pads
-            self.output_padding = as_tuple(output_padding, nd, "output_padding", minimum=0)
+            self.output_padding = as_tuple(output_padding, nd, "output_padding", minimum=0,
+                                           single=True)
         else:
-            resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
-            self.padding = padding if isinstance(padding, str) else as_tuple(padding, nd, "padding")
+            resolve_padding(padding, self.kernel_size, self.stride, self.dilation, single=True)
+            self.padding = (padding if isinstance(padding, str)
+                            else as_tuple(padding, nd, "padding", single=True))
             self.output_padding = (0,) * nd
 
         self.dtype = backend.numpy_dtype(dtype)

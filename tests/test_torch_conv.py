@@ -319,3 +319,18 @@ def test_batch_chunking_transposed(cfg, seed):
     )
     for a, r in zip(got, ref):
         assert_close(a, r, reduction=cfg.batch * cfg.reduction_size * math.prod(cfg.output_size))
+
+
+@pytest.mark.parametrize("kwargs", [{"stride": (2,)}, {"padding": (1,)}, {"dilation": (2,)}])
+def test_one_element_tuples_expand_like_torch_conv(kwargs):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 2))
+    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), **kwargs).numpy()
+    np.testing.assert_allclose(npconv.conv2d(x, w, **kwargs), expected, rtol=1e-12, atol=1e-12)
+    gy = rng.standard_normal(expected.shape)
+    assert npconv.conv2d_backward(gy, x, w, **kwargs)[0].shape == x.shape
+
+
+def test_unfold_rejects_one_element_tuples_like_torch():
+    with pytest.raises(ValueError, match=r"stride must be an int or a tuple of 2 ints"):
+        npconv.im2col(np.ones((1, 1, 5, 5)), 2, stride=(2,))
