@@ -38,7 +38,7 @@ settings.register_profile("explore", max_examples=200, derandomize=False, **_COM
 
 try:
     import torch
-except ImportError:  # the torch comparisons skip themselves
+except ImportError:  # the torch comparisons then fail at import (torch is required)
     torch = None
 else:
     # One thread: torch's two-thread path of the slow (transposed, complex, float64)

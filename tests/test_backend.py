@@ -66,7 +66,7 @@ def test_asarray_passes_numpy_through_and_converts_lists():
 
 
 def test_asarray_shares_memory_with_torch_cpu_tensors():
-    torch = pytest.importorskip("torch")
+    import torch
     t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     a = npconv.asarray(t)
     assert isinstance(a, np.ndarray) and a.shape == (2, 3)
@@ -75,14 +75,14 @@ def test_asarray_shares_memory_with_torch_cpu_tensors():
 
 
 def test_asarray_refuses_tensors_that_require_grad():
-    torch = pytest.importorskip("torch")
+    import torch
     t = torch.ones(3, requires_grad=True)
     with pytest.raises(TypeError, match="detach"):
         npconv.asarray(t)
 
 
 def test_functions_accept_torch_tensors_through_asarray():
-    torch = pytest.importorskip("torch")
+    import torch
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
     y = npconv.conv2d(x, w)
