@@ -199,19 +199,28 @@ def _forward(
             y.reshape(n, o, length)[...] += bias_col
         return y
 
-    per_image = c * k_vol * length * x.dtype.itemsize
+    # Without groups the bias rides along in the matmul: a row of ones under the
+    # columns and the bias as an extra weight column save a pass over the output.
+    fused = bias is not None and g == 1
+    rows = c * k_vol + fused
+    if fused:
+        w = xp.concatenate([w[0], bias.reshape(o, 1)], axis=1)[None]  # (1, O, C*K + 1)
+    per_image = rows * length * x.dtype.itemsize
     chunk = workspace.chunk_length(per_image, n)
     windows = _Windows(x, geometry, chunk, view)
-    flat = _flat_buffer(xp, chunk * c * k_vol * length, x.dtype)
+    flat = _flat_buffer(xp, chunk * rows * length, x.dtype)
+    if fused:
+        _take(flat, (chunk, rows, length))[:, -1, :] = 1  # never overwritten below
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         b = stop - start
-        cols = _take(flat, (b, c) + geometry.kernel + geometry.out_size)
+        block = _take(flat, (b, rows, length))
+        cols = block[:, : c * k_vol].reshape((b, c) + geometry.kernel + geometry.out_size)
         cols[...] = windows(start, stop)
         y_chunk = y[start:stop].reshape(b, g, o // g, length)
-        # (g, O/g, C/g*K) @ (b, g, C/g*K, L) -> (b, g, O/g, L), written straight into NCHW
-        xp.matmul(w, cols.reshape(b, g, (c // g) * k_vol, length), out=y_chunk)
-        if bias_col is not None:
+        # (g, O/g, C/g*K [+1]) @ (b, g, C/g*K [+1], L) -> (b, g, O/g, L), straight into NCHW
+        xp.matmul(w, block.reshape(b, g, rows // g, length), out=y_chunk)
+        if bias_col is not None and not fused:
             y_chunk.reshape(b, o, length)[...] += bias_col
     return y
 
