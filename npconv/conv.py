@@ -40,6 +40,11 @@ ALGORITHMS = ("auto", "im2col", "direct", "winograd")
 # 'auto' uses Winograd when both channel counts per group reach this (measured:
 # below it the tile transforms cost more than the 2.25-4x cheaper contraction).
 WINOGRAD_MIN_CHANNELS = 16
+# ... and when there are enough output positions (batch x spatial) to amortise the
+# weight and tile transforms. Measured with idle BLAS threads not spinning: below
+# these, im2col won or tied (e.g. N1 C32 64x64, N2 C256 14x14, N4 C64 56x56).
+WINOGRAD_MIN_POSITIONS = 32768
+WINOGRAD_MIN_POSITIONS_BACKWARD = 16384
 
 # 'auto' differentiates stride-1 convolutions with at most this many input
 # channels per group by the direct path (measured faster for C = 3, 8, 16; not 32).
@@ -90,7 +95,7 @@ def _is_depthwise(channels: int, groups: int) -> bool:
 
 
 def _choose(algorithm: str, geometry: ConvGeometry, groups: int, c: int, o: int,
-            dtype: Any) -> str:
+            dtype: Any, batch: int = 0, backward: bool = False) -> str:
     """The forward algorithm for one call: 'pointwise', 'direct', 'winograd' or 'im2col'."""
     if algorithm == "winograd":
         if not _winograd_ok(geometry, dtype):
@@ -109,9 +114,12 @@ def _choose(algorithm: str, geometry: ConvGeometry, groups: int, c: int, o: int,
         return "direct"
     if _is_depthwise(c, groups):
         return "direct"
+    positions = batch * geometry.out_volume
     if (
         _winograd_ok(geometry, dtype)
         and min(c // groups, o // groups) >= WINOGRAD_MIN_CHANNELS
+        and positions >= (WINOGRAD_MIN_POSITIONS_BACKWARD if backward
+                          else WINOGRAD_MIN_POSITIONS)
     ):
         return "winograd"
     return "im2col"
@@ -180,7 +188,8 @@ def _forward(
         return y
     w = weight.reshape(g, o // g, (c // g) * k_vol)  # (g, O/g, C/g*K)
     bias_col = None if bias is None else bias.reshape(1, o, 1)
-    method = "im2col" if view is not None else _choose(algorithm, geometry, g, c, o, x.dtype)
+    method = ("im2col" if view is not None
+              else _choose(algorithm, geometry, g, c, o, x.dtype, batch=n))
     try:
         if method == "winograd":
             return winograd.conv2d(x, weight, bias, geometry.pads, g)
@@ -268,7 +277,8 @@ def _backward(
     if n == 0 or length == 0:
         return grad_input, _weight_shape(grad_weight, weight)
 
-    method = "im2col" if view is not None else _choose(algorithm, geometry, g, c, o, dtype)
+    method = ("im2col" if view is not None
+              else _choose(algorithm, geometry, g, c, o, dtype, batch=n, backward=True))
     if (algorithm == "auto" and view is None and method == "im2col"
             and c // g <= DIRECT_BACKWARD_MAX_CHANNELS
             and all(s == 1 for s in geometry.stride)):

@@ -155,13 +155,24 @@ def test_winograd_rejects_what_it_cannot_do():
         npconv.conv2d(x, np.ones((2, 2, 3, 3)), algorithm="fft")
 
 
+def test_auto_picks_winograd_only_with_enough_positions():
+    geometry = npconv.geometry.ConvGeometry.build((32, 32), 3, 1, 1)
+    enough = conv_module.WINOGRAD_MIN_POSITIONS // geometry.out_volume
+    pick = conv_module._choose
+    assert pick("auto", geometry, 1, 16, 24, np.float32, batch=enough) == "winograd"
+    assert pick("auto", geometry, 1, 16, 24, np.float32, batch=enough - 1) == "im2col"
+    assert pick("auto", geometry, 1, 8, 24, np.float32, batch=enough) == "im2col"  # channels
+    back = conv_module.WINOGRAD_MIN_POSITIONS_BACKWARD // geometry.out_volume
+    assert pick("auto", geometry, 1, 16, 24, np.float32, batch=back, backward=True) == "winograd"
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_auto_picks_and_matches_fast_paths(dtype):
     """The shapes that select Winograd / depthwise / pointwise in 'auto', against float64 torch."""
     rng = np.random.default_rng(3)
     cases = [
         # (n, c, o, groups, size, k, padding, expected method)
-        (2, 16, 24, 1, (10, 9), 3, 1, "winograd"),
+        (2, 16, 24, 1, (10, 9), 3, 1, "im2col"),  # Winograd-able, too few positions
         (2, 8, 16, 8, (9, 8), 3, 1, "direct"),  # depthwise with channel multiplier 2
         (2, 8, 8, 8, (7, 7), 3, 0, "direct"),
         (2, 16, 8, 1, (6, 7), 1, 0, "pointwise"),
@@ -172,7 +183,7 @@ def test_auto_picks_and_matches_fast_paths(dtype):
         w = (rng.standard_normal((o, c // g, k, k)) / math.sqrt(k * k * c // g)).astype(dtype)
         b = rng.standard_normal(o).astype(dtype)
         geometry = npconv.geometry.ConvGeometry.build(size, k, 1, padding)
-        assert conv_module._choose("auto", geometry, g, c, o, x.dtype) == expected
+        assert conv_module._choose("auto", geometry, g, c, o, x.dtype, batch=n) == expected
         y_ref, _ = _torch_conv(x, w, b, 1, padding, 1, g, "zeros", None)
         gy = rng.standard_normal(y_ref.shape).astype(dtype)
         _, refs = _torch_conv(x, w, b, 1, padding, 1, g, "zeros", gy)
