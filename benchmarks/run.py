@@ -32,7 +32,9 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 # Idle threads must not spin. With both libraries in one process on few cores,
 # OpenBLAS workers busy-wait after each of npconv's matmuls (about 2**28 cycles
@@ -58,6 +60,46 @@ except ImportError:  # pragma: no cover - optional peer
     mygrad = None
 
 THREADS = 2  # default; --threads overrides
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where both libraries compute: NumPy + torch CPU, or CuPy + torch CUDA."""
+
+    name: str
+    xp: Any  # the array module npconv's inputs are made with
+    torch_device: str
+    sync: Callable[[], None]
+    to_host: Callable[[Any], Any]
+
+    def timed_call(self, f):
+        """``f`` followed by a device synchronisation, so wall time covers the work."""
+        def call():
+            result = f()
+            self.sync()
+            return result
+        return call
+
+
+CPU = Device("cpu", np, "cpu", lambda: None, lambda a: a)
+
+
+def cuda_device() -> Device:
+    try:
+        import cupy  # only for --device cuda
+    except ImportError:
+        raise SystemExit("--device cuda needs CuPy (pip install npconv[cuda12x])") from None
+    if not (cupy.is_available() and torch.cuda.is_available()):
+        raise SystemExit("--device cuda needs CuPy and torch with a CUDA device")
+    # CuPy's float32 matmuls are exact float32 (CUPY_TF32 unset); keep cuDNN alike.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    def sync() -> None:
+        cupy.cuda.Device().synchronize()
+        torch.cuda.synchronize()
+
+    return Device("cuda", cupy, "cuda", sync, cupy.asnumpy)
 
 
 @dataclass(frozen=True)
@@ -147,18 +189,20 @@ def peak_bytes(f) -> int:
     return peak - base
 
 
-def make_ops(case: Case, rng):
+def make_ops(case: Case, rng, device: Device = CPU):
     dt = np.dtype(case.dtype)
-    x = rng.standard_normal((case.n, case.c, case.h, case.h)).astype(dt)
-    w = rng.standard_normal((case.o, case.c // case.groups, case.k, case.k)).astype(dt)
-    w *= 1 / math.sqrt(case.c // case.groups * case.k * case.k)
-    b = rng.standard_normal(case.o).astype(dt)
+    host = {}
+    host["x"] = rng.standard_normal((case.n, case.c, case.h, case.h)).astype(dt)
+    host["w"] = rng.standard_normal((case.o, case.c // case.groups, case.k, case.k)).astype(dt)
+    host["w"] *= 1 / math.sqrt(case.c // case.groups * case.k * case.k)
+    host["b"] = rng.standard_normal(case.o).astype(dt)
     s, p, g, k = case.s, case.p, case.groups, case.k
-    y = npconv.conv2d(x, w, b, s, p, 1, g)
-    gy = rng.standard_normal(y.shape).astype(dt)
-    cols = npconv.im2col(x, k, 1, p, s)
-    xt, wt, bt, gyt = (torch.from_numpy(a) for a in (x, w, b, gy))
-    colst = torch.from_numpy(cols)
+    y = npconv.conv2d(host["x"], host["w"], host["b"], s, p, 1, g)
+    host["gy"] = rng.standard_normal(y.shape).astype(dt)
+    host["cols"] = npconv.im2col(host["x"], k, 1, p, s)
+    x, w, b, gy, cols = (device.xp.asarray(host[key]) for key in ("x", "w", "b", "gy", "cols"))
+    xt, wt, bt, gyt, colst = (torch.from_numpy(host[key]).to(device.torch_device)
+                              for key in ("x", "w", "b", "gy", "cols"))
     ops = {
         "forward": (lambda: npconv.conv2d(x, w, b, s, p, 1, g),
                     lambda: F.conv2d(xt, wt, bt, s, p, 1, g)),
@@ -171,7 +215,8 @@ def make_ops(case: Case, rng):
         "col2im": (lambda: npconv.col2im(cols, (case.h, case.h), k, 1, p, s),
                    lambda: F.fold(colst, (case.h, case.h), k, 1, p, s)),
     }
-    if mygrad is not None and g == 1:
+    ops = {name: (device.timed_call(fa), device.timed_call(fb)) for name, (fa, fb) in ops.items()}
+    if mygrad is not None and g == 1 and device is CPU:
         def mg():
             xm, wm = mygrad.Tensor(x), mygrad.Tensor(w)
             out = mygrad.nnet.conv_nd(xm, wm, stride=s, padding=p)
@@ -191,16 +236,18 @@ def make_ops(case: Case, rng):
     return ops
 
 
-def check_same(case: Case, ops) -> None:
+def check_same(case: Case, ops, device: Device = CPU) -> None:
     """Each pair computes the same thing (a cheap guard against benchmarking a bug)."""
     tol = 1e-3 if case.dtype == "float32" else 1e-9
+
+    def close(a, b, what):
+        a, b = device.to_host(a), b.cpu().numpy()
+        assert np.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max()))), what
+
     for name in ("forward", "im2col", "col2im"):
-        a, b = ops[name][0](), ops[name][1]().numpy()
-        assert np.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max()))), name
-    got, want = ops["backward"][0](), ops["backward"][1]()
-    for a, b in zip(got, want):
-        b = b.numpy()
-        assert np.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max()))), "backward"
+        close(ops[name][0](), ops[name][1](), name)
+    for a, b in zip(ops["backward"][0](), ops["backward"][1]()):
+        close(a, b, "backward")
 
 
 def machine_info() -> dict:
@@ -246,15 +293,16 @@ def run(args) -> tuple[list[dict], list[tuple[str, bool, str]]]:
     rows = []
     cases = [c for c in SUITE if not args.only or c.label in args.only]
     for case in cases:
-        ops = make_ops(case, rng)
-        check_same(case, ops)
+        ops = make_ops(case, rng, args.device)
+        check_same(case, ops, args.device)
         for op, (fa, fb) in ops.items():
             if args.ops and op.split()[0] not in args.ops:
                 continue
             reps = args.reps
             budget = args.budget * (3 if op.startswith("fwd+bwd") else 1)
             ta, tb, ratio, count = interleaved(fa, fb, reps, budget)
-            mem = peak_bytes(fa) if op in ("forward", "backward", "im2col", "col2im") else None
+            tracked = op in ("forward", "backward", "im2col", "col2im") and args.device is CPU
+            mem = peak_bytes(fa) if tracked else None  # tracemalloc sees host memory only
             peer = "mygrad" if "mygrad" in op else "torch"
             row = dict(case=case.label, shape=case.describe(), op=op, peer=peer,
                        npconv_ms=ta * 1e3, peer_ms=tb * 1e3, ratio=ratio, pairs=count,
@@ -311,8 +359,11 @@ def markdown(rows, checks, info, command) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "npconv against PyTorch (CPU) and mygrad, measured in one process with the same",
-        f"thread count ({THREADS}) on both sides. Produced by:",
+        (f"npconv against PyTorch (CPU) and mygrad, measured in one process with the same "
+         f"thread count ({THREADS}) on both sides. Produced by:"
+         if info["device"] == "cpu" else
+         f"npconv on CuPy against PyTorch on CUDA ({info['gpu']}), in one process, each "
+         f"call followed by a device synchronisation; TF32 off on both sides. Produced by:"),
         "",
         "```sh",
         command,
@@ -397,7 +448,7 @@ def plot(rows, path) -> None:
     ax.set_xticks(range(len(cases)), cases)
     ax.set_ylabel("time ratio npconv / peer (log; < 1 = npconv faster)")
     ax.set_title(
-        f"npconv vs torch CPU and mygrad, {THREADS} thread(s), median of interleaved pairs"
+        f"npconv vs torch and mygrad, {THREADS} thread(s), median of interleaved pairs"
     )
     ax.legend(fontsize=8, loc="best")
     ax.grid(axis="y", which="both", alpha=0.3)
@@ -416,12 +467,17 @@ def main(argv=None) -> int:
     parser.add_argument("--ops", nargs="*", help="forward backward im2col col2im fwd+bwd")
     parser.add_argument("--threads", type=int, default=THREADS,
                         help="threads for both libraries (default %(default)s)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu: NumPy vs torch CPU; cuda: CuPy vs torch CUDA")
     args = parser.parse_args(argv)
+    args.device = CPU if args.device == "cpu" else cuda_device()
     set_threads(args.threads)
     args.reps, args.budget = (7, 0.5) if args.quick else (21, 3.0)
     torch.set_num_threads(THREADS)
     with threadpoolctl.threadpool_limits(THREADS, user_api="blas"):
         info = machine_info()
+        info["device"] = args.device.name
+        info["gpu"] = torch.cuda.get_device_name() if args.device.name == "cuda" else ""
         env = " ".join(f"{k}={v}" for k, v in info["openblas_env"].items())
         print(f"{info['cpu']} | {info['cores']} cores | numpy {info['numpy']} | torch "
               f"{info['torch']} | BLAS {info['blas']} | {env or 'no OPENBLAS_* overrides'}")
