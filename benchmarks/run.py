@@ -314,6 +314,28 @@ def run(args) -> tuple[list[dict], list[tuple[str, bool, str]]]:
     return rows, targets(rows)
 
 
+def combine(runs: list[list[dict]]) -> list[dict]:
+    """One row per (case, op): the median over whole-suite runs of each figure.
+
+    The machine drifts between states (BLAS threads, neighbours) on a scale of
+    seconds to minutes; repeating the suite and taking medians across runs is
+    steadier than more pairs within one run.
+    """
+    if len(runs) == 1:
+        return runs[0]
+    combined = []
+    for rows in zip(*runs):
+        row = dict(rows[0])
+        for key in ("npconv_ms", "peer_ms", "ratio"):
+            row[key] = statistics.median(r[key] for r in rows)
+        row["pairs"] = sum(r["pairs"] for r in rows)
+        mems = [r["mem_mib"] for r in rows if r["mem_mib"] is not None]
+        row["mem_mib"] = max(mems) if mems else None
+        row["runs"] = [r["ratio"] for r in rows]
+        combined.append(row)
+    return combined
+
+
 def targets(rows) -> list[tuple[str, bool, str]]:
     def pick(op, depthwise=False):
         return {r["case"]: r["ratio"] for r in rows if r["op"] == op
@@ -404,17 +426,20 @@ def markdown(rows, checks, info, command) -> str:
         "  steal torch's cores in the interleaved loop; that made torch about 2x slower",
         "  here and npconv's ratios look far better than they are.",
         "- Ratios move by up to about 2x between runs on this shared virtual machine",
-        "  (single cases, not the geometric means, swing most); quote several runs.",
+        "  (single cases, not the geometric means, swing most). With `--runs N` the whole",
+        "  suite runs N times and every figure is the median across runs; the last",
+        "  column lists each run's ratio.",
         "",
         "## Results",
         "",
-        "| case | shape | op | npconv ms | peer ms | npconv/peer | npconv peak MiB |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| case | shape | op | npconv ms | peer ms | npconv/peer | npconv peak MiB | per run |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         mem = "" if r["mem_mib"] is None else f"{r['mem_mib']:.1f}"
+        per_run = " ".join(f"{v:.2f}" for v in r.get("runs", [r["ratio"]]))
         lines.append(f"| {r['case']} | {r['shape']} | {r['op']} | {r['npconv_ms']:.2f} | "
-                     f"{r['peer_ms']:.2f} | **{r['ratio']:.2f}** | {mem} |")
+                     f"{r['peer_ms']:.2f} | **{r['ratio']:.2f}** | {mem} | {per_run} |")
     lines += ["", "## Targets", "", "| target | result | value |", "|---|---|---|"]
     for name, ok, value in checks:
         lines.append(f"| {name} | {'PASS' if ok else 'FAIL'} | {value} |")
@@ -467,6 +492,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ops", nargs="*", help="forward backward im2col col2im fwd+bwd")
     parser.add_argument("--threads", type=int, default=THREADS,
                         help="threads for both libraries (default %(default)s)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat the whole suite and report medians across runs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu: NumPy vs torch CPU; cuda: CuPy vs torch CUDA")
     args = parser.parse_args(argv)
@@ -482,7 +509,13 @@ def main(argv=None) -> int:
         print(f"{info['cpu']} | {info['cores']} cores | numpy {info['numpy']} | torch "
               f"{info['torch']} | BLAS {info['blas']} | {env or 'no OPENBLAS_* overrides'}")
         load_before = load_average()
-        rows, checks = run(args)
+        runs = []
+        for index in range(args.runs):
+            if args.runs > 1:
+                print(f"--- run {index + 1} of {args.runs}", flush=True)
+            runs.append(run(args)[0])
+        rows = combine(runs)
+        checks = targets(rows)
         info["load"] = f"{load_before} before, {load_average()} after (1, 5, 15 min)"
     print()
     print(f"load average: {info['load']}")
