@@ -42,9 +42,9 @@ ALGORITHMS = ("auto", "im2col", "direct", "winograd")
 WINOGRAD_MIN_CHANNELS = 16
 # ... and when there are enough output positions (batch x spatial) to amortise the
 # weight and tile transforms. Measured with idle BLAS threads not spinning: below
-# these, im2col won or tied (e.g. N1 C32 64x64, N2 C256 14x14, N4 C64 56x56).
+# these, im2col won or tied (forward: N1 C32 64x64, N4 C64 56x56; both: N2 C256 14x14).
 WINOGRAD_MIN_POSITIONS = 32768
-WINOGRAD_MIN_POSITIONS_BACKWARD = 16384
+WINOGRAD_MIN_POSITIONS_BACKWARD = 4096
 
 # 'auto' differentiates stride-1 convolutions with at most this many input
 # channels per group by the direct path (measured faster for C = 3, 8, 16; not 32).
