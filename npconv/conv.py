@@ -33,7 +33,7 @@ from typing import Any
 from . import backend, direct, winograd, workspace
 from ._validate import check_ndim, check_same_dtype, prepare
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_int, check_padding_mode
-from .patches import fold_add, pad, window_view
+from .patches import ChunkPadder, fold_add, window_view
 
 ALGORITHMS = ("auto", "im2col", "direct", "winograd")
 
@@ -129,36 +129,16 @@ def _choose(algorithm: str, geometry: ConvGeometry, groups: int, c: int, o: int,
 
 
 class _Windows:
-    """Patch views of a batch, one chunk at a time, padding each chunk on the fly.
-
-    Padding per chunk keeps the padded copy small and in cache; the zero
-    border of the reused buffer is written once.
-    """
+    """Patch views of a batch, one chunk at a time, padding each chunk on the fly."""
 
     def __init__(self, x: Any, geometry: ConvGeometry, chunk: int, view: Any = None):
-        self.x, self.geometry, self.view = x, geometry, view
-        self.buffer = None
-        if view is None and geometry.has_padding and geometry.padding_mode == "zeros":
-            xp = backend.get_array_module(x)
-            shape = (min(chunk, x.shape[0]), x.shape[1]) + geometry.padded_size
-            self.buffer = xp.zeros(shape, dtype=x.dtype)
+        self.geometry, self.view = geometry, view
+        self.padder = None if view is not None else ChunkPadder(x, geometry, chunk)
 
     def __call__(self, start: int, stop: int) -> Any:
-        if self.view is not None:
+        if self.padder is None:
             return self.view[start:stop]
-        g = self.geometry
-        if self.buffer is None:
-            return window_view(pad(self.x[start:stop], g), g)
-        padded = self.buffer[: stop - start]
-        interior = (slice(None), slice(None)) + tuple(
-            slice(lo, lo + n) for n, (lo, _) in zip(g.in_size, g.pads)
-        )
-        padded[interior] = self.x[start:stop]
-        return window_view(padded, g)
-
-
-def _flat_buffer(xp: Any, size: int, dtype: Any) -> Any:
-    return xp.empty(size, dtype=dtype)
+        return window_view(self.padder(start, stop), self.geometry)
 
 
 def _take(flat: Any, shape: tuple[int, ...]) -> Any:
@@ -217,7 +197,7 @@ def _forward(
     per_image = rows * length * x.dtype.itemsize
     chunk = workspace.chunk_length(per_image, n)
     windows = _Windows(x, geometry, chunk, view)
-    flat = _flat_buffer(xp, chunk * rows * length, x.dtype)
+    flat = xp.empty(chunk * rows * length, dtype=x.dtype)
     if fused:
         _take(flat, (chunk, rows, length))[:, -1, :] = 1  # never overwritten below
     for start in range(0, n, chunk):
@@ -329,8 +309,8 @@ def _backward(
     per_image = (c * k_vol + o) * length * dtype.itemsize
     chunk = workspace.chunk_length(per_image, n)
     windows = _Windows(x, geometry, chunk, view) if need_weight else None
-    flat = _flat_buffer(xp, chunk * c * k_vol * length, dtype)
-    flat_gy = _flat_buffer(xp, chunk * o * length, dtype)
+    flat = xp.empty(chunk * c * k_vol * length, dtype=dtype)
+    flat_gy = xp.empty(chunk * o * length, dtype=dtype)
     partial = xp.empty_like(grad_weight) if need_weight else None
     nd = geometry.nd
     for start in range(0, n, chunk):
@@ -373,7 +353,7 @@ def _check_algorithm(algorithm: object) -> str:
     return algorithm  # type: ignore[return-value]
 
 
-def _check_groups(groups: object, in_channels: int, out_channels: int, transposed: bool) -> int:
+def _check_groups(groups: object, in_channels: int, out_channels: int) -> int:
     g = as_int(groups, "groups")
     if g < 1:
         raise ValueError(f"groups must be a positive integer, got {groups!r}")
@@ -420,7 +400,7 @@ def _conv_setup(
     if not batched:
         x = x[None]
     c, o = x.shape[1], weight.shape[0]
-    g = _check_groups(groups, c, o, transposed=False)
+    g = _check_groups(groups, c, o)
     if weight.shape[1] * g != c:
         raise ValueError(
             f"weight of shape {tuple(weight.shape)} with groups={g} expects "
@@ -594,7 +574,7 @@ def _transpose_setup(
             f"(shape {tuple(x.shape)})"
         )
     c_out = weight.shape[1] * g
-    _check_groups(g, c_in, c_out, transposed=True)
+    _check_groups(g, c_in, c_out)
     _check_bias(bias, c_out)
     geometry = ConvGeometry.for_transpose(
         x.shape[2:], tuple(weight.shape[2:]), stride, padding, output_padding, dilation

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import backend, workspace
 from .geometry import ConvGeometry
-from .patches import pad, unpad_add, window_view
+from .patches import ChunkPadder, unpad_add, window_view
 
 # Chunks this small keep the shifted operands of a depthwise layer in L2.
 TARGET_CHUNK_BYTES = 1 * 2**20
@@ -67,27 +67,6 @@ class _Layout:
         )
 
 
-class _Padder:
-    """Padded copies of batch chunks; the zero border of a reused buffer is written once."""
-
-    def __init__(self, xp: Any, x: Any, geometry: ConvGeometry, chunk: int):
-        self.x, self.geometry = x, geometry
-        self.buffer = None
-        if geometry.has_padding and geometry.padding_mode == "zeros":
-            self.buffer = xp.zeros((min(chunk, x.shape[0]), x.shape[1]) + geometry.padded_size,
-                                   dtype=x.dtype)
-        self.xp = xp
-
-    def __call__(self, start: int, stop: int) -> Any:
-        g = self.geometry
-        if self.buffer is None:
-            return self.xp.ascontiguousarray(pad(self.x[start:stop], g))
-        out = self.buffer[: stop - start]
-        out[(slice(None), slice(None)) + tuple(
-            slice(lo, lo + n) for n, (lo, _) in zip(g.in_size, g.pads))] = self.x[start:stop]
-        return out
-
-
 def _chunk(per_image: int, n: int) -> int:
     return workspace.chunk_length(per_image, n, target=TARGET_CHUNK_BYTES)
 
@@ -111,14 +90,14 @@ def forward(x: Any, weight: Any, bias: Any, geometry: ConvGeometry, groups: int)
     per_image = (c * lay.volume + 2 * o * (lay.volume if lay.flat else length)
                  + (c * k_vol * length if depthwise else 0)) * x.dtype.itemsize
     chunk = _chunk(per_image, n)
-    padder = _Padder(xp, x, geometry, chunk)
+    padder = ChunkPadder(x, geometry, chunk)
     acc_flat = xp.empty(chunk * o * (lay.volume if lay.flat else length), dtype=x.dtype)
     tmp_flat = xp.empty(chunk * o * length, dtype=x.dtype)
     cols_flat = xp.empty(chunk * c * k_vol * length if depthwise and lay.flat else 0, dtype=x.dtype)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         b = stop - start
-        xpad = padder(start, stop)
+        xpad = xp.ascontiguousarray(padder(start, stop))  # flat views need C order
         if lay.flat:
             xf = xpad.reshape(b, c, lay.volume)
             acc_ext = acc_flat[: b * o * lay.volume].reshape(b, o, lay.volume)
@@ -194,7 +173,7 @@ def backward(
                  + (c * k_vol * length if stacked or depthwise and lay.flat else 0)
                  ) * dtype.itemsize
     chunk = _chunk(per_image, n)
-    padder = _Padder(xp, x, geometry, chunk) if need_weight else None
+    padder = ChunkPadder(x, geometry, chunk) if need_weight else None
     gy_flat = xp.zeros(chunk * o * lay.volume, dtype=dtype) if lay.flat else None
     gx_flat = xp.empty(chunk * c * lay.volume, dtype=dtype) if need_input else None
     tmp_flat = xp.empty(chunk * c * length, dtype=dtype)
@@ -216,7 +195,7 @@ def backward(
         view: Any = None
         if need_weight:
             assert padder is not None
-            xpad = padder(start, stop)
+            xpad = xp.ascontiguousarray(padder(start, stop))
             xf = xpad.reshape(b, c, lay.volume) if lay.flat else None
             view = None if lay.flat else window_view(xpad, geometry)
         if need_input:

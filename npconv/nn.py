@@ -135,8 +135,7 @@ class _ConvBase:
         self.kernel_size = as_tuple(kernel_size, nd, "kernel_size", minimum=1)
         self.stride = as_tuple(stride, nd, "stride", minimum=1, single=True)
         self.dilation = as_tuple(dilation, nd, "dilation", minimum=1, single=True)
-        self.groups = _check_groups(groups, self.in_channels, self.out_channels,
-                                    transposed=self.transposed)
+        self.groups = _check_groups(groups, self.in_channels, self.out_channels)
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be True or False, got {bias!r}")
         self.padding_mode = check_padding_mode(padding_mode)

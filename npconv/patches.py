@@ -46,6 +46,30 @@ def _interior(geometry: ConvGeometry, ndim: int) -> tuple[slice, ...]:
     return lead + tuple(slice(lo, lo + n) for n, (lo, _) in zip(geometry.in_size, geometry.pads))
 
 
+class ChunkPadder:
+    """Padded copies of batch chunks ``x[start:stop]``, as :func:`pad` makes them.
+
+    With zero padding one buffer is reused for every chunk: its zero border is
+    written once and only the interior is copied per chunk, which keeps the
+    padded copy small and in cache.
+    """
+
+    def __init__(self, x: Any, geometry: ConvGeometry, chunk: int):
+        self.x, self.geometry = x, geometry
+        self.buffer = None
+        if geometry.has_padding and geometry.padding_mode == "zeros":
+            xp = backend.get_array_module(x)
+            shape = (min(chunk, x.shape[0]),) + x.shape[1 : x.ndim - geometry.nd]
+            self.buffer = xp.zeros(shape + geometry.padded_size, dtype=x.dtype)
+
+    def __call__(self, start: int, stop: int) -> Any:
+        if self.buffer is None:
+            return pad(self.x[start:stop], self.geometry)
+        padded = self.buffer[: stop - start]
+        padded[_interior(self.geometry, padded.ndim)] = self.x[start:stop]
+        return padded
+
+
 def unpad_add(out: Any, padded_grad: Any, geometry: ConvGeometry) -> None:
     """``out += P^T padded_grad``: the adjoint of :func:`pad`, accumulated into ``out``."""
     xp = backend.get_array_module(out, padded_grad)
