@@ -33,7 +33,7 @@ from typing import Any
 from . import backend, direct, winograd, workspace
 from ._validate import check_ndim, check_same_dtype, prepare
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_int, check_padding_mode
-from .patches import ChunkPadder, fold_add, window_view
+from .patches import ChunkPadder, fold_into, window_view
 
 ALGORITHMS = ("auto", "im2col", "direct", "winograd")
 
@@ -331,7 +331,7 @@ def _backward(
         if need_input:
             # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL): the column gradient, then fold
             xp.matmul(w_t, gy_2d, out=cols_2d)
-            fold_add(grad_input[start:stop], xp.moveaxis(cols, 1 + nd, 0), geometry)
+            fold_into(grad_input[start:stop], xp.moveaxis(cols, 1 + nd, 0), geometry)
     return grad_input, _weight_shape(grad_weight, weight)
 
 
