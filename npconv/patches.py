@@ -169,7 +169,9 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     def fold_blocks(blocks: list[tuple[slice, ...]]) -> None:
         first = out[blocks[0]]
         lead_shape = first.shape[: first.ndim - geometry.nd]
-        stack_all = None if direct else xp.empty((per_pass,) + lead_shape + size, out.dtype)
+        # Every block copies to the same slab positions, so in a single pass the
+        # positions no window reaches stay zero from this one fill.
+        stack_all = None if direct else xp.zeros((per_pass,) + lead_shape + size, out.dtype)
         padded_all = None if zero_padded else xp.empty(lead_shape + size, out.dtype)
         for block in blocks:
             o_block, g_block = out[block], grad_patches[block]
@@ -179,9 +181,11 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
                 part = slabs[p : p + per_pass]
                 if stack_all is None:
                     stack = target[None]
+                    stack[...] = 0
                 else:
                     stack = stack_all[(slice(0, len(part)),) + cut]
-                stack[...] = 0
+                    if per_pass < len(slabs):
+                        stack[...] = 0
                 for slab, copies in zip(stack, part):
                     for to, source in copies:
                         slab[to] = g_block[source]
