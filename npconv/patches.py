@@ -73,6 +73,9 @@ class ChunkPadder:
 
 def unpad_add(out: Any, padded_grad: Any, geometry: ConvGeometry) -> None:
     """``out += P^T padded_grad``: the adjoint of :func:`pad`, accumulated into ``out``."""
+    if geometry.padding_mode == "zeros" or not geometry.has_padding:
+        out += padded_grad[_interior(geometry, out.ndim)]  # the border is dropped
+        return
     xp = backend.get_array_module(out, padded_grad)
     g = padded_grad
     lead = out.ndim - geometry.nd
@@ -90,8 +93,6 @@ def _unpad_axis(xp: Any, g: Any, axis: int, n: int, lo: int, hi: int, mode: str)
         return (slice(None),) * axis + (slice(start, stop),)
 
     out = g[at(lo, lo + n)].copy()
-    if mode == "zeros":
-        return out
     low, high = g[at(0, lo)], g[at(lo + n, lo + n + hi)]
     # Padded index j < lo copies reflect: lo - j, replicate: 0, circular: n - lo + j;
     # padded index lo + n + t copies reflect: n - 2 - t, replicate: n - 1, circular: t.
