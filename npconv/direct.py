@@ -171,14 +171,21 @@ def backward(
     stacked = lay.flat and not depthwise and cg <= STACK_MAX_CHANNELS
     per_image = (2 * c * lay.volume + o * lay.volume + c * length
                  + (c * k_vol * length if stacked or depthwise and lay.flat else 0)
+                 + (c * k_vol * lay.volume if stacked and need_input else 0)
                  ) * dtype.itemsize
-    chunk = _chunk(per_image, n)
+    chunk = _chunk(per_image, n) if not stacked else workspace.chunk_length(per_image, n)
     padder = ChunkPadder(x, geometry, chunk) if need_weight else None
     gy_flat = xp.zeros(chunk * o * lay.volume, dtype=dtype) if lay.flat else None
     gx_flat = xp.empty(chunk * c * lay.volume, dtype=dtype) if need_input else None
     tmp_flat = xp.empty(chunk * c * length, dtype=dtype)
     cols_flat = xp.empty(chunk * c * k_vol * length if stacked or depthwise and lay.flat else 0,
                          dtype=dtype)
+    # Stacked grad input: each offset's column gradient is copied into its own slab at
+    # its shift, and the slabs are summed contiguously (NumPy's strided in-place adds
+    # run several times slower than copies). Every chunk writes the same slab
+    # positions, so the rest stays zero from this one fill.
+    slabs = (xp.zeros((k_vol, chunk, c, lay.volume), dtype=dtype) if stacked and need_input
+             else None)
     out_slices = (slice(None), slice(None)) + tuple(slice(0, m) for m in geometry.out_size)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -244,9 +251,11 @@ def backward(
                 w_all = w_t.transpose(0, 3, 1, 2).reshape(g, k_vol * cg, og)
                 xp.matmul(w_all, gys.reshape(b, g, og, length),
                           out=cols.reshape(b, g, k_vol * cg, length))
-                gxg = gxf.reshape(b, g, cg, lay.volume)
+                assert slabs is not None
+                stack = slabs[:, :b]
                 for k, off in enumerate(lay.offsets):
-                    gxg[:, :, :, off: off + lay.q] += cols[:, :, k]
+                    stack[k].reshape(b, g, cg, lay.volume)[..., off: off + lay.q] = cols[:, :, k]
+                xp.sum(stack, axis=0, out=gxf)
                 assert grad_input is not None
                 unpad_add(grad_input[start:stop], gx_pad, geometry)
             continue

@@ -273,6 +273,25 @@ def test_small_workspace_limit_gives_same_result(algo, restore_limit):
         np.testing.assert_allclose(got, ref, atol=1e-12)
 
 
+@pytest.mark.parametrize("groups, c, padding", [(1, 3, 1), (2, 4, 0), (1, 2, 2)])
+def test_stacked_direct_backward_in_uneven_chunks_matches_torch(groups, c, padding,
+                                                                restore_limit):
+    """Few channels per group, stride 1: the direct backward stacks every kernel offset
+    into one matmul and sums per-offset slabs. Chunks of a few images, the last one
+    smaller, must give torch's gradients."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((7, c, 12, 10))
+    w = rng.standard_normal((6, c // groups, 3, 3))
+    b = rng.standard_normal(6)
+    y, _ = _torch_conv(x, w, b, 1, padding, 1, groups, "zeros", None)
+    gy = rng.standard_normal(y.shape)
+    _, expected = _torch_conv(x, w, b, 1, padding, 1, groups, "zeros", gy)
+    npconv.set_workspace_limit(300_000)  # chunks of 2-3 images for these shapes
+    got = npconv.conv2d_backward(gy, x, w, padding=padding, groups=groups, algorithm="direct")
+    for a, ref in zip(got, expected):
+        _close(a, ref, 1e-12)
+
+
 @pytest.mark.parametrize("algo", ["im2col", "direct", "winograd"])
 @pytest.mark.parametrize("groups", [1, 16])
 def test_workspace_limit_too_small_raises(algo, groups, restore_limit):
