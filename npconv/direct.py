@@ -26,7 +26,7 @@ import itertools
 import math
 from typing import Any
 
-from . import backend, workspace
+from . import backend, threads, workspace
 from .geometry import ConvGeometry
 from .patches import ChunkPadder, unpad_add, window_view
 
@@ -90,54 +90,83 @@ def forward(x: Any, weight: Any, bias: Any, geometry: ConvGeometry, groups: int)
     per_image = (c * lay.volume + 2 * o * (lay.volume if lay.flat else length)
                  + (c * k_vol * length if depthwise else 0)) * x.dtype.itemsize
     chunk = _chunk(per_image, n)
-    padder = ChunkPadder(x, geometry, chunk)
-    acc_flat = xp.empty(chunk * o * (lay.volume if lay.flat else length), dtype=x.dtype)
-    tmp_flat = xp.empty(chunk * o * length, dtype=x.dtype)
-    cols_flat = xp.empty(chunk * c * k_vol * length if depthwise and lay.flat else 0, dtype=x.dtype)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        b = stop - start
-        xpad = xp.ascontiguousarray(padder(start, stop))  # flat views need C order
-        if lay.flat:
-            xf = xpad.reshape(b, c, lay.volume)
-            acc_ext = acc_flat[: b * o * lay.volume].reshape(b, o, lay.volume)
-            acc = acc_ext[:, :, : lay.q]
-        else:
-            view = window_view(xpad, geometry)
-            acc = acc_flat[: b * o * length].reshape(b, o, length)
-        if depthwise and lay.flat:
-            # cols[n, c, k] = x_k[n, c]: K contiguous 1-d copies, in cache
-            cols = cols_flat[: b * c * k_vol * length].reshape(b, c, k_vol, length)
-            for k, off in enumerate(lay.offsets):
-                cols[:, :, k] = xf[:, :, off: off + lay.q]
-            # y[n, c, t] = w[c, t] (mult, K) @ cols[n, c] (K, Q): batched over channels
-            xp.matmul(w.reshape(c, og, k_vol), cols, out=acc.reshape(b, c, og, length))
-            y[start:stop] = lay.crop(acc_ext)
-            continue
-        tmp = tmp_flat[: b * o * length].reshape(b, o, length)
-        for k, (tap, off) in enumerate(zip(lay.taps, lay.offsets)):
-            if lay.flat:
-                xs = xf[:, :, off: off + lay.q]  # (b, C, Q): x shifted by tap
-            else:
-                xs = view[(slice(None), slice(None)) + tap].reshape(b, c, length)
-            dst = acc if k == 0 else tmp
-            if depthwise:
-                # (b, C, 1, Q) * (C, mult, 1) -> (b, C, mult, Q)
-                xp.multiply(xs[:, :, None, :], w[:, :, 0, k, None],
-                            out=dst.reshape(b, c, og, length))
-            else:
-                # (g, O/g, C/g) @ (b, g, C/g, Q) -> (b, g, O/g, Q)
-                xp.matmul(w[..., k], xs.reshape(b, g, cg, length),
-                          out=dst.reshape(b, g, og, length))
-            if k:
-                acc += tmp
-        if lay.flat:
-            y[start:stop] = lay.crop(acc_ext)
-        else:
-            y[start:stop] = acc.reshape((b, o) + out_size)
-    if bias is not None:
-        y += bias.reshape((1, o) + (1,) * geometry.nd)
+    starts = list(range(0, n, chunk))
+    # Depthwise layers are elementwise work and small matmuls that BLAS runs on one
+    # core: split the chunks over host threads (each with its own buffers).
+    workers = 1
+    if depthwise and backend.backend_of(x).host_threads:
+        fit = workspace.get_workspace_limit() // (chunk * per_image)
+        workers = max(1, min(threads.get_num_threads(), len(starts), fit))
+    b_4d = None if bias is None else bias.reshape((1, o) + (1,) * geometry.nd)
+
+    def run(share: list[int]) -> None:
+        padder = ChunkPadder(x, geometry, chunk)
+        acc_flat = xp.empty(chunk * o * (lay.volume if lay.flat else length), dtype=x.dtype)
+        tmp_flat = xp.empty(chunk * o * length, dtype=x.dtype)
+        cols_flat = xp.empty(chunk * c * k_vol * length if depthwise and lay.flat else 0,
+                             dtype=x.dtype)
+        for start in share:
+            stop = min(n, start + chunk)
+            _forward_chunk(xp, x, w, lay, padder, start, stop, y, acc_flat, tmp_flat,
+                           cols_flat, g, depthwise)
+            if b_4d is not None:
+                y[start:stop] += b_4d
+
+    step = -(-len(starts) // workers)
+    threads.run_split(run, [starts[i : i + step] for i in range(0, len(starts), step)],
+                      workers)
     return y
+
+
+def _forward_chunk(xp: Any, x: Any, w: Any, lay: _Layout, padder: ChunkPadder, start: int,
+                   stop: int, y: Any, acc_flat: Any, tmp_flat: Any, cols_flat: Any, g: int,
+                   depthwise: bool) -> None:
+    """y[start:stop] = conv(x[start:stop], w) for one batch chunk (no bias)."""
+    b = stop - start
+    c = x.shape[1]
+    o = y.shape[1]
+    og, cg = o // g, c // g
+    geometry = lay.geometry
+    k_vol = geometry.kernel_volume
+    length = lay.q if lay.flat else geometry.out_volume
+    xpad = xp.ascontiguousarray(padder(start, stop))  # flat views need C order
+    if lay.flat:
+        xf = xpad.reshape(b, c, lay.volume)
+        acc_ext = acc_flat[: b * o * lay.volume].reshape(b, o, lay.volume)
+        acc = acc_ext[:, :, : lay.q]
+    else:
+        view = window_view(xpad, geometry)
+        acc = acc_flat[: b * o * length].reshape(b, o, length)
+    if depthwise and lay.flat:
+        # cols[n, c, k] = x_k[n, c]: K contiguous 1-d copies, in cache
+        cols = cols_flat[: b * c * k_vol * length].reshape(b, c, k_vol, length)
+        for k, off in enumerate(lay.offsets):
+            cols[:, :, k] = xf[:, :, off: off + lay.q]
+        # y[n, c, t] = w[c, t] (mult, K) @ cols[n, c] (K, Q): batched over channels
+        xp.matmul(w.reshape(c, og, k_vol), cols, out=acc.reshape(b, c, og, length))
+        y[start:stop] = lay.crop(acc_ext)
+        return
+    tmp = tmp_flat[: b * o * length].reshape(b, o, length)
+    for k, (tap, off) in enumerate(zip(lay.taps, lay.offsets)):
+        if lay.flat:
+            xs = xf[:, :, off: off + lay.q]  # (b, C, Q): x shifted by tap
+        else:
+            xs = view[(slice(None), slice(None)) + tap].reshape(b, c, length)
+        dst = acc if k == 0 else tmp
+        if depthwise:
+            # (b, C, 1, Q) * (C, mult, 1) -> (b, C, mult, Q)
+            xp.multiply(xs[:, :, None, :], w[:, :, 0, k, None],
+                        out=dst.reshape(b, c, og, length))
+        else:
+            # (g, O/g, C/g) @ (b, g, C/g, Q) -> (b, g, O/g, Q)
+            xp.matmul(w[..., k], xs.reshape(b, g, cg, length),
+                      out=dst.reshape(b, g, og, length))
+        if k:
+            acc += tmp
+    if lay.flat:
+        y[start:stop] = lay.crop(acc_ext)
+    else:
+        y[start:stop] = acc.reshape((b, o) + geometry.out_size)
 
 
 def backward(

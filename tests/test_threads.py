@@ -17,18 +17,22 @@ def restore_threads():
     npconv.set_num_threads(old)
 
 
-def test_col2im_and_backward_do_not_depend_on_the_thread_count(restore_threads):
+def test_threaded_loops_do_not_depend_on_the_thread_count(restore_threads):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((8, 16, 40, 40)).astype(np.float32)  # large enough to be threaded
     w = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
     cols = npconv.im2col(x, 3, padding=1, stride=2)
     gy = rng.standard_normal(npconv.conv2d(x, w, padding=1, stride=2).shape).astype(np.float32)
+    wd = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)  # depthwise: threaded chunks
+    gyd = rng.standard_normal((8, 16, 40, 40)).astype(np.float32)
     results = []
     for count in (1, 2, 3):
         npconv.set_num_threads(count)
         results.append(
             (npconv.im2col(x, 3, padding=1, stride=2), npconv.col2im(cols, (40, 40), 3, padding=1, stride=2))
             + npconv.conv2d_backward(gy, x, w, padding=1, stride=2, algorithm="im2col")
+            + (npconv.conv2d(x, wd, padding=1, groups=16),)
+            + npconv.conv2d_backward(gyd, x, wd, padding=1, groups=16)
         )
     for other in results[1:]:
         for a, b in zip(results[0], other):
