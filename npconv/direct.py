@@ -198,23 +198,23 @@ def backward(
     length = lay.q if lay.flat else geometry.out_volume
     # Stacking the offsets wins for a few channels (measured at C = 3), loses at 8-16.
     stacked = lay.flat and not depthwise and cg <= STACK_MAX_CHANNELS
+    # Grad input of a flat, non-depthwise layout: each offset's column gradient goes
+    # into its own slab at its shift, and the slabs are summed contiguously (NumPy's
+    # strided in-place adds run several times slower than copies or matmul writes).
+    slabbed = lay.flat and not depthwise and need_input
     per_image = (2 * c * lay.volume + o * lay.volume + c * length
                  + (c * k_vol * length if stacked or depthwise and lay.flat else 0)
-                 + (c * k_vol * lay.volume if stacked and need_input else 0)
+                 + (c * k_vol * lay.volume if slabbed else 0)
                  ) * dtype.itemsize
-    chunk = _chunk(per_image, n) if not stacked else workspace.chunk_length(per_image, n)
+    chunk = workspace.chunk_length(per_image, n) if slabbed else _chunk(per_image, n)
     padder = ChunkPadder(x, geometry, chunk) if need_weight else None
     gy_flat = xp.zeros(chunk * o * lay.volume, dtype=dtype) if lay.flat else None
     gx_flat = xp.empty(chunk * c * lay.volume, dtype=dtype) if need_input else None
     tmp_flat = xp.empty(chunk * c * length, dtype=dtype)
     cols_flat = xp.empty(chunk * c * k_vol * length if stacked or depthwise and lay.flat else 0,
                          dtype=dtype)
-    # Stacked grad input: each offset's column gradient is copied into its own slab at
-    # its shift, and the slabs are summed contiguously (NumPy's strided in-place adds
-    # run several times slower than copies). Every chunk writes the same slab
-    # positions, so the rest stays zero from this one fill.
-    slabs = (xp.zeros((k_vol, chunk, c, lay.volume), dtype=dtype) if stacked and need_input
-             else None)
+    # Every chunk writes the same slab positions, so the rest stays zero from this fill.
+    slabs = xp.zeros((k_vol, chunk, c, lay.volume), dtype=dtype) if slabbed else None
     out_slices = (slice(None), slice(None)) + tuple(slice(0, m) for m in geometry.out_size)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -313,6 +313,13 @@ def backward(
                         # (b, C, mult, Q) . (C, mult) -> (b, C, Q)
                         tmp[...] = xp.einsum("nctq,ct->ncq", gys.reshape(b, c, og, length),
                                              w[:, :, 0, k])
+                elif slabbed:
+                    assert slabs is not None
+                    # (g, C/g, O/g) @ (b, g, O/g, Q) -> slab k at its shift
+                    slab = slabs[k, :b].reshape(b, g, cg, lay.volume)
+                    xp.matmul(w_t[..., k], gys.reshape(b, g, og, length),
+                              out=slab[..., off: off + lay.q])
+                    continue
                 else:
                     # (g, C/g, O/g) @ (b, g, O/g, Q) -> (b, g, C/g, Q)
                     xp.matmul(w_t[..., k], gys.reshape(b, g, og, length),
@@ -323,5 +330,8 @@ def backward(
                     gx_pad[lay.target(tap)] += tmp.reshape((b, c) + geometry.out_size)
         if need_input:
             assert grad_input is not None
+            if slabbed:
+                assert slabs is not None
+                xp.sum(slabs[:, :b], axis=0, out=gxf)
             unpad_add(grad_input[start:stop], gx_pad, geometry)
     return grad_input, grad_weight
