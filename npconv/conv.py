@@ -47,7 +47,9 @@ WINOGRAD_MIN_POSITIONS = 32768
 WINOGRAD_MIN_POSITIONS_BACKWARD = 4096
 
 # 'auto' differentiates stride-1 convolutions with at most this many input
-# channels per group by the direct path (measured faster for C = 3, 8, 16; not 32).
+# channels per group by the direct path (measured faster for C = 3, 8, 16; not 32),
+# unless the output channels per group exceed 2 C/g + 16: there im2col's larger
+# matmuls won (measured: 16 -> 64 and 16 -> 128 lost by 1.6-2x; 16 -> 48, 8 -> 32 won).
 DIRECT_BACKWARD_MAX_CHANNELS = 16
 
 
@@ -263,7 +265,7 @@ def _backward(
     method = ("im2col" if view is not None
               else _choose(algorithm, geometry, g, c, o, dtype, batch=n, backward=True))
     if (algorithm == "auto" and view is None and method == "im2col"
-            and c // g <= DIRECT_BACKWARD_MAX_CHANNELS
+            and cg <= DIRECT_BACKWARD_MAX_CHANNELS and og <= 2 * cg + 16
             and all(s == 1 for s in geometry.stride)):
         # Few input channels: im2col's column fold runs over short rows, while the
         # direct path's stride-1 flat layout adds each kernel offset as long 1-d runs.
