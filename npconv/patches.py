@@ -13,7 +13,7 @@ import itertools
 import math
 from typing import Any
 
-from . import backend, threads
+from . import backend, threads, workspace
 from ._validate import check_ndim, prepare
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_tuple, spatial_rank
 
@@ -158,12 +158,16 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     xp = backend.get_array_module(out, grad_patches)
     lead = out.shape[: out.ndim - geometry.nd]
     image = max(1, math.prod(size) * out.dtype.itemsize)
-    per_pass = max(1, min(len(slabs), FOLD_BLOCK_BYTES // image))
-    per_block = max(1, FOLD_BLOCK_BYTES // (image * per_pass))
     images = math.prod(lead)
     workers = 1
     if backend.backend_of(out).host_threads and images * image >= THREADED_FOLD_BYTES:
         workers = threads.get_num_threads()
+    # Slab bytes per worker: FOLD_BLOCK_BYTES, within the workspace limit (down to
+    # one slab of one image, which is never more than the output itself).
+    budget = max(1, min(FOLD_BLOCK_BYTES, workspace.get_workspace_limit() // workers))
+    per_pass = max(1, min(len(slabs), budget // image))
+    per_block = max(1, budget // (image * per_pass))
+    if workers > 1:
         per_block = min(per_block, -(-images // workers))
     direct = zero_padded and len(slabs) == 1  # nothing overlaps: copy straight into out
 

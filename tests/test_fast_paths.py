@@ -342,3 +342,18 @@ def test_forward_memory_is_bounded():
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < out_bytes + whole_batch_cols / 2, (algo, peak)
+
+
+@pytest.mark.parametrize("limit_mib", [256, 1])
+def test_col2im_scratch_memory_follows_the_workspace_limit(limit_mib, restore_limit):
+    """col2im's slabs take at most min(FOLD_BLOCK_BYTES, limit) per thread (plus the
+    output), however many kernel offsets there are."""
+    cols = np.ones((16, 128 * 9, 14 * 14), np.float32)
+    npconv.set_workspace_limit(limit_mib * 2**20)
+    patches_module = importlib.import_module("npconv.patches")
+    budget = min(patches_module.FOLD_BLOCK_BYTES, limit_mib * 2**20)
+    tracemalloc.start()
+    out = npconv.col2im(cols, (28, 28), 3, padding=1, stride=2)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak <= out.nbytes + npconv.get_num_threads() * budget + 2**16, peak
