@@ -27,6 +27,7 @@ Algorithms (``algorithm=``; 'auto' picks per call from the shapes):
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -51,6 +52,13 @@ WINOGRAD_MIN_POSITIONS_BACKWARD = 4096
 # unless the output channels per group exceed 2 C/g + 16: there im2col's larger
 # matmuls won (measured: 16 -> 64 and 16 -> 128 lost by 1.6-2x; 16 -> 48, 8 -> 32 won).
 DIRECT_BACKWARD_MAX_CHANNELS = 16
+
+
+# The im2col copy reads strided windows through phase images (see _Windows.copy_into)
+# when the output rows are at least this long and the kernel covers at least this
+# many times the stride's area (measured: 7x7 and 5x5 stride 2 gained, 3x3 lost).
+PHASE_MIN_WIDTH = 64
+PHASE_MIN_OVERLAP = 4
 
 
 # --------------------------------------------------------------------------- selection
@@ -136,11 +144,44 @@ class _Windows:
     def __init__(self, x: Any, geometry: ConvGeometry, chunk: int, view: Any = None):
         self.geometry, self.view = geometry, view
         self.padder = None if view is not None else ChunkPadder(x, geometry, chunk)
+        self.phases: Any = None
+        strides = math.prod(geometry.stride)
+        if (self.padder is not None and strides > 1 and geometry.out_size[-1] >= PHASE_MIN_WIDTH
+                and geometry.kernel_volume >= PHASE_MIN_OVERLAP * strides):
+            xp = backend.get_array_module(x)
+            q = tuple(-(-p // s) for p, s in zip(geometry.padded_size, geometry.stride))
+            shape = geometry.stride + (min(chunk, x.shape[0]), x.shape[1]) + q
+            self.phases = xp.empty(shape, dtype=x.dtype)
 
     def __call__(self, start: int, stop: int) -> Any:
         if self.padder is None:
             return self.view[start:stop]
         return window_view(self.padder(start, stop), self.geometry)
+
+    def copy_into(self, dst: Any, start: int, stop: int) -> None:
+        """``dst[...] = self(start, stop)``; ``dst`` is (b, C, *kernel, *out), any strides.
+
+        With large strided kernels (a 7x7 stride-2 stem) the windows read every
+        s-th pixel. Splitting the padded chunk by phase first (``x[r::s]`` per
+        axis) turns each kernel offset's windows into a unit-stride block of one
+        phase image, which copies 1.2-1.6x faster (measured) for the whole call.
+        """
+        if self.phases is None:
+            dst[...] = self(start, stop)
+            return
+        assert self.padder is not None
+        g = self.geometry
+        padded = self.padder(start, stop)
+        phases = self.phases[(Ellipsis, slice(0, stop - start)) + (slice(None),) * (g.nd + 1)]
+        lead = (slice(None), slice(None))
+        for r in itertools.product(*(range(s) for s in g.stride)):
+            part = padded[lead + tuple(slice(i, None, s) for i, s in zip(r, g.stride))]
+            phases[r][lead + tuple(slice(0, n) for n in part.shape[2:])] = part
+        for k in itertools.product(*(range(n) for n in g.kernel)):
+            at = [divmod(i * d, s) for i, d, s in zip(k, g.dilation, g.stride)]
+            block = phases[tuple(r for _, r in at)][
+                lead + tuple(slice(t, t + o) for (t, _), o in zip(at, g.out_size))]
+            dst[lead + k] = block
 
 
 def _take(flat: Any, shape: tuple[int, ...]) -> Any:
@@ -207,7 +248,7 @@ def _forward(
         b = stop - start
         block = _take(flat, (b, rows, length))
         cols = block[:, : c * k_vol].reshape((b, c) + geometry.kernel + geometry.out_size)
-        cols[...] = windows(start, stop)
+        windows.copy_into(cols, start, stop)
         y_chunk = y[start:stop].reshape(b, g, o // g, length)
         # (g, O/g, C/g*K [+1]) @ (b, g, C/g*K [+1], L) -> (b, g, O/g, L), straight into NCHW
         xp.matmul(w, block.reshape(b, g, rows // g, length), out=y_chunk)
@@ -327,7 +368,7 @@ def _backward(
         gy_2d = gy_c.reshape(g, og, b * length)
         if need_weight:
             assert windows is not None and partial is not None
-            cols[...] = xp.moveaxis(windows(start, stop), 0, 1 + nd)
+            windows.copy_into(xp.moveaxis(cols, 1 + nd, 0), start, stop)
             # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over chunks
             xp.matmul(gy_2d, _conj(xp, cols_2d).transpose(0, 2, 1), out=partial)
             grad_weight += partial

@@ -357,3 +357,30 @@ def test_col2im_scratch_memory_follows_the_workspace_limit(limit_mib, restore_li
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak <= out.nbytes + npconv.get_num_threads() * budget + 2**16, peak
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation, mode", [
+    ((2, 3, 300), (9,), (2,), 4, 1, "zeros"),
+    ((2, 2, 20, 140), (7, 7), (2, 2), 3, 1, "zeros"),
+    ((1, 2, 17, 200), (5, 5), (2, 3), 2, (1, 2), "reflect"),
+    ((1, 2, 6, 7, 140), (2, 3, 5), (1, 1, 2), 1, 1, "circular"),
+])
+def test_phase_split_windows_match_torch(shape, kernel, stride, padding, dilation, mode):
+    """Long output rows under a large strided kernel: the im2col copy goes through
+    per-phase images. Forward and all gradients must still be torch's."""
+    w_shape = (4, shape[1]) + kernel
+    win = importlib.import_module("npconv.conv")._Windows
+    geometry = npconv.geometry.ConvGeometry.build(shape[2:], kernel, stride, padding,
+                                                  dilation, mode)
+    assert win(np.zeros(shape), geometry, shape[0]).phases is not None  # the path under test
+    rng = np.random.default_rng(8)
+    x, w, b = rng.standard_normal(shape), rng.standard_normal(w_shape), rng.standard_normal(4)
+    y_ref, _ = _torch_conv(x, w, b, stride, padding, dilation, 1, mode, None)
+    gy = rng.standard_normal(y_ref.shape)
+    _, grads_ref = _torch_conv(x, w, b, stride, padding, dilation, 1, mode, gy)
+    y = npconv.conv(x, w, b, stride, padding, dilation, padding_mode=mode, algorithm="im2col")
+    _close(y, y_ref, 1e-12)
+    grads = npconv.conv_backward(gy, x, w, stride, padding, dilation, padding_mode=mode,
+                                 algorithm="im2col")
+    for got, ref in zip(grads, grads_ref):
+        _close(got, ref, 1e-12)
