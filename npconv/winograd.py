@@ -109,10 +109,10 @@ def conv2d(
     hb, wb = m * th + 2, m * tw + 2  # padded tile grid; extra rows/cols are zeros
     tiles = th * tw
 
-    # U (a^2, g, O/g, C/g): U = G g G^T per filter, (a, 3) @ (O*C/g, 3, 3) @ (3, a)
+    # U (a^2, g, O/g, C/g) = (G kron G) (a^2, 9) @ vec(g) (9, O*C/g): one matmul for all
+    # filters (a batch of per-filter G g G^T products cost more than the whole transform)
     gmat = _matrix(xp, gm, dtype)
-    u = (gmat @ weight.reshape(o * cg, 3, 3) @ gmat.T).reshape(g, og, cg, a2)
-    u = xp.ascontiguousarray(u.transpose(3, 0, 1, 2))
+    u = (xp.kron(gmat, gmat) @ weight.reshape(o * cg, 9).T).reshape(a2, g, og, cg)
     b_t = _matrix(xp, bt, dtype)  # (a, a)
     a_t = _matrix(xp, at, dtype)  # (m, a)
 
