@@ -31,7 +31,7 @@ import itertools
 import math
 from typing import Any
 
-from . import backend, direct, winograd, workspace
+from . import backend, direct, threads, winograd, workspace
 from ._validate import check_ndim, check_same_dtype, prepare
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_int, check_padding_mode
 from .patches import ChunkPadder, fold_into, window_view
@@ -167,7 +167,7 @@ class _Windows:
         phase image, which copies 1.2-1.6x faster (measured) for the whole call.
         """
         if self.phases is None:
-            dst[...] = self(start, stop)
+            threads.copy_into(dst, self(start, stop), backend.backend_of(dst).host_threads)
             return
         assert self.padder is not None
         g = self.geometry
