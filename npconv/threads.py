@@ -113,16 +113,19 @@ THREADED_COPY_BYTES = 512 * 2**10
 
 
 def copy_into(dst: Any, src: Any, host_threads: bool = True) -> None:
-    """``dst[...] = src``, split along the first axis over threads when that pays."""
+    """``dst[...] = src`` (same shapes), split over threads along the first axis longer
+    than one (a single image splits by channel) when that pays."""
     size = dst.size * dst.dtype.itemsize
-    parts = min(_threads, dst.shape[0]) if dst.ndim and host_threads else 1
-    if parts <= 1 or size < THREADED_COPY_BYTES:
+    axis = next((i for i, n in enumerate(dst.shape) if n > 1), None)
+    if axis is None or not host_threads or _threads <= 1 or size < THREADED_COPY_BYTES:
         dst[...] = src
         return
-    step = -(-dst.shape[0] // parts)
-    spans = [slice(i, i + step) for i in range(0, dst.shape[0], step)]
+    parts = min(_threads, dst.shape[axis])
+    step = -(-dst.shape[axis] // parts)
+    lead = (slice(None),) * axis
+    spans = [lead + (slice(i, i + step),) for i in range(0, dst.shape[axis], step)]
 
-    def copy(span: slice) -> None:
+    def copy(span: tuple[slice, ...]) -> None:
         dst[span] = src[span]
 
     run_split(copy, spans, parts)
