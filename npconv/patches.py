@@ -159,14 +159,17 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     lead = out.shape[: out.ndim - geometry.nd]
     image = max(1, math.prod(size) * out.dtype.itemsize)
     images = math.prod(lead)
+    limit = workspace.get_workspace_limit()
+    # Slabs summed per pass: as many as FOLD_BLOCK_BYTES (and the workspace limit) hold
+    # for one image, at least one (never more than the output itself). This fixes the
+    # order of the sums; the thread count only changes how images are blocked.
+    per_pass = max(1, min(len(slabs), min(FOLD_BLOCK_BYTES, limit) // image))
+    stack_bytes = image * per_pass
     workers = 1
     if backend.backend_of(out).host_threads and images * image >= THREADED_FOLD_BYTES:
-        workers = threads.get_num_threads()
-    # Slab bytes per worker: FOLD_BLOCK_BYTES, within the workspace limit (down to
-    # one slab of one image, which is never more than the output itself).
-    budget = max(1, min(FOLD_BLOCK_BYTES, workspace.get_workspace_limit() // workers))
-    per_pass = max(1, min(len(slabs), budget // image))
-    per_block = max(1, budget // (image * per_pass))
+        workers = max(1, min(threads.get_num_threads(), limit // stack_bytes))
+    budget = max(stack_bytes, min(FOLD_BLOCK_BYTES, limit // workers))
+    per_block = max(1, budget // stack_bytes)
     if workers > 1:
         per_block = min(per_block, -(-images // workers))
     direct = zero_padded and len(slabs) == 1  # nothing overlaps: copy straight into out

@@ -52,3 +52,21 @@ def test_bad_environment_values_fail_at_import(name, value):
                             text=True, env=env, timeout=120)
     assert result.returncode != 0
     assert name in result.stderr and repr(value) in result.stderr
+
+
+def test_col2im_under_a_tight_workspace_limit_does_not_depend_on_the_thread_count(
+        restore_threads):
+    """With slabs summed in several passes, the passes must not depend on the threads."""
+    rng = np.random.default_rng(4)
+    cols = rng.standard_normal((6, 16 * 9, 30 * 30))
+    old_limit = npconv.get_workspace_limit()
+    npconv.set_workspace_limit(64 * 2**10)  # 8 of the 9 slabs of a 32x32 float64 image
+    try:
+        results = []
+        for count in (1, 2, 3):
+            npconv.set_num_threads(count)
+            results.append(npconv.col2im(cols, (32, 32), 3))
+    finally:
+        npconv.set_workspace_limit(old_limit)
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
