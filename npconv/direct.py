@@ -237,7 +237,8 @@ def backward(
         if need_input:
             assert gx_flat is not None
             gx_pad = gx_flat[: b * c * lay.volume].reshape((b, c) + lay.padded)
-            gx_pad[...] = 0
+            if not slabbed:  # the slab sum below overwrites all of it
+                gx_pad[...] = 0
             gxf = gx_pad.reshape(b, c, lay.volume)
         if depthwise and lay.flat:
             cols = cols_flat[: b * c * k_vol * length].reshape(b, c, k_vol, length)
