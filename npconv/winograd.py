@@ -12,7 +12,7 @@ channels at once, and the channel sum becomes a^2 independent matmuls:
     U[t]  = (G kron G) (a^2, 9) @ vec(g)                -> (a^2, O, C)   weights, once
     V[t]  = (B^T kron B^T) (a^2, a^2) @ vec(d)          -> (a^2, C, T)   input tiles
     M[t]  = U[t] (O, C) @ V[t] (C, T)                   for t < a^2      the contraction
-    Y     = (A^T kron A^T) (m^2, a^2) @ M               -> (m^2, O, T)   output tiles
+    Y     = A^T M A, one tile axis at a time            -> (m, O, T, m)  output tiles
 
 (the Kronecker products are applied one tile axis at a time: P X P^T is two
 matmuls with P, at a fraction of the flops of one with P kron P).
@@ -70,6 +70,23 @@ def _both_axes(xp: Any, p: Any, src: Any, tmp: Any, out: Any) -> None:
     xp.matmul(p, tmp.reshape(r, q, n), out=out.reshape(r, r, n))
 
 
+def _output_transform(xp: Any, a_t: Any, mm: Any, tmp: Any, out: Any) -> None:
+    """out (m, N, m) = A^T M A for A^T (m, a), M (a, a, N): the second tile axis lands
+    innermost, so each output row block is m*tw contiguous values (a quarter of the
+    scattered rows of the (m, m, N) order, on a machine where rows cost more than bytes)."""
+    m, a = a_t.shape
+    n = mm.shape[-1]
+    # tmp (m, a*N) = A^T (m, a) @ M (a, a*N)        first tile axis
+    xp.matmul(a_t, mm.reshape(a, a * n), out=tmp.reshape(m, a * n))
+    # out[i] (N, m) = tmp[i]^T (N, a) @ A (a, m)     second tile axis, batched over i
+    xp.matmul(tmp.reshape(m, a, n).transpose(0, 2, 1), a_t.T, out=out.reshape(m, n, m))
+
+
+def _ones_column(p: list[list[float]]) -> int:
+    """Index k with A^T[:, k] all ones: adding b at M[k, k] adds b to every output of a tile."""
+    return next(k for k, col in enumerate(zip(*p)) if all(v == 1 for v in col))
+
+
 def supported(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
               dtype: Any) -> bool:
     """Whether Winograd applies: 2-d, 3x3, stride 1, dilation 1, real floating point."""
@@ -125,7 +142,8 @@ def conv2d(
     chunk = max(chunk, min(n, fit, -(-MIN_COLUMNS // tiles)))
     buf = xp.zeros((chunk, c, hb, wb), dtype=dtype)
     flat = xp.empty(chunk * tiles * per_tile, dtype=dtype)
-    bias_4d = None if bias is None else bias.reshape(1, o, 1, 1)
+    bias_tile = None if bias is None else bias.reshape(g, og, 1)
+    ones = _ones_column(at)
     sb, sc, sh, sw = buf.strides
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -149,17 +167,16 @@ def conv2d(
         _both_axes(xp, b_t, d.reshape(a, a, c * bt_), tmp[: a2 * c * bt_], v)
         # M (a^2, g, O/g, bT) = U (a^2, g, O/g, C/g) @ V (a^2, g, C/g, bT)
         xp.matmul(u, v.reshape(a2, g, cg, bt_), out=mm)
-        # Y (m, m, O*b*T) = A^T M A
-        _both_axes(xp, a_t, mm.reshape(a, a, o * bt_), tmp[: m * a * o * bt_], yt)
-        y6 = yt.reshape(m, m, o, b, th, tw)
+        if bias_tile is not None:
+            mm[ones * a + ones] += bias_tile  # 1/a^2 of the data instead of all of y
+        # Y (m, O*b*T, m) = A^T M A
+        _output_transform(xp, a_t, mm.reshape(a, a, o * bt_), tmp[: m * a * o * bt_], yt)
+        y5 = yt.reshape(m, o, b, th, tw * m)
         out = y[start:stop]
-        # y[b, o, m p + i, m q + j] = Y[i, j, o, b, p, q], cropped to (Ho, Wo)
+        # y[b, o, m p + i, m q + j] = Y[i, o, b, p, q, j], cropped to (Ho, Wo)
         for i in range(m):
-            for j in range(m):
-                nh, nw = (ho - i + m - 1) // m, (wo - j + m - 1) // m
-                out[:, :, i::m, j::m] = y6[i, j, :, :, :nh, :nw].transpose(1, 0, 2, 3)
-        if bias_4d is not None:
-            out += bias_4d
+            nh = (ho - i + m - 1) // m
+            out[:, :, i::m, :] = y5[i, :, :, :nh, :wo].transpose(1, 0, 2, 3)
     return y
 
 

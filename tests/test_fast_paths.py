@@ -140,6 +140,24 @@ def _close(a, ref, tol):
     np.testing.assert_allclose(a, ref, rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("case", [(2, 6, 4, 2, (7, 9), ((1, 1), (1, 1))),
+                                  (3, 4, 8, 1, (13, 14), ((1, 1), (0, 2))),
+                                  (1, 3, 5, 1, (3, 3), ((0, 0), (0, 0)))])
+def test_winograd_tiles_match_torch(case, tile):
+    """Both tile sizes, bias (added inside the tile transform) and uneven padding."""
+    n, c, o, g, size, pads = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, c) + size)
+    w = rng.standard_normal((o, c // g, 3, 3))
+    b = rng.standard_normal(o)
+    winograd = importlib.import_module("npconv.winograd")
+    y = winograd.conv2d(x, w, b, pads, g, tile=tile)
+    padded = torch.from_numpy(np.pad(x, ((0, 0), (0, 0)) + pads))
+    ref = F.conv2d(padded, torch.from_numpy(w), torch.from_numpy(b), groups=g).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-11, atol=1e-11)
+
+
 def test_winograd_rejects_what_it_cannot_do():
     x = np.ones((1, 2, 6, 6))
     with pytest.raises(ValueError, match="winograd"):
