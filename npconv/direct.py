@@ -336,3 +336,52 @@ def backward(
                 xp.sum(slabs[:, :b], axis=0, out=gxf)
             unpad_add(grad_input[start:stop], gx_pad, geometry)
     return grad_input, grad_weight
+
+
+def grad_weight_flat(grad_output: Any, x: Any, geometry: ConvGeometry, groups: int) -> Any:
+    """gW (g, O/g, C/g * K) of a stride-1 convolution, from columns in the flat layout.
+
+    ``cols[c, k, n, q] = xpad_flat[n, c, q + off_k]`` holds every kernel offset's
+    shifted input as one long row per (channel, image), so building it costs C*K
+    row copies per image instead of C*K*Out_0 for im2col's windows. The batch and
+    position axes merge into one contraction, ``gy (O, bQ) @ cols^T (bQ, C*K)``,
+    with grad_output zero at the junk positions. ``x`` must already be conjugated
+    for complex adjoints. Junk positions multiply real (finite) pixels by zero, so
+    a non-finite input spreads NaN to a few more entries than im2col would.
+    """
+    xp = backend.get_array_module(grad_output, x)
+    gy = grad_output
+    n, o = gy.shape[:2]
+    c = x.shape[1]
+    g = groups
+    cg, og = c // g, o // g
+    dtype = gy.dtype
+    k_vol = geometry.kernel_volume
+    lay = _Layout(geometry)
+    out_size = geometry.out_size
+    # whole padded rows (of the last axes) per output row, so (n, q) merge in the matmul
+    rows = (out_size[0],) + lay.padded[1:]
+    span = math.prod(rows)
+    per_image = ((c * k_vol + o) * span + c * lay.volume) * dtype.itemsize
+    chunk = workspace.chunk_length(per_image, n)
+    padder = ChunkPadder(x, geometry, chunk)
+    # Zero-filled once: the junk positions of gy stay zero, and the columns' tails past
+    # lay.q (never written) stay finite, for every chunk.
+    cols = xp.zeros((g, cg, k_vol, chunk, span), dtype=dtype)
+    gy_buf = xp.zeros((o, chunk) + rows, dtype=dtype)
+    grad_t = xp.zeros((g, cg * k_vol, og), dtype=dtype)  # gW transposed: see the matmul
+    partial = xp.empty_like(grad_t)
+    valid = (slice(None), slice(None)) + tuple(slice(0, m) for m in out_size)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        gy_buf[:, :b][valid] = xp.moveaxis(gy[start:stop], 0, 1)
+        xf = xp.ascontiguousarray(padder(start, stop)).reshape(b, g, cg, lay.volume)
+        for k, off in enumerate(lay.offsets):
+            cols[:, :, k, :b, : lay.q] = xf[..., off: off + lay.q].transpose(1, 2, 0, 3)
+        # (g, C/g*K, bQ) @ (g, bQ, O/g) -> (g, C/g*K, O/g), summed over chunks; the long
+        # side first ran 1.3x faster here than gy @ cols^T
+        xp.matmul(cols[:, :, :, :b].reshape(g, cg * k_vol, b * span),
+                  gy_buf[:, :b].reshape(g, og, b * span).transpose(0, 2, 1), out=partial)
+        grad_t += partial
+    return grad_t.transpose(0, 2, 1)

@@ -310,6 +310,30 @@ def test_stacked_direct_backward_in_uneven_chunks_matches_torch(groups, c, paddi
         _close(a, ref, 1e-12)
 
 
+@pytest.mark.parametrize("size, kernel, dilation, padding, groups, mode", [
+    ((12, 10), (3, 3), 1, 1, 1, "zeros"),
+    ((11, 9), (3, 2), (2, 1), (2, 0), 2, "reflect"),
+    ((17,), (4,), 3, 2, 1, "circular"),
+    ((5, 6, 7), (2, 3, 2), 1, (1, 0, 1), 2, "zeros"),
+])
+def test_flat_grad_weight_in_uneven_chunks_matches_torch(size, kernel, dilation, padding,
+                                                         groups, mode, restore_limit):
+    """Stride 1 on the im2col path: grad weight from flat shifted rows, with junk
+    positions between rows, chunks of a few images and a smaller last chunk."""
+    rng = np.random.default_rng(12)
+    c, o = 4, 6
+    x = rng.standard_normal((7, c) + size)
+    w = rng.standard_normal((o, c // groups) + kernel)
+    b = rng.standard_normal(o)
+    y, _ = _torch_conv(x, w, b, 1, padding, dilation, groups, mode, None)
+    gy = rng.standard_normal(y.shape)
+    _, expected = _torch_conv(x, w, b, 1, padding, dilation, groups, mode, gy)
+    npconv.set_workspace_limit(8 * x[0].nbytes * math.prod(kernel) // 2)  # a few images
+    got = npconv.conv_backward(gy, x, w, 1, padding, dilation, groups, mode, algorithm="im2col")
+    for a, ref in zip(got, expected):
+        _close(a, ref, 1e-12)
+
+
 @pytest.mark.parametrize("algo", ["im2col", "direct", "winograd"])
 @pytest.mark.parametrize("groups", [1, 16])
 def test_workspace_limit_too_small_raises(algo, groups, restore_limit):
