@@ -188,9 +188,12 @@ def backward(
     dtype = gy.dtype
     k_vol = geometry.kernel_volume
     depthwise = cg == 1
-    grad_input = xp.zeros((n, c) + geometry.in_size, dtype=dtype) if need_input else None
+    # every chunk of grad_input is written once, by unpad_add(accumulate=False) or a sum
+    grad_input = xp.empty((n, c) + geometry.in_size, dtype=dtype) if need_input else None
     grad_weight = xp.zeros((g, og, cg, k_vol), dtype=dtype) if need_weight else None
     if n == 0 or geometry.out_volume == 0:
+        if grad_input is not None:
+            grad_input[...] = 0
         return grad_input, grad_weight
     lay = _Layout(geometry)
     w = weight.reshape(g, og, cg, k_vol)
@@ -261,7 +264,7 @@ def backward(
                 for k, off in enumerate(lay.offsets):
                     gxf[:, :, off: off + lay.q] += cols[:, :, k]
                 assert grad_input is not None
-                unpad_add(grad_input[start:stop], gx_pad, geometry)
+                unpad_add(grad_input[start:stop], gx_pad, geometry, accumulate=False)
             continue
         if stacked:
             # All kernel offsets stacked into one matmul per image, (k, c) rows in the
@@ -285,9 +288,8 @@ def backward(
                 stack = slabs[:, :b]
                 for k, off in enumerate(lay.offsets):
                     stack[k].reshape(b, g, cg, lay.volume)[..., off: off + lay.q] = cols[:, :, k]
-                xp.sum(stack, axis=0, out=gxf)
                 assert grad_input is not None
-                unpad_add(grad_input[start:stop], gx_pad, geometry)
+                _sum_slabs(xp, stack, gxf, grad_input[start:stop], geometry)
             continue
         tmp = tmp_flat[: b * c * length].reshape(b, c, length)
         for k, (tap, off) in enumerate(zip(lay.taps, lay.offsets)):
@@ -333,9 +335,20 @@ def backward(
             assert grad_input is not None
             if slabbed:
                 assert slabs is not None
-                xp.sum(slabs[:, :b], axis=0, out=gxf)
-            unpad_add(grad_input[start:stop], gx_pad, geometry)
+                _sum_slabs(xp, slabs[:, :b], gxf, grad_input[start:stop], geometry)
+            else:
+                unpad_add(grad_input[start:stop], gx_pad, geometry, accumulate=False)
     return grad_input, grad_weight
+
+
+def _sum_slabs(xp: Any, slabs: Any, padded_flat: Any, out: Any, geometry: ConvGeometry) -> None:
+    """``out = unpad(sum of slabs)``: without padding the sum lands in ``out`` directly."""
+    if not geometry.has_padding:
+        xp.sum(slabs, axis=0, out=out.reshape(padded_flat.shape))
+        return
+    xp.sum(slabs, axis=0, out=padded_flat)
+    unpad_add(out, padded_flat.reshape(out.shape[:2] + geometry.padded_size), geometry,
+              accumulate=False)
 
 
 def grad_weight_flat(grad_output: Any, x: Any, geometry: ConvGeometry, groups: int) -> Any:
