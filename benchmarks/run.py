@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pathlib
 import platform
 import shlex
 import statistics
@@ -261,8 +262,10 @@ def machine_info() -> dict:
             for key in fields
             if key.strip().endswith("cache")
         )
+        flags = set(fields.get("Flags", "").split())
+        simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "?"
     except (OSError, subprocess.CalledProcessError):
-        caches = "?"
+        caches, simd = "?", "?"
     blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
     blas_desc = ", ".join(
         f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')} kernel, "
@@ -272,6 +275,7 @@ def machine_info() -> dict:
         "cpu": model,
         "cores": os.cpu_count(),
         "caches": caches,
+        "simd": simd,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
@@ -377,7 +381,7 @@ def targets(rows) -> list[tuple[str, bool, str]]:
     return out
 
 
-def markdown(rows, checks, info, command) -> str:
+def markdown(rows, checks, info, command, plot_link=None, earlier=()) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -393,7 +397,8 @@ def markdown(rows, checks, info, command) -> str:
         "",
         "## Machine",
         "",
-        f"- CPU: {info['cpu']}, {info['cores']} cores ({info['caches']})",
+        f"- CPU: {info['cpu']}, {info['cores']} cores, widest SIMD {info['simd']} "
+        f"({info['caches']})",
         f"- Python {info['python']}, NumPy {info['numpy']}, torch {info['torch']}, "
         f"mygrad {info['mygrad']}, npconv {info['npconv']}",
         f"- NumPy BLAS (threadpoolctl): {info['blas']}",
@@ -443,8 +448,26 @@ def markdown(rows, checks, info, command) -> str:
     lines += ["", "## Targets", "", "| target | result | value |", "|---|---|---|"]
     for name, ok, value in checks:
         lines.append(f"| {name} | {'PASS' if ok else 'FAIL'} | {value} |")
-    lines += ["", "![ratios](figures/benchmarks.png)", ""]
+    if plot_link:
+        lines += ["", f"![ratios]({plot_link})"]
+    if earlier:
+        lines += ["", "## Earlier runs", "",
+                  "Kept as they were recorded; the hardware behind this machine's name changes",
+                  "between sessions, and the ratios with it:", ""]
+        lines += [f"- [{title}]({link})" for link, title in earlier]
+    lines.append("")
     return "\n".join(lines)
+
+
+def earlier_runs(output: str) -> list[tuple[str, str]]:
+    """(file name, first heading) of the saved ``benchmarks-*.md`` beside ``output``."""
+    here = pathlib.Path(output).resolve()
+    found = []
+    for path in sorted(here.parent.glob("benchmarks-*.md")):
+        if path != here:
+            first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+            found.append((path.name, first.lstrip("# ").strip() or path.stem))
+    return found
 
 
 def plot(rows, path) -> None:
@@ -524,7 +547,9 @@ def main(argv=None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + sys.argv[1:])
     if args.output:
         with open(args.output, "w") as fh:
-            fh.write(markdown(rows, checks, info, command))
+            link = (os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.output)))
+                    if args.plot else None)
+            fh.write(markdown(rows, checks, info, command, link, earlier_runs(args.output)))
     if args.plot:
         plot(rows, args.plot)
     return 0

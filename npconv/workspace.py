@@ -14,7 +14,7 @@ from .geometry import as_int
 
 DEFAULT_LIMIT_MB = 256
 # Chunks of about this size keep the column buffer in cache; measured fastest
-# on a 2-core AVX-512 machine (see docs/benchmarks.md).
+# on a 2-core AVX-512 machine (see docs/benchmarks-2026-11-25-epyc-avx512.md).
 TARGET_CHUNK_BYTES = 4 * 2**20
 
 
