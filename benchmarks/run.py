@@ -524,6 +524,7 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     args.reps, args.budget = (7, 0.5) if args.quick else (21, 3.0)
     torch.set_num_threads(THREADS)
+    npconv.set_num_threads(THREADS)
     with threadpoolctl.threadpool_limits(THREADS, user_api="blas"):
         info = machine_info()
         info["device"] = args.device.name

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from . import backend, direct, threads, winograd, workspace
@@ -138,13 +139,34 @@ def _choose(algorithm: str, geometry: ConvGeometry, groups: int, c: int, o: int,
 # --------------------------------------------------------------------------- batch chunks
 
 
+def _phase_groups(kernel: int, dilation: int, stride: int) -> list[tuple[int, slice, int, int]]:
+    """Kernel offsets k of one axis grouped by phase r = k*d % s: (r, the offsets as a
+    slice, first t = k*d // s, step of t). Within a phase both k and t are arithmetic
+    progressions, so each group is one strided block of one phase image."""
+    groups = []
+    for r in range(stride):
+        ks = [k for k in range(kernel) if k * dilation % stride == r]
+        if ks:
+            k_step = ks[1] - ks[0] if len(ks) > 1 else 1
+            t_step = (k_step * dilation) // stride
+            groups.append((r, slice(ks[0], ks[-1] + 1, k_step), ks[0] * dilation // stride,
+                           t_step))
+    return groups
+
+
 class _Windows:
-    """Patch views of a batch, one chunk at a time, padding each chunk on the fly."""
+    """Patch views of a batch, one chunk at a time, padding each chunk on the fly.
+
+    One instance per worker thread: it owns the padding (and phase) buffers, and
+    keeps the last chunk it padded, so the row blocks of one image pad it once.
+    """
 
     def __init__(self, x: Any, geometry: ConvGeometry, chunk: int, view: Any = None):
         self.geometry, self.view = geometry, view
         self.padder = None if view is not None else ChunkPadder(x, geometry, chunk)
         self.phases: Any = None
+        self.last: tuple[int, int] | None = None
+        self.padded: Any = None
         strides = math.prod(geometry.stride)
         if (self.padder is not None and strides > 1 and geometry.out_size[-1] >= PHASE_MIN_WIDTH
                 and geometry.kernel_volume >= PHASE_MIN_OVERLAP * strides):
@@ -152,36 +174,64 @@ class _Windows:
             q = tuple(-(-p // s) for p, s in zip(geometry.padded_size, geometry.stride))
             shape = geometry.stride + (min(chunk, x.shape[0]), x.shape[1]) + q
             self.phases = xp.empty(shape, dtype=x.dtype)
+            self.groups = list(itertools.product(*(
+                _phase_groups(k, d, s)
+                for k, d, s in zip(geometry.kernel, geometry.dilation, geometry.stride))))
 
     def __call__(self, start: int, stop: int) -> Any:
         if self.padder is None:
             return self.view[start:stop]
-        return window_view(self.padder(start, stop), self.geometry)
+        return window_view(self._padded(start, stop), self.geometry)
 
-    def copy_into(self, dst: Any, start: int, stop: int) -> None:
-        """``dst[...] = self(start, stop)``; ``dst`` is (b, C, *kernel, *out), any strides.
+    def _padded(self, start: int, stop: int) -> Any:
+        assert self.padder is not None
+        if self.last != (start, stop):
+            self.padded = self.padder(start, stop)
+            self.last = (start, stop)
+            if self.phases is not None:
+                self._split_phases()
+        return self.padded
+
+    def _split_phases(self) -> None:
+        g = self.geometry
+        b = self.padded.shape[0]
+        lead = (slice(None), slice(None))
+        for r in itertools.product(*(range(s) for s in g.stride)):
+            part = self.padded[lead + tuple(slice(i, None, s) for i, s in zip(r, g.stride))]
+            self.phases[r][(slice(0, b), slice(None))
+                           + tuple(slice(0, n) for n in part.shape[2:])] = part
+
+    def copy_into(self, dst: Any, start: int, stop: int, rows: slice | None = None) -> None:
+        """``dst[...] = self(start, stop)``, restricted to the output ``rows`` of the first
+        spatial axis; ``dst`` is (b, C, *kernel, *out), any strides.
 
         With large strided kernels (a 7x7 stride-2 stem) the windows read every
         s-th pixel. Splitting the padded chunk by phase first (``x[r::s]`` per
-        axis) turns each kernel offset's windows into a unit-stride block of one
-        phase image, which copies 1.2-1.6x faster (measured) for the whole call.
+        axis) turns the windows of all kernel offsets of one phase into a
+        unit-stride window view of one phase image: one copy per phase, reading
+        contiguous rows, ran 1.2-1.6x faster (measured) for the whole call.
         """
-        if self.phases is None:
-            threads.copy_into(dst, self(start, stop), backend.backend_of(dst).host_threads)
-            return
-        assert self.padder is not None
         g = self.geometry
-        padded = self.padder(start, stop)
-        phases = self.phases[(Ellipsis, slice(0, stop - start)) + (slice(None),) * (g.nd + 1)]
+        rows = slice(0, g.out_size[0]) if rows is None else rows
         lead = (slice(None), slice(None))
-        for r in itertools.product(*(range(s) for s in g.stride)):
-            part = padded[lead + tuple(slice(i, None, s) for i, s in zip(r, g.stride))]
-            phases[r][lead + tuple(slice(0, n) for n in part.shape[2:])] = part
-        for k in itertools.product(*(range(n) for n in g.kernel)):
-            at = [divmod(i * d, s) for i, d, s in zip(k, g.dilation, g.stride)]
-            block = phases[tuple(r for _, r in at)][
-                lead + tuple(slice(t, t + o) for (t, _), o in zip(at, g.out_size))]
-            dst[lead + k] = block
+        if self.phases is None:
+            view = self(start, stop)[lead + (slice(None),) * g.nd + (rows,)]
+            threads.copy_into(dst, view, backend.backend_of(dst).host_threads)
+            return
+        self._padded(start, stop)
+        b = stop - start
+        spans = (rows.stop - rows.start,) + g.out_size[1:]
+        firsts = (rows.start,) + (0,) * (g.nd - 1)
+        for group in self.groups:
+            image = self.phases[tuple(r for r, _, _, _ in group)][:b]
+            # window (t_0 + i * t_step + f + j) of the phase image, for kernel slice i
+            base = image[lead + tuple(slice(t + f, None) for (_, _, t, _), f in zip(group, firsts))]
+            counts = tuple(len(range(k.start, k.stop, k.step)) for _, k, _, _ in group)
+            block = backend.as_strided_view(
+                base, base.shape[:2] + counts + spans,
+                base.strides[:2] + tuple(st * step for st, (_, _, _, step)
+                                         in zip(base.strides[2:], group)) + base.strides[2:])
+            dst[lead + tuple(k for _, k, _, _ in group)] = block
 
 
 def _take(flat: Any, shape: tuple[int, ...]) -> Any:
@@ -206,11 +256,9 @@ def _forward(
     n, c = x.shape[:2]
     o = weight.shape[0]
     g, k_vol, length = groups, geometry.kernel_volume, geometry.out_volume
-    y = xp.empty((n, o) + geometry.out_size, dtype=x.dtype)
     if n == 0 or length == 0:
-        return y
+        return xp.empty((n, o) + geometry.out_size, dtype=x.dtype)
     w = weight.reshape(g, o // g, (c // g) * k_vol)  # (g, O/g, C/g*K)
-    bias_col = None if bias is None else bias.reshape(1, o, 1)
     method = ("im2col" if view is not None
               else _choose(algorithm, geometry, g, c, o, x.dtype, batch=n))
     try:
@@ -223,38 +271,129 @@ def _forward(
             raise
         method = "im2col"  # the fast path's buffers do not fit; im2col's may
 
+    y = xp.empty((n, o) + geometry.out_size, dtype=x.dtype)
     if method == "pointwise":
-        # 1x1, stride 1, no padding: the input already is its im2col matrix.
-        cols = x.reshape(n, g, c // g, length)
-        xp.matmul(w, cols, out=y.reshape(n, g, o // g, length))
-        if bias_col is not None:
-            y.reshape(n, o, length)[...] += bias_col
-        return y
+        _forward_pointwise(xp, x, w, bias, y, geometry, g)
+    else:
+        _forward_im2col(xp, x, w, bias, y, geometry, g, view)
+    return y
 
+
+def _row_blocks(n: int, images: int, rows: int, out0: int) -> list[tuple[int, int, slice]]:
+    """(start, stop, output rows) of every chunk: the batch in ``images``, each image's
+    first output axis in blocks of ``rows``."""
+    return [(start, min(n, start + images), slice(r, min(out0, r + rows)))
+            for start in range(0, n, images) for r in range(0, out0, rows)]
+
+
+def _out_block(y: Any, start: int, stop: int, rows: slice, g: int) -> Any:
+    """y[start:stop] restricted to the output ``rows``, as (b, g, O/g, rows * rest): a view."""
+    b, o, out0 = stop - start, y.shape[1], y.shape[2]
+    rest = math.prod(y.shape[3:])
+    block = y[start:stop].reshape(b, g, o // g, out0, rest)[:, :, :, rows]
+    return block.reshape(b, g, o // g, (rows.stop - rows.start) * rest)
+
+
+def _forward_pointwise(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGeometry,
+                       g: int) -> None:
+    """1x1, stride 1, no padding: the input already is its im2col matrix."""
+    n, c = x.shape[:2]
+    o = y.shape[1]
+    out0 = geometry.out_size[0]
+    per_row = (c + o) * (geometry.out_volume // out0) * x.dtype.itemsize
+    images, rows = workspace.row_chunks(per_row, out0, n)
+    items = _row_blocks(n, images, rows, out0)
+    bias_col = None if bias is None else bias.reshape(1, g, o // g, 1)
+
+    def run(share: list[tuple[int, int, slice]]) -> None:
+        for start, stop, block_rows in share:
+            out = _out_block(y, start, stop, block_rows, g)
+            xp.matmul(w, _out_block(x, start, stop, block_rows, g), out=out)
+            if bias_col is not None:
+                out += bias_col
+
+    threads.run_shares(run, items, 0, x)
+
+
+def _backward_pointwise(xp: Any, gy: Any, x: Any, w_t: Any, geometry: ConvGeometry, g: int,
+                        grad_input: Any, grad_weight: Any) -> None:
+    """Gradients of a 1x1 stride-1 convolution (``x`` already conjugated, or None
+    when only grad_input is wanted), per chunk of images or of rows."""
+    n, o = gy.shape[:2]
+    c = w_t.shape[1] * g
+    out0 = geometry.out_size[0]
+    per_row = (c + o) * (geometry.out_volume // out0) * gy.dtype.itemsize
+    images, rows = workspace.row_chunks(per_row, out0, n)
+    lanes = threads.lanes_of(_row_blocks(n, images, rows, out0),
+                             0 if grad_weight is None else grad_weight.nbytes)
+    partials: list[Any] = [None] * len(lanes)
+
+    def run(indices: Sequence[int]) -> None:
+        part = None if grad_weight is None else xp.empty_like(grad_weight)
+        for index in indices:
+            acc = None
+            for start, stop, block_rows in lanes[index]:
+                gy_b = _out_block(gy, start, stop, block_rows, g)  # (b, g, O/g, L')
+                if grad_weight is not None:
+                    x_b = _out_block(x, start, stop, block_rows, g)
+                    for i in range(stop - start):
+                        # (g, O/g, L') @ (g, L', C/g) -> (g, O/g, C/g), summed over the lane
+                        if acc is None:
+                            acc = xp.matmul(gy_b[i], x_b[i].transpose(0, 2, 1))
+                        else:
+                            xp.matmul(gy_b[i], x_b[i].transpose(0, 2, 1), out=part)
+                            acc += part
+                if grad_input is not None:
+                    # (g, C/g, O/g) @ (b, g, O/g, L') -> (b, g, C/g, L')
+                    xp.matmul(w_t, gy_b, out=_out_block(grad_input, start, stop, block_rows, g))
+            partials[index] = acc
+
+    threads.run_lanes(run, len(lanes), images * rows * per_row, gy)
+    if grad_weight is not None:
+        threads.sum_lanes(grad_weight, partials)
+
+
+def _forward_im2col(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGeometry,
+                    g: int, view: Any) -> None:
+    """y = W @ cols per chunk of images (or of output rows), straight into NCHW."""
+    n, c = x.shape[:2]
+    o = y.shape[1]
+    k_vol = geometry.kernel_volume
     # Without groups the bias rides along in the matmul: a row of ones under the
     # columns and the bias as an extra weight column save a pass over the output.
     fused = bias is not None and g == 1
-    rows = c * k_vol + fused
+    depth = c * k_vol + fused
     if fused:
         w = xp.concatenate([w[0], bias.reshape(o, 1)], axis=1)[None]  # (1, O, C*K + 1)
-    per_image = rows * length * x.dtype.itemsize
-    chunk = workspace.chunk_length(per_image, n)
-    windows = _Windows(x, geometry, chunk, view)
-    flat = xp.empty(chunk * rows * length, dtype=x.dtype)
-    if fused:
-        _take(flat, (chunk, rows, length))[:, -1, :] = 1  # never overwritten below
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        b = stop - start
-        block = _take(flat, (b, rows, length))
-        cols = block[:, : c * k_vol].reshape((b, c) + geometry.kernel + geometry.out_size)
-        windows.copy_into(cols, start, stop)
-        y_chunk = y[start:stop].reshape(b, g, o // g, length)
-        # (g, O/g, C/g*K [+1]) @ (b, g, C/g*K [+1], L) -> (b, g, O/g, L), straight into NCHW
-        xp.matmul(w, block.reshape(b, g, rows // g, length), out=y_chunk)
-        if bias_col is not None and not fused:
-            y_chunk.reshape(b, o, length)[...] += bias_col
-    return y
+    out0 = geometry.out_size[0]
+    rest = geometry.out_volume // out0
+    images, rows = workspace.row_chunks(depth * rest * x.dtype.itemsize, out0, n)
+    items = _row_blocks(n, images, rows, out0)
+    span = rows * rest
+    per_worker = (depth * span * images + c * math.prod(geometry.padded_size) * images
+                  ) * x.dtype.itemsize
+    bias_col = None if bias is None or fused else bias.reshape(1, g, o // g, 1)
+
+    def run(share: list[tuple[int, int, slice]]) -> None:
+        windows = _Windows(x, geometry, images, view)
+        # (images, C*K [+1], span): a chunk with fewer rows uses a prefix of each row
+        flat = xp.empty((images, depth, span), dtype=x.dtype)
+        if fused:
+            flat[:, -1, :] = 1  # never overwritten below
+        for start, stop, block_rows in share:
+            b, length = stop - start, (block_rows.stop - block_rows.start) * rest
+            block = flat[:b, :, :length]
+            cols = block[:, : c * k_vol].reshape(
+                (b, c) + geometry.kernel + (block_rows.stop - block_rows.start,)
+                + geometry.out_size[1:])
+            windows.copy_into(cols, start, stop, block_rows)
+            out = _out_block(y, start, stop, block_rows, g)
+            # (g, O/g, C/g*K [+1]) @ (b, g, C/g*K [+1], rows) -> (b, g, O/g, rows), in NCHW
+            xp.matmul(w, block.reshape(b, g, depth // g, length), out=out)
+            if bias_col is not None:
+                out += bias_col
+
+    threads.run_shares(run, items, per_worker, x, w)
 
 
 def _is_pointwise(geometry: ConvGeometry) -> bool:
@@ -340,14 +479,8 @@ def _backward(
         method = "im2col"  # the fast path's buffers do not fit; im2col's may
 
     if method == "pointwise":
-        gy3 = gy.reshape(n, g, og, length)
-        if need_weight:
-            xc = _conj(xp, x).reshape(n, g, cg, length)
-            # sum_n (g, O/g, L) @ (g, L, C/g) -> (g, O/g, C/g)
-            grad_weight[...] = xp.matmul(gy3, xc.transpose(0, 1, 3, 2)).sum(axis=0)
-        if need_input:
-            # (g, C/g, O/g) @ (n, g, O/g, L) -> (n, g, C/g, L)
-            xp.matmul(w_t, gy3, out=grad_input.reshape(n, g, cg, length))
+        _backward_pointwise(xp, gy, _conj(xp, x) if need_weight else None, w_t, geometry, g,
+                            grad_input, grad_weight)
         return grad_input, _weight_shape(grad_weight, weight)
 
     if need_weight and view is None and all(s == 1 for s in geometry.stride):
@@ -358,30 +491,51 @@ def _backward(
             return None, _weight_shape(grad_weight, weight)
     per_image = (c * k_vol + o) * length * dtype.itemsize
     chunk = workspace.chunk_length(per_image, n)
-    windows = _Windows(x, geometry, chunk, view) if need_weight else None
-    flat = xp.empty(chunk * c * k_vol * length, dtype=dtype)
-    flat_gy = xp.empty(chunk * o * length, dtype=dtype)
-    partial = xp.empty_like(grad_weight) if need_weight else None
+    lanes = threads.lanes_of(list(range(0, n, chunk)), grad_weight.nbytes if need_weight else 0)
+    partials: list[Any] = [None] * len(lanes)
     nd = geometry.nd
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        b = stop - start
-        # Columns laid out (C, *k, b, *out) so that b and L merge into one contraction axis.
-        cols = _take(flat, (c,) + geometry.kernel + (b,) + geometry.out_size)
-        cols_2d = cols.reshape(g, cg * k_vol, b * length)
-        gy_c = _take(flat_gy, (o, b) + geometry.out_size)
-        gy_c[...] = xp.moveaxis(gy[start:stop], 0, 1)
-        gy_2d = gy_c.reshape(g, og, b * length)
-        if need_weight:
-            assert windows is not None and partial is not None
-            windows.copy_into(xp.moveaxis(cols, 1 + nd, 0), start, stop)
-            # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over chunks
-            xp.matmul(gy_2d, _conj(xp, cols_2d).transpose(0, 2, 1), out=partial)
-            grad_weight += partial
-        if need_input:
-            # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL): the column gradient, then fold
-            xp.matmul(w_t, gy_2d, out=cols_2d)
-            fold_into(grad_input[start:stop], xp.moveaxis(cols, 1 + nd, 0), geometry)
+
+    def run(indices: Sequence[int]) -> None:
+        windows = _Windows(x, geometry, chunk, view) if need_weight else None
+        flat = xp.empty(chunk * c * k_vol * length, dtype=dtype)
+        flat_gy = xp.empty(chunk * o * length, dtype=dtype)
+        partial = xp.empty_like(grad_weight) if need_weight else None
+        for index in indices:
+            partials[index] = _backward_lane(lanes[index], windows, flat, flat_gy, partial)
+
+    def _backward_lane(lane: Sequence[int], windows: Any, flat: Any, flat_gy: Any,
+                       partial: Any) -> Any:
+        acc = None
+        for start in lane:
+            stop = min(n, start + chunk)
+            b = stop - start
+            # Columns laid out (C, *k, b, *out) so that b and L merge into one contraction axis.
+            cols = _take(flat, (c,) + geometry.kernel + (b,) + geometry.out_size)
+            cols_2d = cols.reshape(g, cg * k_vol, b * length)
+            gy_c = _take(flat_gy, (o, b) + geometry.out_size)
+            gy_c[...] = xp.moveaxis(gy[start:stop], 0, 1)
+            gy_2d = gy_c.reshape(g, og, b * length)
+            if need_weight:
+                assert windows is not None
+                windows.copy_into(xp.moveaxis(cols, 1 + nd, 0), start, stop)
+                # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over the lane
+                cols_t = _conj(xp, cols_2d).transpose(0, 2, 1)
+                if acc is None:
+                    acc = xp.matmul(gy_2d, cols_t)
+                else:
+                    xp.matmul(gy_2d, cols_t, out=partial)
+                    acc += partial
+            if need_input:
+                # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL): the column gradient, then fold
+                xp.matmul(w_t, gy_2d, out=cols_2d)
+                fold_into(grad_input[start:stop], xp.moveaxis(cols, 1 + nd, 0), geometry)
+        return acc
+
+    per_worker = (chunk * (c * k_vol + o) * length + c * math.prod(geometry.padded_size)
+                  ) * dtype.itemsize
+    threads.run_lanes(run, len(lanes), per_worker, gy, x)
+    if need_weight:
+        threads.sum_lanes(grad_weight, partials)
     return grad_input, _weight_shape(grad_weight, weight)
 
 

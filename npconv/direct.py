@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from . import backend, threads, workspace
@@ -114,7 +115,7 @@ def forward(x: Any, weight: Any, bias: Any, geometry: ConvGeometry, groups: int)
 
     step = -(-len(starts) // workers)
     threads.run_split(run, [starts[i : i + step] for i in range(0, len(starts), step)],
-                      workers)
+                      workers, blas=True)
     return y
 
 
@@ -210,134 +211,152 @@ def backward(
                  + (c * k_vol * lay.volume if slabbed else 0)
                  ) * dtype.itemsize
     chunk = workspace.chunk_length(per_image, n) if slabbed else _chunk(per_image, n)
-    padder = ChunkPadder(x, geometry, chunk) if need_weight else None
-    gy_flat = xp.zeros(chunk * o * lay.volume, dtype=dtype) if lay.flat else None
-    gx_flat = xp.empty(chunk * c * lay.volume, dtype=dtype) if need_input else None
-    tmp_flat = xp.empty(chunk * c * length, dtype=dtype)
-    cols_flat = xp.empty(chunk * c * k_vol * length if stacked or depthwise and lay.flat else 0,
-                         dtype=dtype)
-    # Every chunk writes the same slab positions, so the rest stays zero from this fill.
-    slabs = xp.zeros((k_vol, chunk, c, lay.volume), dtype=dtype) if slabbed else None
+    lanes = threads.lanes_of(list(range(0, n, chunk)),
+                             grad_weight.nbytes if grad_weight is not None else 0)
+    partials: list[Any] = [None] * len(lanes)
     out_slices = (slice(None), slice(None)) + tuple(slice(0, m) for m in geometry.out_size)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        b = stop - start
-        if lay.flat:
-            assert gy_flat is not None
-            # grad_output in the flat layout; its junk positions stay zero
-            gy_ext = gy_flat[: b * o * lay.volume].reshape((b, o) + lay.padded)
-            gy_ext[out_slices] = gy[start:stop]
-            gys = gy_ext.reshape(b, o, lay.volume)[:, :, : lay.q]
-        else:
-            gys = gy[start:stop].reshape(b, o, length)
-        xf: Any = None
-        view: Any = None
-        if need_weight:
-            assert padder is not None
-            xpad = xp.ascontiguousarray(padder(start, stop))
-            xf = xpad.reshape(b, c, lay.volume) if lay.flat else None
-            view = None if lay.flat else window_view(xpad, geometry)
-        if need_input:
-            assert gx_flat is not None
-            gx_pad = gx_flat[: b * c * lay.volume].reshape((b, c) + lay.padded)
-            if not slabbed:  # the slab sum below overwrites all of it
-                gx_pad[...] = 0
-            gxf = gx_pad.reshape(b, c, lay.volume)
-        if depthwise and lay.flat:
-            cols = cols_flat[: b * c * k_vol * length].reshape(b, c, k_vol, length)
-            gy4 = gys.reshape(b, c, og, length)
-            if need_weight:
-                assert grad_weight is not None
-                for k, off in enumerate(lay.offsets):
-                    cols[:, :, k] = xf[:, :, off: off + lay.q]
-                # gW[c, t, k] = sum_n gy[n, c, t] (mult, Q) @ cols[n, c]^T (Q, K)
-                part = xp.matmul(gy4, cols.transpose(0, 1, 3, 2))
-                grad_weight[:, :, 0, :] += part.sum(axis=0)
-            if need_input:
-                # column gradient (b, C, K, Q) = w[c]^T (K, mult) @ gy[n, c] (mult, Q),
-                # then each row k is added back at its offset
-                w_ck = w[:, :, 0, :].transpose(0, 2, 1)  # (C, K, mult)
-                if og == 1:  # an outer product: a broadcast multiply beats a k=1 matmul
-                    xp.multiply(w_ck, gy4, out=cols)
-                else:
-                    xp.matmul(w_ck, gy4, out=cols)
-                for k, off in enumerate(lay.offsets):
-                    gxf[:, :, off: off + lay.q] += cols[:, :, k]
-                assert grad_input is not None
-                unpad_add(grad_input[start:stop], gx_pad, geometry, accumulate=False)
-            continue
-        if stacked:
-            # All kernel offsets stacked into one matmul per image, (k, c) rows in the
-            # flat layout: the copies and the scatter-adds run over long 1-d rows.
-            cols = cols_flat[: b * c * k_vol * length].reshape(b, g, k_vol, cg, length)
-            if need_weight:
-                assert grad_weight is not None
-                xg = xf.reshape(b, g, cg, lay.volume)
-                for k, off in enumerate(lay.offsets):
-                    cols[:, :, k] = xg[:, :, :, off: off + lay.q]
-                # sum_n gy (b, g, O/g, Q) @ cols^T (b, g, Q, K*C/g) -> (g, O/g, K, C/g)
-                part = xp.matmul(gys.reshape(b, g, og, length),
-                                 cols.reshape(b, g, k_vol * cg, length).transpose(0, 1, 3, 2))
-                grad_weight += part.sum(axis=0).reshape(g, og, k_vol, cg).transpose(0, 1, 3, 2)
-            if need_input:
-                # (g, K*C/g, O/g) @ (b, g, O/g, Q) -> (b, g, K*C/g, Q), then K long adds
-                w_all = w_t.transpose(0, 3, 1, 2).reshape(g, k_vol * cg, og)
-                xp.matmul(w_all, gys.reshape(b, g, og, length),
-                          out=cols.reshape(b, g, k_vol * cg, length))
-                assert slabs is not None
-                stack = slabs[:, :b]
-                for k, off in enumerate(lay.offsets):
-                    stack[k].reshape(b, g, cg, lay.volume)[..., off: off + lay.q] = cols[:, :, k]
-                assert grad_input is not None
-                _sum_slabs(xp, stack, gxf, grad_input[start:stop], geometry)
-            continue
-        tmp = tmp_flat[: b * c * length].reshape(b, c, length)
-        for k, (tap, off) in enumerate(zip(lay.taps, lay.offsets)):
-            if need_weight:
-                assert grad_weight is not None
-                if lay.flat:
-                    xs = xf[:, :, off: off + lay.q]
-                else:
-                    xs = view[(slice(None), slice(None)) + tap].reshape(b, c, length)
-                if depthwise:
-                    # gW[c, t, k] += sum_{n, q} gy[n, c, t, q] x_k[n, c, q]
-                    grad_weight[:, :, 0, k] += xp.einsum(
-                        "nctq,ncq->ct", gys.reshape(b, c, og, length), xs)
-                else:
-                    # sum_n (b, g, O/g, Q) @ (b, g, Q, C/g) -> (g, O/g, C/g)
-                    part = xp.matmul(gys.reshape(b, g, og, length),
-                                     xs.reshape(b, g, cg, length).transpose(0, 1, 3, 2))
-                    grad_weight[..., k] += part.sum(axis=0)
-            if need_input:
-                if depthwise:
-                    if og == 1:
-                        xp.multiply(gys, w[:, 0, 0, k, None], out=tmp)
-                    else:
-                        # (b, C, mult, Q) . (C, mult) -> (b, C, Q)
-                        tmp[...] = xp.einsum("nctq,ct->ncq", gys.reshape(b, c, og, length),
-                                             w[:, :, 0, k])
-                elif slabbed:
-                    assert slabs is not None
-                    # (g, C/g, O/g) @ (b, g, O/g, Q) -> slab k at its shift
-                    slab = slabs[k, :b].reshape(b, g, cg, lay.volume)
-                    xp.matmul(w_t[..., k], gys.reshape(b, g, og, length),
-                              out=slab[..., off: off + lay.q])
-                    continue
-                else:
-                    # (g, C/g, O/g) @ (b, g, O/g, Q) -> (b, g, C/g, Q)
-                    xp.matmul(w_t[..., k], gys.reshape(b, g, og, length),
-                              out=tmp.reshape(b, g, cg, length))
-                if lay.flat:
-                    gxf[:, :, off: off + lay.q] += tmp
-                else:
-                    gx_pad[lay.target(tap)] += tmp.reshape((b, c) + geometry.out_size)
-        if need_input:
-            assert grad_input is not None
-            if slabbed:
-                assert slabs is not None
-                _sum_slabs(xp, slabs[:, :b], gxf, grad_input[start:stop], geometry)
+
+    def run(indices: Sequence[int]) -> None:
+        padder = ChunkPadder(x, geometry, chunk) if need_weight else None
+        gy_flat = xp.zeros(chunk * o * lay.volume, dtype=dtype) if lay.flat else None
+        gx_flat = xp.empty(chunk * c * lay.volume, dtype=dtype) if need_input else None
+        tmp_flat = xp.empty(chunk * c * length, dtype=dtype)
+        cols_flat = xp.empty(chunk * c * k_vol * length if stacked or depthwise and lay.flat else 0,
+                             dtype=dtype)
+        # Every chunk writes the same slab positions, so the rest stays zero from this fill.
+        slabs = xp.zeros((k_vol, chunk, c, lay.volume), dtype=dtype) if slabbed else None
+        for index in indices:
+            partials[index] = lane(lanes[index], padder, gy_flat, gx_flat, tmp_flat, cols_flat,
+                                   slabs)
+
+    def lane(starts: Sequence[int], padder: Any, gy_flat: Any, gx_flat: Any, tmp_flat: Any,
+             cols_flat: Any, slabs: Any) -> Any:
+        gw = None if grad_weight is None else xp.zeros_like(grad_weight)
+        for start in starts:
+            stop = min(n, start + chunk)
+            b = stop - start
+            if lay.flat:
+                assert gy_flat is not None
+                # grad_output in the flat layout; its junk positions stay zero
+                gy_ext = gy_flat[: b * o * lay.volume].reshape((b, o) + lay.padded)
+                gy_ext[out_slices] = gy[start:stop]
+                gys = gy_ext.reshape(b, o, lay.volume)[:, :, : lay.q]
             else:
-                unpad_add(grad_input[start:stop], gx_pad, geometry, accumulate=False)
+                gys = gy[start:stop].reshape(b, o, length)
+            xf: Any = None
+            view: Any = None
+            if need_weight:
+                assert padder is not None
+                xpad = xp.ascontiguousarray(padder(start, stop))
+                xf = xpad.reshape(b, c, lay.volume) if lay.flat else None
+                view = None if lay.flat else window_view(xpad, geometry)
+            if need_input:
+                assert gx_flat is not None
+                gx_pad = gx_flat[: b * c * lay.volume].reshape((b, c) + lay.padded)
+                if not slabbed:  # the slab sum below overwrites all of it
+                    gx_pad[...] = 0
+                gxf = gx_pad.reshape(b, c, lay.volume)
+            if depthwise and lay.flat:
+                cols = cols_flat[: b * c * k_vol * length].reshape(b, c, k_vol, length)
+                gy4 = gys.reshape(b, c, og, length)
+                if need_weight:
+                    assert gw is not None
+                    for k, off in enumerate(lay.offsets):
+                        cols[:, :, k] = xf[:, :, off: off + lay.q]
+                    # gW[c, t, k] = sum_n gy[n, c, t] (mult, Q) @ cols[n, c]^T (Q, K)
+                    part = xp.matmul(gy4, cols.transpose(0, 1, 3, 2))
+                    gw[:, :, 0, :] += part.sum(axis=0)
+                if need_input:
+                    # column gradient (b, C, K, Q) = w[c]^T (K, mult) @ gy[n, c] (mult, Q),
+                    # then each row k is added back at its offset
+                    w_ck = w[:, :, 0, :].transpose(0, 2, 1)  # (C, K, mult)
+                    if og == 1:  # an outer product: a broadcast multiply beats a k=1 matmul
+                        xp.multiply(w_ck, gy4, out=cols)
+                    else:
+                        xp.matmul(w_ck, gy4, out=cols)
+                    for k, off in enumerate(lay.offsets):
+                        gxf[:, :, off: off + lay.q] += cols[:, :, k]
+                    assert grad_input is not None
+                    unpad_add(grad_input[start:stop], gx_pad, geometry, accumulate=False)
+                continue
+            if stacked:
+                # All kernel offsets stacked into one matmul per image, (k, c) rows in the
+                # flat layout: the copies and the scatter-adds run over long 1-d rows.
+                cols = cols_flat[: b * c * k_vol * length].reshape(b, g, k_vol, cg, length)
+                if need_weight:
+                    assert gw is not None
+                    xg = xf.reshape(b, g, cg, lay.volume)
+                    for k, off in enumerate(lay.offsets):
+                        cols[:, :, k] = xg[:, :, :, off: off + lay.q]
+                    # sum_n gy (b, g, O/g, Q) @ cols^T (b, g, Q, K*C/g) -> (g, O/g, K, C/g)
+                    part = xp.matmul(gys.reshape(b, g, og, length),
+                                     cols.reshape(b, g, k_vol * cg, length).transpose(0, 1, 3, 2))
+                    gw += part.sum(axis=0).reshape(g, og, k_vol, cg).transpose(0, 1, 3, 2)
+                if need_input:
+                    # (g, K*C/g, O/g) @ (b, g, O/g, Q) -> (b, g, K*C/g, Q), then K long adds
+                    w_all = w_t.transpose(0, 3, 1, 2).reshape(g, k_vol * cg, og)
+                    xp.matmul(w_all, gys.reshape(b, g, og, length),
+                              out=cols.reshape(b, g, k_vol * cg, length))
+                    assert slabs is not None
+                    stack = slabs[:, :b]
+                    for k, off in enumerate(lay.offsets):
+                        slab_k = stack[k].reshape(b, g, cg, lay.volume)
+                        slab_k[..., off: off + lay.q] = cols[:, :, k]
+                    assert grad_input is not None
+                    _sum_slabs(xp, stack, gxf, grad_input[start:stop], geometry)
+                continue
+            tmp = tmp_flat[: b * c * length].reshape(b, c, length)
+            for k, (tap, off) in enumerate(zip(lay.taps, lay.offsets)):
+                if need_weight:
+                    assert gw is not None
+                    if lay.flat:
+                        xs = xf[:, :, off: off + lay.q]
+                    else:
+                        xs = view[(slice(None), slice(None)) + tap].reshape(b, c, length)
+                    if depthwise:
+                        # gW[c, t, k] += sum_{n, q} gy[n, c, t, q] x_k[n, c, q]
+                        gw[:, :, 0, k] += xp.einsum(
+                            "nctq,ncq->ct", gys.reshape(b, c, og, length), xs)
+                    else:
+                        # sum_n (b, g, O/g, Q) @ (b, g, Q, C/g) -> (g, O/g, C/g)
+                        part = xp.matmul(gys.reshape(b, g, og, length),
+                                         xs.reshape(b, g, cg, length).transpose(0, 1, 3, 2))
+                        gw[..., k] += part.sum(axis=0)
+                if need_input:
+                    if depthwise:
+                        if og == 1:
+                            xp.multiply(gys, w[:, 0, 0, k, None], out=tmp)
+                        else:
+                            # (b, C, mult, Q) . (C, mult) -> (b, C, Q)
+                            tmp[...] = xp.einsum("nctq,ct->ncq", gys.reshape(b, c, og, length),
+                                                 w[:, :, 0, k])
+                    elif slabbed:
+                        assert slabs is not None
+                        # (g, C/g, O/g) @ (b, g, O/g, Q) -> slab k at its shift
+                        slab = slabs[k, :b].reshape(b, g, cg, lay.volume)
+                        xp.matmul(w_t[..., k], gys.reshape(b, g, og, length),
+                                  out=slab[..., off: off + lay.q])
+                        continue
+                    else:
+                        # (g, C/g, O/g) @ (b, g, O/g, Q) -> (b, g, C/g, Q)
+                        xp.matmul(w_t[..., k], gys.reshape(b, g, og, length),
+                                  out=tmp.reshape(b, g, cg, length))
+                    if lay.flat:
+                        gxf[:, :, off: off + lay.q] += tmp
+                    else:
+                        gx_pad[lay.target(tap)] += tmp.reshape((b, c) + geometry.out_size)
+            if need_input:
+                assert grad_input is not None
+                if slabbed:
+                    assert slabs is not None
+                    _sum_slabs(xp, slabs[:, :b], gxf, grad_input[start:stop], geometry)
+                else:
+                    unpad_add(grad_input[start:stop], gx_pad, geometry, accumulate=False)
+        return gw
+
+    threads.run_lanes(run, len(lanes), chunk * per_image, gy, x)
+    if grad_weight is not None:
+        threads.sum_lanes(grad_weight, partials)
     return grad_input, grad_weight
 
 
@@ -377,24 +396,35 @@ def grad_weight_flat(grad_output: Any, x: Any, geometry: ConvGeometry, groups: i
     span = math.prod(rows)
     per_image = ((c * k_vol + o) * span + c * lay.volume) * dtype.itemsize
     chunk = workspace.chunk_length(per_image, n)
-    padder = ChunkPadder(x, geometry, chunk)
-    # Zero-filled once: the junk positions of gy stay zero, and the columns' tails past
-    # lay.q (never written) stay finite, for every chunk.
-    cols = xp.zeros((g, cg, k_vol, chunk, span), dtype=dtype)
-    gy_buf = xp.zeros((o, chunk) + rows, dtype=dtype)
     grad_t = xp.zeros((g, cg * k_vol, og), dtype=dtype)  # gW transposed: see the matmul
-    partial = xp.empty_like(grad_t)
+    lanes = threads.lanes_of(list(range(0, n, chunk)), grad_t.nbytes)
+    partials: list[Any] = [None] * len(lanes)
     valid = (slice(None), slice(None)) + tuple(slice(0, m) for m in out_size)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        b = stop - start
-        gy_buf[:, :b][valid] = xp.moveaxis(gy[start:stop], 0, 1)
-        xf = xp.ascontiguousarray(padder(start, stop)).reshape(b, g, cg, lay.volume)
-        for k, off in enumerate(lay.offsets):
-            cols[:, :, k, :b, : lay.q] = xf[..., off: off + lay.q].transpose(1, 2, 0, 3)
-        # (g, C/g*K, bQ) @ (g, bQ, O/g) -> (g, C/g*K, O/g), summed over chunks; the long
-        # side first ran 1.3x faster here than gy @ cols^T
-        xp.matmul(cols[:, :, :, :b].reshape(g, cg * k_vol, b * span),
-                  gy_buf[:, :b].reshape(g, og, b * span).transpose(0, 2, 1), out=partial)
-        grad_t += partial
+
+    def run(indices: Sequence[int]) -> None:
+        padder = ChunkPadder(x, geometry, chunk)
+        # Zero-filled once: the junk positions of gy stay zero, and the columns' tails
+        # past lay.q (never written) stay finite, for every chunk.
+        cols = xp.zeros((g, cg, k_vol, chunk, span), dtype=dtype)
+        gy_buf = xp.zeros((o, chunk) + rows, dtype=dtype)
+        partial = xp.empty_like(grad_t)
+        for index in indices:
+            acc = xp.zeros_like(grad_t)
+            for start in lanes[index]:
+                stop = min(n, start + chunk)
+                b = stop - start
+                gy_buf[:, :b][valid] = xp.moveaxis(gy[start:stop], 0, 1)
+                xf = xp.ascontiguousarray(padder(start, stop)).reshape(b, g, cg, lay.volume)
+                for k, off in enumerate(lay.offsets):
+                    cols[:, :, k, :b, : lay.q] = xf[..., off: off + lay.q].transpose(1, 2, 0, 3)
+                # (g, C/g*K, bQ) @ (g, bQ, O/g) -> (g, C/g*K, O/g), summed over the lane;
+                # the long side first ran 1.3x faster here than gy @ cols^T
+                xp.matmul(cols[:, :, :, :b].reshape(g, cg * k_vol, b * span),
+                          gy_buf[:, :b].reshape(g, og, b * span).transpose(0, 2, 1),
+                          out=partial)
+                acc += partial
+            partials[index] = acc
+
+    threads.run_lanes(run, len(lanes), chunk * per_image, gy, x)
+    threads.sum_lanes(grad_t, partials)
     return grad_t.transpose(0, 2, 1)

@@ -1,21 +1,35 @@
-"""Host threads for npconv's own elementwise loops (col2im's scatter-adds).
+"""Host threads for npconv's own loops, and BLAS kept to one thread inside them.
 
-BLAS already runs matmuls on several cores; NumPy's elementwise loops run on
-one. npconv splits the scatter-add of ``col2im``/backward over disjoint blocks
-of the batch and channel axes and hands them to a small thread pool (NumPy
-releases the GIL inside those loops). Results do not depend on the thread
-count: every output element is summed in the same order by one thread.
+NumPy runs elementwise loops on one core, and OpenBLAS splits each matmul over
+its own threads, which pays only for large matmuls: on the 2-core machines
+npconv is tuned on, the mid-sized matmuls of a convolution chunk ran 1.5-3x
+faster as two single-threaded calls on two chunks at once than as one
+two-threaded call after another (measured), and the copies and transforms
+between them run on both cores too. So npconv walks the batch chunks of a
+convolution on a small pool of host threads (NumPy releases the GIL inside
+its loops and matmuls) and, while they run, limits the BLAS to one thread
+with threadpoolctl. Two BLAS-threaded calls at once would fight over one
+OpenBLAS pool (measured 30x slower), so where the BLAS cannot be limited the
+chunks of matmul-heavy work run one after another instead.
+
+Results do not depend on the thread count: chunk boundaries are fixed by the
+shapes and the workspace limit, every output element is computed by one
+thread, and sums over chunks (weight gradients) are added in a fixed order.
 The count comes from ``NPCONV_NUM_THREADS`` (default: the CPUs this process
-may use) and :func:`set_num_threads`.
+may use) and :func:`set_num_threads`. While npconv's threads run, BLAS calls
+made by *other* threads of the process also run single-threaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from . import backend, workspace
 from .geometry import as_int
 
 
@@ -41,10 +55,13 @@ def _from_environment() -> int:
 
 _threads = _from_environment()
 _pool: ThreadPoolExecutor | None = None
+_local = threading.local()  # .busy: this thread is one of npconv's workers (or their caller)
+# One threaded region at a time in the process: the BLAS thread count is global.
+_region = threading.Lock()
 
 
 def get_num_threads() -> int:
-    """Threads npconv uses for its own (non-BLAS) loops on the CPU.
+    """Threads npconv uses for its own loops on the CPU.
 
     Examples
     --------
@@ -56,8 +73,12 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(count: int) -> None:
-    """Use ``count`` threads for npconv's own CPU loops (BLAS threads are set apart,
-    e.g. with threadpoolctl).
+    """Use ``count`` threads for npconv's own CPU loops.
+
+    Batch chunks of a convolution then run on up to ``count`` threads, each
+    calling the BLAS single-threaded. With ``count == 1`` the chunks run one
+    after another and the BLAS keeps its own thread count (set it apart, e.g.
+    with threadpoolctl).
 
     Examples
     --------
@@ -78,34 +99,140 @@ def set_num_threads(count: int) -> None:
     _threads = value
 
 
-def run_split(task: Callable[[Any], None], items: Sequence[Any], workers: int) -> None:
+class _Blas:
+    """The BLAS libraries loaded in this process, found once, on first use."""
+
+    controller: Any = None
+    searched = False
+
+    @classmethod
+    def get(cls) -> Any:
+        if not cls.searched:
+            cls.searched = True
+            try:
+                import threadpoolctl
+
+                found = threadpoolctl.ThreadpoolController().select(user_api="blas")
+                cls.controller = found if found.lib_controllers else None
+            except Exception:  # an unusual BLAS or platform: no control, not an error
+                cls.controller = None
+        return cls.controller
+
+
+def blas_limited() -> bool:
+    """Whether npconv can run the BLAS single-threaded inside its own threads."""
+    return _Blas.get() is not None
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    controller = _Blas.get()
+    if controller is None:
+        yield
+        return
+    with controller.limit(limits=1):
+        yield
+
+
+def run_split(task: Callable[[Any], None], items: Sequence[Any], workers: int,
+              blas: bool = False) -> None:
     """Run ``task(item)`` for every item, on up to ``workers`` threads; items must not
     write the same memory.
 
-    The calling thread takes the first share itself: it is already running,
-    while waking a parked pool thread costs time on a virtual machine.
+    ``blas=True`` marks tasks that call matmul: they run threaded only where the
+    BLAS can be held to one thread meanwhile. Calls from inside a task, and calls
+    while another thread runs a threaded region, run serially in the calling
+    thread. The calling thread takes the first share itself: it is already
+    running, while waking a parked pool thread costs time on a virtual machine.
     """
     global _pool
     workers = min(workers, _threads, len(items))
+    if workers > 1 and (getattr(_local, "busy", False) or (blas and not blas_limited())):
+        workers = 1
+    if workers > 1 and not _region.acquire(blocking=False):
+        workers = 1
     if workers <= 1:
         for item in items:
             task(item)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="npconv")
-    step = -(-len(items) // workers)
-    shares = [items[i : i + step] for i in range(0, len(items), step)]
-
-    def run_share(share: Sequence[Any]) -> None:
-        for item in share:
-            task(item)
-
-    futures = [_pool.submit(run_share, share) for share in shares[1:]]
     try:
-        run_share(shares[0])
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="npconv")
+        step = -(-len(items) // workers)
+        shares = [items[i : i + step] for i in range(0, len(items), step)]
+
+        def run_share(share: Sequence[Any]) -> None:
+            _local.busy = True
+            try:
+                for item in share:
+                    task(item)
+            finally:
+                _local.busy = False
+
+        with _single_threaded_blas() if blas else contextlib.nullcontext():
+            futures = [_pool.submit(run_share, share) for share in shares[1:]]
+            try:
+                run_share(shares[0])
+            finally:
+                for future in futures:
+                    future.result()
     finally:
-        for future in futures:
-            future.result()
+        _region.release()
+
+
+def split(items: Sequence[Any], parts: int) -> list[Sequence[Any]]:
+    """``items`` cut into at most ``parts`` contiguous runs of about equal length."""
+    parts = max(1, min(parts, len(items)))
+    step = -(-len(items) // parts)
+    return [items[i : i + step] for i in range(0, len(items), step)]
+
+
+def shares(items: Sequence[Any], workers: int) -> list[Sequence[Any]]:
+    """``items`` cut into one contiguous run per worker (at most the thread count)."""
+    return split(items, min(workers, _threads))
+
+
+def _workers(count: int, per_worker_bytes: int, arrays: tuple[Any, ...]) -> int:
+    if not backend.backend_of(*arrays).host_threads:
+        return 1  # a GPU backend: one stream of work
+    return workspace.workers_for(count, per_worker_bytes, _threads)
+
+
+def run_shares(run: Callable[[Any], None], items: Sequence[Any],
+               per_worker_bytes: int, *arrays: Any) -> None:
+    """``run(share)`` for one contiguous share of the chunks ``items`` per worker
+    thread, as many as the workspace limit allows at ``per_worker_bytes`` each;
+    ``run`` allocates its buffers once per share and may call matmul."""
+    workers = _workers(len(items), per_worker_bytes, arrays)
+    run_split(run, shares(items, workers), workers, blas=True)
+
+
+# Weight gradients are summed over the batch in this many partial sums at most (one
+# per lane of batch chunks, added in lane order): a count fixed by the shapes, not by
+# the threads, so that the result does not depend on the thread count.
+LANES = 8
+
+
+def lanes_of(items: Sequence[Any], partial_bytes: int) -> list[Sequence[Any]]:
+    """``items`` cut into the contiguous lanes whose partial sums are added at the end
+    (fewer where a quarter of the workspace limit cannot hold that many partials)."""
+    fit = workspace.get_workspace_limit() // max(4 * partial_bytes, 1)
+    return split(items, max(1, min(LANES, fit)))
+
+
+def run_lanes(run: Callable[[Sequence[int]], None], count: int, per_worker_bytes: int,
+              *arrays: Any) -> None:
+    """``run(indices)`` once per worker thread, with its share of the lane indices
+    ``range(count)``; ``run`` allocates its buffers once and sums each lane apart."""
+    workers = _workers(count, per_worker_bytes, arrays)
+    run_split(run, shares(list(range(count)), workers), workers, blas=True)
+
+
+def sum_lanes(total: Any, partials: Sequence[Any]) -> None:
+    """``total += partials[0] + partials[1] + ...`` in order (``None`` entries skipped)."""
+    for part in partials:
+        if part is not None:
+            total += part.reshape(total.shape)
 
 
 # Below this many bytes a copy is not worth splitting across threads.
@@ -117,7 +244,8 @@ def copy_into(dst: Any, src: Any, host_threads: bool = True) -> None:
     than one (a single image splits by channel) when that pays."""
     size = dst.size * dst.dtype.itemsize
     axis = next((i for i, n in enumerate(dst.shape) if n > 1), None)
-    if axis is None or not host_threads or _threads <= 1 or size < THREADED_COPY_BYTES:
+    if (axis is None or not host_threads or _threads <= 1 or size < THREADED_COPY_BYTES
+            or getattr(_local, "busy", False)):
         dst[...] = src
         return
     parts = min(_threads, dst.shape[axis])

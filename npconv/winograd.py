@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import backend, workspace
+from . import backend, threads, workspace
 
 # Transform matrices (B^T, G, A^T) of F(2x2, 3x3) and F(4x4, 3x3), Lavin & Gray (2015).
 _MATRICES: dict[int, tuple[list[list[float]], list[list[float]], list[list[float]]]] = {
@@ -49,8 +49,13 @@ _MATRICES: dict[int, tuple[list[list[float]], list[list[float]], list[list[float
 }
 
 DEFAULT_TILE = 4
-# Fewest tiles (matmul columns) per chunk: smaller matmuls run far below peak.
-MIN_COLUMNS = 128
+# Buffer bytes per chunk (per host thread): larger than im2col's, because the 36
+# matmuls of a chunk have one column per tile and smaller matmuls run far below
+# peak (measured on S1 of the benchmark: 2 MiB 1.55x torch, 8 MiB 1.40x, 16 MiB 1.61x).
+TARGET_CHUNK_BYTES = 8 * 2**20
+# Fewest tiles per tile row for the banded input transform (measured: it won by 9-17%
+# at 7, 14 and 16 tiles per row and lost by 9-22% at 4).
+BANDED_MIN_TILES = 6
 
 
 def _matrix(xp: Any, p: list[list[float]], dtype: Any) -> Any:
@@ -68,6 +73,41 @@ def _both_axes(xp: Any, p: Any, src: Any, tmp: Any, out: Any) -> None:
     xp.matmul(p, src.reshape(q, q * n), out=tmp.reshape(r, q * n))
     # out[i] (r, N) = P (r, q) @ tmp[i] (q, N)      second tile axis, batched over i
     xp.matmul(p, tmp.reshape(r, q, n), out=out.reshape(r, r, n))
+
+
+def _input_transform(xp: Any, bt: list[list[float]], b_t: Any, rows: Any, tmp: Any,
+                     out: Any) -> None:
+    """out (a_j, a_i, ...) = B^T d B of every tile d, from the tile-row bands ``rows``.
+
+    ``rows`` (a, R) holds, for each row offset i < a, the pixel rows m p + i of every
+    tile row p, full width (a multiple of m). Row axis: one matmul with B^T. Column
+    axis: tile q spans pixels m q + l, l < a, so with l = r + m s (r < m, s in {0, 1})
+    it reads blocks q and q + 1 of m pixels. Seen as a (.., m) matrix of blocks, the
+    block-q part is one matmul with B^T[:, :m] and the block-(q + 1) part is an add
+    shifted by one block. Neither needs the overlapping tiles gathered: that copy
+    runs over a-pixel rows, whose per-row cost outweighed the arithmetic (measured).
+    The last block of each pixel row has no successor in its row: the shift reads the
+    next row's first block there, so the last tile column of each band is junk.
+    """
+    a = b_t.shape[0]
+    m = a - 2
+    # tmp (a_i, R) = B^T (a, a) @ rows (a, R)                    row axis
+    r = tmp.reshape(a, rows.shape[1])
+    xp.matmul(b_t, rows, out=r)
+    blocks = r.reshape(-1, m)  # (a_i * ... * tile columns, m)
+    # out (a_j, a_i * ...) = B^T[:, :m] (a, m) @ blocks^T (m, ...)   column axis, block q
+    v = out.reshape(a, blocks.shape[0])
+    xp.matmul(b_t[:, :m], blocks.T, out=v)
+    for s in range(a - m):  # column axis, block q + 1: the entries of B^T[:, m:] are +-1, 0
+        nxt = blocks[1:, s]
+        for j in range(a):
+            coef = bt[j][m + s]
+            if coef == 1:
+                v[j, :-1] += nxt
+            elif coef == -1:
+                v[j, :-1] -= nxt
+            elif coef:
+                v[j, :-1] += coef * nxt
 
 
 def _output_transform(xp: Any, a_t: Any, mm: Any, tmp: Any, out: Any) -> None:
@@ -106,7 +146,8 @@ def conv2d(
     """y (N, O, Ho, Wo) = conv2d(x, weight, stride 1, zero padding ``pads``) + bias.
 
     ``pads`` is ((top, bottom), (left, right)); ``weight`` is (O, C/g, 3, 3).
-    The batch is walked in chunks bounded by the workspace limit.
+    The batch is walked in chunks of images (or of tile rows of one image) that
+    fit the workspace limit, on host threads where the backend has them.
     """
     xp = backend.get_array_module(x, weight)
     n, c, h, w = x.shape
@@ -123,60 +164,88 @@ def conv2d(
     bt, gm, at = _MATRICES[m]
     dtype = x.dtype
     th, tw = -(-ho // m), -(-wo // m)  # tiles per axis (ceil)
-    hb, wb = m * th + 2, m * tw + 2  # padded tile grid; extra rows/cols are zeros
-    tiles = th * tw
+    # Banded input transform (see _input_transform): one junk tile column per tile
+    # row, so only where tile rows are long enough for it to cost less than the copy
+    # of overlapping tiles it saves.
+    banded = tw >= BANDED_MIN_TILES
+    tw1 = tw + banded
+    hb, wb = m * th + 2, m * (tw + 1)  # padded tile grid; extra rows/cols are zeros
 
-    # U (a^2, g, O/g, C/g) = (G kron G) (a^2, 9) @ vec(g) (9, O*C/g): one matmul for all
+    # U (a, a, g, O/g, C/g) = (G kron G) (a^2, 9) @ vec(g) (9, O*C/g): one matmul for all
     # filters (a batch of per-filter G g G^T products cost more than the whole transform)
     gmat = _matrix(xp, gm, dtype)
-    u = (xp.kron(gmat, gmat) @ weight.reshape(o * cg, 9).T).reshape(a2, g, og, cg)
+    u = (xp.kron(gmat, gmat) @ weight.reshape(o * cg, 9).T).reshape(a, a, g, og, cg)
     b_t = _matrix(xp, bt, dtype)  # (a, a)
     a_t = _matrix(xp, at, dtype)  # (m, a)
 
-    # workspace per image: d, v (a^2 C T each), mm (a^2 O T), tmp (a^2 max(C, O) T), y tiles
-    per_tile = a2 * (2 * c + o + max(c, o)) + m * m * o
-    per_image = (per_tile * tiles + c * hb * wb) * dtype.itemsize
-    chunk = workspace.chunk_length(per_image, n, "one image (Winograd)")
-    # At least MIN_COLUMNS tile columns per matmul, where the workspace limit allows.
-    fit = max(1, workspace.get_workspace_limit() // per_image)
-    chunk = max(chunk, min(n, fit, -(-MIN_COLUMNS // tiles)))
-    buf = xp.zeros((chunk, c, hb, wb), dtype=dtype)
-    flat = xp.empty(chunk * tiles * per_tile, dtype=dtype)
+    # Workspace per tile row of one image in three regions, each reused in turn
+    # (sizes in elements, T = tiles in the row):
+    #   input stage (row bands, or the gathered tiles), then M (a^2 O T)
+    #   | its second buffer, then the output transform's (m a O T)
+    #   | V (a^2 C T), then the output tiles (m^2 O T)
+    stage = a * c * wb if banded else a2 * c * tw1
+    sizes = (max(stage, a2 * o * tw1), max(stage, m * a * o * tw1),
+             max(a2 * c * tw1, m * m * o * tw1))
+    per_row = sum(sizes) * dtype.itemsize
+    images, rows = workspace.row_chunks(per_row, th, n, "one tile row (Winograd)",
+                                        target=TARGET_CHUNK_BYTES)
+    items = [(start, min(n, start + images), p, min(th, p + rows))
+             for start in range(0, n, images) for p in range(0, th, rows)]
+    per_worker = (per_row * rows + c * hb * wb * dtype.itemsize) * images
     bias_tile = None if bias is None else bias.reshape(g, og, 1)
     ones = _ones_column(at)
-    sb, sc, sh, sw = buf.strides
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        b = stop - start
-        bt_ = b * tiles
-        pad = buf[:b]  # its zero border is written once; only the interior changes
-        pad[:, :, top: top + h, left: left + w] = x[start:stop]
-        sizes = (a2 * c * bt_, a2 * c * bt_, a2 * o * bt_, a2 * max(c, o) * bt_, m * m * o * bt_)
-        at_ = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        d = flat[at_[0]:at_[1]].reshape(a, a, c, b, th, tw)
-        v = flat[at_[1]:at_[2]].reshape(a2, c * bt_)
-        mm = flat[at_[2]:at_[3]].reshape(a2, g, og, bt_)
-        tmp = flat[at_[3]:at_[4]]
-        yt = flat[at_[4]:at_[5]].reshape(m * m, o * bt_)
-        # d[i, j, c, b, p, q] = pad[b, c, m p + i, m q + j]: the overlapping tiles, copied once
-        tiles_view = backend.as_strided_view(
-            pad, (b, c, th, tw, a, a), (sb, sc, m * sh, m * sw, sh, sw)
-        )
-        d[...] = tiles_view.transpose(4, 5, 1, 0, 2, 3)
-        # V (a, a, C*b*T) = B^T d B, tile by tile
-        _both_axes(xp, b_t, d.reshape(a, a, c * bt_), tmp[: a2 * c * bt_], v)
-        # M (a^2, g, O/g, bT) = U (a^2, g, O/g, C/g) @ V (a^2, g, C/g, bT)
-        xp.matmul(u, v.reshape(a2, g, cg, bt_), out=mm)
-        if bias_tile is not None:
-            mm[ones * a + ones] += bias_tile  # 1/a^2 of the data instead of all of y
-        # Y (m, O*b*T, m) = A^T M A
-        _output_transform(xp, a_t, mm.reshape(a, a, o * bt_), tmp[: m * a * o * bt_], yt)
-        y5 = yt.reshape(m, o, b, th, tw * m)
-        out = y[start:stop]
-        # y[b, o, m p + i, m q + j] = Y[i, o, b, p, q, j], cropped to (Ho, Wo)
-        for i in range(m):
-            nh = (ho - i + m - 1) // m
-            out[:, :, i::m, :] = y5[i, :, :, :nh, :wo].transpose(1, 0, 2, 3)
+
+    def run(share: list[tuple[int, int, int, int]]) -> None:
+        buf = xp.zeros((images, c, hb, wb), dtype=dtype)  # zero border written once
+        flat = xp.empty(images * rows * sum(sizes), dtype=dtype)
+        sb, sc, sh, sw = buf.strides
+        last = None
+        for start, stop, p0, p1 in share:
+            b, nt = stop - start, p1 - p0
+            bt_ = b * nt * tw1
+            pad = buf[:b]
+            if last != (start, stop):
+                pad[:, :, top: top + h, left: left + w] = x[start:stop]
+                last = (start, stop)
+            band = pad[:, :, m * p0:]
+            r0, r1, r2 = (flat[images * rows * at_: images * rows * at_ + b * nt * size]
+                          for at_, size in zip((0, sizes[0], sizes[0] + sizes[1]), sizes))
+            # V (a_j, a_i, C*b*T) = B^T d B for every tile d, with the column offset first
+            v = r2[: a2 * c * bt_].reshape(a, a, c * bt_)
+            if banded:
+                # rows[i, c, b, p, :] = pad[b, c, m p + i, :]: each tile row band, copied once
+                band_rows = r0[: b * nt * stage].reshape(a, c, b, nt, wb)
+                band_rows[...] = backend.as_strided_view(
+                    band, (b, c, nt, a, wb), (sb, sc, m * sh, sh, sw)).transpose(3, 1, 0, 2, 4)
+                _input_transform(xp, bt, b_t, band_rows.reshape(a, -1), r1[: b * nt * stage], v)
+            else:
+                # d[j, i, c, b, p, q] = pad[b, c, m p + i, m q + j]: the overlapping tiles
+                d = r0[: b * nt * stage].reshape(a, a, c, b, nt, tw)
+                d[...] = backend.as_strided_view(
+                    band, (b, c, nt, tw, a, a), (sb, sc, m * sh, m * sw, sh, sw)
+                ).transpose(5, 4, 1, 0, 2, 3)
+                _both_axes(xp, b_t, d.reshape(a, a, c * bt_), r1[: b * nt * stage], v)
+            # M (a, a, g, O/g, bT) = U (a, a, g, O/g, C/g) @ V[j, i] (g, C/g, bT)
+            mm = r0[: a2 * o * bt_].reshape(a, a, g, og, bt_)
+            xp.matmul(u, v.reshape(a, a, g, cg, bt_).transpose(1, 0, 2, 3, 4), out=mm)
+            if bias_tile is not None:
+                mm[ones, ones] += bias_tile  # 1/a^2 of the data instead of all of y
+            # Y (m, O*b*T, m) = A^T M A
+            yt = r2[: m * m * o * bt_].reshape(m * m, o * bt_)
+            _output_transform(xp, a_t, mm.reshape(a, a, o * bt_), r1[: m * a * o * bt_], yt)
+            y5 = yt.reshape(m, o, b, nt, tw1 * m)
+            # y[b, o, m p + i, m q + j] = Y[i, o, b, p, q, j], cropped to (Ho, Wo): whole
+            # tile rows in one copy that writes y in order (m rows of y are contiguous)
+            full = min(p1, ho // m) - p0
+            if full > 0:
+                out = y[start:stop, :, m * p0: m * (p0 + full)].reshape(b, o, full, m, wo)
+                out[...] = y5[:, :, :, :full, :wo].transpose(2, 1, 3, 0, 4)
+            if p0 + full < p1:  # the last tile row, cropped
+                out = y[start:stop, :, m * (p0 + full):]
+                for i in range(out.shape[2]):
+                    out[:, :, i] = y5[i, :, :, full, :wo].transpose(1, 0, 2)
+
+    threads.run_shares(run, items, per_worker, x)
     return y
 
 

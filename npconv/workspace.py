@@ -13,9 +13,9 @@ import os
 from .geometry import as_int
 
 DEFAULT_LIMIT_MB = 256
-# Chunks of about this size keep the column buffer in cache; measured fastest
-# on a 2-core AVX-512 machine (see docs/benchmarks-2026-11-25-epyc-avx512.md).
-TARGET_CHUNK_BYTES = 4 * 2**20
+# Chunks of about this size per host thread keep the column buffer in cache;
+# measured fastest (1-4 MiB within noise) on a 2-core machine, see docs/benchmarks.md.
+TARGET_CHUNK_BYTES = 2 * 2**20
 
 
 def _from_environment() -> int:
@@ -89,3 +89,42 @@ def chunk_length(
     fit = _limit // max(per_item_bytes, 1)
     want = max(1, (TARGET_CHUNK_BYTES if target is None else target) // max(per_item_bytes, 1))
     return max(1, min(count, fit, want))
+
+
+# A batch too small to fill several chunks of the target size is still cut into
+# about this many (not fewer than MIN_SPLIT_BYTES each), so that host threads have
+# work to share. Chunking never depends on the thread count: results do not either.
+SPLIT_CHUNKS = 4
+MIN_SPLIT_BYTES = 256 * 2**10
+
+
+def _balanced(total: int, most: int) -> int:
+    """The smallest part size giving as few parts of at most ``most`` as possible."""
+    parts = -(-total // max(1, most))
+    return -(-total // parts)
+
+
+def row_chunks(per_row_bytes: int, rows: int, count: int, what: str = "one image",
+               target: int | None = None) -> tuple[int, int]:
+    """(items, rows) per chunk of a batch of ``count`` items of ``rows`` rows each.
+
+    Whole items while one fits the target (as :func:`chunk_length`), otherwise one
+    item cut into blocks of rows: a large image is walked in parts that stay in
+    cache, and a batch of one still splits into several chunks. Raises
+    ``MemoryError`` when a single row exceeds the workspace limit.
+    """
+    goal = TARGET_CHUNK_BYTES if target is None else target
+    per_item = per_row_bytes * rows
+    goal = min(goal, max(MIN_SPLIT_BYTES, per_item * count // SPLIT_CHUNKS), _limit)
+    if per_row_bytes > _limit:
+        chunk_length(per_row_bytes, 1, f"one output row of {what}")  # raises MemoryError
+    if per_item <= goal:
+        return _balanced(count, chunk_length(per_item, count, what, target=goal)), rows
+    return 1, _balanced(rows, max(1, goal // max(per_row_bytes, 1)))
+
+
+def workers_for(chunks: int, per_worker_bytes: int, threads: int) -> int:
+    """Threads to run ``chunks`` chunks on, each thread holding ``per_worker_bytes``
+    of buffers, within the workspace limit (at least one)."""
+    fit = _limit // max(per_worker_bytes, 1)
+    return max(1, min(threads, chunks, fit))
