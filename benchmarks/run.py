@@ -47,6 +47,18 @@ SPIN_LIMITS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
 for _name, _value in SPIN_LIMITS.items():
     os.environ.setdefault(_name, _value)
 
+# Freed memory is reused, not handed back to the kernel. With glibc's defaults each
+# call's output of more than 32 MiB, and often smaller ones, lands in pages the
+# kernel maps afresh, and first-touch page faults cost about 3 us per 4 KiB page on
+# this virtual machine: that made torch's S7 forward 5x slower (7 ms instead of
+# 1.4 ms) and npconv's 3-4x, and which side paid how much changed from run to run.
+# glibc reads these settings only at process start, so the script restarts itself
+# once with them; a GLIBC_TUNABLES given by the caller is kept as it is.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456"
+if sys.platform.startswith("linux") and "GLIBC_TUNABLES" not in os.environ:
+    os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
 import numpy as np
 import threadpoolctl
 import torch
@@ -405,7 +417,9 @@ def markdown(rows, checks, info, command, plot_link=None, earlier=()) -> str:
         "- OpenBLAS environment: "
         + (", ".join(f"{k}={v}" for k, v in info["openblas_env"].items()) if info["openblas_env"]
            else "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE not set"),
-        f"- Threads: {THREADS} for NumPy's BLAS and for torch; load average {info['load']}",
+        f"- Threads: {THREADS} for NumPy's BLAS, for npconv's own threads and for torch; "
+        f"load average {info['load']}",
+        f"- Allocator: `GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}`",
         "",
         "## Method",
         "",
@@ -430,6 +444,11 @@ def markdown(rows, checks, info, command, plot_link=None, earlier=()) -> str:
         "  With the defaults, OpenBLAS workers busy-wait after every npconv matmul and",
         "  steal torch's cores in the interleaved loop; that made torch about 2x slower",
         "  here and npconv's ratios look far better than they are.",
+        "- Freed memory stays mapped (glibc's mmap and trim thresholds raised to 256 MiB,",
+        "  the script restarts itself with them unless `GLIBC_TUNABLES` is set): with",
+        "  glibc's defaults each call's fresh output pages fault in at about 3 us per",
+        "  4 KiB page here, which slowed torch's S7 forward 5x and npconv's 3-4x, by",
+        "  amounts that changed from run to run.",
         "- Ratios move by up to about 2x between runs on this shared virtual machine",
         "  (single cases, not the geometric means, swing most). With `--runs N` the whole",
         "  suite runs N times and every figure is the median across runs; the last",

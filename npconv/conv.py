@@ -44,9 +44,9 @@ ALGORITHMS = ("auto", "im2col", "direct", "winograd")
 WINOGRAD_MIN_CHANNELS = 16
 # ... and when there are enough output positions (batch x spatial) to amortise the
 # weight and tile transforms. Measured with idle BLAS threads not spinning: below
-# these, im2col won or tied (forward: N1 C32 64x64, N4 C64 56x56; both: N2 C256 14x14).
+# this, im2col won or tied (N1 C32 64x64, N4 C64 56x56, N2 C256 14x14). The grad
+# input of a stride-1 convolution is such a forward convolution and chooses alike.
 WINOGRAD_MIN_POSITIONS = 32768
-WINOGRAD_MIN_POSITIONS_BACKWARD = 4096
 
 # 'auto' differentiates stride-1 convolutions with at most this many input
 # channels per group by the direct path (measured faster for C = 3, 8, 16; not 32),
@@ -71,17 +71,6 @@ def _winograd_ok(geometry: ConvGeometry, dtype: Any) -> bool:
     )
 
 
-def _winograd_grad_input_ok(geometry: ConvGeometry, dtype: Any) -> bool:
-    # the adjoint conv pads by 2 - p; the transposed-conv geometry may also carry
-    # windows that touch nothing (out_size smaller than the padded input allows)
-    full = tuple(n + lo + hi - 2 for n, (lo, hi) in zip(geometry.in_size, geometry.pads))
-    return (
-        _winograd_ok(geometry, dtype)
-        and all(lo <= 2 and hi <= 2 for lo, hi in geometry.pads)
-        and full == geometry.out_size
-    )
-
-
 def _full_correlation(geometry: ConvGeometry) -> ConvGeometry | None:
     """Geometry of the stride-1 convolution that maps grad_output to grad_input, if any.
 
@@ -101,12 +90,22 @@ def _full_correlation(geometry: ConvGeometry) -> ConvGeometry | None:
     return ConvGeometry(g.out_size, g.kernel, g.stride, g.dilation, pads, g.in_size)
 
 
+def _flipped(xp: Any, weight: Any, groups: int) -> Any:
+    """W'[c, o] = W[o, c] flipped in space, per group: (O, C/g, *k) -> (C, O/g, *k), the
+    kernel of the adjoint of a stride-1 convolution (contiguous: BLAS wants + strides)."""
+    o, cg = weight.shape[:2]
+    kernel = weight.shape[2:]
+    w = weight.reshape((groups, o // groups, cg) + kernel).swapaxes(1, 2)
+    w = xp.flip(w, axis=tuple(range(3, 3 + len(kernel))))
+    return xp.ascontiguousarray(w).reshape((groups * cg, o // groups) + kernel)
+
+
 def _is_depthwise(channels: int, groups: int) -> bool:
     return groups > 1 and channels == groups
 
 
 def _choose(algorithm: str, geometry: ConvGeometry, groups: int, c: int, o: int,
-            dtype: Any, batch: int = 0, backward: bool = False) -> str:
+            dtype: Any, batch: int = 0) -> str:
     """The forward algorithm for one call: 'pointwise', 'direct', 'winograd' or 'im2col'."""
     if algorithm == "winograd":
         if not _winograd_ok(geometry, dtype):
@@ -129,8 +128,7 @@ def _choose(algorithm: str, geometry: ConvGeometry, groups: int, c: int, o: int,
     if (
         _winograd_ok(geometry, dtype)
         and min(c // groups, o // groups) >= WINOGRAD_MIN_CHANNELS
-        and positions >= (WINOGRAD_MIN_POSITIONS_BACKWARD if backward
-                          else WINOGRAD_MIN_POSITIONS)
+        and positions >= WINOGRAD_MIN_POSITIONS
     ):
         return "winograd"
     return "im2col"
@@ -443,7 +441,7 @@ def _backward(
         return grad_input, _weight_shape(grad_weight, weight)
 
     method = ("im2col" if view is not None
-              else _choose(algorithm, geometry, g, c, o, dtype, batch=n, backward=True))
+              else _choose(algorithm, geometry, g, c, o, dtype, batch=n))
     if (algorithm == "auto" and view is None and method == "im2col"
             and cg <= DIRECT_BACKWARD_MAX_CHANNELS and og <= 2 * cg + 16
             and all(s == 1 for s in geometry.stride)):
@@ -465,9 +463,12 @@ def _backward(
                 gi, gw = direct.backward(gy, x_adj, w_adj, geometry, g, need_input,
                                          need_weight, c)
             return gi, _weight_shape(gw, weight)
-        if method == "winograd" and need_input and _winograd_grad_input_ok(geometry, dtype):
-            # grad input: conv of gy (padded 2 - p) with the flipped, channel-swapped weight
-            grad_input = winograd.grad_input(gy, w_adj, geometry.pads, g)
+        full = _full_correlation(geometry) if need_input and view is None else None
+        if full is not None:
+            # Stride 1: grad input is the convolution of gy with the flipped kernel, its
+            # channel axes swapped, padded d(k-1) - p. The forward paths (Winograd, im2col
+            # by rows) gather windows instead of scatter-adding them, so they are faster.
+            grad_input = _forward(gy, _flipped(xp, w_adj, g), None, full, g, algorithm)
             if not need_weight:
                 return grad_input, None
             _, grad_weight = _backward(gy, x, weight, geometry, g, need_input=False,

@@ -23,11 +23,12 @@ output transforms have entries 0, +-1 (exact), the weight transform +-1/2.
 
 Grad input of a 3x3 stride-1 convolution is itself such a convolution: of
 grad_output, padded by 2 - p, with the weight flipped and its two channel
-axes swapped (see :func:`grad_input`).
+axes swapped (``conv._backward`` calls it so).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import backend, threads, workspace
@@ -53,61 +54,79 @@ DEFAULT_TILE = 4
 # matmuls of a chunk have one column per tile and smaller matmuls run far below
 # peak (measured on S1 of the benchmark: 2 MiB 1.55x torch, 8 MiB 1.40x, 16 MiB 1.61x).
 TARGET_CHUNK_BYTES = 8 * 2**20
-# Fewest tiles per tile row for the banded input transform (measured: it won by 9-17%
-# at 7, 14 and 16 tiles per row and lost by 9-22% at 4).
-BANDED_MIN_TILES = 6
+# Fewest tiles per tile row for the blocked input transform, which computes one junk
+# tile per row (measured against gathering the tiles: see _input_transform).
+BLOCKED_MIN_TILES = 6
 
 
 def _matrix(xp: Any, p: list[list[float]], dtype: Any) -> Any:
     return xp.asarray(p, dtype=dtype)
 
 
-def _both_axes(xp: Any, p: Any, src: Any, tmp: Any, out: Any) -> None:
-    """out (r, r, N) = P src P^T for P (r, q), src (q, q, N): one axis, then the other.
+def _shift_terms(bt: list[list[float]], m: int) -> list[tuple[int, list[tuple[float, int, int]]]]:
+    """The entries of B^T[:, m:] (the taps a tile takes from the next block of m pixels)
+    as (s, [(value, first row, last row + 1), ...]): runs of equal nonzero values."""
+    terms = []
+    for s in range(len(bt) - m):
+        runs: list[tuple[float, int, int]] = []
+        for j, row in enumerate(bt):
+            value = row[m + s]
+            if value and runs and runs[-1][0] == value and runs[-1][2] == j:
+                runs[-1] = (value, runs[-1][1], j + 1)
+            elif value:
+                runs.append((value, j, j + 1))
+        terms.append((s, runs))
+    return terms
 
-    Equal to the Kronecker form (P kron P) vec(src) at 2 (q + r) / (r q) of its flops.
-    """
-    r, q = p.shape
-    n = src.shape[-1]
-    # tmp (r, q*N) = P (r, q) @ src (q, q*N)        first tile axis
-    xp.matmul(p, src.reshape(q, q * n), out=tmp.reshape(r, q * n))
-    # out[i] (r, N) = P (r, q) @ tmp[i] (q, N)      second tile axis, batched over i
-    xp.matmul(p, tmp.reshape(r, q, n), out=out.reshape(r, r, n))
+
+def _add_shifted(xp: Any, out: Any, src: Any, runs: list[tuple[float, int, int]],
+                 tmp: Any) -> None:
+    """out[first:last] += value * src for every run; ``src`` broadcasts over the run rows
+    (strided sources are copied once into ``tmp`` when several rows read them)."""
+    if (len(runs) > 1 or runs[0][2] - runs[0][1] > 1) and src.strides[-1] != src.itemsize:
+        tmp = tmp[: src.size].reshape(src.shape)
+        tmp[...] = src
+        src = tmp
+    for value, first, last in runs:
+        part = out[first:last]
+        if value == 1:
+            part += src
+        elif value == -1:
+            part -= src
+        else:
+            part += value * src
 
 
-def _input_transform(xp: Any, bt: list[list[float]], b_t: Any, rows: Any, tmp: Any,
+def _input_transform(xp: Any, terms: Any, b_t: Any, pad: Any, t1: Any, tmp: Any,
                      out: Any) -> None:
-    """out (a_j, a_i, ...) = B^T d B of every tile d, from the tile-row bands ``rows``.
+    """out (a_j, a_i, b, C, P, Q) = B^T d B of every tile d of the padded images ``pad``.
 
-    ``rows`` (a, R) holds, for each row offset i < a, the pixel rows m p + i of every
-    tile row p, full width (a multiple of m). Row axis: one matmul with B^T. Column
-    axis: tile q spans pixels m q + l, l < a, so with l = r + m s (r < m, s in {0, 1})
-    it reads blocks q and q + 1 of m pixels. Seen as a (.., m) matrix of blocks, the
-    block-q part is one matmul with B^T[:, :m] and the block-(q + 1) part is an add
-    shifted by one block. Neither needs the overlapping tiles gathered: that copy
-    runs over a-pixel rows, whose per-row cost outweighed the arithmetic (measured).
-    The last block of each pixel row has no successor in its row: the shift reads the
-    next row's first block there, so the last tile column of each band is junk.
+    ``pad`` (m, b, C, P, m Q) holds pixel row m P + r of every image at [r, :, :, P]:
+    rows grouped in blocks of m, and each row in blocks of m pixels. Tile (p, q) spans
+    rows m p + i and columns m q + l (i, l < a = m + 2): blocks p and p + 1 along each
+    axis. So each axis is one matmul with B^T[:, :m] over the m entries of a block,
+    plus adds of the next block's first a - m entries with the (+-1) entries of
+    B^T[:, m:], read one block further on. Nothing gathers overlapping tiles, and
+    the adds of the row axis run over contiguous memory. The last block along each
+    axis has no successor in its row (or column): tiles p = P - 1 and q = Q - 1 are
+    junk, to be ignored.
     """
-    a = b_t.shape[0]
-    m = a - 2
-    # tmp (a_i, R) = B^T (a, a) @ rows (a, R)                    row axis
-    r = tmp.reshape(a, rows.shape[1])
-    xp.matmul(b_t, rows, out=r)
-    blocks = r.reshape(-1, m)  # (a_i * ... * tile columns, m)
-    # out (a_j, a_i * ...) = B^T[:, :m] (a, m) @ blocks^T (m, ...)   column axis, block q
-    v = out.reshape(a, blocks.shape[0])
-    xp.matmul(b_t[:, :m], blocks.T, out=v)
-    for s in range(a - m):  # column axis, block q + 1: the entries of B^T[:, m:] are +-1, 0
-        nxt = blocks[1:, s]
-        for j in range(a):
-            coef = bt[j][m + s]
-            if coef == 1:
-                v[j, :-1] += nxt
-            elif coef == -1:
-                v[j, :-1] -= nxt
-            elif coef:
-                v[j, :-1] += coef * nxt
+    a, m = b_t.shape[0], pad.shape[0]
+    blocks = pad.reshape(-1, m)  # (m*b*C*P*Q, m): m pixels of one row each
+    nb = blocks.shape[0]
+    # t1 (a_j, m_r, b*C*P*Q) = B^T[:, :m] @ block^T, + the next block's entries   columns
+    t1 = t1[: a * nb].reshape(a, nb)
+    xp.matmul(b_t[:, :m], blocks.T, out=t1)
+    for s, runs in terms:
+        _add_shifted(xp, t1[:, :-1], blocks[1:, s], runs, tmp)
+    rows = nb // m
+    q = pad.shape[-1] // m
+    t3 = t1.reshape(a, m, rows)
+    # out (a_j, a_i, b*C*P*Q) = B^T[:, :m] @ t1[j], + the next row block's      rows
+    v = out.reshape(a, a, rows)
+    xp.matmul(b_t[:, :m], t3, out=v)
+    for s, runs in terms:
+        _add_shifted(xp, v.transpose(1, 0, 2)[:, :, :-q], t3[:, s, q:], runs, tmp)
 
 
 def _output_transform(xp: Any, a_t: Any, mm: Any, tmp: Any, out: Any) -> None:
@@ -139,6 +158,25 @@ def supported(kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[
     )
 
 
+def _fill_rows(xp: Any, dst: Any, x: Any, first: int, top: int, left: int) -> None:
+    """dst (m, b, C, P, W) <- zero-padded rows m (first + P) + r of ``x`` (b, C, h, w) at
+    [r, :, :, P, left:left + w]; rows outside ``x`` become zero (its columns outside
+    [left, left + w) are zero already)."""
+    m, _, _, blocks, _ = dst.shape
+    h, w = x.shape[2:]
+    for r in range(m):
+        row0 = m * first + r - top  # x row of block 0; block P holds x row row0 + m P
+        lo = max(0, -(row0 // m))  # the first block inside x
+        hi = min(blocks, -(-(h - row0) // m))  # one past the last
+        part = dst[r]
+        if lo >= hi:
+            part[:, :, :, left: left + w] = 0
+            continue
+        part[:, :, :lo, left: left + w] = 0
+        part[:, :, hi:, left: left + w] = 0
+        part[:, :, lo:hi, left: left + w] = x[:, :, row0 + m * lo: row0 + m * (hi - 1) + 1: m]
+
+
 def conv2d(
     x: Any, weight: Any, bias: Any, pads: tuple[tuple[int, int], ...], groups: int,
     tile: int = DEFAULT_TILE,
@@ -164,111 +202,106 @@ def conv2d(
     bt, gm, at = _MATRICES[m]
     dtype = x.dtype
     th, tw = -(-ho // m), -(-wo // m)  # tiles per axis (ceil)
-    # Banded input transform (see _input_transform): one junk tile column per tile
-    # row, so only where tile rows are long enough for it to cost less than the copy
-    # of overlapping tiles it saves.
-    banded = tw >= BANDED_MIN_TILES
-    tw1 = tw + banded
-    hb, wb = m * th + 2, m * (tw + 1)  # padded tile grid; extra rows/cols are zeros
+    # Blocked input transform (see _input_transform) where tile rows are long enough
+    # for its junk tile column to cost less than gathering the overlapping tiles.
+    blocked = tw >= BLOCKED_MIN_TILES
+    q = tw + blocked  # tiles per row as laid out, the junk one included
+    extra = int(blocked)  # junk tile rows per chunk
 
-    # U (a, a, g, O/g, C/g) = (G kron G) (a^2, 9) @ vec(g) (9, O*C/g): one matmul for all
-    # filters (a batch of per-filter G g G^T products cost more than the whole transform)
+    # U (a_i, a_j, g, O/g, C/g) = (G kron G) (a^2, 9) @ vec(g) (9, O*C/g): one matmul for
+    # all filters (a batch of per-filter G g G^T products cost more than the whole transform)
     gmat = _matrix(xp, gm, dtype)
     u = (xp.kron(gmat, gmat) @ weight.reshape(o * cg, 9).T).reshape(a, a, g, og, cg)
+    u_ji = u.transpose(1, 0, 2, 3, 4)[:, :, None]  # (a_j, a_i, 1, g, O/g, C/g), as V is laid out
     b_t = _matrix(xp, bt, dtype)  # (a, a)
     a_t = _matrix(xp, at, dtype)  # (m, a)
+    terms = _shift_terms(bt, m)
 
-    # Workspace per tile row of one image in three regions, each reused in turn
-    # (sizes in elements, T = tiles in the row):
-    #   input stage (row bands, or the gathered tiles), then M (a^2 O T)
-    #   | its second buffer, then the output transform's (m a O T)
-    #   | V (a^2 C T), then the output tiles (m^2 O T)
-    stage = a * c * wb if banded else a2 * c * tw1
-    sizes = (max(stage, a2 * o * tw1), max(stage, m * a * o * tw1),
-             max(a2 * c * tw1, m * m * o * tw1))
-    per_row = sum(sizes) * dtype.itemsize
+    # Workspace per tile row of one image (elements): the padded rows, and a strided
+    # copy (kept apart: the pad columns stay zero) | the gathered tiles, then M | the
+    # first-axis transform's, then the output transform's | V, then the output tiles.
+    # A blocked chunk of T tile rows holds T + 1 of them (the last one's tiles are junk);
+    # a gathered one holds 2 more pixel rows.
+    width = m * q + 2 * (1 - extra)
+    regions = ((m * c * width + (m * c * q if blocked else 0)),
+               max(a2 * o * q, 0 if blocked else a2 * c * q),
+               max(a * (m if blocked else a) * c * q, m * a * o * q),
+               max(a2 * c * q, m * m * o * q))
+    per_row = sum(regions) * dtype.itemsize
     images, rows = workspace.row_chunks(per_row, th, n, "one tile row (Winograd)",
                                         target=TARGET_CHUNK_BYTES)
     items = [(start, min(n, start + images), p, min(th, p + rows))
              for start in range(0, n, images) for p in range(0, th, rows)]
-    per_worker = (per_row * rows + c * hb * wb * dtype.itemsize) * images
+    capacity = [images * (rows + 1) * size for size in regions]
+    per_worker = sum(capacity) * dtype.itemsize
     bias_tile = None if bias is None else bias.reshape(g, og, 1)
     ones = _ones_column(at)
 
     def run(share: list[tuple[int, int, int, int]]) -> None:
-        buf = xp.zeros((images, c, hb, wb), dtype=dtype)  # zero border written once
-        flat = xp.empty(images * rows * sum(sizes), dtype=dtype)
-        sb, sc, sh, sw = buf.strides
-        last = None
+        flat = [xp.zeros(capacity[0], dtype=dtype)]  # the pad columns stay zero
+        flat += [xp.empty(size, dtype=dtype) for size in capacity[1:]]
+        layout = None
         for start, stop, p0, p1 in share:
             b, nt = stop - start, p1 - p0
-            bt_ = b * nt * tw1
-            pad = buf[:b]
-            if last != (start, stop):
-                pad[:, :, top: top + h, left: left + w] = x[start:stop]
-                last = (start, stop)
-            band = pad[:, :, m * p0:]
-            r0, r1, r2 = (flat[images * rows * at_: images * rows * at_ + b * nt * size]
-                          for at_, size in zip((0, sizes[0], sizes[0] + sizes[1]), sizes))
-            # V (a_j, a_i, C*b*T) = B^T d B for every tile d, with the column offset first
-            v = r2[: a2 * c * bt_].reshape(a, a, c * bt_)
-            if banded:
-                # rows[i, c, b, p, :] = pad[b, c, m p + i, :]: each tile row band, copied once
-                band_rows = r0[: b * nt * stage].reshape(a, c, b, nt, wb)
-                band_rows[...] = backend.as_strided_view(
-                    band, (b, c, nt, a, wb), (sb, sc, m * sh, sh, sw)).transpose(3, 1, 0, 2, 4)
-                _input_transform(xp, bt, b_t, band_rows.reshape(a, -1), r1[: b * nt * stage], v)
+            blocks = nt + extra
+            # pad (k, b, C, R, W): pixel row k (first + R) + r of each image at [r, ..., R, :]
+            shape = (m, b, c, blocks, m * q) if blocked else (1, b, c, m * nt + 2, width)
+            pad = flat[0][: math.prod(shape)].reshape(shape)
+            if layout != shape:  # another layout: its pad columns are not zero yet
+                if layout is not None:
+                    pad[...] = 0
+                layout = shape
+            _fill_rows(xp, pad, x[start:stop], p0 if blocked else m * p0, top, left)
+            cells = b * c * blocks * q
+            v = flat[3][: a2 * cells].reshape(a, a, cells)
+            tiles = nt * q
+            mm = flat[1][: a2 * b * o * tiles]
+            if blocked:
+                # V (a_j, a_i, b, C, blocks, Q) = B^T d B for every tile d
+                _input_transform(xp, terms, b_t, pad, flat[2], flat[0][pad.size:], v)
+                # M[i, j] (b, g, O/g, T) = U[i, j] (g, O/g, C/g) @ V[j, i] (b, g, C/g, T),
+                # T the valid tile rows' tiles: one matmul per image, of long rows
+                mm = mm.reshape(a, a, b, g, og, tiles)
+                v6 = v.reshape(a, a, b, g, cg, blocks * q)[..., :tiles]
+                xp.matmul(u_ji, v6, out=mm.transpose(1, 0, 2, 3, 4, 5))
             else:
                 # d[j, i, c, b, p, q] = pad[b, c, m p + i, m q + j]: the overlapping tiles
-                d = r0[: b * nt * stage].reshape(a, a, c, b, nt, tw)
+                sb, sc, sh, sw = pad.strides[1:]
+                d = flat[1][: a2 * cells].reshape(a, a, c, b, nt, tw)
                 d[...] = backend.as_strided_view(
-                    band, (b, c, nt, tw, a, a), (sb, sc, m * sh, m * sw, sh, sw)
+                    pad[0], (b, c, nt, tw, a, a), (sb, sc, m * sh, m * sw, sh, sw)
                 ).transpose(5, 4, 1, 0, 2, 3)
-                _both_axes(xp, b_t, d.reshape(a, a, c * bt_), r1[: b * nt * stage], v)
-            # M (a, a, g, O/g, bT) = U (a, a, g, O/g, C/g) @ V[j, i] (g, C/g, bT)
-            mm = r0[: a2 * o * bt_].reshape(a, a, g, og, bt_)
-            xp.matmul(u, v.reshape(a, a, g, cg, bt_).transpose(1, 0, 2, 3, 4), out=mm)
+                # V (a_j, a_i, C, b, T): B^T on the first tile axis, then the second
+                t = flat[2][: a2 * cells].reshape(a, a * cells)
+                xp.matmul(b_t, d.reshape(a, a * cells), out=t)
+                xp.matmul(b_t, t.reshape(a, a, cells), out=v)
+                # M[i, j] (g, O/g, bT) = U[i, j] (g, O/g, C/g) @ V[j, i] (g, C/g, bT): the
+                # images side by side, short tile rows make one long matmul
+                mm = mm.reshape(a, a, g, og, b * tiles)
+                xp.matmul(u_ji[:, :, 0], v.reshape(a, a, g, cg, b * tiles),
+                          out=mm.transpose(1, 0, 2, 3, 4))
             if bias_tile is not None:
                 mm[ones, ones] += bias_tile  # 1/a^2 of the data instead of all of y
-            # Y (m, O*b*T, m) = A^T M A
-            yt = r2[: m * m * o * bt_].reshape(m * m, o * bt_)
-            _output_transform(xp, a_t, mm.reshape(a, a, o * bt_), r1[: m * a * o * bt_], yt)
-            y5 = yt.reshape(m, o, b, nt, tw1 * m)
-            # y[b, o, m p + i, m q + j] = Y[i, o, b, p, q, j], cropped to (Ho, Wo): whole
+            # Y (m_r, N, m_s) = A^T M A, N = (b, O, T) blocked or (O, b, T) gathered
+            cols = b * o * tiles
+            yt = flat[3][: m * m * cols].reshape(m * m, cols)
+            _output_transform(xp, a_t, mm.reshape(a, a, cols), flat[2][: m * a * cols], yt)
+            y5 = yt.reshape((m, b, o, nt, q * m) if blocked else (m, o, b, nt, q * m))
+            if not blocked:
+                y5 = y5.transpose(0, 2, 1, 3, 4)
+            # y[b, o, m p + r, m q + s] = Y[r, b, o, p, q, s], cropped to (Ho, Wo): whole
             # tile rows in one copy that writes y in order (m rows of y are contiguous)
             full = min(p1, ho // m) - p0
             if full > 0:
                 out = y[start:stop, :, m * p0: m * (p0 + full)].reshape(b, o, full, m, wo)
-                out[...] = y5[:, :, :, :full, :wo].transpose(2, 1, 3, 0, 4)
+                out[...] = y5[:, :, :, :full, :wo].transpose(1, 2, 3, 0, 4)
             if p0 + full < p1:  # the last tile row, cropped
                 out = y[start:stop, :, m * (p0 + full):]
-                for i in range(out.shape[2]):
-                    out[:, :, i] = y5[i, :, :, full, :wo].transpose(1, 0, 2)
+                for r in range(out.shape[2]):
+                    out[:, :, r] = y5[r, :, :, full, :wo]
 
     threads.run_shares(run, items, per_worker, x)
     return y
 
 
-def flipped_weight(weight: Any, groups: int) -> Any:
-    """W'[c, o] = W[o, c] flipped in space, per group: (O, C/g, 3, 3) -> (C, O/g, 3, 3)."""
-    o, cg = weight.shape[:2]
-    g = groups
-    w5 = weight.reshape(g, o // g, cg, 3, 3)
-    return w5.transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1].reshape(g * cg, o // g, 3, 3)
-
-
-def grad_input(
-    grad_output: Any, weight: Any, pads: tuple[tuple[int, int], ...], groups: int,
-    tile: int = DEFAULT_TILE,
-) -> Any:
-    """gx (N, C, H, W) of y = conv2d(x, weight, stride 1, zero padding ``pads``).
-
-    gx = conv2d(gy, W', padding 2 - p per side), W' from :func:`flipped_weight`:
-    the adjoint of a 3x3 correlation is the full correlation with the flipped filter.
-    Requires every pad <= 2.
-    """
-    full = tuple((2 - lo, 2 - hi) for lo, hi in pads)
-    return conv2d(grad_output, flipped_weight(weight, groups), None, full, groups, tile)
-
-
-__all__ = ["supported", "conv2d", "grad_input", "flipped_weight", "DEFAULT_TILE"]
+__all__ = ["supported", "conv2d", "DEFAULT_TILE"]

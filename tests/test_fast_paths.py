@@ -140,22 +140,28 @@ def _close(a, ref, tol):
     np.testing.assert_allclose(a, ref, rtol=tol, atol=tol * scale)
 
 
-@pytest.mark.parametrize("banded", [True, False])
+@pytest.mark.parametrize("blocked", [True, False])
+@pytest.mark.parametrize("chunks", ["whole images", "tile rows"])
 @pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("case", [(2, 6, 4, 2, (7, 9), ((1, 1), (1, 1))),
                                   (3, 4, 8, 1, (13, 14), ((1, 1), (0, 2))),
                                   (2, 4, 6, 2, (10, 26), ((1, 0), (2, 1))),
+                                  (5, 3, 4, 1, (17, 6), ((2, 2), (2, 0))),
                                   (1, 3, 5, 1, (3, 3), ((0, 0), (0, 0)))])
-def test_winograd_tiles_match_torch(case, tile, banded, monkeypatch):
-    """Both tile sizes, both input transforms, bias (added inside the tile transform)
-    and uneven padding."""
+def test_winograd_tiles_match_torch(case, tile, chunks, blocked, monkeypatch):
+    """Both tile sizes, both input transforms, bias (added inside the tile transform),
+    uneven padding, and chunks of whole images or of a few tile rows (pad rows
+    refilled per chunk, the last chunk of another shape)."""
     n, c, o, g, size, pads = case
     rng = np.random.default_rng(11)
     x = rng.standard_normal((n, c) + size)
     w = rng.standard_normal((o, c // g, 3, 3))
     b = rng.standard_normal(o)
     winograd = importlib.import_module("npconv.winograd")
-    monkeypatch.setattr(winograd, "BANDED_MIN_TILES", 1 if banded else 10**9)
+    monkeypatch.setattr(winograd, "BLOCKED_MIN_TILES", 1 if blocked else 10**9)
+    if chunks == "tile rows":
+        monkeypatch.setattr(winograd, "TARGET_CHUNK_BYTES", 1)
+        monkeypatch.setattr(workspace, "MIN_SPLIT_BYTES", 1)
     y = winograd.conv2d(x, w, b, pads, g, tile=tile)
     padded = torch.from_numpy(np.pad(x, ((0, 0), (0, 0)) + pads))
     ref = F.conv2d(padded, torch.from_numpy(w), torch.from_numpy(b), groups=g).numpy()
@@ -184,8 +190,6 @@ def test_auto_picks_winograd_only_with_enough_positions():
     assert pick("auto", geometry, 1, 16, 24, np.float32, batch=enough) == "winograd"
     assert pick("auto", geometry, 1, 16, 24, np.float32, batch=enough - 1) == "im2col"
     assert pick("auto", geometry, 1, 8, 24, np.float32, batch=enough) == "im2col"  # channels
-    back = conv_module.WINOGRAD_MIN_POSITIONS_BACKWARD // geometry.out_volume
-    assert pick("auto", geometry, 1, 16, 24, np.float32, batch=back, backward=True) == "winograd"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
