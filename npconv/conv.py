@@ -463,7 +463,8 @@ def _backward(
                 gi, gw = direct.backward(gy, x_adj, w_adj, geometry, g, need_input,
                                          need_weight, c)
             return gi, _weight_shape(gw, weight)
-        full = _full_correlation(geometry) if need_input and view is None else None
+        full = (_full_correlation(geometry) if need_input and view is None
+                and method != "pointwise" else None)
         if full is not None:
             # Stride 1: grad input is the convolution of gy with the flipped kernel, its
             # channel axes swapped, padded d(k-1) - p. The forward paths (Winograd, im2col
@@ -472,7 +473,7 @@ def _backward(
             if not need_weight:
                 return grad_input, None
             _, grad_weight = _backward(gy, x, weight, geometry, g, need_input=False,
-                                       algorithm="im2col")
+                                       algorithm=algorithm)
             return grad_input, grad_weight
     except MemoryError:
         if algorithm != "auto":
@@ -484,6 +485,12 @@ def _backward(
                             grad_input, grad_weight)
         return grad_input, _weight_shape(grad_weight, weight)
 
+    if need_weight and method == "winograd":
+        # the transposed Winograd algorithm: a quarter of im2col's flops (winograd.py)
+        grad_weight = winograd.grad_weight(gy, x, geometry.pads, g)
+        need_weight = False
+        if not need_input:
+            return None, _weight_shape(grad_weight, weight)
     if need_weight and view is None and all(s == 1 for s in geometry.stride):
         # Stride 1: columns of long shifted rows beat im2col's windows (direct.py)
         grad_weight = direct.grad_weight_flat(gy, _conj(xp, x), geometry, g)

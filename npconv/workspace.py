@@ -99,8 +99,13 @@ MIN_SPLIT_BYTES = 256 * 2**10
 
 
 def _balanced(total: int, most: int) -> int:
-    """The smallest part size giving as few parts of at most ``most`` as possible."""
+    """A part size of at most ``most`` that cuts ``total`` into about equal parts, their
+    count rounded up to an even number (a multiple of SPLIT_CHUNKS above it), so that 2
+    or 4 threads get equal shares; chunks never depend on the thread count itself."""
     parts = -(-total // max(1, most))
+    if parts > 1:
+        step = SPLIT_CHUNKS if parts > SPLIT_CHUNKS else 2
+        parts = min(total, -(-parts // step) * step)
     return -(-total // parts)
 
 
