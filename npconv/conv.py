@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import backend, direct, threads, winograd, workspace
@@ -326,7 +326,7 @@ def _backward_pointwise(xp: Any, gy: Any, x: Any, w_t: Any, geometry: ConvGeomet
                              0 if grad_weight is None else grad_weight.nbytes)
     partials: list[Any] = [None] * len(lanes)
 
-    def run(indices: Sequence[int]) -> None:
+    def run(indices: Iterable[int]) -> None:
         part = None if grad_weight is None else xp.empty_like(grad_weight)
         for index in indices:
             acc = None
@@ -503,7 +503,7 @@ def _backward(
     partials: list[Any] = [None] * len(lanes)
     nd = geometry.nd
 
-    def run(indices: Sequence[int]) -> None:
+    def run(indices: Iterable[int]) -> None:
         windows = _Windows(x, geometry, chunk, view) if need_weight else None
         flat = xp.empty(chunk * c * k_vol * length, dtype=dtype)
         flat_gy = xp.empty(chunk * o * length, dtype=dtype)

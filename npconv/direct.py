@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import backend, threads, workspace
@@ -100,7 +100,7 @@ def forward(x: Any, weight: Any, bias: Any, geometry: ConvGeometry, groups: int)
         workers = max(1, min(threads.get_num_threads(), len(starts), fit))
     b_4d = None if bias is None else bias.reshape((1, o) + (1,) * geometry.nd)
 
-    def run(share: list[int]) -> None:
+    def run(share: Iterable[int]) -> None:
         padder = ChunkPadder(x, geometry, chunk)
         acc_flat = xp.empty(chunk * o * (lay.volume if lay.flat else length), dtype=x.dtype)
         tmp_flat = xp.empty(chunk * o * length, dtype=x.dtype)
@@ -113,9 +113,7 @@ def forward(x: Any, weight: Any, bias: Any, geometry: ConvGeometry, groups: int)
             if b_4d is not None:
                 y[start:stop] += b_4d
 
-    step = -(-len(starts) // workers)
-    threads.run_split(run, [starts[i : i + step] for i in range(0, len(starts), step)],
-                      workers, blas=True)
+    threads.run_dynamic(run, starts, workers, blas=True)
     return y
 
 
@@ -216,7 +214,7 @@ def backward(
     partials: list[Any] = [None] * len(lanes)
     out_slices = (slice(None), slice(None)) + tuple(slice(0, m) for m in geometry.out_size)
 
-    def run(indices: Sequence[int]) -> None:
+    def run(indices: Iterable[int]) -> None:
         padder = ChunkPadder(x, geometry, chunk) if need_weight else None
         gy_flat = xp.zeros(chunk * o * lay.volume, dtype=dtype) if lay.flat else None
         gx_flat = xp.empty(chunk * c * lay.volume, dtype=dtype) if need_input else None
@@ -401,7 +399,7 @@ def grad_weight_flat(grad_output: Any, x: Any, geometry: ConvGeometry, groups: i
     partials: list[Any] = [None] * len(lanes)
     valid = (slice(None), slice(None)) + tuple(slice(0, m) for m in out_size)
 
-    def run(indices: Sequence[int]) -> None:
+    def run(indices: Iterable[int]) -> None:
         padder = ChunkPadder(x, geometry, chunk)
         # Zero-filled once: the junk positions of gy stay zero, and the columns' tails
         # past lay.q (never written) stay finite, for every chunk.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from . import backend, threads, workspace
@@ -22,6 +23,9 @@ from .geometry import ConvGeometry, IntOrTuple, Padding, as_tuple, spatial_rank
 FOLD_BLOCK_BYTES = 4 * 2**20
 # Below this output size a scatter-add is not worth handing to threads.
 THREADED_FOLD_BYTES = 256 * 2**10
+# Threaded folds cut the images into a few blocks per thread, but none whose slabs
+# are smaller than this (more, smaller blocks cost more NumPy calls than they balance).
+MIN_THREADED_BLOCK_BYTES = 2 * 2**20
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -177,17 +181,23 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     budget = max(stack_bytes, min(FOLD_BLOCK_BYTES, limit // workers))
     per_block = max(1, budget // stack_bytes)
     if workers > 1:
-        per_block = min(per_block, -(-images // workers))
+        # a few blocks per thread (a multiple of the thread count), handed out as
+        # threads come free, but none smaller than MIN_THREADED_BLOCK_BYTES of slabs
+        most = max(1, images * stack_bytes // MIN_THREADED_BLOCK_BYTES)
+        count = min(4 * workers, most)
+        count = max(workers, count - count % workers)
+        per_block = min(per_block, -(-images // count))
     direct = zero_padded and len(slabs) == 1  # nothing overlaps: copy straight into out
+    blocks = _blocks(lead, per_block)
+    first = out[blocks[0]]  # the largest block
+    lead_shape = first.shape[: first.ndim - geometry.nd]
 
-    def fold_blocks(blocks: list[tuple[slice, ...]]) -> None:
-        first = out[blocks[0]]
-        lead_shape = first.shape[: first.ndim - geometry.nd]
+    def fold_blocks(share: Iterable[tuple[slice, ...]]) -> None:
         # Every block copies to the same slab positions, so in a single pass the
         # positions no window reaches stay zero from this one fill.
         stack_all = None if direct else xp.zeros((per_pass,) + lead_shape + size, out.dtype)
         padded_all = None if zero_padded else xp.empty(lead_shape + size, out.dtype)
-        for block in blocks:
+        for block in share:
             o_block, g_block = out[block], grad_patches[block]
             cut = tuple(slice(0, m) for m in o_block.shape[: o_block.ndim - geometry.nd])
             target = o_block if padded_all is None else padded_all[cut]
@@ -210,10 +220,7 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
             if padded_all is not None:
                 unpad_add(o_block, target, geometry, accumulate=False)
 
-    blocks = _blocks(lead, per_block)
-    step = -(-len(blocks) // workers)
-    threads.run_split(fold_blocks, [blocks[i : i + step] for i in range(0, len(blocks), step)],
-                      workers)
+    threads.run_dynamic(fold_blocks, blocks, workers)
 
 
 def _fold_slabs(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -134,17 +135,36 @@ def _single_threaded_blas() -> Iterator[None]:
         yield
 
 
+# After its own share, the calling thread polls for the workers' results this long
+# before it blocks: on a virtual machine, waking a thread whose CPU went idle took
+# 50-200 us (measured), a third of a small convolution's time.
+POLL_SECONDS = 0.002
+
+
 def run_split(task: Callable[[Any], None], items: Sequence[Any], workers: int,
               blas: bool = False) -> None:
     """Run ``task(item)`` for every item, on up to ``workers`` threads; items must not
     write the same memory.
 
-    ``blas=True`` marks tasks that call matmul: they run threaded only where the
-    BLAS can be held to one thread meanwhile. Calls from inside a task, and calls
-    while another thread runs a threaded region, run serially in the calling
-    thread. The calling thread takes the first share itself: it is already
-    running, while waking a parked pool thread costs time on a virtual machine.
+    Items go to whichever thread is free next, in order, so a thread that starts
+    late (waking a parked pool thread costs time on a virtual machine) takes fewer;
+    which thread computes an item never changes its result. ``blas=True`` marks
+    tasks that call matmul: they run threaded only where the BLAS can be held to one
+    thread meanwhile. Calls from inside a task, and calls while another thread runs
+    a threaded region, run serially in the calling thread.
     """
+    def run(share: Iterator[Any]) -> None:
+        for item in share:
+            task(item)
+
+    run_dynamic(run, items, workers, blas)
+
+
+def run_dynamic(run: Callable[[Iterator[Any]], None], items: Sequence[Any], workers: int,
+                blas: bool = False) -> None:
+    """``run(share)`` once per thread, ``share`` an iterator that hands out the next of
+    ``items`` to whichever thread asks first: each thread sets up its buffers once
+    and loops. Serial (one ``run`` over all items) as :func:`run_split` says."""
     global _pool
     workers = min(workers, _threads, len(items))
     if workers > 1 and (getattr(_local, "busy", False) or (blas and not blas_limited())):
@@ -152,28 +172,28 @@ def run_split(task: Callable[[Any], None], items: Sequence[Any], workers: int,
     if workers > 1 and not _region.acquire(blocking=False):
         workers = 1
     if workers <= 1:
-        for item in items:
-            task(item)
+        run(iter(items))
         return
     try:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="npconv")
-        step = -(-len(items) // workers)
-        shares = [items[i : i + step] for i in range(0, len(items), step)]
+        shared = iter(items)  # next() on a list iterator is atomic under the GIL
 
-        def run_share(share: Sequence[Any]) -> None:
+        def run_share() -> None:
             _local.busy = True
             try:
-                for item in share:
-                    task(item)
+                run(shared)
             finally:
                 _local.busy = False
 
         with _single_threaded_blas() if blas else contextlib.nullcontext():
-            futures = [_pool.submit(run_share, share) for share in shares[1:]]
+            futures = [_pool.submit(run_share) for _ in range(workers - 1)]
             try:
-                run_share(shares[0])
+                run_share()
             finally:
+                deadline = time.perf_counter() + POLL_SECONDS
+                while not all(f.done() for f in futures) and time.perf_counter() < deadline:
+                    time.sleep(0)  # releases the GIL; keeps this CPU awake
                 for future in futures:
                     future.result()
     finally:
@@ -187,11 +207,6 @@ def split(items: Sequence[Any], parts: int) -> list[Sequence[Any]]:
     return [items[i : i + step] for i in range(0, len(items), step)]
 
 
-def shares(items: Sequence[Any], workers: int) -> list[Sequence[Any]]:
-    """``items`` cut into one contiguous run per worker (at most the thread count)."""
-    return split(items, min(workers, _threads))
-
-
 def _workers(count: int, per_worker_bytes: int, arrays: tuple[Any, ...]) -> int:
     if not backend.backend_of(*arrays).host_threads:
         return 1  # a GPU backend: one stream of work
@@ -200,11 +215,10 @@ def _workers(count: int, per_worker_bytes: int, arrays: tuple[Any, ...]) -> int:
 
 def run_shares(run: Callable[[Any], None], items: Sequence[Any],
                per_worker_bytes: int, *arrays: Any) -> None:
-    """``run(share)`` for one contiguous share of the chunks ``items`` per worker
-    thread, as many as the workspace limit allows at ``per_worker_bytes`` each;
-    ``run`` allocates its buffers once per share and may call matmul."""
-    workers = _workers(len(items), per_worker_bytes, arrays)
-    run_split(run, shares(items, workers), workers, blas=True)
+    """``run(share)`` once per worker thread, as many as the workspace limit allows at
+    ``per_worker_bytes`` each, ``share`` handing out the chunks ``items`` (see
+    :func:`run_dynamic`); ``run`` allocates its buffers once and may call matmul."""
+    run_dynamic(run, items, _workers(len(items), per_worker_bytes, arrays), blas=True)
 
 
 # Weight gradients are summed over the batch in this many partial sums at most (one
@@ -220,12 +234,12 @@ def lanes_of(items: Sequence[Any], partial_bytes: int) -> list[Sequence[Any]]:
     return split(items, max(1, min(LANES, fit)))
 
 
-def run_lanes(run: Callable[[Sequence[int]], None], count: int, per_worker_bytes: int,
+def run_lanes(run: Callable[[Iterator[int]], None], count: int, per_worker_bytes: int,
               *arrays: Any) -> None:
-    """``run(indices)`` once per worker thread, with its share of the lane indices
+    """``run(indices)`` once per worker thread, ``indices`` handing out the lane indices
     ``range(count)``; ``run`` allocates its buffers once and sums each lane apart."""
-    workers = _workers(count, per_worker_bytes, arrays)
-    run_split(run, shares(list(range(count)), workers), workers, blas=True)
+    run_dynamic(run, list(range(count)), _workers(count, per_worker_bytes, arrays),
+                blas=True)
 
 
 def sum_lanes(total: Any, partials: Sequence[Any]) -> None:

@@ -29,7 +29,7 @@ axes swapped (``conv._backward`` calls it so).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from . import backend, threads, workspace
@@ -392,7 +392,7 @@ def grad_weight(
     lanes = threads.lanes_of(items, grad.nbytes)
     partials: list[Any] = [None] * len(lanes)
 
-    def run(indices: Sequence[int]) -> None:
+    def run(indices: Iterable[int]) -> None:
         bufs = tiling.buffers(images, rows)
         gbuf = xp.zeros(images * rows * gy_regions[0], dtype=dtype)  # zero past gy's edges
         hat_buf = xp.empty(images * rows * gy_regions[1], dtype=dtype)
