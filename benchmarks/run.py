@@ -393,10 +393,12 @@ def targets(rows) -> list[tuple[str, bool, str]]:
     return out
 
 
-def markdown(rows, checks, info, command, plot_link=None, earlier=()) -> str:
+def markdown(rows, checks, info, command, plot_link=None, earlier=(), title="Benchmarks",
+             note="") -> str:
     lines = [
-        "# Benchmarks",
+        f"# {title}",
         "",
+        *([note, ""] if note else []),
         (f"npconv against PyTorch (CPU) and mygrad, measured in one process with the same "
          f"thread count ({THREADS}) on both sides. Produced by:"
          if info["device"] == "cpu" else
@@ -536,6 +538,12 @@ def main(argv=None) -> int:
                         help="threads for both libraries (default %(default)s)")
     parser.add_argument("--runs", type=int, default=1,
                         help="repeat the whole suite and report medians across runs")
+    parser.add_argument("--title", default="Benchmarks", help="the report's heading")
+    parser.add_argument("--blas-env-note", action="store_true",
+                        help="write the command as run with OPENBLAS_CORETYPE and "
+                             "OPENBLAS_L2_SIZE removed from the environment (env -u), "
+                             "for runs made so on a machine that sets them")
+    parser.add_argument("--note", default="", help="a paragraph for the top of the report")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cpu: NumPy vs torch CPU; cuda: CuPy vs torch CUDA")
     args = parser.parse_args(argv)
@@ -565,11 +573,15 @@ def main(argv=None) -> int:
     for name, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + sys.argv[1:])
+    unset = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k not in os.environ]
+    if args.blas_env_note and unset:
+        command = "env " + " ".join(f"-u {k}" for k in unset) + " " + command
     if args.output:
         with open(args.output, "w") as fh:
             link = (os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.output)))
                     if args.plot else None)
-            fh.write(markdown(rows, checks, info, command, link, earlier_runs(args.output)))
+            fh.write(markdown(rows, checks, info, command, link, earlier_runs(args.output),
+                              args.title, args.note))
     if args.plot:
         plot(rows, args.plot)
     return 0
