@@ -472,9 +472,9 @@ def markdown(rows, checks, info, command, plot_link=None, earlier=(), title="Ben
     if plot_link:
         lines += ["", f"![ratios]({plot_link})"]
     if earlier:
-        lines += ["", "## Earlier runs", "",
-                  "Kept as they were recorded; the hardware behind this machine's name changes",
-                  "between sessions, and the ratios with it:", ""]
+        lines += ["", "## Other runs", "",
+                  "Kept as they were recorded (the hardware behind this machine's name changes",
+                  "between sessions, and the ratios with it):", ""]
         lines += [f"- [{title}]({link})" for link, title in earlier]
     lines.append("")
     return "\n".join(lines)
