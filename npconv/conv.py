@@ -152,6 +152,13 @@ def _phase_groups(kernel: int, dilation: int, stride: int) -> list[tuple[int, sl
     return groups
 
 
+def _phase_split(geometry: ConvGeometry) -> bool:
+    """Whether im2col reads the windows through per-phase images (see _Windows)."""
+    strides = math.prod(geometry.stride)
+    return (strides > 1 and geometry.out_size[-1] >= PHASE_MIN_WIDTH
+            and geometry.kernel_volume >= PHASE_MIN_OVERLAP * strides)
+
+
 class _Windows:
     """Patch views of a batch, one chunk at a time, padding each chunk on the fly.
 
@@ -165,9 +172,7 @@ class _Windows:
         self.phases: Any = None
         self.last: tuple[int, int] | None = None
         self.padded: Any = None
-        strides = math.prod(geometry.stride)
-        if (self.padder is not None and strides > 1 and geometry.out_size[-1] >= PHASE_MIN_WIDTH
-                and geometry.kernel_volume >= PHASE_MIN_OVERLAP * strides):
+        if self.padder is not None and _phase_split(geometry):
             xp = backend.get_array_module(x)
             q = tuple(-(-p // s) for p, s in zip(geometry.padded_size, geometry.stride))
             shape = geometry.stride + (min(chunk, x.shape[0]), x.shape[1]) + q
@@ -365,6 +370,10 @@ def _forward_im2col(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
         w = xp.concatenate([w[0], bias.reshape(o, 1)], axis=1)[None]  # (1, O, C*K + 1)
     out0 = geometry.out_size[0]
     rest = geometry.out_volume // out0
+    if view is None and _phase_split(geometry) and (
+            geometry.padding_mode == "zeros" or not geometry.has_padding):
+        _forward_phases(xp, x, w, bias if not fused else None, y, geometry, g, depth)
+        return
     images, rows = workspace.row_chunks(depth * rest * x.dtype.itemsize, out0, n)
     items = _row_blocks(n, images, rows, out0)
     span = rows * rest
@@ -390,6 +399,110 @@ def _forward_im2col(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
             xp.matmul(w, block.reshape(b, g, depth // g, length), out=out)
             if bias_col is not None:
                 out += bias_col
+
+    threads.run_shares(run, items, per_worker, x, w)
+
+
+def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGeometry,
+                    g: int, depth: int) -> None:
+    """im2col forward of a large strided kernel (a 7x7 stride-2 stem), zero padding.
+
+    Phase image r of the padded input, P_r[u] = xpad[s u + r] per axis, holds every
+    pixel that kernel offsets k with k d = r (mod s) read: offset k's windows are P_r
+    shifted by t = k d // s. Flattened over its spatial axes (row pitch W_r), the
+    windows of a block of output rows are then one contiguous run of P_r per channel
+    and offset, t_0 W_r + t_1 further on (2-d), and the offsets of one phase one
+    overlapping view. So the columns are a few copies of long runs, not one short
+    row per output row; the matmul computes the junk positions of each row's
+    W_r - Wo extra columns too (a few percent), dropped when its rows are copied
+    into y. ``w`` is (g, O/g, depth) with the bias as its last column where
+    ``depth`` counts a row of ones (then ``bias`` is None).
+    """
+    n, c = x.shape[:2]
+    o = y.shape[1]
+    fused = depth > c * geometry.kernel_volume
+    q = tuple(-(-p // s) for p, s in zip(geometry.padded_size, geometry.stride))
+    pitch = math.prod(q[1:])  # elements per phase row
+    out0 = geometry.out_size[0]
+    images, rows = workspace.row_chunks(depth * pitch * x.dtype.itemsize, out0, n)
+    items = _row_blocks(n, images, rows, out0)
+    phase_count = math.prod(geometry.stride)
+    plane = math.prod(q)
+    groups = list(itertools.product(*(
+        _phase_groups(k, d, s)
+        for k, d, s in zip(geometry.kernel, geometry.dilation, geometry.stride))))
+    # a run may read past its phase plane into the next (junk columns only): slack after
+    # the last one
+    slack = sum(t * math.prod(q[a + 1:]) for a, t in enumerate(
+        max(t + step * (len(range(k.start, k.stop, k.step)) - 1) for _, k, t, step in axis)
+        for axis in zip(*groups))) + pitch
+    per_worker = (phase_count * images * c * plane + slack + depth * rows * pitch * images
+                  + o * rows * pitch * images) * x.dtype.itemsize
+    bias_col = None if bias is None else bias.reshape(1, g, o // g, 1)
+    lows = [lo for lo, _ in geometry.pads]
+
+    def fill(phases: Any, start: int, stop: int) -> None:
+        """phases[r] (b, C, *q) <- the pixels of phase r of x[start:stop] zero-padded
+        (the border was zeroed once: the same positions are written every time)."""
+        b = stop - start
+        for index, r in enumerate(itertools.product(*(range(s) for s in geometry.stride))):
+            dst, src = [slice(0, b), slice(None)], [slice(start, stop), slice(None)]
+            for size, lo, ra, s, qa in zip(geometry.in_size, lows, r, geometry.stride, q):
+                u0 = max(0, -((ra - lo) // s))  # first u with s u + r - lo >= 0
+                u1 = min(qa, -(-(size + lo - ra) // s))  # one past the last inside x
+                if u0 >= u1:
+                    break
+                dst.append(slice(u0, u1))
+                first = s * u0 + ra - lo
+                src.append(slice(first, first + s * (u1 - u0 - 1) + 1, s))
+            else:
+                phases[index][tuple(dst)] = x[tuple(src)]
+
+    def run(share: Iterable[tuple[int, int, slice]]) -> None:
+        buf = xp.zeros(phase_count * images * c * plane + slack, dtype=x.dtype)
+        phases = buf[: phase_count * images * c * plane].reshape(
+            (phase_count, images, c) + q)
+        cols_buf = xp.empty((images, depth, rows * pitch), dtype=x.dtype)
+        if fused:
+            cols_buf[:, -1, :] = 1
+        ext_buf = xp.empty((images, o, rows * pitch), dtype=x.dtype)
+        last = None
+        for start, stop, block_rows in share:
+            b, nr = stop - start, block_rows.stop - block_rows.start
+            if last != (start, stop):
+                fill(phases, start, stop)
+                last = (start, stop)
+            length = nr * pitch
+            cols = cols_buf[:b, :, :length]
+            cols_k = cols[:, : depth - fused].reshape((b, c) + geometry.kernel + (length,))
+            for group in groups:
+                index = 0
+                for (r, _, _, _), s in zip(group, geometry.stride):
+                    index = index * s + r
+                # the offsets of this phase read P_r from t (their shift) on, row r0
+                first = block_rows.start * pitch + sum(
+                    t * math.prod(q[a + 1:]) for a, (_, _, t, _) in enumerate(group))
+                src = buf[(index * images) * c * plane:]
+                counts = tuple(len(range(k.start, k.stop, k.step)) for _, k, _, _ in group)
+                item = buf.itemsize
+                view = backend.as_strided_view(
+                    src[first:],
+                    (b, c) + counts + (length,),
+                    (c * plane * item, plane * item)
+                    + tuple(step * math.prod(q[a + 1:]) * item
+                            for a, (_, _, _, step) in enumerate(group))
+                    + (item,))
+                cols_k[(slice(None), slice(None)) + tuple(k for _, k, _, _ in group)] = view
+            ext = ext_buf[:b, :, :length]
+            # (g, O/g, depth) @ (b, g, depth/g, length) -> (b, g, O/g, length), junk included
+            xp.matmul(w, cols.reshape(b, g, depth // g, length),
+                      out=ext.reshape(b, g, o // g, length))
+            valid = ext.reshape((b, o, nr) + q[1:])[
+                (slice(None),) * 3 + tuple(slice(0, m) for m in geometry.out_size[1:])]
+            out = y[start:stop][(slice(None), slice(None), block_rows)]
+            out[...] = valid
+            if bias_col is not None:
+                _out_block(y, start, stop, block_rows, g)[...] += bias_col
 
     threads.run_shares(run, items, per_worker, x, w)
 

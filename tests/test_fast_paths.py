@@ -442,6 +442,27 @@ def test_col2im_scratch_memory_follows_the_workspace_limit(limit_mib, restore_li
     assert peak <= out.nbytes + npconv.get_num_threads() * budget + 2**16, peak
 
 
+@pytest.mark.parametrize("groups, bias, rows", [(1, True, "whole images"), (2, True, "rows"),
+                                               (2, False, "whole images"), (1, False, "rows")])
+def test_phase_image_forward_matches_torch(groups, bias, rows, monkeypatch):
+    """The forward of large strided kernels from flattened phase images: groups (bias
+    added after the matmul) or not (bias in the matmul), whole images or blocks of
+    output rows per chunk, asymmetric padding."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 4, 23, 141))
+    w = rng.standard_normal((6, 4 // groups, 7, 5))
+    b = rng.standard_normal(6) if bias else None
+    assert conv_module._phase_split(npconv.geometry.ConvGeometry.build(
+        x.shape[2:], w.shape[2:], 2, (3, 1), 1))
+    if rows == "rows":
+        monkeypatch.setattr(workspace, "TARGET_CHUNK_BYTES", 1)
+        monkeypatch.setattr(workspace, "MIN_SPLIT_BYTES", 1)
+    y = npconv.conv2d(x, w, b, stride=2, padding=(3, 1), groups=groups, algorithm="im2col")
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                   None if b is None else torch.from_numpy(b), 2, (3, 1), 1, groups).numpy()
+    _close(y, ref, 1e-12)
+
+
 @pytest.mark.parametrize("shape, kernel, stride, padding, dilation, mode", [
     ((2, 3, 300), (9,), (2,), 4, 1, "zeros"),
     ((2, 2, 20, 140), (7, 7), (2, 2), 3, 1, "zeros"),

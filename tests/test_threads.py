@@ -27,6 +27,8 @@ def _every_threaded_path(rng):
     x3 = rng.standard_normal((16, 3, 40, 40)).astype(np.float32)  # few channels: direct
     w3 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     one = rng.standard_normal((1, 16, 96, 96)).astype(np.float32)  # split by output rows
+    stem = rng.standard_normal((3, 3, 60, 150)).astype(np.float32)  # phase images, 7x7 s2
+    w7 = rng.standard_normal((8, 3, 7, 7)).astype(np.float32)
     cols = npconv.im2col(x, 3, padding=1, stride=2)
     gy2 = rng.standard_normal((8, 8, 20, 20)).astype(np.float32)
     gy1 = rng.standard_normal((8, 8, 40, 40)).astype(np.float32)
@@ -42,6 +44,8 @@ def _every_threaded_path(rng):
         + (npconv.conv2d(x, w1), npconv.conv2d(one, w1)) + npconv.conv2d_backward(gy1, x, w1)
         + (npconv.conv2d(one, w, padding=1, algorithm="im2col"),
            npconv.conv2d(one, w, padding=1, algorithm="winograd"))
+        + (npconv.conv2d(stem, w7, rng.standard_normal(8).astype(np.float32), stride=2,
+                         padding=3),)
         + (npconv.conv2d(x, wd, padding=1, groups=16),)
         + npconv.conv2d_backward(gyd, x, wd, padding=1, groups=16)
         + npconv.conv2d_backward(gy3, x3, w3, padding=1, algorithm="direct")
