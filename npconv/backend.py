@@ -219,6 +219,14 @@ def as_strided_view(x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) ->
     return backend_of(x).as_strided(x, tuple(shape), tuple(strides))
 
 
+def as_strided_target(x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+    """A writable strided view of ``x``, for npconv's own scratch buffers only: the
+    caller guarantees that no two elements of the view share memory (an in-place
+    ufunc through overlapping elements would lose updates)."""
+    module = backend_of(x).module()
+    return module.lib.stride_tricks.as_strided(x, tuple(shape), tuple(strides))
+
+
 def asarray(obj: Any) -> Any:
     """Bring an array into the active backend, without a copy where possible.
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from . import backend, direct, threads, winograd, workspace
@@ -403,51 +403,54 @@ def _forward_im2col(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
     threads.run_shares(run, items, per_worker, x, w)
 
 
-def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGeometry,
-                    g: int, depth: int) -> None:
-    """im2col forward of a large strided kernel (a 7x7 stride-2 stem), zero padding.
+class _Phases:
+    """Phase images of the zero-padded input of a strided convolution, flattened.
 
-    Phase image r of the padded input, P_r[u] = xpad[s u + r] per axis, holds every
-    pixel that kernel offsets k with k d = r (mod s) read: offset k's windows are P_r
-    shifted by t = k d // s. Flattened over its spatial axes (row pitch W_r), the
-    windows of a block of output rows are then one contiguous run of P_r per channel
-    and offset, t_0 W_r + t_1 further on (2-d), and the offsets of one phase one
-    overlapping view. So the columns are a few copies of long runs, not one short
-    row per output row; the matmul computes the junk positions of each row's
-    W_r - Wo extra columns too (a few percent), dropped when its rows are copied
-    into y. ``w`` is (g, O/g, depth) with the bias as its last column where
-    ``depth`` counts a row of ones (then ``bias`` is None).
+    Phase image r, P_r[u] = xpad[s u + r] per axis, holds every pixel that kernel
+    offsets k with k d = r (mod s) read: offset k's windows are P_r shifted by
+    t = k d // s. Flattened over its spatial axes (row pitch ``pitch``), the windows
+    of a block of output rows are one contiguous run of P_r per channel and offset,
+    starting ``offsets[k]`` further on; the run's positions past each row's output
+    width are junk (they read the next pixels of P_r, or of the next plane: hence
+    ``slack`` elements after the last plane). Each input pixel lies in exactly one
+    phase image.
     """
-    n, c = x.shape[:2]
-    o = y.shape[1]
-    fused = depth > c * geometry.kernel_volume
-    q = tuple(-(-p // s) for p, s in zip(geometry.padded_size, geometry.stride))
-    pitch = math.prod(q[1:])  # elements per phase row
-    out0 = geometry.out_size[0]
-    images, rows = workspace.row_chunks(depth * pitch * x.dtype.itemsize, out0, n)
-    items = _row_blocks(n, images, rows, out0)
-    phase_count = math.prod(geometry.stride)
-    plane = math.prod(q)
-    groups = list(itertools.product(*(
-        _phase_groups(k, d, s)
-        for k, d, s in zip(geometry.kernel, geometry.dilation, geometry.stride))))
-    # a run may read past its phase plane into the next (junk columns only): slack after
-    # the last one
-    slack = sum(t * math.prod(q[a + 1:]) for a, t in enumerate(
-        max(t + step * (len(range(k.start, k.stop, k.step)) - 1) for _, k, t, step in axis)
-        for axis in zip(*groups))) + pitch
-    per_worker = (phase_count * images * c * plane + slack + depth * rows * pitch * images
-                  + o * rows * pitch * images) * x.dtype.itemsize
-    bias_col = None if bias is None else bias.reshape(1, g, o // g, 1)
-    lows = [lo for lo, _ in geometry.pads]
 
-    def fill(phases: Any, start: int, stop: int) -> None:
-        """phases[r] (b, C, *q) <- the pixels of phase r of x[start:stop] zero-padded
-        (the border was zeroed once: the same positions are written every time)."""
-        b = stop - start
-        for index, r in enumerate(itertools.product(*(range(s) for s in geometry.stride))):
-            dst, src = [slice(0, b), slice(None)], [slice(start, stop), slice(None)]
-            for size, lo, ra, s, qa in zip(geometry.in_size, lows, r, geometry.stride, q):
+    def __init__(self, geometry: ConvGeometry, channels: int, images: int):
+        g = self.geometry = geometry
+        self.q = q = tuple(-(-p // s) for p, s in zip(g.padded_size, g.stride))
+        self.pitch = math.prod(q[1:])  # elements per phase row
+        self.plane = math.prod(q)
+        self.count = math.prod(g.stride)
+        self.channels, self.images = channels, images
+        self.groups = list(itertools.product(*(
+            _phase_groups(k, d, s) for k, d, s in zip(g.kernel, g.dilation, g.stride))))
+        steps = [math.prod(q[a + 1:]) for a in range(g.nd)]
+        self.taps = []  # per kernel offset (row-major): (phase index, flat offset)
+        for k in itertools.product(*(range(n) for n in g.kernel)):
+            index, offset = 0, 0
+            for a, (ka, d, s) in enumerate(zip(k, g.dilation, g.stride)):
+                index = index * s + ka * d % s
+                offset += ka * d // s * steps[a]
+            self.taps.append((index, offset))
+        self.slack = max(offset for _, offset in self.taps) + self.pitch
+        self.size = self.count * images * channels * self.plane + self.slack
+
+    def zeros(self, xp: Any, dtype: Any) -> Any:
+        return xp.zeros(self.size, dtype=dtype)
+
+    def view(self, buf: Any) -> Any:
+        """(count, images, C, *q) over a buffer from :meth:`zeros`."""
+        return buf[: self.size - self.slack].reshape(
+            (self.count, self.images, self.channels) + self.q)
+
+    def parts(self) -> Iterator[tuple[int, tuple[slice, ...], tuple[slice, ...]]]:
+        """(phase index, slices of a phase image, slices of the unpadded input, both
+        spatial only) for every phase that holds input pixels."""
+        g = self.geometry
+        for index, r in enumerate(itertools.product(*(range(s) for s in g.stride))):
+            dst, src = [], []
+            for size, (lo, _), ra, s, qa in zip(g.in_size, g.pads, r, g.stride, self.q):
                 u0 = max(0, -((ra - lo) // s))  # first u with s u + r - lo >= 0
                 u1 = min(qa, -(-(size + lo - ra) // s))  # one past the last inside x
                 if u0 >= u1:
@@ -456,12 +459,77 @@ def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
                 first = s * u0 + ra - lo
                 src.append(slice(first, first + s * (u1 - u0 - 1) + 1, s))
             else:
-                phases[index][tuple(dst)] = x[tuple(src)]
+                yield index, tuple(dst), tuple(src)
+
+    def fill(self, buf: Any, x: Any) -> None:
+        """The phase images of ``x`` (b, C, *in) into ``buf``; their zero border stays
+        as :meth:`zeros` made it (the same positions are written every time)."""
+        phases = self.view(buf)
+        lead = (slice(0, x.shape[0]), slice(None))
+        for index, dst, src in self.parts():
+            phases[index][lead + dst] = x[(slice(None), slice(None)) + src]
+
+    def unfill(self, buf: Any, out: Any) -> None:
+        """``out`` (b, C, *in) <- the input pixels of the phase images in ``buf``."""
+        phases = self.view(buf)
+        lead = (slice(0, out.shape[0]), slice(None))
+        for index, dst, src in self.parts():
+            out[(slice(None), slice(None)) + src] = phases[index][lead + dst]
+
+    def flat(self, buf: Any, index: int, offset: int, b: int, length: int,
+             writable: bool = False) -> Any:
+        """Runs [offset, offset + length) of phase ``index``, (b, C, length), a view
+        (disjoint runs: ``length`` never exceeds a plane)."""
+        start = index * self.images * self.channels * self.plane + offset
+        item = buf.itemsize
+        make = backend.as_strided_target if writable else backend.as_strided_view
+        return make(buf[start:], (b, self.channels, length),
+                    (self.channels * self.plane * item, self.plane * item, item))
+
+
+# The strided backward goes through flattened phase images (_backward_phases) where
+# the forward does (large kernels, long output rows: 7x7 stride 2 gained 5%, 3x3 stride
+# 2 layers tied or lost, measured), while their rows carry at most this fraction of
+# junk columns beyond the output width.
+PHASE_MAX_JUNK = 0.125
+
+
+def _phase_backward(geometry: ConvGeometry, view: Any) -> bool:
+    g = geometry
+    if view is not None or not _phase_split(g):
+        return False
+    if g.padding_mode != "zeros" and g.has_padding:
+        return False
+    pitch = math.prod(-(-p // s) for p, s in zip(g.padded_size[1:], g.stride[1:]))
+    return pitch <= (1 + PHASE_MAX_JUNK) * math.prod(g.out_size[1:])
+
+
+def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGeometry,
+                    g: int, depth: int) -> None:
+    """im2col forward of a large strided kernel (a 7x7 stride-2 stem), zero padding.
+
+    The columns of a block of output rows are a few copies of long runs of the
+    flattened phase images (see _Phases; the offsets of one phase are one
+    overlapping view), not one short row per output row; the matmul computes the
+    junk positions of each row's extra columns too (a few percent), dropped when
+    its rows are copied into y. ``w`` is (g, O/g, depth) with the bias as its last
+    column where ``depth`` counts a row of ones (then ``bias`` is None).
+    """
+    n, c = x.shape[:2]
+    o = y.shape[1]
+    fused = depth > c * geometry.kernel_volume
+    out0 = geometry.out_size[0]
+    probe = _Phases(geometry, c, 1)
+    pitch = probe.pitch
+    images, rows = workspace.row_chunks(depth * pitch * x.dtype.itemsize, out0, n)
+    items = _row_blocks(n, images, rows, out0)
+    phases = _Phases(geometry, c, images)
+    q, plane = phases.q, phases.plane
+    per_worker = (phases.size + (depth + o) * rows * pitch * images) * x.dtype.itemsize
+    bias_col = None if bias is None else bias.reshape(1, g, o // g, 1)
 
     def run(share: Iterable[tuple[int, int, slice]]) -> None:
-        buf = xp.zeros(phase_count * images * c * plane + slack, dtype=x.dtype)
-        phases = buf[: phase_count * images * c * plane].reshape(
-            (phase_count, images, c) + q)
+        buf = phases.zeros(xp, x.dtype)
         cols_buf = xp.empty((images, depth, rows * pitch), dtype=x.dtype)
         if fused:
             cols_buf[:, -1, :] = 1
@@ -470,24 +538,22 @@ def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
         for start, stop, block_rows in share:
             b, nr = stop - start, block_rows.stop - block_rows.start
             if last != (start, stop):
-                fill(phases, start, stop)
+                phases.fill(buf, x[start:stop])
                 last = (start, stop)
             length = nr * pitch
             cols = cols_buf[:b, :, :length]
             cols_k = cols[:, : depth - fused].reshape((b, c) + geometry.kernel + (length,))
-            for group in groups:
+            for group in phases.groups:
                 index = 0
                 for (r, _, _, _), s in zip(group, geometry.stride):
                     index = index * s + r
                 # the offsets of this phase read P_r from t (their shift) on, row r0
-                first = block_rows.start * pitch + sum(
-                    t * math.prod(q[a + 1:]) for a, (_, _, t, _) in enumerate(group))
-                src = buf[(index * images) * c * plane:]
+                first = (index * images * c * plane + block_rows.start * pitch
+                         + sum(t * math.prod(q[a + 1:]) for a, (_, _, t, _) in enumerate(group)))
                 counts = tuple(len(range(k.start, k.stop, k.step)) for _, k, _, _ in group)
                 item = buf.itemsize
                 view = backend.as_strided_view(
-                    src[first:],
-                    (b, c) + counts + (length,),
+                    buf[first:], (b, c) + counts + (length,),
                     (c * plane * item, plane * item)
                     + tuple(step * math.prod(q[a + 1:]) * item
                             for a, (_, _, _, step) in enumerate(group))
@@ -499,12 +565,88 @@ def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
                       out=ext.reshape(b, g, o // g, length))
             valid = ext.reshape((b, o, nr) + q[1:])[
                 (slice(None),) * 3 + tuple(slice(0, m) for m in geometry.out_size[1:])]
-            out = y[start:stop][(slice(None), slice(None), block_rows)]
-            out[...] = valid
+            y[start:stop][(slice(None), slice(None), block_rows)] = valid
             if bias_col is not None:
                 _out_block(y, start, stop, block_rows, g)[...] += bias_col
 
     threads.run_shares(run, items, per_worker, x, w)
+
+
+def _backward_phases(xp: Any, gy: Any, x: Any, w_adj: Any, geometry: ConvGeometry, g: int,
+                     grad_input: Any, grad_weight: Any) -> None:
+    """Both gradients of a strided convolution through flattened phase images (zero
+    padding; ``x`` already conjugated, or None without ``grad_weight``).
+
+    grad_output goes into the phase layout (zero at the junk positions), so that
+    gW = sum_n gy_ext (O, L) @ runs^T (L, C*K) — the junk meets zeros — and the
+    column gradient W^T gy_ext adds back into the phase images as long runs per
+    offset, which then scatter to the input pixels (each lies in one phase). No
+    window copy or fold runs over short rows.
+    """
+    n, o = gy.shape[:2]
+    c = w_adj.shape[1] * g
+    cg, og = c // g, o // g
+    k_vol = geometry.kernel_volume
+    dtype = gy.dtype
+    probe = _Phases(geometry, c, 1)
+    out0, pitch = geometry.out_size[0], probe.pitch
+    length = out0 * pitch  # positions per image, junk included
+    per_image = ((c * k_vol + o) * length + probe.size) * dtype.itemsize
+    chunk = workspace.chunk_length(per_image, n)
+    phases = _Phases(geometry, c, chunk)
+    lanes = threads.lanes_of(list(range(0, n, chunk)),
+                             0 if grad_weight is None else grad_weight.nbytes)
+    partials: list[Any] = [None] * len(lanes)
+    w3 = w_adj.reshape(g, og, cg * k_vol)
+    valid = (slice(None), slice(None)) + tuple(slice(0, m) for m in geometry.out_size[1:])
+
+    def run(indices: Iterable[int]) -> None:
+        # x's phase images (their zero border written once) | grad input's, summed anew
+        # per chunk
+        x_buf = phases.zeros(xp, dtype) if grad_weight is not None else None
+        g_buf = phases.zeros(xp, dtype) if grad_input is not None else None
+        gy_ext = xp.zeros((o, chunk, length), dtype=dtype)  # its junk positions stay zero
+        cols_flat = xp.empty(g * cg * k_vol * chunk * length, dtype=dtype)
+        part = xp.empty((g, cg * k_vol, og), dtype=dtype)
+        for index in indices:
+            acc = xp.zeros_like(part)
+            for start in lanes[index]:
+                stop = min(n, start + chunk)
+                b = stop - start
+                gy_ext[:, :b].reshape((o, b, out0) + phases.q[1:])[
+                    (slice(None),) + valid] = xp.moveaxis(gy[start:stop], 0, 1)
+                gy_2d = gy_ext[:, :b].reshape(g, og, b * length)
+                # (C, K, b, L), contiguous whatever b, so that its reshapes are views
+                cols = cols_flat[: c * k_vol * b * length].reshape(g, cg, k_vol, b, length)
+                if x_buf is not None:
+                    phases.fill(x_buf, x[start:stop])
+                    for k, (phase, offset) in enumerate(phases.taps):
+                        runs = phases.flat(x_buf, phase, offset, b, length)
+                        cols[:, :, k] = runs.reshape(b, g, cg, length).transpose(1, 2, 0, 3)
+                    # (g, C/g*K, bL) @ (g, bL, O/g) -> (g, C/g*K, O/g), summed over the lane
+                    xp.matmul(cols.reshape(g, cg * k_vol, b * length),
+                              gy_2d.transpose(0, 2, 1), out=part)
+                    acc += part
+                if g_buf is not None:
+                    # column gradient (g, C/g*K, bL) = W^T (g, C/g*K, O/g) @ gy_ext, zero at
+                    # the junk positions, added back run by run
+                    grad_cols = cols
+                    xp.matmul(w3.transpose(0, 2, 1), gy_2d,
+                              out=grad_cols.reshape(g, cg * k_vol, b * length))
+                    g_buf[...] = 0
+                    for k, (phase, offset) in enumerate(phases.taps):
+                        target = phases.flat(g_buf, phase, offset, b, length, writable=True)
+                        target += grad_cols[:, :, k].reshape(c, b, length).transpose(1, 0, 2)
+                    phases.unfill(g_buf, grad_input[start:stop])
+            partials[index] = acc
+
+    per_worker = chunk * per_image
+    threads.run_lanes(run, len(lanes), per_worker, gy, x)
+    if grad_weight is not None:
+        # the lanes sum gW transposed, (g, C/g*K, O/g)
+        total = xp.zeros((g, cg * k_vol, og), dtype=dtype)
+        threads.sum_lanes(total, partials)
+        grad_weight[...] = total.transpose(0, 2, 1)
 
 
 def _is_pointwise(geometry: ConvGeometry) -> bool:
@@ -588,6 +730,10 @@ def _backward(
             _, grad_weight = _backward(gy, x, weight, geometry, g, need_input=False,
                                        algorithm=algorithm)
             return grad_input, grad_weight
+        if method in ("im2col", "winograd") and _phase_backward(geometry, view):
+            _backward_phases(xp, gy, _conj(xp, x) if need_weight else None, w_adj, geometry,
+                             g, grad_input, grad_weight)
+            return grad_input, _weight_shape(grad_weight, weight)
     except MemoryError:
         if algorithm != "auto":
             raise

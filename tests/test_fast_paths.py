@@ -442,6 +442,38 @@ def test_col2im_scratch_memory_follows_the_workspace_limit(limit_mib, restore_li
     assert peak <= out.nbytes + npconv.get_num_threads() * budget + 2**16, peak
 
 
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation, groups", [
+    ((5, 4, 28, 28), (3, 3), 2, 1, 1, 2),
+    ((3, 3, 17, 40), (5, 3), (2, 3), (2, 1), 1, 1),
+    ((2, 4, 9, 10, 12), (3, 2, 3), (2, 1, 2), 1, 1, 2),
+    ((3, 2, 30, 29), (3, 3), 2, 0, 2, 1),
+    ((4, 3, 33), (5,), 3, 2, 1, 1),
+])
+def test_phase_image_paths_match_torch(shape, kernel, stride, padding, dilation, groups,
+                                       monkeypatch, restore_limit):
+    """Forward and both gradients through flattened phase images, forced for any strided
+    geometry (auto takes them only for large kernels over long rows): groups, dilation,
+    1-3 spatial dims, uneven padding, chunks of a few images with a smaller last one."""
+    monkeypatch.setattr(conv_module, "_phase_split",
+                        lambda g: any(s > 1 for s in g.stride))
+    monkeypatch.setattr(conv_module, "PHASE_MAX_JUNK", 10.0)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(shape)
+    o = 3 * groups
+    w = rng.standard_normal((o, shape[1] // groups) + kernel)
+    b = rng.standard_normal(o)
+    y_ref, _ = _torch_conv(x, w, b, stride, padding, dilation, groups, "zeros", None)
+    gy = rng.standard_normal(y_ref.shape)
+    _, grads_ref = _torch_conv(x, w, b, stride, padding, dilation, groups, "zeros", gy)
+    npconv.set_workspace_limit(3 * x[0].nbytes * math.prod(kernel))  # chunks of ~2 images
+    y = npconv.conv(x, w, b, stride, padding, dilation, groups, algorithm="im2col")
+    _close(y, y_ref, 1e-12)
+    grads = npconv.conv_backward(gy, x, w, stride, padding, dilation, groups,
+                                 algorithm="im2col")
+    for got, ref in zip(grads, grads_ref):
+        _close(got, ref, 1e-12)
+
+
 @pytest.mark.parametrize("groups, bias, rows", [(1, True, "whole images"), (2, True, "rows"),
                                                (2, False, "whole images"), (1, False, "rows")])
 def test_phase_image_forward_matches_torch(groups, bias, rows, monkeypatch):

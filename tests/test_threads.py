@@ -46,6 +46,8 @@ def _every_threaded_path(rng):
            npconv.conv2d(one, w, padding=1, algorithm="winograd"))
         + (npconv.conv2d(stem, w7, rng.standard_normal(8).astype(np.float32), stride=2,
                          padding=3),)
+        + npconv.conv2d_backward(rng.standard_normal((3, 8, 30, 75)).astype(np.float32),
+                                 stem, w7, stride=2, padding=3)
         + (npconv.conv2d(x, wd, padding=1, groups=16),)
         + npconv.conv2d_backward(gyd, x, wd, padding=1, groups=16)
         + npconv.conv2d_backward(gy3, x3, w3, padding=1, algorithm="direct")
