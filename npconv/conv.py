@@ -282,6 +282,11 @@ def _forward(
     return y
 
 
+def _image_chunk(item: tuple[Any, ...]) -> tuple[int, int]:
+    """The images (start, stop) of a chunk: its row blocks share their preparation."""
+    return item[0], item[1]
+
+
 def _row_blocks(n: int, images: int, rows: int, out0: int) -> list[tuple[int, int, slice]]:
     """(start, stop, output rows) of every chunk: the batch in ``images``, each image's
     first output axis in blocks of ``rows``."""
@@ -400,7 +405,7 @@ def _forward_im2col(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
             if bias_col is not None:
                 out += bias_col
 
-    threads.run_shares(run, items, per_worker, x, w)
+    threads.run_shares(run, items, per_worker, x, w, key=_image_chunk)
 
 
 class _Phases:
@@ -534,6 +539,23 @@ def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
         if fused:
             cols_buf[:, -1, :] = 1
         ext_buf = xp.empty((images, o, rows * pitch), dtype=x.dtype)
+        item = buf.itemsize
+        # Per phase: its offsets' runs over all output rows, (images, C, *counts, rows),
+        # one view made once (as_strided costs ~10 us; slicing it per chunk far less)
+        views = []
+        for group in phases.groups:
+            index = 0
+            for (r, _, _, _), s in zip(group, geometry.stride):
+                index = index * s + r
+            first = index * images * c * plane + sum(
+                t * math.prod(q[a + 1:]) for a, (_, _, t, _) in enumerate(group))
+            counts = tuple(len(range(k.start, k.stop, k.step)) for _, k, _, _ in group)
+            view = backend.as_strided_view(
+                buf[first:], (images, c) + counts + (out0 * pitch,),
+                (c * plane * item, plane * item)
+                + tuple(step * math.prod(q[a + 1:]) * item
+                        for a, (_, _, _, step) in enumerate(group)) + (item,))
+            views.append(((slice(None), slice(None)) + tuple(k for _, k, _, _ in group), view))
         last = None
         for start, stop, block_rows in share:
             b, nr = stop - start, block_rows.stop - block_rows.start
@@ -543,22 +565,9 @@ def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
             length = nr * pitch
             cols = cols_buf[:b, :, :length]
             cols_k = cols[:, : depth - fused].reshape((b, c) + geometry.kernel + (length,))
-            for group in phases.groups:
-                index = 0
-                for (r, _, _, _), s in zip(group, geometry.stride):
-                    index = index * s + r
-                # the offsets of this phase read P_r from t (their shift) on, row r0
-                first = (index * images * c * plane + block_rows.start * pitch
-                         + sum(t * math.prod(q[a + 1:]) for a, (_, _, t, _) in enumerate(group)))
-                counts = tuple(len(range(k.start, k.stop, k.step)) for _, k, _, _ in group)
-                item = buf.itemsize
-                view = backend.as_strided_view(
-                    buf[first:], (b, c) + counts + (length,),
-                    (c * plane * item, plane * item)
-                    + tuple(step * math.prod(q[a + 1:]) * item
-                            for a, (_, _, _, step) in enumerate(group))
-                    + (item,))
-                cols_k[(slice(None), slice(None)) + tuple(k for _, k, _, _ in group)] = view
+            runs = slice(block_rows.start * pitch, block_rows.start * pitch + length)
+            for target, view in views:
+                cols_k[target] = view[:b, ..., runs]
             ext = ext_buf[:b, :, :length]
             # (g, O/g, depth) @ (b, g, depth/g, length) -> (b, g, O/g, length), junk included
             xp.matmul(w, cols.reshape(b, g, depth // g, length),
@@ -569,7 +578,7 @@ def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
             if bias_col is not None:
                 _out_block(y, start, stop, block_rows, g)[...] += bias_col
 
-    threads.run_shares(run, items, per_worker, x, w)
+    threads.run_shares(run, items, per_worker, x, w, key=_image_chunk)
 
 
 def _backward_phases(xp: Any, gy: Any, x: Any, w_adj: Any, geometry: ConvGeometry, g: int,
@@ -608,6 +617,13 @@ def _backward_phases(xp: Any, gy: Any, x: Any, w_adj: Any, geometry: ConvGeometr
         gy_ext = xp.zeros((o, chunk, length), dtype=dtype)  # its junk positions stay zero
         cols_flat = xp.empty(g * cg * k_vol * chunk * length, dtype=dtype)
         part = xp.empty((g, cg * k_vol, og), dtype=dtype)
+        # every offset's runs as a view of all the chunk's images, made once (as_strided
+        # costs ~10 us, slicing far less)
+        x_runs = [] if x_buf is None else [phases.flat(x_buf, phase, offset, chunk, length)
+                                           for phase, offset in phases.taps]
+        g_runs = [] if g_buf is None else [
+            phases.flat(g_buf, phase, offset, chunk, length, writable=True)
+            for phase, offset in phases.taps]
         for index in indices:
             acc = xp.zeros_like(part)
             for start in lanes[index]:
@@ -620,9 +636,8 @@ def _backward_phases(xp: Any, gy: Any, x: Any, w_adj: Any, geometry: ConvGeometr
                 cols = cols_flat[: c * k_vol * b * length].reshape(g, cg, k_vol, b, length)
                 if x_buf is not None:
                     phases.fill(x_buf, x[start:stop])
-                    for k, (phase, offset) in enumerate(phases.taps):
-                        runs = phases.flat(x_buf, phase, offset, b, length)
-                        cols[:, :, k] = runs.reshape(b, g, cg, length).transpose(1, 2, 0, 3)
+                    for k, runs in enumerate(x_runs):
+                        cols[:, :, k] = runs[:b].reshape(b, g, cg, length).transpose(1, 2, 0, 3)
                     # (g, C/g*K, bL) @ (g, bL, O/g) -> (g, C/g*K, O/g), summed over the lane
                     xp.matmul(cols.reshape(g, cg * k_vol, b * length),
                               gy_2d.transpose(0, 2, 1), out=part)
@@ -634,9 +649,8 @@ def _backward_phases(xp: Any, gy: Any, x: Any, w_adj: Any, geometry: ConvGeometr
                     xp.matmul(w3.transpose(0, 2, 1), gy_2d,
                               out=grad_cols.reshape(g, cg * k_vol, b * length))
                     g_buf[...] = 0
-                    for k, (phase, offset) in enumerate(phases.taps):
-                        target = phases.flat(g_buf, phase, offset, b, length, writable=True)
-                        target += grad_cols[:, :, k].reshape(c, b, length).transpose(1, 0, 2)
+                    for k, target in enumerate(g_runs):
+                        target[:b] += grad_cols[:, :, k].reshape(c, b, length).transpose(1, 0, 2)
                     phases.unfill(g_buf, grad_input[start:stop])
             partials[index] = acc
 

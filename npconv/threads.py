@@ -23,6 +23,7 @@ made by *other* threads of the process also run single-threaded.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -214,11 +215,25 @@ def _workers(count: int, per_worker_bytes: int, arrays: tuple[Any, ...]) -> int:
 
 
 def run_shares(run: Callable[[Any], None], items: Sequence[Any],
-               per_worker_bytes: int, *arrays: Any) -> None:
+               per_worker_bytes: int, *arrays: Any,
+               key: Callable[[Any], Any] | None = None) -> None:
     """``run(share)`` once per worker thread, as many as the workspace limit allows at
     ``per_worker_bytes`` each, ``share`` handing out the chunks ``items`` (see
-    :func:`run_dynamic`); ``run`` allocates its buffers once and may call matmul."""
-    run_dynamic(run, items, _workers(len(items), per_worker_bytes, arrays), blas=True)
+    :func:`run_dynamic`); ``run`` allocates its buffers once and may call matmul.
+
+    Consecutive items with equal ``key`` (the row blocks of one image) go to one
+    thread together where there are enough such groups to share, so that a thread
+    prepares each image once (which thread computes an item never changes it)."""
+    workers = _workers(len(items), per_worker_bytes, arrays)
+    if key is not None and workers > 1:
+        groups = [list(group) for _, group in itertools.groupby(items, key)]
+        if len(groups) >= 2 * workers:
+            def run_groups(share: Iterator[list[Any]]) -> None:
+                run(item for group in share for item in group)
+
+            run_dynamic(run_groups, groups, workers, blas=True)
+            return
+    run_dynamic(run, items, workers, blas=True)
 
 
 # Weight gradients are summed over the batch in this many partial sums at most (one

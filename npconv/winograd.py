@@ -345,7 +345,7 @@ def conv2d(
                     out[:, :, r] = y5[r, :, :, full, :wo]
 
     per_worker = images * (rows + 1) * sum(tiling.regions) * x.dtype.itemsize
-    threads.run_shares(run, items, per_worker, x)
+    threads.run_shares(run, items, per_worker, x, key=lambda item: item[:2])
     return y
 
 
