@@ -149,48 +149,26 @@ def _close(a, ref, tol):
                                   (5, 3, 4, 1, (17, 6), ((2, 2), (2, 0))),
                                   (1, 3, 5, 1, (3, 3), ((0, 0), (0, 0)))])
 def test_winograd_tiles_match_torch(case, tile, chunks, blocked, monkeypatch):
-    """Both tile sizes, both input transforms, bias (added inside the tile transform),
-    uneven padding, and chunks of whole images or of a few tile rows (pad rows
-    refilled per chunk, the last chunk of another shape)."""
+    """The forward (bias added inside the tile transform) and the transposed algorithm
+    for the weight gradient: both tile sizes, both input transforms (the blocked one
+    with junk tiles), uneven padding, and chunks of whole images or of a few tile rows
+    (pad rows refilled per chunk, the last chunk of another shape, lanes summed)."""
     n, c, o, g, size, pads = case
     rng = np.random.default_rng(11)
     x = rng.standard_normal((n, c) + size)
-    w = rng.standard_normal((o, c // g, 3, 3))
-    b = rng.standard_normal(o)
-    winograd = importlib.import_module("npconv.winograd")
-    monkeypatch.setattr(winograd, "BLOCKED_MIN_TILES", 1 if blocked else 10**9)
-    if chunks == "tile rows":
-        monkeypatch.setattr(winograd, "TARGET_CHUNK_BYTES", 1)
-        monkeypatch.setattr(workspace, "MIN_SPLIT_BYTES", 1)
-    y = winograd.conv2d(x, w, b, pads, g, tile=tile)
-    padded = torch.from_numpy(np.pad(x, ((0, 0), (0, 0)) + pads))
-    ref = F.conv2d(padded, torch.from_numpy(w), torch.from_numpy(b), groups=g).numpy()
-    np.testing.assert_allclose(y, ref, rtol=1e-11, atol=1e-11)
-
-
-@pytest.mark.parametrize("blocked", [True, False])
-@pytest.mark.parametrize("chunks", ["whole images", "tile rows"])
-@pytest.mark.parametrize("tile", [2, 4])
-@pytest.mark.parametrize("case", [(2, 6, 4, 2, (7, 9), ((1, 1), (1, 1))),
-                                  (3, 4, 8, 1, (13, 14), ((1, 1), (0, 2))),
-                                  (2, 4, 6, 2, (10, 26), ((1, 0), (2, 1))),
-                                  (5, 3, 4, 1, (17, 6), ((2, 2), (2, 0))),
-                                  (1, 3, 5, 1, (3, 3), ((0, 0), (0, 0)))])
-def test_winograd_grad_weight_matches_torch(case, tile, chunks, blocked, monkeypatch):
-    """The transposed algorithm for the weight gradient: both tile sizes, both input
-    transforms, junk tiles, chunks of images or of tile rows summed in lanes."""
-    n, c, o, g, size, pads = case
-    rng = np.random.default_rng(12)
-    x = rng.standard_normal((n, c) + size)
     w = torch.from_numpy(rng.standard_normal((o, c // g, 3, 3))).requires_grad_()
-    y = F.conv2d(torch.from_numpy(np.pad(x, ((0, 0), (0, 0)) + pads)), w, groups=g)
-    gy = rng.standard_normal(tuple(y.shape))
-    y.backward(torch.from_numpy(gy))
+    b = rng.standard_normal(o)
+    ref = F.conv2d(torch.from_numpy(np.pad(x, ((0, 0), (0, 0)) + pads)), w,
+                   torch.from_numpy(b), groups=g)
+    gy = rng.standard_normal(tuple(ref.shape))
+    ref.backward(torch.from_numpy(gy))
     winograd = importlib.import_module("npconv.winograd")
     monkeypatch.setattr(winograd, "BLOCKED_MIN_TILES", 1 if blocked else 10**9)
     if chunks == "tile rows":
         monkeypatch.setattr(winograd, "TARGET_CHUNK_BYTES", 1)
         monkeypatch.setattr(workspace, "MIN_SPLIT_BYTES", 1)
+    y = winograd.conv2d(x, w.detach().numpy(), b, pads, g, tile=tile)
+    np.testing.assert_allclose(y, ref.detach().numpy(), rtol=1e-11, atol=1e-11)
     got = winograd.grad_weight(gy, x, pads, g, tile=tile)
     np.testing.assert_allclose(got, w.grad.numpy(), rtol=1e-11, atol=1e-11)
 
