@@ -67,7 +67,7 @@ PHASE_MIN_OVERLAP = 4
 
 def _winograd_ok(geometry: ConvGeometry, dtype: Any) -> bool:
     return winograd.supported(geometry.kernel, geometry.stride, geometry.dilation, dtype) and (
-        geometry.padding_mode == "zeros" or not geometry.has_padding
+        geometry.zero_padded
     )
 
 
@@ -78,7 +78,7 @@ def _full_correlation(geometry: ConvGeometry) -> ConvGeometry | None:
     convolution is the convolution with the flipped kernel padded d(k-1) - p.
     """
     g = geometry
-    if g.padding_mode != "zeros" and g.has_padding or any(s != 1 for s in g.stride):
+    if not g.zero_padded or any(s != 1 for s in g.stride):
         return None
     spans = [d * (k - 1) for k, d in zip(g.kernel, g.dilation)]
     if any(lo > span or hi > span for (lo, hi), span in zip(g.pads, spans)):
@@ -375,8 +375,7 @@ def _forward_im2col(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
         w = xp.concatenate([w[0], bias.reshape(o, 1)], axis=1)[None]  # (1, O, C*K + 1)
     out0 = geometry.out_size[0]
     rest = geometry.out_volume // out0
-    if view is None and _phase_split(geometry) and (
-            geometry.padding_mode == "zeros" or not geometry.has_padding):
+    if view is None and _phase_split(geometry) and geometry.zero_padded:
         _forward_phases(xp, x, w, bias if not fused else None, y, geometry, g, depth)
         return
     images, rows = workspace.row_chunks(depth * rest * x.dtype.itemsize, out0, n)
@@ -481,6 +480,27 @@ class _Phases:
         for index, dst, src in self.parts():
             out[(slice(None), slice(None)) + src] = phases[index][lead + dst]
 
+    def group_views(self, buf: Any, length: int) -> list[tuple[tuple[slice, ...], Any]]:
+        """Per phase group (see _phase_groups): the kernel slices it covers and one view
+        of all its offsets' runs, (images, C, *counts, length), made once per buffer
+        (as_strided costs ~10 us; slicing the view per chunk far less)."""
+        item, steps = buf.itemsize, [math.prod(self.q[a + 1:]) for a in range(len(self.q))]
+        views = []
+        for group in self.groups:
+            index = 0
+            for (r, _, _, _), s in zip(group, self.geometry.stride):
+                index = index * s + r
+            first = index * self.images * self.channels * self.plane + sum(
+                t * st for (_, _, t, _), st in zip(group, steps))
+            counts = tuple(len(range(k.start, k.stop, k.step)) for _, k, _, _ in group)
+            view = backend.as_strided_view(
+                buf[first:], (self.images, self.channels) + counts + (length,),
+                (self.channels * self.plane * item, self.plane * item)
+                + tuple(step * st * item for (_, _, _, step), st in zip(group, steps))
+                + (item,))
+            views.append(((slice(None), slice(None)) + tuple(k for _, k, _, _ in group), view))
+        return views
+
     def flat(self, buf: Any, index: int, offset: int, b: int, length: int,
              writable: bool = False) -> Any:
         """Runs [offset, offset + length) of phase ``index``, (b, C, length), a view
@@ -501,9 +521,7 @@ PHASE_MAX_JUNK = 0.125
 
 def _phase_backward(geometry: ConvGeometry, view: Any) -> bool:
     g = geometry
-    if view is not None or not _phase_split(g):
-        return False
-    if g.padding_mode != "zeros" and g.has_padding:
+    if view is not None or not _phase_split(g) or not g.zero_padded:
         return False
     pitch = math.prod(-(-p // s) for p, s in zip(g.padded_size[1:], g.stride[1:]))
     return pitch <= (1 + PHASE_MAX_JUNK) * math.prod(g.out_size[1:])
@@ -529,7 +547,7 @@ def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
     images, rows = workspace.row_chunks(depth * pitch * x.dtype.itemsize, out0, n)
     items = _row_blocks(n, images, rows, out0)
     phases = _Phases(geometry, c, images)
-    q, plane = phases.q, phases.plane
+    q = phases.q
     per_worker = (phases.size + (depth + o) * rows * pitch * images) * x.dtype.itemsize
     bias_col = None if bias is None else bias.reshape(1, g, o // g, 1)
 
@@ -539,23 +557,7 @@ def _forward_phases(xp: Any, x: Any, w: Any, bias: Any, y: Any, geometry: ConvGe
         if fused:
             cols_buf[:, -1, :] = 1
         ext_buf = xp.empty((images, o, rows * pitch), dtype=x.dtype)
-        item = buf.itemsize
-        # Per phase: its offsets' runs over all output rows, (images, C, *counts, rows),
-        # one view made once (as_strided costs ~10 us; slicing it per chunk far less)
-        views = []
-        for group in phases.groups:
-            index = 0
-            for (r, _, _, _), s in zip(group, geometry.stride):
-                index = index * s + r
-            first = index * images * c * plane + sum(
-                t * math.prod(q[a + 1:]) for a, (_, _, t, _) in enumerate(group))
-            counts = tuple(len(range(k.start, k.stop, k.step)) for _, k, _, _ in group)
-            view = backend.as_strided_view(
-                buf[first:], (images, c) + counts + (out0 * pitch,),
-                (c * plane * item, plane * item)
-                + tuple(step * math.prod(q[a + 1:]) * item
-                        for a, (_, _, _, step) in enumerate(group)) + (item,))
-            views.append(((slice(None), slice(None)) + tuple(k for _, k, _, _ in group), view))
+        views = phases.group_views(buf, out0 * pitch)  # every output row's runs
         last = None
         for start, stop, block_rows in share:
             b, nr = stop - start, block_rows.stop - block_rows.start
@@ -724,9 +726,7 @@ def _backward(
             if need_input and flipped is not None:
                 # Depthwise, stride 1: grad input is itself a depthwise convolution of gy
                 # with the flipped kernel, padded d(k-1)-p, which the forward does fastest.
-                spatial = tuple(range(2, 2 + geometry.nd))
-                flip = xp.ascontiguousarray(xp.flip(w_adj, axis=spatial))  # BLAS wants + strides
-                gi = direct.forward(gy, flip, None, flipped, g)
+                gi = direct.forward(gy, _flipped(xp, w_adj, g), None, flipped, g)
                 _, gw = direct.backward(gy, x_adj, w_adj, geometry, g, False, need_weight, c)
             else:
                 gi, gw = direct.backward(gy, x_adj, w_adj, geometry, g, need_input,

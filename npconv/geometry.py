@@ -183,6 +183,11 @@ class ConvGeometry:
     def has_padding(self) -> bool:
         return any(lo or hi for lo, hi in self.pads)
 
+    @property
+    def zero_padded(self) -> bool:
+        """Padding (if any) is zeros: the border reads 0 and its gradient is dropped."""
+        return self.padding_mode == "zeros" or not self.has_padding
+
     @classmethod
     def build(
         cls,

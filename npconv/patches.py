@@ -161,7 +161,7 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     unpadded image; other padding modes fold into a padded block and apply the
     padding's adjoint.
     """
-    zero_padded = geometry.padding_mode == "zeros" or not geometry.has_padding
+    zero_padded = geometry.zero_padded
     size = geometry.in_size if zero_padded else geometry.padded_size
     lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
     slabs = _fold_slabs(geometry, size, lows)
