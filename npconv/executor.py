@@ -1,0 +1,405 @@
+"""The executor: the one place in npconv with threads and BLAS limits.
+
+A fast path cuts a call into *chunks* (a few images, or a block of output
+rows of one image) whose boundaries depend only on the shapes and the
+workspace limit, never on the thread count. It hands the executor a *kernel*,
+a top-level function ``kernel(scratch, item, *args)`` that computes one
+chunk, and a *scratch* factory that allocates one worker's buffers. The
+executor runs the chunks on a small pool of host threads, each thread with
+its own scratch, while the BLAS is held to one thread (two multi-threaded
+OpenBLAS calls at once fought over one pool and ran about 30x slower,
+measured).
+
+Why threads at all: NumPy runs elementwise loops on one core, and the
+mid-sized matmuls of a convolution chunk ran 1.5-3x faster as two
+single-threaded calls on two chunks at once than as one two-threaded call
+after another (measured on 2-core machines).
+
+Guarantees:
+
+* **Bitwise equal results for any thread count.** Every output element is
+  written by one chunk; sums over chunks (weight gradients) are taken per
+  *lane* (a run of consecutive chunks, their count fixed by the shapes) in
+  chunk order, and the lanes are added in lane order.
+* **No worker writes after a call returns or raises.** On an exception in
+  one chunk the other threads stop taking new chunks, and the caller waits
+  for all of them before re-raising the first error.
+* Chunks are handed out under a lock (safe on free-threaded CPython), the
+  pool is dropped in a forked child (``os.register_at_fork``), and the BLAS
+  limit is entered at most once per public call (:func:`call`), lazily, so
+  tiny calls never pay for it.
+* Work below :data:`TINY_WORK_BYTES`, nested calls, GPU backends and
+  processes whose BLAS cannot be limited run serially in the calling thread.
+
+The thread count comes from ``NPCONV_NUM_THREADS`` (default: the CPUs this
+process may use), :func:`set_num_threads`, or per call and per context with
+:func:`num_threads`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from . import backend, workspace
+from .geometry import as_int
+
+# Below this many bytes of buffers per call, threads cost more than they save
+# (waking a parked thread took 50-200 us on these virtual machines, measured).
+TINY_WORK_BYTES = 256 * 2**10
+# After its own share, the calling thread polls this long for the workers' results
+# before it blocks: waking a thread whose CPU went idle took 50-200 us (measured).
+POLL_SECONDS = 0.002
+# Weight gradients are summed in at most this many lanes (partial sums added in
+# lane order): a count fixed by the shapes, so results do not depend on threads.
+LANES = 8
+# Below this many bytes a copy is not worth splitting across threads.
+THREADED_COPY_BYTES = 512 * 2**10
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _from_environment() -> int:
+    raw = os.environ.get("NPCONV_NUM_THREADS", "").strip()
+    if not raw:
+        return _available_cpus()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"NPCONV_NUM_THREADS must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"NPCONV_NUM_THREADS must be a positive integer, got {raw!r}")
+    return value
+
+
+def _check_count(count: object) -> int:
+    value = as_int(count, "count")
+    if value < 1:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    return value
+
+
+class _State:
+    """Process-wide state: the default thread count and the pool."""
+
+    threads = _from_environment()
+    pool: ThreadPoolExecutor | None = None
+    pool_size = 0
+    lock = threading.Lock()  # guards pool creation
+    # One threaded region at a time in the process: BLAS thread counts are global.
+    region = threading.Lock()
+
+
+_override: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "npconv_threads", default=None)
+_worker = threading.local()  # .busy: this thread runs chunks for a threaded region
+
+
+def _reset_after_fork() -> None:
+    # The parent's pool threads do not exist in the child; its locks may be held.
+    _State.pool, _State.pool_size = None, 0
+    _State.lock = threading.Lock()
+    _State.region = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def get_num_threads() -> int:
+    """Threads npconv uses for its own loops on the CPU (in this context).
+
+    Examples
+    --------
+    >>> import npconv
+    >>> npconv.get_num_threads() >= 1
+    True
+    """
+    override = _override.get()
+    return _State.threads if override is None else override
+
+
+def set_num_threads(count: int) -> None:
+    """Use ``count`` threads for npconv's own CPU loops (the process default).
+
+    Batch chunks of a convolution then run on up to ``count`` threads, each
+    calling the BLAS single-threaded. With ``count == 1`` the chunks run one
+    after another and the BLAS keeps its own thread count.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> old = npconv.get_num_threads()
+    >>> npconv.set_num_threads(1)
+    >>> npconv.get_num_threads()
+    1
+    >>> npconv.set_num_threads(old)
+    """
+    _State.threads = _check_count(count)
+
+
+@contextlib.contextmanager
+def num_threads(count: int) -> Iterator[None]:
+    """Context manager: npconv uses ``count`` threads in this context only.
+
+    Like ``scipy.fft``'s ``workers``, it is local to the current thread (and
+    asyncio task), so two user threads may use different counts.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> with npconv.num_threads(1):
+    ...     npconv.get_num_threads()
+    1
+    """
+    token = _override.set(_check_count(count))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+class _Blas:
+    """The BLAS libraries loaded in this process, found once, on first use."""
+
+    controller: Any = None
+    searched = False
+
+    @classmethod
+    def get(cls) -> Any:
+        if not cls.searched:
+            try:
+                import threadpoolctl
+
+                found = threadpoolctl.ThreadpoolController().select(user_api="blas")
+                cls.controller = found if found.lib_controllers else None
+            except Exception:  # an unusual BLAS or platform: no control, not an error
+                cls.controller = None
+            cls.searched = True
+        return cls.controller
+
+
+def blas_limited() -> bool:
+    """Whether npconv can run the BLAS single-threaded inside its own threads."""
+    return _Blas.get() is not None
+
+
+class _Call:
+    """One public call: enters the region (and the BLAS limit) at most once, lazily."""
+
+    def __init__(self) -> None:
+        self.entered = False
+        self.refused = False
+        self.limit: Any = None
+
+    def enter(self) -> bool:
+        """True if this call may run threads (it then holds the region until it ends)."""
+        if self.entered or self.refused:
+            return self.entered
+        if not _State.region.acquire(blocking=False):
+            self.refused = True  # another thread's call runs threaded: stay serial
+            return False
+        controller = _Blas.get()
+        self.limit = None if controller is None else controller.limit(limits=1)
+        self.entered = True
+        return True
+
+    def close(self) -> None:
+        if self.entered:
+            try:
+                if self.limit is not None:
+                    self.limit.restore_original_limits()
+            finally:
+                self.entered = False
+                _State.region.release()
+
+
+_current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "npconv_call", default=None)
+
+
+@contextlib.contextmanager
+def call() -> Iterator[None]:
+    """Wrap one public call: threaded regions inside it share one BLAS limit."""
+    if _current.get() is not None:
+        yield  # nested: the outer call owns the region
+        return
+    state = _Call()
+    token = _current.set(state)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+        state.close()
+
+
+def workers_for(count: int, per_worker_bytes: int, arrays: Sequence[Any],
+                work_bytes: int | None = None) -> int:
+    """How many threads would run ``count`` chunks (1 = serial in the caller)."""
+    if count <= 1 or getattr(_worker, "busy", False):
+        return 1
+    if not backend.backend_of(*arrays).host_threads:
+        return 1  # a GPU backend: one stream of work
+    total = count * per_worker_bytes if work_bytes is None else work_bytes
+    if total < TINY_WORK_BYTES or not blas_limited():
+        return 1
+    return workspace.workers_for(count, per_worker_bytes, get_num_threads())
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    with _State.lock:
+        if _State.pool is None or _State.pool_size < size:
+            if _State.pool is not None:
+                _State.pool.shutdown(wait=False)
+            _State.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="npconv")
+            _State.pool_size = size
+        return _State.pool
+
+
+class _Queue:
+    """Hands out items in order under a lock; stops handing out after a failure."""
+
+    def __init__(self, items: Sequence[Any]):
+        self.items, self.next, self.failed = items, 0, False
+        self.lock = threading.Lock()
+
+    def take(self) -> tuple[int, Any] | None:
+        with self.lock:
+            if self.failed or self.next >= len(self.items):
+                return None
+            index = self.next
+            self.next += 1
+            return index, self.items[index]
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        while (got := self.take()) is not None:
+            yield got
+
+
+def _serve(queue: _Queue, work: Callable[[Any, int, Any], None],
+           scratch: Callable[[], Any] | None) -> None:
+    """One thread's loop: its own scratch, then items until the queue is empty."""
+    busy = getattr(_worker, "busy", False)
+    _worker.busy = True
+    try:
+        buffers = None if scratch is None else scratch()
+        for index, item in queue:
+            work(buffers, index, item)
+    except BaseException:
+        with queue.lock:
+            queue.failed = True
+        raise
+    finally:
+        _worker.busy = busy
+
+
+def _drive(queue: _Queue, work: Callable[[Any, int, Any], None],
+           scratch: Callable[[], Any] | None, workers: int) -> None:
+    """Run the queue on ``workers`` threads (the caller is one); wait for all, then raise."""
+    state = _current.get()
+    if workers > 1 and (state is None or not state.enter()):
+        workers = 1
+    if workers <= 1:
+        _serve(queue, work, scratch)
+        return
+    pool = _pool(workers - 1)
+    futures: list[Future[None]] = [pool.submit(_serve, queue, work, scratch)
+                                   for _ in range(workers - 1)]
+    error: BaseException | None = None
+    try:
+        _serve(queue, work, scratch)
+    except BaseException as exc:  # wait for the others before raising
+        error = exc
+    deadline = time.perf_counter() + POLL_SECONDS
+    while not all(f.done() for f in futures) and time.perf_counter() < deadline:
+        time.sleep(0)  # releases the GIL; keeps this CPU awake
+    for future in futures:
+        exc = future.exception()  # blocks until that worker has stopped
+        if error is None and exc is not None:
+            error = exc
+    if error is not None:
+        raise error
+
+
+def map_chunks(kernel: Callable[..., None], items: Sequence[Any], *args: Any,
+               scratch: Callable[[], Any] | None = None, per_worker_bytes: int = 0,
+               arrays: Sequence[Any] = (), work_bytes: int | None = None) -> None:
+    """``kernel(buffers, item, *args)`` for every item; items write disjoint memory.
+
+    ``scratch()`` makes one worker's ``buffers`` (once per thread). Items go to
+    whichever thread is free next, in order; which thread computes an item never
+    changes its result.
+    """
+    def work(buffers: Any, _: int, item: Any) -> None:
+        kernel(buffers, item, *args)
+
+    workers = workers_for(len(items), per_worker_bytes, arrays, work_bytes)
+    _drive(_Queue(items), work, scratch, workers)
+
+
+def lanes_of(items: Sequence[Any], partial_bytes: int) -> list[Sequence[Any]]:
+    """``items`` cut into at most :data:`LANES` contiguous lanes (fewer where a
+    quarter of the workspace limit cannot hold that many partial sums)."""
+    fit = workspace.get_workspace_limit() // max(4 * partial_bytes, 1)
+    parts = max(1, min(LANES, fit, len(items)))
+    step = -(-len(items) // parts) if items else 1
+    return [items[i : i + step] for i in range(0, len(items), step)]
+
+
+def reduce_chunks(kernel: Callable[..., Any], items: Sequence[Any], total: Any, *args: Any,
+                  scratch: Callable[[], Any] | None = None, per_worker_bytes: int = 0,
+                  arrays: Sequence[Any] = (), finish: Callable[[Any], Any] | None = None,
+                  work_bytes: int | None = None) -> None:
+    """``total += sum over items`` of each chunk's partial, in a fixed order.
+
+    ``kernel(buffers, item, acc, *args)`` adds its chunk's partial to ``acc``
+    (``None`` for a lane's first chunk: then it returns a new array) and returns
+    it. Each lane's sum goes through ``finish`` (a linear map, if given) and the
+    lanes are added to ``total`` in lane order.
+    """
+    lanes = lanes_of(items, total.nbytes)
+    partials: list[Any] = [None] * len(lanes)
+
+    def work(buffers: Any, index: int, lane: Sequence[Any]) -> None:
+        acc = None
+        for item in lane:
+            acc = kernel(buffers, item, acc, *args)
+        partials[index] = acc if finish is None or acc is None else finish(acc)
+
+    workers = workers_for(len(lanes), per_worker_bytes, arrays, work_bytes)
+    _drive(_Queue(lanes), work, scratch, workers)
+    for part in partials:
+        if part is not None:
+            total += part.reshape(total.shape)
+
+
+def _copy_part(_: Any, span: tuple[slice, ...], dst: Any, src: Any) -> None:
+    dst[span] = src[span]
+
+
+def copy_into(dst: Any, src: Any) -> None:
+    """``dst[...] = src`` (same shapes), split over threads along the first axis
+    longer than one when that pays."""
+    size = dst.size * dst.dtype.itemsize
+    axis = next((i for i, n in enumerate(dst.shape) if n > 1), None)
+    workers = 1 if axis is None or size < THREADED_COPY_BYTES else get_num_threads()
+    if workers <= 1 or getattr(_worker, "busy", False):
+        dst[...] = src
+        return
+    assert axis is not None
+    parts = min(workers, dst.shape[axis])
+    step = -(-dst.shape[axis] // parts)
+    lead = (slice(None),) * axis
+    spans = [lead + (slice(i, i + step),) for i in range(0, dst.shape[axis], step)]
+    map_chunks(_copy_part, spans, dst, src, arrays=(dst,), work_bytes=size)

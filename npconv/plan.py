@@ -1,0 +1,233 @@
+"""The planner: which path computes each map of one convolution call, and why.
+
+One convolution call has three linear maps: the forward ``y = conv(x, W)``,
+grad input ``gx = conv^T(gy, W)`` and grad weight ``gW = gy (x) patches(x)``.
+:func:`plan` names the path (a module of :mod:`npconv.paths`) for each of
+them from the call's :class:`Problem`, and says why. This module holds every
+selection threshold of npconv; the paths themselves only compute.
+
+With ``algorithm='auto'`` the rules below apply; any other name of
+:data:`ALGORITHMS` is used for all three maps, and a path that cannot compute
+a map for this geometry raises ``ValueError`` saying what it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .geometry import ConvGeometry
+
+#: Every value ``algorithm=`` accepts. 'auto' lets :func:`plan` choose;
+#: 'reference' is :mod:`npconv.reference`, the formulas as written.
+ALGORITHMS = ("auto", "reference", "im2col", "flipped", "pointwise", "direct", "depthwise",
+              "winograd", "phases")
+
+MAPS = ("forward", "grad_input", "grad_weight")
+
+# Winograd when both channel counts per group reach this (measured: below it the
+# tile transforms cost more than the 2.25-4x cheaper contraction) ...
+WINOGRAD_MIN_CHANNELS = 16
+# ... and there are enough output positions (batch x spatial) to amortise the weight
+# and tile transforms. Measured with idle BLAS threads not spinning: below this,
+# im2col won or tied (N1 C32 64x64, N4 C64 56x56, N2 C256 14x14).
+WINOGRAD_MIN_POSITIONS = 32768
+# Stride-1 layers with at most this many input channels per group are differentiated
+# by the direct path (measured faster for C = 3, 8, 16; not 32), unless the output
+# channels per group exceed 2 C/g + 16: there im2col's larger matmuls won (measured:
+# 16 -> 64 and 16 -> 128 lost by 1.6-2x; 16 -> 48, 8 -> 32 won).
+DIRECT_BACKWARD_MAX_CHANNELS = 16
+# Strided windows are read through phase images when the output rows are at least
+# this long and the kernel covers at least this many times the stride's area
+# (measured: 7x7 and 5x5 stride 2 gained, 3x3 lost).
+PHASE_MIN_WIDTH = 64
+PHASE_MIN_OVERLAP = 4
+# ... and the phase backward only while phase rows carry at most this fraction of
+# junk columns beyond the output width (7x7 stride 2 gained 5%, 3x3 stride 2 tied
+# or lost, measured).
+PHASE_MAX_JUNK = 0.125
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything about one call that a path or the planner may look at.
+
+    ``in_channels`` (C) and ``out_channels`` (O) are those of the convolution
+    whose maps are computed: for a transposed convolution, the convolution it
+    is the adjoint of (its ``in_size`` is the transposed call's output size).
+    """
+
+    geometry: ConvGeometry
+    groups: int
+    batch: int
+    in_channels: int
+    out_channels: int
+    dtype: Any  # a numpy.dtype
+    backend: str = "numpy"
+    host_threads: bool = True
+
+    @classmethod
+    def of(cls, geometry: ConvGeometry, groups: int, x_shape: tuple[int, ...],
+           weight_shape: tuple[int, ...], dtype: Any, backend: str = "numpy",
+           host_threads: bool = True) -> Problem:
+        """The problem of ``conv(x, weight)`` from the shapes (x batched)."""
+        return cls(geometry, groups, x_shape[0], x_shape[1], weight_shape[0], dtype, backend,
+                   host_threads)
+
+    @property
+    def cg(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def og(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.cg == 1
+
+    @property
+    def pointwise(self) -> bool:
+        g = self.geometry
+        return (g.kernel_volume == 1 and all(s == 1 for s in g.stride)
+                and not g.has_padding and g.in_size == g.out_size)
+
+    @property
+    def stride_one(self) -> bool:
+        return all(s == 1 for s in self.geometry.stride)
+
+    @property
+    def positions(self) -> int:
+        return self.batch * self.geometry.out_volume
+
+
+def full_correlation(geometry: ConvGeometry) -> ConvGeometry | None:
+    """Geometry of the stride-1 convolution mapping grad_output to grad_input, if any.
+
+    With stride 1 and zero padding p <= d(k-1) on both sides, the adjoint of a
+    convolution is the convolution with the flipped kernel padded d(k-1) - p.
+    """
+    g = geometry
+    if not g.zero_padded or any(s != 1 for s in g.stride):
+        return None
+    spans = [d * (k - 1) for k, d in zip(g.kernel, g.dilation)]
+    if any(lo > span or hi > span for (lo, hi), span in zip(g.pads, spans)):
+        return None
+    pads = tuple((span - lo, span - hi) for (lo, hi), span in zip(g.pads, spans))
+    size = tuple(n + lo + hi - span for n, (lo, hi), span in zip(g.out_size, pads, spans))
+    if size != g.in_size:
+        return None  # a transposed geometry whose trailing windows touch nothing
+    return ConvGeometry(g.out_size, g.kernel, g.stride, g.dilation, pads, g.in_size)
+
+
+def phase_split(geometry: ConvGeometry) -> bool:
+    """Whether strided windows are worth reading through phase images."""
+    strides = math.prod(geometry.stride)
+    return (strides > 1 and geometry.zero_padded and geometry.out_size[-1] >= PHASE_MIN_WIDTH
+            and geometry.kernel_volume >= PHASE_MIN_OVERLAP * strides)
+
+
+def phase_backward(geometry: ConvGeometry) -> bool:
+    """Whether the phase layout's junk columns are few enough for its backward."""
+    g = geometry
+    if not phase_split(g):
+        return False
+    pitch = math.prod(-(-p // s) for p, s in zip(g.padded_size[1:], g.stride[1:]))
+    return pitch <= (1 + PHASE_MAX_JUNK) * math.prod(g.out_size[1:])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The path of each map, with the reason it was chosen.
+
+    ``str(plan)`` is a small table; ``plan.forward`` etc. are path names.
+    """
+
+    forward: str
+    grad_input: str
+    grad_weight: str
+    reasons: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __str__(self) -> str:
+        rows = [f"{name:<12} {getattr(self, name):<10} {self.reasons.get(name, '')}"
+                for name in MAPS]
+        return "\n".join(rows)
+
+
+def _auto_forward(p: Problem) -> tuple[str, str]:
+    from .paths import winograd
+
+    if p.pointwise:
+        return "pointwise", "1x1 kernel, stride 1, no padding: the input is its own im2col"
+    if p.depthwise:
+        return "depthwise", "one input channel per group: elementwise multiply-adds"
+    if (winograd.requires(p, "forward") is None
+            and min(p.cg, p.og) >= WINOGRAD_MIN_CHANNELS
+            and p.positions >= WINOGRAD_MIN_POSITIONS):
+        return "winograd", (f"3x3 stride 1 with >= {WINOGRAD_MIN_CHANNELS} channels per group "
+                            f"and >= {WINOGRAD_MIN_POSITIONS} output positions")
+    if phase_split(p.geometry):
+        return "phases", "large strided kernel over long rows: windows from phase images"
+    return "im2col", "the general path: column chunks and one matmul each"
+
+
+def _auto_grad_input(p: Problem, forward: str) -> tuple[str, str]:
+    if forward in ("pointwise", "depthwise"):
+        return forward, f"as the forward ({forward})"
+    if (p.stride_one and p.cg <= DIRECT_BACKWARD_MAX_CHANNELS
+            and p.og <= 2 * p.cg + 16 and forward == "im2col"):
+        return "direct", (f"stride 1 with <= {DIRECT_BACKWARD_MAX_CHANNELS} input channels "
+                          "per group: shifted adds over long rows")
+    full = full_correlation(p.geometry)
+    if full is not None:
+        adjoint = Problem(full, p.groups, p.batch, p.out_channels, p.in_channels, p.dtype,
+                          p.backend, p.host_threads)
+        if _auto_forward(adjoint)[0] == "winograd":
+            return "winograd", "stride 1: a Winograd convolution of gy with the flipped kernel"
+        return "flipped", "stride 1: an im2col convolution of gy with the flipped kernel"
+    if forward == "phases" and phase_backward(p.geometry):
+        return "phases", "large strided kernel: column gradient added back to phase images"
+    return "im2col", "matmul then col2im's scatter-add"
+
+
+def _auto_grad_weight(p: Problem, forward: str, grad_input: str) -> tuple[str, str]:
+    if forward in ("pointwise", "depthwise") or grad_input == "direct":
+        return grad_input, f"as grad input ({grad_input})"
+    if forward == "winograd":
+        return "winograd", "the transposed Winograd algorithm: a quarter of im2col's flops"
+    if grad_input == "phases":
+        return "phases", "shares the phase images with grad input"
+    if p.stride_one:
+        return "direct", "stride 1: columns of long shifted rows instead of windows"
+    return "im2col", "window columns and one matmul per chunk"
+
+
+def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS) -> Plan:
+    """The paths for ``problem``: 'auto' chooses, any other name is checked for ``maps``.
+
+    Raises
+    ------
+    ValueError
+        If ``algorithm`` is unknown, or names a path that cannot compute one of
+        the maps for this problem (the message says what it needs).
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm != "auto":
+        from .paths import get_path
+
+        path = get_path(algorithm)
+        for name in maps:
+            need = path.requires(problem, name)
+            if need is not None:
+                what = name.replace("_", " ")
+                raise ValueError(f"algorithm={algorithm!r} cannot compute the {what} here: "
+                                 f"it needs {need}")
+        reason = "requested"
+        return Plan(algorithm, algorithm, algorithm, dict.fromkeys(MAPS, reason))
+    forward, why_f = _auto_forward(problem)
+    grad_input, why_i = _auto_grad_input(problem, forward)
+    grad_weight, why_w = _auto_grad_weight(problem, forward, grad_input)
+    return Plan(forward, grad_input, grad_weight,
+                {"forward": why_f, "grad_input": why_i, "grad_weight": why_w})
