@@ -11,6 +11,7 @@ convert foreign inputs (:func:`asarray`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import os
 from collections.abc import Iterator
@@ -70,13 +71,15 @@ class CupyBackend(Backend):
                 cupy = importlib.import_module("cupy")
             except ImportError as exc:
                 raise ImportError(
-                    "the 'cupy' backend needs CuPy: install it with "
-                    "`pip install npconv[cuda12x]` (or [cuda13x] for CUDA 13)"
+                    "the 'cupy' backend (NPCONV_BACKEND=cupy) needs CuPy: install it with "
+                    "`pip install npconv[cuda12x]` (or [cuda13x] for CUDA 13), or use NumPy "
+                    "by unsetting it (`unset NPCONV_BACKEND`, or NPCONV_BACKEND=numpy)"
                 ) from exc
             if not cupy.is_available():
                 raise RuntimeError(
-                    "the 'cupy' backend needs a usable CUDA GPU, but cupy.is_available() "
-                    "is False on this machine; use NPCONV_BACKEND=numpy"
+                    "the 'cupy' backend (NPCONV_BACKEND=cupy) needs a usable CUDA GPU, but "
+                    "cupy.is_available() is False on this machine; unset NPCONV_BACKEND "
+                    "(or set NPCONV_BACKEND=numpy) to compute on the CPU"
                 )
             CupyBackend._cupy = cupy
         return self._cupy  # type: ignore[return-value]
@@ -91,7 +94,13 @@ class CupyBackend(Backend):
         return self.module().lib.stride_tricks.as_strided(x, shape, strides)
 
     def from_dlpack(self, obj: Any) -> Any:
-        return self.module().from_dlpack(obj)
+        module = self.module()
+        device = getattr(obj, "__dlpack_device__", None)
+        # DLPack device type 1 is the CPU: cupy.from_dlpack refuses host memory, so
+        # host arrays (NumPy, CPU torch tensors) are copied to the GPU instead.
+        if device is not None and device()[0] == 1:
+            return module.asarray(numpy.from_dlpack(obj))
+        return module.from_dlpack(obj)
 
 
 _REGISTRY: dict[str, Backend] = {"numpy": NumpyBackend(), "cupy": CupyBackend()}
@@ -112,7 +121,14 @@ def _from_environment() -> Backend:
     return _lookup(value or "numpy", "NPCONV_BACKEND")
 
 
-_active: Backend = _from_environment()
+_default: Backend = _from_environment()
+# use_backend() is per context (thread or asyncio task); set_backend() changes the default.
+_context: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "npconv_backend", default=None)
+
+
+def _active() -> Backend:
+    return _context.get() or _default
 
 
 def get_backend() -> str:
@@ -124,7 +140,7 @@ def get_backend() -> str:
     >>> npconv.get_backend()
     'numpy'
     """
-    return _active.name
+    return _active().name
 
 
 def set_backend(name: str) -> None:
@@ -148,15 +164,17 @@ def set_backend(name: str) -> None:
     >>> npconv.xp.__name__
     'numpy'
     """
-    global _active
-    _active = _lookup(name, "backend name")
+    global _default
+    _default = _lookup(name, "backend name")
+    _context.set(None)
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[ModuleType]:
     """Context manager that activates a backend and restores the previous one.
 
-    Yields the backend's array module.
+    Yields the backend's array module. The choice is local to the current
+    context (thread or asyncio task): other threads keep their backend.
 
     Examples
     --------
@@ -166,18 +184,16 @@ def use_backend(name: str) -> Iterator[ModuleType]:
     >>> type(x).__module__
     'numpy'
     """
-    global _active
-    previous = _active
-    _active = _lookup(name, "backend name")
+    token = _context.set(_lookup(name, "backend name"))
     try:
-        yield _active.module()
+        yield _active().module()
     finally:
-        _active = previous
+        _context.reset(token)
 
 
 def active_module() -> ModuleType:
     """The active backend's array module (``numpy`` or ``cupy``)."""
-    return _active.module()
+    return _active().module()
 
 
 def backend_of(*arrays: Any) -> Backend:
@@ -199,7 +215,7 @@ def backend_of(*arrays: Any) -> Backend:
                     )
                 found = backend
                 break
-    return found if found is not None else _active
+    return found if found is not None else _active()
 
 
 def get_array_module(*arrays: Any) -> ModuleType:
@@ -247,20 +263,21 @@ def asarray(obj: Any) -> Any:
     >>> npconv.asarray([[1.0, 2.0]]).shape
     (1, 2)
     """
-    if _active.owns(obj):
+    active = _active()
+    if active.owns(obj):
         return obj
     if hasattr(obj, "__dlpack__"):
         try:
-            return _active.from_dlpack(obj)
+            return active.from_dlpack(obj)
         except (BufferError, RuntimeError, TypeError, ValueError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TypeError(
                 f"asarray: cannot share a {type(obj).__module__}.{type(obj).__name__} with the "
-                f"{_active.name} backend through DLPack ({detail}); detach it from autograd "
+                f"{active.name} backend through DLPack ({detail}); detach it from autograd "
                 f"and move it to the backend's device first (e.g. tensor.detach().cpu() "
                 f"for NumPy)"
             ) from exc
-    return _active.module().asarray(obj)
+    return active.module().asarray(obj)
 
 
 def scalar_kind(dtype: Any) -> str:
