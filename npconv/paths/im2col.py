@@ -1,0 +1,254 @@
+"""The im2col path: window columns, one matmul per chunk, col2im's scatter-add.
+
+Layout: x (N, C, *in), weight (O, C/g, *k), grad_output gy (N, O, *out); the
+window view of a padded chunk is (b, C, *k, *out). With K = prod(k),
+L = prod(out) and g groups, each map is one matmul per chunk:
+
+    forward      y[n]  = W (g, O/g, C/g*K) @ cols[n] (g, C/g*K, L)
+    grad weight  gW    = sum_n gy[n] (g, O/g, L) @ cols[n]^T (g, L, C/g*K)
+    grad input   gx    = fold( W^T (g, C/g*K, O/g) @ gy[n] (g, O/g, L) )
+
+It computes every geometry: any rank, groups, dilation, stride, every padding
+mode, real and complex dtypes. The forward walks the batch in chunks of
+images, or of output rows of one image, and writes each chunk's matmul
+straight into the NCHW output. The backward walks it in chunks of images
+whose columns are laid out (C, *k, b, *out), so that b and L merge into one
+contraction axis; when both gradients are wanted the columns are built once
+for both (the column buffer then receives the column gradient ``W^T gy``,
+which :func:`npconv.patches.fold_into` scatter-adds into grad input).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .. import backend, executor, workspace
+from ..geometry import ConvGeometry
+from ..patches import ChunkPadder, fold_into, window_view
+from ..plan import Problem
+from ._common import empty_grads, image_of, out_block, row_blocks, take
+
+RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
+
+
+def requires(problem: Problem, op: str) -> str | None:
+    """Always None: im2col computes every map of every convolution."""
+    return None
+
+
+# --------------------------------------------------------------------------- windows
+
+
+class _Windows:
+    """Window views (b, C, *k, *out) of batch chunks, each chunk padded on the fly.
+
+    One instance per worker thread: it owns the padding buffer (a
+    :class:`~npconv.patches.ChunkPadder`) and keeps the last chunk it padded,
+    so the row blocks of one image pad it once.
+    """
+
+    def __init__(self, x: Any, geometry: ConvGeometry, chunk: int):
+        self.geometry = geometry
+        self.padder = ChunkPadder(x, geometry, chunk)
+        self.last: tuple[int, int] | None = None
+        self.padded: Any = None
+
+    def __call__(self, start: int, stop: int) -> Any:
+        """The read-only window view of images ``start:stop`` (b, C, *k, *out)."""
+        if self.last != (start, stop):
+            self.padded = self.padder(start, stop)
+            self.last = (start, stop)
+        return window_view(self.padded, self.geometry)
+
+
+def _shares(items: list[RowBlock], per_worker: int, arrays: tuple[Any, ...]) -> list[Any]:
+    """The chunks as the executor hands them out: the row blocks of one image go to
+    one thread together where there are enough images to share (each thread then
+    pads an image once), otherwise one by one. Which thread computes a block never
+    changes its result."""
+    groups: dict[tuple[int, int], list[RowBlock]] = {}
+    for item in items:
+        groups.setdefault(image_of(item), []).append(item)
+    workers = executor.workers_for(len(items), per_worker, arrays)
+    if workers > 1 and len(groups) < 2 * workers:
+        return [(item,) for item in items]
+    return [tuple(group) for group in groups.values()]
+
+
+# --------------------------------------------------------------------------- forward
+
+
+@dataclass
+class _ForwardBuffers:
+    """One worker's forward buffers: its windows and the column buffer
+    (images, C*K [+1], span); a chunk with fewer rows uses a prefix of each row."""
+
+    windows: _Windows
+    flat: Any
+
+
+def _forward_buffers(x: Any, geometry: ConvGeometry, images: int, depth: int, span: int,
+                     fused: bool) -> _ForwardBuffers:
+    xp = backend.get_array_module(x)
+    flat = xp.empty((images, depth, span), dtype=x.dtype)
+    if fused:
+        flat[:, -1, :] = 1  # the row of ones under the columns, never overwritten
+    return _ForwardBuffers(_Windows(x, geometry, images), flat)
+
+
+def _forward_chunk(buffers: _ForwardBuffers, share: tuple[RowBlock, ...], y: Any, w: Any,
+                   bias_col: Any, groups: int, channels: int) -> None:
+    """y[start:stop] at the output ``rows`` = W @ cols (+ bias), for each block of the share."""
+    xp = backend.get_array_module(y)
+    geometry, c = buffers.windows.geometry, channels
+    depth = buffers.flat.shape[1]
+    rest = geometry.out_volume // geometry.out_size[0]
+    lead = (slice(None),) * (2 + geometry.nd)
+    for start, stop, rows in share:
+        b, count = stop - start, rows.stop - rows.start
+        block = buffers.flat[:b, :, : count * rest]
+        cols = block[:, : c * geometry.kernel_volume].reshape(
+            (b, c) + geometry.kernel + (count,) + geometry.out_size[1:])
+        executor.copy_into(cols, buffers.windows(start, stop)[lead + (rows,)])
+        out = out_block(y, start, stop, rows, groups)
+        # (g, O/g, C/g*K [+1]) @ (b, g, C/g*K [+1], rows) -> (b, g, O/g, rows), in NCHW
+        xp.matmul(w, block.reshape(b, groups, depth // groups, count * rest), out=out)
+        if bias_col is not None:
+            out += bias_col
+
+
+def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
+    """y (N, O, *out) = conv(x, weight) + bias: W @ cols per chunk of images (or of
+    output rows of one image), straight into NCHW.
+
+    Raises
+    ------
+    MemoryError
+        If the columns of one output row do not fit in the workspace limit.
+    """
+    xp = backend.get_array_module(x, weight)
+    geometry, g = problem.geometry, problem.groups
+    n, c = x.shape[:2]
+    o, k_vol = weight.shape[0], geometry.kernel_volume
+    y = xp.empty((n, o) + geometry.out_size, dtype=x.dtype)
+    if n == 0 or geometry.out_volume == 0:
+        return y
+    w = weight.reshape(g, o // g, (c // g) * k_vol)  # (g, O/g, C/g*K)
+    # Without groups the bias rides along in the matmul: a row of ones under the
+    # columns and the bias as an extra weight column save a pass over the output.
+    fused = bias is not None and g == 1
+    depth = c * k_vol + fused
+    if fused:
+        w = xp.concatenate([w[0], bias.reshape(o, 1)], axis=1)[None]  # (1, O, C*K + 1)
+    out0 = geometry.out_size[0]
+    rest = geometry.out_volume // out0
+    itemsize = x.dtype.itemsize
+    images, rows = workspace.row_chunks(depth * rest * itemsize, out0, n)
+    items = row_blocks(n, images, rows, out0)
+    per_worker = (depth * rows * rest + c * math.prod(geometry.padded_size)) * images * itemsize
+    bias_col = None if bias is None or fused else bias.reshape(1, g, o // g, 1)
+    scratch = functools.partial(_forward_buffers, x, geometry, images, depth, rows * rest, fused)
+    executor.map_chunks(_forward_chunk, _shares(items, per_worker, (x, w)), y, w, bias_col, g,
+                        c, scratch=scratch, per_worker_bytes=per_worker, arrays=(x, w),
+                        work_bytes=len(items) * per_worker)
+    return y
+
+
+# --------------------------------------------------------------------------- backward
+
+
+@dataclass
+class _BackwardBuffers:
+    """One worker's backward buffers: windows of x (None without grad weight), the
+    flat column and grad-output buffers of a chunk, and a grad-weight partial."""
+
+    windows: _Windows | None
+    cols: Any
+    gy: Any
+    part: Any
+
+
+def _backward_buffers(gy: Any, x: Any, geometry: ConvGeometry, chunk: int, col_size: int,
+                      gy_size: int, part_shape: tuple[int, ...] | None) -> _BackwardBuffers:
+    """Windows of ``x`` and a partial of ``part_shape`` only for grad weight."""
+    xp, dtype = backend.get_array_module(gy), gy.dtype
+    windows = None if part_shape is None else _Windows(x, geometry, chunk)
+    part = None if part_shape is None else xp.empty(part_shape, dtype=dtype)
+    return _BackwardBuffers(windows, xp.empty(col_size, dtype=dtype),
+                            xp.empty(gy_size, dtype=dtype), part)
+
+
+def _backward_chunk(buffers: _BackwardBuffers, start: int, acc: Any, gy: Any, gx: Any,
+                    w_t: Any, geometry: ConvGeometry, groups: int, chunk: int) -> Any:
+    """Images ``start:start+chunk``: their grad-weight partial added to ``acc`` (a new
+    array when ``acc`` is None; skipped without windows) and returned, and their
+    grad input written into ``gx`` (skipped when ``gx`` is None)."""
+    xp = backend.get_array_module(gy)
+    stop = min(gy.shape[0], start + chunk)
+    b, o, nd = stop - start, gy.shape[1], geometry.nd
+    g, length = groups, geometry.out_volume
+    c = w_t.shape[1] * g // geometry.kernel_volume
+    # Columns laid out (C, *k, b, *out) so that b and L merge into one contraction axis.
+    cols = take(buffers.cols, (c,) + geometry.kernel + (b,) + geometry.out_size)
+    cols_2d = cols.reshape(g, c // g * geometry.kernel_volume, b * length)
+    gy_c = take(buffers.gy, (o, b) + geometry.out_size)
+    gy_c[...] = xp.moveaxis(gy[start:stop], 0, 1)
+    gy_2d = gy_c.reshape(g, o // g, b * length)
+    if buffers.windows is not None:
+        executor.copy_into(xp.moveaxis(cols, 1 + nd, 0), buffers.windows(start, stop))
+        cols_t = cols_2d.transpose(0, 2, 1)
+        # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over the lane
+        if acc is None:
+            acc = xp.matmul(gy_2d, cols_t)
+        else:
+            xp.matmul(gy_2d, cols_t, out=buffers.part)
+            acc += buffers.part
+    if gx is not None:
+        # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL): the column gradient, then fold
+        xp.matmul(w_t, gy_2d, out=cols_2d)
+        fold_into(gx[start:stop], xp.moveaxis(cols, 1 + nd, 0), geometry)
+    return acc
+
+
+def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
+             need_weight: bool) -> tuple[Any, Any]:
+    """(grad input (N, C, *in), grad weight (O, C/g, *k)), either None when not needed.
+
+    Per chunk of images: grad weight ``gy @ cols^T`` from the window columns of
+    ``x``, grad input ``fold(W^T @ gy)``; one pass builds the columns once for
+    both. ``x`` may be None without ``need_weight``.
+
+    Raises
+    ------
+    MemoryError
+        If the columns of one image do not fit in the workspace limit.
+    """
+    xp = backend.get_array_module(gy, x, weight)
+    geometry, g = problem.geometry, problem.groups
+    n, o = gy.shape[:2]
+    c, k_vol, length = problem.in_channels, geometry.kernel_volume, geometry.out_volume
+    if n == 0 or length == 0 or not (need_input or need_weight):
+        return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
+    cg, og, dtype = c // g, o // g, gy.dtype
+    # every element of grad input is written by exactly one chunk's fold
+    gx = xp.empty((n, c) + geometry.in_size, dtype=dtype) if need_input else None
+    w_t = weight.reshape(g, og, cg * k_vol).transpose(0, 2, 1)  # (g, C/g*K, O/g)
+    per_image = (c * k_vol + o) * length * dtype.itemsize
+    chunk = workspace.chunk_length(per_image, n)
+    per_worker = chunk * per_image + c * math.prod(geometry.padded_size) * dtype.itemsize
+    part_shape = (g, og, cg * k_vol) if need_weight else None
+    scratch = functools.partial(_backward_buffers, gy, x, geometry, chunk,
+                                chunk * c * k_vol * length, chunk * o * length, part_shape)
+    starts = list(range(0, n, chunk))
+    args = (gy, gx, w_t, geometry, g, chunk)
+    if not need_weight:
+        executor.map_chunks(_backward_chunk, starts, None, *args, scratch=scratch,
+                            per_worker_bytes=per_worker, arrays=(gy,))
+        return gx, None
+    total = xp.zeros((g, og, cg * k_vol), dtype=dtype)
+    executor.reduce_chunks(_backward_chunk, starts, total, *args, scratch=scratch,
+                           per_worker_bytes=per_worker, arrays=(gy, x))
+    return gx, total.reshape(weight.shape)
