@@ -288,10 +288,11 @@ class _Queue:
 
 
 def _serve(queue: _Queue, work: Callable[[Any, int, Any], None],
-           scratch: Callable[[], Any] | None) -> None:
-    """One thread's loop: its own scratch, then items until the queue is empty."""
+           scratch: Callable[[], Any] | None, threaded: bool = True) -> None:
+    """One thread's loop: its own scratch, then items until the queue is empty.
+    In a threaded region the thread is marked busy, so nested work stays serial."""
     busy = getattr(_worker, "busy", False)
-    _worker.busy = True
+    _worker.busy = busy or threaded
     try:
         buffers = None if scratch is None else scratch()
         for index, item in queue:
@@ -311,7 +312,7 @@ def _drive(queue: _Queue, work: Callable[[Any, int, Any], None],
     if workers > 1 and (state is None or not state.enter()):
         workers = 1
     if workers <= 1:
-        _serve(queue, work, scratch)
+        _serve(queue, work, scratch, threaded=False)
         return
     pool = _pool(workers - 1)
     futures: list[Future[None]] = [pool.submit(_serve, queue, work, scratch)
