@@ -212,7 +212,7 @@ def make_ops(case: Case, rng, device: Device = CPU):
     s, p, g, k = case.s, case.p, case.groups, case.k
     y = npconv.conv2d(host["x"], host["w"], host["b"], s, p, 1, g)
     host["gy"] = rng.standard_normal(y.shape).astype(dt)
-    host["cols"] = npconv.im2col(host["x"], k, 1, p, s)
+    host["cols"] = npconv.im2col(host["x"], k, padding=p, stride=s)
     x, w, b, gy, cols = (device.xp.asarray(host[key]) for key in ("x", "w", "b", "gy", "cols"))
     xt, wt, bt, gyt, colst = (torch.from_numpy(host[key]).to(device.torch_device)
                               for key in ("x", "w", "b", "gy", "cols"))
@@ -223,9 +223,9 @@ def make_ops(case: Case, rng, device: Device = CPU):
                      lambda: torch.ops.aten.convolution_backward(
                          gyt, xt, wt, [case.o], [s, s], [p, p], [1, 1], False, [0, 0], g,
                          [True, True, True])),
-        "im2col": (lambda: npconv.im2col(x, k, 1, p, s),
+        "im2col": (lambda: npconv.im2col(x, k, padding=p, stride=s),
                    lambda: F.unfold(xt, k, 1, p, s)),
-        "col2im": (lambda: npconv.col2im(cols, (case.h, case.h), k, 1, p, s),
+        "col2im": (lambda: npconv.col2im(cols, (case.h, case.h), k, padding=p, stride=s),
                    lambda: F.fold(colst, (case.h, case.h), k, 1, p, s)),
     }
     ops = {name: (device.timed_call(fa), device.timed_call(fb)) for name, (fa, fb) in ops.items()}

@@ -35,7 +35,8 @@ import npconv
 
 def _columns(x, weight, stride, padding, dilation, padding_mode):
     """The patch view of x, and the same windows as an (N, C*K, L) array."""
-    v = npconv.patches(x, weight.shape[2:], stride, padding, dilation, padding_mode)
+    v = npconv.patches(x, weight.shape[2:], stride=stride, padding=padding,
+                       dilation=dilation, padding_mode=padding_mode)
     n, c, nd = v.shape[0], v.shape[1], weight.ndim - 2
     return v, v.reshape(n, c * math.prod(weight.shape[2:]), -1), v.shape[2 + nd:]
 
@@ -76,7 +77,8 @@ def adder_conv_backward(grad_output, x, weight, stride=1, padding=0, dilation=1,
             grad_w[i] = (diff * gy[:, i]).sum(axis=(0, 2))
             grad_cols += np.clip(-diff, -1.0, 1.0) * gy[:, i]
     grad_x = npconv.fold_patches(grad_cols.reshape(v.shape), x.shape[2:], weight.shape[2:],
-                                 stride, padding, dilation, padding_mode)
+                                 stride=stride, padding=padding, dilation=dilation,
+                                 padding_mode=padding_mode)
     return grad_x, grad_w.reshape(weight.shape)
 
 

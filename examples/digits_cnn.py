@@ -38,7 +38,7 @@ class MaxPool:
         self.kernel, self.stride = (kernel, kernel), stride
 
     def forward(self, x):
-        v = npconv.patches(x, self.kernel, self.stride)  # (N, C, kh, kw, Ho, Wo)
+        v = npconv.patches(x, self.kernel, stride=self.stride)  # (N, C, kh, kw, Ho, Wo)
         n, c = v.shape[:2]
         windows = v.reshape((n, c, -1) + v.shape[4:])  # (N, C, kh*kw, Ho, Wo)
         self.argmax = windows.argmax(axis=2)[:, :, None]
@@ -51,7 +51,7 @@ class MaxPool:
         grad_windows = np.zeros((n, c, math.prod(self.kernel)) + view_shape[4:], DTYPE)
         np.put_along_axis(grad_windows, self.argmax, grad_output[:, :, None], axis=2)
         return npconv.fold_patches(grad_windows.reshape(view_shape), input_size, self.kernel,
-                                   self.stride)
+                                   stride=self.stride)
 
 
 class ReLU:

@@ -7,6 +7,8 @@ from typing import Any
 from . import backend
 
 SUPPORTED_KINDS = ("f", "c")
+# Data movement (patches, im2col and their adjoints) also takes bool and integer arrays.
+DATA_KINDS = ("b", "i", "u", "f", "c")
 
 
 def as_array(value: Any, name: str) -> Any:
@@ -58,4 +60,16 @@ def prepare(name: str, value: Any) -> Any:
     """Common entry check: an array of a floating or complex dtype."""
     array = as_array(value, name)
     check_float(array, name)
+    return array
+
+
+def prepare_data(name: str, value: Any) -> Any:
+    """Entry check of the data-movement functions: an array of a bool, integer,
+    floating or complex dtype (the dtype is kept)."""
+    array = as_array(value, name)
+    kind = backend.scalar_kind(array.dtype)
+    if kind not in DATA_KINDS:
+        raise TypeError(
+            f"{name} must have a bool, integer, floating or complex dtype, got {array.dtype}"
+        )
     return array

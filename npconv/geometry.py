@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -17,6 +18,16 @@ IntOrTuple: TypeAlias = int | Sequence[int]
 Padding: TypeAlias = int | Sequence[int] | str
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+PADDING_STRINGS = ("same", "valid", "same_upper")
+
+# The largest byte offset an array index may reach (a C ssize_t). Every padded
+# image, output and strided view of npconv is checked against it before anything is
+# allocated or viewed, so an over-range parameter is a ValueError naming it rather
+# than an OverflowError or NumPy's "array is too big".
+INDEX_MAX = sys.maxsize
+# The widest element (complex128): geometry does not know the dtype, so extents are
+# checked as if every element took this many bytes.
+MAX_ITEMSIZE = 16
 
 
 def as_int(value: object, name: str) -> int:
@@ -124,9 +135,24 @@ def transpose_output_size(
 
 def resolve_padding(
     padding: Padding, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
-    single: bool = False,
+    single: bool = False, in_size: Sequence[int] | None = None,
 ) -> tuple[tuple[int, int], ...]:
-    """(low, high) padding per axis; 'same' puts an odd extra at the high end, like torch."""
+    """(low, high) padding per axis for an int, a tuple or one of the padding strings.
+
+    * ``'valid'``: no padding.
+    * ``'same'`` (torch): total ``d(k-1)`` per axis, an odd extra at the high end; the
+      output has the input's size. Stride 1 only, as in torch.
+    * ``'same_upper'`` (TensorFlow/JAX ``'SAME'``, ONNX ``auto_pad='SAME_UPPER'``):
+      any stride; the output has ``ceil(in / s)`` elements and the total padding is
+      ``max((ceil(in/s) - 1) s + d(k-1) + 1 - in, 0)``, the odd extra at the high end.
+      It depends on the input size, so ``in_size`` is required. At stride 1 it equals
+      ``'same'``.
+
+    >>> resolve_padding("same_upper", (3,), (2,), (1,), in_size=(6,))
+    ((0, 1),)
+    >>> resolve_padding("same", (4,), (1,), (1,))
+    ((1, 2),)
+    """
     nd = len(kernel)
     if isinstance(padding, str):
         if padding == "valid":
@@ -134,17 +160,65 @@ def resolve_padding(
         if padding == "same":
             if any(s != 1 for s in stride):
                 raise ValueError(
-                    f"padding='same' is not supported for strided convolutions, got stride={stride}"
+                    f"padding='same' is not supported for strided convolutions, got "
+                    f"stride={stride}; padding='same_upper' pads strided convolutions the "
+                    f"TensorFlow/JAX way (output size ceil(in / stride))"
                 )
-            pads = []
-            for k, d in zip(kernel, dilation):
-                total = d * (k - 1)
-                pads.append((total // 2, total - total // 2))
-            return tuple(pads)
+            return tuple(_split(d * (k - 1)) for k, d in zip(kernel, dilation))
+        if padding == "same_upper":
+            if in_size is None:
+                raise ValueError("padding='same_upper' depends on the input size: pass in_size")
+            return tuple(
+                _split(max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0))
+                for n, k, s, d in zip(in_size, kernel, stride, dilation)
+            )
         raise ValueError(
-            f"padding must be 'same', 'valid', an int or a tuple of {nd} ints, got {padding!r}"
+            f"padding must be 'same', 'valid', 'same_upper', an int or a tuple of {nd} ints, "
+            f"got {padding!r}"
         )
     return tuple((p, p) for p in as_tuple(padding, nd, "padding", minimum=0, single=single))
+
+
+def _split(total: int) -> tuple[int, int]:
+    """A total padding as (low, high), the odd extra at the high end."""
+    return total // 2, total - total // 2
+
+
+def check_extent(
+    size: Sequence[int], name: str, value: object, lead: int = 1, itemsize: int = MAX_ITEMSIZE
+) -> None:
+    """ValueError naming ``name=value`` unless an array of ``lead`` images of spatial
+    ``size`` (``itemsize`` bytes an element) can be indexed on this platform.
+
+    >>> check_extent((10**9, 10**9), "padding", 10**9)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: padding=1000000000 is out of range: it makes a spatial size of ...
+    """
+    per_image = math.prod(size) * itemsize
+    if per_image * max(lead, 1) > INDEX_MAX:
+        times = f" x {lead} images" if lead > 1 else ""
+        raise ValueError(
+            f"{name}={value!r} is out of range: it makes a spatial size of {tuple(size)}, "
+            f"{per_image} bytes per image at {itemsize} bytes an element{times}, more than "
+            f"this platform can index ({INDEX_MAX} bytes)"
+        )
+
+
+def _check_steps(
+    name: str, value: object, steps: tuple[int, ...], padded: tuple[int, ...]
+) -> None:
+    """Strides and dilations multiply an axis's byte stride in the patch view: the
+    product must stay an index (checked for a contiguous padded array of complex128)."""
+    for axis, step in enumerate(steps):
+        reach = math.prod(padded[axis + 1 :]) * MAX_ITEMSIZE
+        if step * reach > INDEX_MAX:
+            raise ValueError(
+                f"{name}={value!r} is out of range: {name} {step} on spatial axis {axis} "
+                f"times that axis's element spacing ({reach} bytes at most) exceeds what this "
+                f"platform can index ({INDEX_MAX} bytes); it must be at most "
+                f"{INDEX_MAX // reach}"
+            )
 
 
 @dataclass(frozen=True)
@@ -209,11 +283,16 @@ class ConvGeometry:
         kernel = as_tuple(kernel_size, nd, "kernel_size", minimum=1)
         strides = as_tuple(stride, nd, "stride", minimum=1, single=single)
         dilations = as_tuple(dilation, nd, "dilation", minimum=1, single=single)
-        pads = resolve_padding(padding, kernel, strides, dilations, single=single)
-        mode = check_padding_mode(padding_mode)
         size = tuple(as_int(n, f"{input_name} size") for n in in_size)
+        pads = resolve_padding(padding, kernel, strides, dilations, single=single, in_size=size)
+        mode = check_padding_mode(padding_mode)
         if mode != "zeros":
             _check_mode_padding(mode, size, pads, input_name)
+        check_extent(size, input_name, tuple(in_size))
+        padded = tuple(n + lo + hi for n, (lo, hi) in zip(size, pads))
+        check_extent(padded, "padding", padding)
+        _check_steps("stride", stride, strides, padded)
+        _check_steps("dilation", dilation, dilations, padded)
         out = []
         for axis, (n, k, s, (lo, hi), d) in enumerate(zip(size, kernel, strides, pads, dilations)):
             span = d * (k - 1) + 1
@@ -273,6 +352,16 @@ class ConvGeometry:
                 f"size {size}, kernel_size {kernel}, stride {strides}, padding {pads}, "
                 f"output_padding {extra}, dilation {dilations}"
             )
+        terms = {"stride": max((n - 1) * s for n, s in zip(size, strides)),
+                 "dilation": max(d * (k - 1) for k, d in zip(kernel, dilations)),
+                 "kernel_size": max(kernel)}
+        culprit = max(terms, key=lambda name: terms[name])
+        given = {"stride": stride, "dilation": dilation, "kernel_size": kernel_size}[culprit]
+        check_extent(full, culprit, given)
+        padded = tuple(n + 2 * p for n, p in zip(full, pads))
+        check_extent(padded, "padding", padding)
+        _check_steps("stride", stride, strides, padded)
+        _check_steps("dilation", dilation, dilations, padded)
         # With output_padding >= stride (allowed when < dilation) the convolution over
         # ``full`` has more windows than ``size``; the trailing ones touch nothing.
         return cls(full, kernel, strides, dilations, tuple((p, p) for p in pads), size)

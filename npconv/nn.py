@@ -21,17 +21,8 @@ import math
 from typing import Any
 
 from . import backend
-from ._validate import check_same_dtype
-from .conv import (
-    _backward,
-    _check_grad_output,
-    _check_groups,
-    _conv_setup,
-    _forward,
-    _sum_bias,
-    conv_transpose,
-    conv_transpose_backward,
-)
+from ._validate import as_array
+from .conv import conv, conv_backward, conv_transpose, conv_transpose_backward
 from .geometry import (
     ConvGeometry,
     IntOrTuple,
@@ -41,7 +32,6 @@ from .geometry import (
     check_padding_mode,
     resolve_padding,
 )
-from .patches import patches
 
 __all__ = [
     "Conv1d",
@@ -98,6 +88,31 @@ def _uniform(rng: Any, shape: tuple[int, ...], bound: float, dtype: Any) -> Any:
     if backend.scalar_kind(dtype) == "c":
         return (draw() + 1j * draw()).astype(dtype)
     return draw().astype(dtype)
+
+
+def _check_groups(groups: object, in_channels: int, out_channels: int) -> int:
+    g = as_int(groups, "groups")
+    if g < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    if in_channels % g:
+        raise ValueError(f"groups={g} must divide the {in_channels} input channels")
+    if out_channels % g:
+        raise ValueError(f"groups={g} must divide the {out_channels} output channels")
+    return g
+
+
+def _check_layer_dtype(layer: Any, name: str, value: Any, dtype: Any) -> Any:
+    """``value`` as an array of the layer's ``dtype``, or a TypeError saying how to fix it."""
+    array = as_array(value, name)
+    if array.dtype != dtype:
+        what = "the input" if name == "x" else name
+        rebuild = (f", or build the layer with dtype={str(array.dtype)!r}"
+                   if backend.scalar_kind(array.dtype) in ("f", "c") else "")
+        raise TypeError(
+            f"{name} is {array.dtype}, but {type(layer).__name__} computes in {dtype} (its "
+            f"weight's dtype): cast {what}, {name}.astype({str(dtype)!r}){rebuild}"
+        )
+    return array
 
 
 class _ConvBase:
@@ -161,7 +176,8 @@ class _ConvBase:
             self.output_padding = as_tuple(output_padding, nd, "output_padding", minimum=0,
                                            single=True)
         else:
-            resolve_padding(padding, self.kernel_size, self.stride, self.dilation, single=True)
+            if padding != "same_upper":  # depends on the input size: resolved per call
+                resolve_padding(padding, self.kernel_size, self.stride, self.dilation, single=True)
             self.padding = (padding if isinstance(padding, str)
                             else as_tuple(padding, nd, "padding", single=True))
             self.output_padding = (0,) * nd
@@ -257,23 +273,20 @@ class _Conv(_ConvBase):
         self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                     bias, padding_mode, 0, dtype, rng)
 
+    def _args(self) -> tuple[Any, ...]:
+        return self.stride, self.padding, self.dilation, self.groups, self.padding_mode
+
     def forward(self, x: Any) -> Any:
-        """``conv(x, weight, bias, ...)``; caches the patch view of ``x`` for :meth:`backward`.
+        """``npconv.conv(x, weight, bias, ...)``; caches ``x`` for :meth:`backward`.
 
         ``x`` is (N, C_in, *spatial) or unbatched (C_in, *spatial) with the
-        layer's dtype; returns (N, C_out, *out) (or unbatched).
+        layer's dtype; returns (N, C_out, *out) (or unbatched). The layer calls
+        the public functions, so it runs the algorithm they choose.
         """
-        x, weight, bias, geometry, g, batched = _conv_setup(
-            self._nd, x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-            self.groups, self.padding_mode,
-        )
-        # The receptive-field view (zero-copy without padding); both the forward
-        # and the weight gradient read the windows from it.
-        view = patches(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                       self.padding_mode)
-        y = _forward(x, weight, bias, geometry, g, "auto", view=view)
-        self._cache = (view, geometry, batched, tuple(y.shape))
-        return y if batched else y[0]
+        x = _check_layer_dtype(self, "x", x, self.weight.dtype)
+        y = conv(x, self.weight, self.bias, *self._args())
+        self._cache = x
+        return y
 
     def backward(self, grad_output: Any) -> Any:
         """Gradient with respect to the last forward's input; stores weight/bias gradients.
@@ -282,15 +295,12 @@ class _Conv(_ConvBase):
         ``grad_input`` (shape of that input) and sets ``weight_grad`` and
         ``bias_grad`` (``None`` without bias), overwriting earlier values.
         """
-        view, geometry, batched, y_shape = self._take_cache()
-        gy = _check_grad_output(grad_output, y_shape, batched)
-        check_same_dtype(grad_output=gy, weight=self.weight)
-        # The view stands in for x: _backward only needs its channel count and windows.
-        grad_input, grad_weight = _backward(gy, view, self.weight, geometry, self.groups,
-                                            view=view)
+        x = self._take_cache()
+        gy = _check_layer_dtype(self, "grad_output", grad_output, self.weight.dtype)
+        grad_input, grad_weight, grad_bias = conv_backward(gy, x, self.weight, *self._args())
         self.weight_grad = grad_weight
-        self.bias_grad = None if self.bias is None else _sum_bias(gy)
-        return grad_input if batched else grad_input[0]
+        self.bias_grad = None if self.bias is None else grad_bias
+        return grad_input
 
 
 class _ConvTranspose(_ConvBase):
@@ -321,16 +331,18 @@ class _ConvTranspose(_ConvBase):
         return self.stride, self.padding, self.output_padding, self.groups, self.dilation
 
     def forward(self, x: Any) -> Any:
-        """``conv_transpose(x, weight, bias, ...)``; caches ``x`` for :meth:`backward`."""
-        y = conv_transpose(x, self.weight, self.bias, *self._args(), _nd=self._nd)
+        """``npconv.conv_transpose(x, weight, bias, ...)``; caches ``x`` for :meth:`backward`."""
+        x = _check_layer_dtype(self, "x", x, self.weight.dtype)
+        y = conv_transpose(x, self.weight, self.bias, *self._args())
         self._cache = x
         return y
 
     def backward(self, grad_output: Any) -> Any:
         """Gradient with respect to the last forward's input; stores weight/bias gradients."""
         x = self._take_cache()
+        gy = _check_layer_dtype(self, "grad_output", grad_output, self.weight.dtype)
         grad_input, grad_weight, grad_bias = conv_transpose_backward(
-            grad_output, x, self.weight, *self._args(), _nd=self._nd
+            gy, x, self.weight, *self._args()
         )
         self.weight_grad = grad_weight
         self.bias_grad = None if self.bias is None else grad_bias

@@ -15,8 +15,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import backend, threads, workspace
-from ._validate import check_ndim, prepare
-from .geometry import ConvGeometry, IntOrTuple, Padding, as_tuple, spatial_rank
+from ._validate import check_ndim, prepare_data
+from .geometry import (
+    INDEX_MAX,
+    ConvGeometry,
+    IntOrTuple,
+    Padding,
+    as_tuple,
+    check_extent,
+    spatial_rank,
+)
 
 # Slab bytes per block of the col2im fold: larger blocks mean fewer NumPy calls,
 # which beat cache locality here (measured: 4 MiB against 256 KiB and 1 MiB).
@@ -140,6 +148,9 @@ def window_view(padded: Any, geometry: ConvGeometry) -> Any:
         + tuple(st * d for st, d in zip(axis_strides, geometry.dilation))
         + tuple(st * s for st, s in zip(axis_strides, geometry.stride))
     )
+    # A step along an axis of length one is never taken; a huge stride or dilation
+    # there (ConvGeometry bounds them for contiguous arrays only) must not overflow.
+    strides = tuple(0 if n == 1 and abs(st) > INDEX_MAX else st for n, st in zip(shape, strides))
     return backend.as_strided_view(padded, shape, strides)
 
 
@@ -271,18 +282,68 @@ def _blocks(lead: tuple[int, ...], per_block: int) -> list[tuple[slice, ...]]:
     ]
 
 
+# --------------------------------------------------------------------------- integer folds
+
+
+def _scatter_add(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
+    """``out[...] = fold(grad_patches)`` by one strided slice-add per kernel offset.
+
+    The plain form of :func:`fold_into`, for integer dtypes: every sum stays in
+    ``out``'s dtype (wrapping around on overflow, as NumPy's integer adds do). Within
+    one kernel offset no two windows reach the same pixel, so each ``+=`` is exact.
+    """
+    zero_padded = geometry.zero_padded
+    size = geometry.in_size if zero_padded else geometry.padded_size
+    lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
+    xp = backend.get_array_module(out, grad_patches)
+    lead = out.shape[: out.ndim - geometry.nd]
+    target = out if zero_padded else xp.empty(lead + size, dtype=out.dtype)
+    target[...] = 0
+    for slab in _fold_slabs(geometry, size, lows):
+        for to, source in slab:
+            target[to] += grad_patches[source]
+    if not zero_padded:
+        unpad_add(out, target, geometry, accumulate=False)
+
+
+def _fold(grad_patches: Any, geometry: ConvGeometry, name: str) -> Any:
+    """A new (N, C, *in_size) array: the fold of (N, C, *kernel, *out) windows, in their dtype.
+
+    Floating and complex windows take the fast :func:`fold_into`; integers are
+    summed in their own dtype; bools are summed as counts and then compared with
+    zero, which is NumPy's bool addition (a logical or).
+    """
+    xp = backend.get_array_module(grad_patches)
+    shape = grad_patches.shape[:2] + geometry.in_size
+    check_extent(geometry.in_size, name, geometry.in_size, lead=math.prod(shape[:2]),
+                 itemsize=grad_patches.dtype.itemsize)
+    kind = backend.scalar_kind(grad_patches.dtype)
+    if kind == "b":
+        counts = xp.empty(shape, dtype=backend.numpy_dtype("intp"))
+        _scatter_add(counts, grad_patches, geometry)
+        return counts != 0
+    out = xp.empty(shape, dtype=grad_patches.dtype)
+    if kind in ("i", "u"):
+        _scatter_add(out, grad_patches, geometry)
+    else:
+        fold_into(out, grad_patches, geometry)
+    return out
+
+
 # --------------------------------------------------------------------------- public
 
 
-def _batched_rank(x: Any, kernel_size: IntOrTuple) -> int:
-    nd = spatial_rank(kernel_size, x.ndim - 2)
-    check_ndim(x, "x", (nd + 2,), f"(N, C, *spatial) for {nd} spatial dims")
-    return nd
+def _batched(x: Any, name: str, rank: int, lead: int, meaning: str) -> tuple[Any, bool]:
+    """``x`` with a batch axis (added when ``x`` is unbatched) and whether it had one."""
+    hint = "" if rank != 2 else "; an int kernel_size means 2 spatial dims, as in torch's unfold"
+    check_ndim(x, name, (lead + 1, lead + 2), meaning + hint)
+    return (x, True) if x.ndim == lead + 2 else (x[None], False)
 
 
 def patches(
     x: Any,
     kernel_size: IntOrTuple,
+    *,
     stride: IntOrTuple = 1,
     padding: Padding = 0,
     dilation: IntOrTuple = 1,
@@ -293,19 +354,22 @@ def patches(
     ``patches(x, k)[n, c, i, j, h, w]`` is the input pixel that kernel tap
     ``(i, j)`` of output position ``(h, w)`` sees. Without padding the view
     shares memory with ``x``; with padding it views a padded copy. Any number
-    of spatial dimensions works: the rank is ``len(kernel_size)``, or
-    ``x.ndim - 2`` for an int.
+    of spatial dimensions works: the rank is ``len(kernel_size)``, or 2 for an
+    int (as in :func:`im2col`); ``x`` may be batched (N, C, *spatial) or
+    unbatched (C, *spatial), like the convolutions. Any dtype works, bool and
+    integers included.
 
     Parameters
     ----------
-    x : array, shape (N, C, *spatial)
-    kernel_size, stride, dilation : int or tuple of ints
-    padding : int, tuple of ints, 'same' or 'valid'
-    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
+    x : array, shape (N, C, *spatial) or unbatched (C, *spatial)
+    kernel_size : int or tuple of ints
+    stride, dilation : int or tuple of ints, keyword-only
+    padding : int, tuple of ints, 'same', 'valid' or 'same_upper', keyword-only
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, keyword-only
 
     Returns
     -------
-    view : read-only array (N, C, *kernel_size, *out_size)
+    view : read-only array (N, C, *kernel_size, *out_size), or (C, *kernel_size, *out_size)
 
     See Also
     --------
@@ -325,20 +389,27 @@ def patches(
     >>> w = np.ones((2, 1, 3, 3))    # a convolution is one contraction away
     >>> np.einsum("ncijhw,ocij->nohw", v, w).shape
     (1, 2, 2, 2)
+    >>> npconv.patches(x[0], 2, stride=2).shape   # unbatched (C, H, W)
+    (1, 2, 2, 2, 2)
     """
-    x = prepare("x", x)
-    nd = _batched_rank(x, kernel_size)
+    x = prepare_data("x", x)
+    nd = spatial_rank(kernel_size, 2)
+    batch, batched = _batched(x, "x", nd, nd, f"(N, C, *spatial) or (C, *spatial) for {nd}-d")
     geometry = ConvGeometry.build(
-        x.shape[2:], kernel_size, stride, padding, dilation, padding_mode, input_name="x"
+        batch.shape[2:], kernel_size, stride, padding, dilation, padding_mode, input_name="x"
     )
-    assert geometry.nd == nd
-    return window_view(pad(x, geometry), geometry)
+    if geometry.has_padding:
+        check_extent(geometry.padded_size, "padding", padding,
+                     lead=math.prod(batch.shape[:2]), itemsize=x.dtype.itemsize)
+    view = window_view(pad(batch, geometry), geometry)
+    return view if batched else view[0]
 
 
 def fold_patches(
     grad_patches: Any,
     input_size: IntOrTuple,
     kernel_size: IntOrTuple,
+    *,
     stride: IntOrTuple = 1,
     padding: Padding = 0,
     dilation: IntOrTuple = 1,
@@ -350,52 +421,61 @@ def fold_patches(
     from, so overlapping windows accumulate and padding positions are dropped
     (or, for reflect/replicate/circular, added to the pixels they copied).
     This is the gradient of any function of ``patches(x)`` with respect to ``x``.
+    The rank is ``len(input_size)`` or ``len(kernel_size)``, or 2 if both are
+    ints; unbatched windows (C, *kernel_size, *out_size) give (C, *input_size).
+
+    Integer arrays are summed in their own dtype: like NumPy's integer adds,
+    a sum past the dtype's range wraps around silently (use a wider dtype when
+    many windows overlap). Bool arrays are summed as NumPy adds bools, a logical
+    or: a pixel is True when any window holding it is.
 
     Parameters
     ----------
-    grad_patches : array, shape (N, C, *kernel_size, *out_size)
+    grad_patches : array, shape (N, C, *kernel_size, *out_size) or (C, *kernel_size, *out_size)
     input_size : int or tuple of ints
         Spatial size of the input that ``patches`` was taken from.
-    kernel_size, stride, padding, dilation, padding_mode
+    kernel_size : int or tuple of ints
+    stride, padding, dilation, padding_mode : keyword-only
         As given to :func:`patches`.
 
     Returns
     -------
-    array (N, C, *input_size)
+    array (N, C, *input_size), or (C, *input_size), of the dtype of ``grad_patches``
 
     Examples
     --------
     >>> import numpy as np, npconv
-    >>> ones = np.ones((1, 1, 3, 3, 2, 2))
+    >>> ones = np.ones((1, 1, 3, 3, 2, 2), dtype=np.int64)
     >>> npconv.fold_patches(ones, (4, 4), 3)[0, 0]   # how many windows cover each pixel
-    array([[1., 2., 2., 1.],
-           [2., 4., 4., 2.],
-           [2., 4., 4., 2.],
-           [1., 2., 2., 1.]])
+    array([[1, 2, 2, 1],
+           [2, 4, 4, 2],
+           [2, 4, 4, 2],
+           [1, 2, 2, 1]])
     """
-    g = prepare("grad_patches", grad_patches)
-    nd = spatial_rank(kernel_size, spatial_rank(input_size, (g.ndim - 2) // 2))
+    g = prepare_data("grad_patches", grad_patches)
+    nd = spatial_rank(kernel_size, spatial_rank(input_size, 2))
     size = as_tuple(input_size, nd, "input_size", minimum=1)
-    check_ndim(g, "grad_patches", (2 + 2 * nd,), f"(N, C, *kernel_size, *out_size) for {nd}-d")
+    g, batched = _batched(g, "grad_patches", nd, 2 * nd,
+                          f"(N, C, *kernel_size, *out_size) or (C, ...) for {nd}-d")
     geometry = ConvGeometry.build(
-        size, kernel_size, stride, padding, dilation, padding_mode, input_name="input"
+        size, kernel_size, stride, padding, dilation, padding_mode, input_name="input_size"
     )
     expected = g.shape[:2] + geometry.kernel + geometry.out_size
     if tuple(g.shape) != expected:
+        got = tuple(g.shape) if batched else tuple(g.shape[1:])
         raise ValueError(
-            f"grad_patches must have shape {expected} for input_size={size}, "
-            f"kernel_size={geometry.kernel}, stride={geometry.stride}, "
-            f"padding={geometry.pads}, dilation={geometry.dilation}; got {tuple(g.shape)}"
+            f"grad_patches must have shape {expected if batched else expected[1:]} for "
+            f"input_size={size}, kernel_size={geometry.kernel}, stride={geometry.stride}, "
+            f"padding={geometry.pads}, dilation={geometry.dilation}; got {got}"
         )
-    xp = backend.get_array_module(g)
-    out = xp.empty(g.shape[:2] + size, dtype=g.dtype)
-    fold_into(out, g, geometry)
-    return out
+    out = _fold(g, geometry, "input_size")
+    return out if batched else out[0]
 
 
 def im2col(
     x: Any,
     kernel_size: IntOrTuple,
+    *,
     dilation: IntOrTuple = 1,
     padding: Padding = 0,
     stride: IntOrTuple = 1,
@@ -403,37 +483,46 @@ def im2col(
 ) -> Any:
     """Every receptive field as a column: ``torch.nn.functional.unfold``.
 
+    Unlike torch, the geometry is keyword-only (torch's positional order,
+    ``dilation, padding, stride``, differs from the convolutions' and from
+    :func:`patches`', so a positional call would silently mean something else).
+    Any dtype works, bool and integers included (torch's unfold refuses them).
+
     Parameters
     ----------
     x : array, shape (N, C, *spatial) or unbatched (C, *spatial)
         Two spatial dims unless ``kernel_size`` is a tuple of another length.
-    kernel_size, dilation, padding, stride
-        As in torch (ints or tuples); ``padding`` may also be 'same'/'valid'.
-    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
+    kernel_size : int or tuple of ints
+    dilation, padding, stride : keyword-only
+        As in torch (ints or tuples); ``padding`` may also be 'same', 'valid' or
+        'same_upper'.
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, keyword-only
 
     Returns
     -------
     cols : array, shape (N, C * prod(kernel_size), L), or (C * prod(kernel_size), L)
         Row ``c * prod(k) + flat_kernel_offset``, column = flat output position;
-        ``L`` is the number of windows. A new (contiguous) array.
+        ``L`` is the number of windows. A new (contiguous) array of ``x``'s dtype.
 
     Examples
     --------
     >>> import numpy as np, npconv
-    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> x = np.arange(16).reshape(1, 1, 4, 4)
     >>> cols = npconv.im2col(x, kernel_size=2, stride=2)
     >>> cols.shape
     (1, 4, 4)
     >>> cols[0, :, 0]                 # the top-left 2x2 window
-    array([0., 1., 4., 5.])
+    array([0, 1, 4, 5])
     """
-    x = prepare("x", x)
+    view = patches(x, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                   padding_mode=padding_mode)
     nd = spatial_rank(kernel_size, 2)
-    check_ndim(x, "x", (nd + 1, nd + 2), f"(N, C, *spatial) or (C, *spatial) for {nd}-d")
-    batched = x if x.ndim == nd + 2 else x[None]
-    view = patches(batched, kernel_size, stride, padding, dilation, padding_mode)
+    if view.ndim == 2 * nd + 1:
+        view = view[None]
     n, c = view.shape[:2]
     rows, length = c * math.prod(view.shape[2 : 2 + nd]), math.prod(view.shape[2 + nd :])
+    check_extent(view.shape[2:], "kernel_size", kernel_size, lead=n * c,
+                 itemsize=view.dtype.itemsize)
     xp = backend.get_array_module(view)
     cols = xp.empty(view.shape, dtype=view.dtype)  # a copy even where the view is contiguous
     threads.copy_into(cols, view, backend.backend_of(view).host_threads)
@@ -445,6 +534,7 @@ def col2im(
     cols: Any,
     output_size: IntOrTuple,
     kernel_size: IntOrTuple,
+    *,
     dilation: IntOrTuple = 1,
     padding: Padding = 0,
     stride: IntOrTuple = 1,
@@ -454,30 +544,36 @@ def col2im(
 
     The adjoint of :func:`im2col`. As in torch, ``output_size`` is the size
     of the *image* being rebuilt (the input of the matching ``im2col``), and
-    pixels covered by several windows receive the sum of their entries.
+    pixels covered by several windows receive the sum of their entries. The
+    geometry is keyword-only, as in :func:`im2col`.
+
+    Integer columns are summed in their own dtype, so a sum past the dtype's
+    range wraps around silently (NumPy's integer adds); bool columns give a
+    logical or. See :func:`fold_patches`.
 
     Parameters
     ----------
     cols : array, shape (N, C * prod(kernel_size), L) or unbatched (C * prod(kernel_size), L)
     output_size : int or tuple of ints
         Spatial size of the rebuilt image.
-    kernel_size, dilation, padding, stride, padding_mode
+    kernel_size : int or tuple of ints
+    dilation, padding, stride, padding_mode : keyword-only
         As given to :func:`im2col`.
 
     Returns
     -------
-    array, shape (N, C, *output_size) or (C, *output_size)
+    array, shape (N, C, *output_size) or (C, *output_size), of the dtype of ``cols``
 
     Examples
     --------
     >>> import numpy as np, npconv
-    >>> x = np.ones((1, 1, 3, 3))
+    >>> x = np.ones((1, 1, 3, 3), dtype=np.int32)
     >>> npconv.col2im(npconv.im2col(x, 2), (3, 3), 2)[0, 0]
-    array([[1., 2., 1.],
-           [2., 4., 2.],
-           [1., 2., 1.]])
+    array([[1, 2, 1],
+           [2, 4, 2],
+           [1, 2, 1]], dtype=int32)
     """
-    cols = prepare("cols", cols)
+    cols = prepare_data("cols", cols)
     nd = spatial_rank(kernel_size, spatial_rank(output_size, 2))
     size = as_tuple(output_size, nd, "output_size", minimum=1)
     check_ndim(cols, "cols", (2, 3), "(N, C*prod(kernel_size), L) or (C*prod(kernel_size), L)")
@@ -498,8 +594,6 @@ def col2im(
             f"give {geometry.out_size} = {geometry.out_volume} sliding blocks"
         )
     channels = rows // geometry.kernel_volume
-    grad_patches = batched.reshape((n, channels) + geometry.kernel + geometry.out_size)
-    xp = backend.get_array_module(cols)
-    out = xp.empty((n, channels) + size, dtype=cols.dtype)
-    fold_into(out, grad_patches, geometry)
+    out = _fold(batched.reshape((n, channels) + geometry.kernel + geometry.out_size), geometry,
+                "output_size")
     return out if cols.ndim == 3 else out[0]

@@ -133,7 +133,8 @@ def test_patches_without_padding_share_memory(cfg, seed):
     x[(0,) * x.ndim] += 1.0  # the view follows its base
     assert view[(0,) * view.ndim] == x[(0,) * x.ndim]
     x[(0,) * x.ndim] = before[(0,) * x.ndim]
-    valid = npconv.patches(x, cfg.kernel_size, cfg.stride, "valid", cfg.dilation)
+    valid = npconv.patches(x, cfg.kernel_size, stride=cfg.stride, padding="valid",
+                           dilation=cfg.dilation)
     assert np.shares_memory(valid, x)
     np.testing.assert_array_equal(valid, view)
 

@@ -92,12 +92,10 @@ def test_im2col_col2im_patches_cupy_match_numpy(cupy, cfg, seed):
     back = npconv.col2im(cols, cfg.input_size, **kw)
     assert_close(to_host(back), npconv.col2im(to_host(cols), cfg.input_size, **kw),
                  reduction=math.prod(cfg.kernel_size) * 4**cfg.ndim)
-    view = npconv.patches(x, cfg.kernel_size, cfg.stride, cfg.padding, cfg.dilation,
-                          cfg.padding_mode)
+    view = npconv.patches(x, cfg.kernel_size, **cfg.patch_kwargs())
     np.testing.assert_array_equal(
         to_host(view),
-        npconv.patches(hx, cfg.kernel_size, cfg.stride, cfg.padding, cfg.dilation,
-                       cfg.padding_mode),
+        npconv.patches(hx, cfg.kernel_size, **cfg.patch_kwargs()),
     )
 
 

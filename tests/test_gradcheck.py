@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 
 import npconv
 import npconv.testing
+import npconv.testing.arrays
+import npconv.testing.checks
+import npconv.testing.configs
 from npconv.testing import ConvConfig, check_grad, conv_configs, random_conv_arrays
 
 ALL_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -153,6 +156,10 @@ def test_check_grad_skips_inputs_without_gradient():
 
 def test_testing_module_examples_run():
     """The runnable examples in npconv.testing's docstrings (strategies included) pass."""
-    result = doctest.testmod(npconv.testing, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 20
-    assert result.failed == 0
+    attempted = 0
+    for module in (npconv.testing, npconv.testing.configs, npconv.testing.arrays,
+                   npconv.testing.checks):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, module.__name__
+        attempted += result.attempted
+    assert attempted > 20

@@ -102,14 +102,52 @@ def test_float32_default_matches_torch():
     compare_with_torch(layer, tlayer, x, rtol=1e-4, atol=1e-4)
 
 
-def test_conv_caches_the_patch_view_not_a_copy():
-    layer = nn.Conv2d(2, 3, 3, stride=2, rng=0, dtype="float64")
-    x = np.random.default_rng(0).standard_normal((2, 2, 9, 9))
-    layer(x)
-    view = layer._cache[0]
-    assert view.shape == (2, 2, 3, 3, 4, 4)
-    assert np.shares_memory(view, x)
-    assert not view.flags.writeable
+@pytest.mark.parametrize("args, kw, shape", [
+    ((2, 3, 3), dict(stride=2), (2, 2, 9, 9)),
+    ((16, 16, 3), dict(padding=1), (8, 16, 64, 64)),  # large enough for 'auto' to pick Winograd
+    ((8, 8, 3), dict(padding=1, groups=8), (2, 8, 12, 12)),  # depthwise
+    ((8, 4, 1), dict(), (2, 8, 6, 6)),  # pointwise
+    ((4, 4, 3), dict(padding=2, padding_mode="reflect", dilation=2), (2, 4, 7, 7)),
+])
+def test_conv_layer_caches_x_and_equals_the_functions_bitwise(args, kw, shape):
+    """The layer calls npconv.conv/conv_backward: same algorithm, same bits."""
+    layer = nn.Conv2d(*args, rng=0, dtype="float64", **kw)
+    x = np.random.default_rng(1).standard_normal(shape)
+    y = layer(x)
+    assert layer._cache is x
+    fkw = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+               groups=layer.groups, padding_mode=layer.padding_mode)
+    np.testing.assert_array_equal(y, npconv.conv(x, layer.weight, layer.bias, **fkw))
+    gy = np.random.default_rng(2).standard_normal(y.shape)
+    gx = layer.backward(gy)
+    ex, ew, eb = npconv.conv_backward(gy, x, layer.weight, **fkw)
+    for got, expected in ((gx, ex), (layer.weight_grad, ew), (layer.bias_grad, eb)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_conv_transpose_layer_equals_the_functions_bitwise():
+    layer = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, rng=0,
+                               dtype="float64")
+    x = np.random.default_rng(1).standard_normal((2, 4, 5, 5))
+    y = layer(x)
+    assert layer._cache is x
+    fkw = dict(stride=2, padding=1, output_padding=1)
+    np.testing.assert_array_equal(y, npconv.conv_transpose(x, layer.weight, layer.bias, **fkw))
+    gy = np.random.default_rng(2).standard_normal(y.shape)
+    gx = layer.backward(gy)
+    ex, ew, eb = npconv.conv_transpose_backward(gy, x, layer.weight, **fkw)
+    for got, expected in ((gx, ex), (layer.weight_grad, ew), (layer.bias_grad, eb)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_nn_imports_no_private_names_from_conv():
+    import ast
+    import pathlib
+
+    tree = ast.parse(pathlib.Path(nn.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("conv", "npconv.conv"):
+            assert all(not alias.name.startswith("_") for alias in node.names)
 
 
 def test_backward_needs_a_forward_each_time():
@@ -140,14 +178,21 @@ def test_grad_output_checked():
     with pytest.raises(ValueError, match=r"grad_output must have shape \(2, 3, 4, 4\)"):
         layer.backward(np.ones((2, 3, 5, 5), np.float32))
     layer(np.ones((2, 2, 6, 6), np.float32))
-    with pytest.raises(TypeError, match="grad_output is float64"):
+    with pytest.raises(TypeError, match=r"grad_output is float64, but Conv2d computes in float32 "
+                                        r".*cast grad_output, grad_output.astype\('float32'\), "
+                                        r"or build the layer with dtype='float64'"):
         layer.backward(np.ones((2, 3, 4, 4)))
 
 
 def test_input_dtype_must_match_layer():
     layer = nn.Conv2d(2, 3, 3, rng=0)  # float32
-    with pytest.raises(TypeError, match="x is float64, weight is float32"):
+    with pytest.raises(TypeError, match=r"x is float64, but Conv2d computes in float32 .*cast the "
+                                        r"input, x.astype\('float32'\), or build the layer with "
+                                        r"dtype='float64'"):
         layer(np.ones((1, 2, 5, 5)))
+    with pytest.raises(TypeError, match=r"x is int64, but ConvTranspose1d computes in float32 "
+                                        r".*x.astype\('float32'\)$"):
+        nn.ConvTranspose1d(2, 3, 3, rng=0)(np.ones((1, 2, 5), dtype=np.int64))
 
 
 def test_input_channels_checked():

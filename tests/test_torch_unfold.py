@@ -180,8 +180,7 @@ def test_patches_view_equals_im2col(cfg, seed):
     x, _, _ = random_conv_arrays(cfg, "float64", seed, bias=False)
     if not cfg.batched:
         x = x[None]
-    view = npconv.patches(x, cfg.kernel_size, cfg.stride, cfg.padding, cfg.dilation,
-                          cfg.padding_mode)
+    view = npconv.patches(x, cfg.kernel_size, **cfg.patch_kwargs())
     assert view.shape == x.shape[:2] + cfg.kernel_size + cfg.output_size
     np.testing.assert_array_equal(view.reshape(x.shape[0], -1, math.prod(cfg.output_size)),
                                   torch_im2col(x, cfg))
