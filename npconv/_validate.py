@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import backend
+from .geometry import as_int
 
 SUPPORTED_KINDS = ("f", "c")
 # Data movement (patches, im2col and their adjoints) also takes bool and integer arrays.
@@ -73,3 +74,15 @@ def prepare_data(name: str, value: Any) -> Any:
             f"{name} must have a bool, integer, floating or complex dtype, got {array.dtype}"
         )
     return array
+
+
+def check_groups(groups: object, in_channels: int, out_channels: int) -> int:
+    """``groups`` as an int that divides both channel counts, or an error naming it."""
+    g = as_int(groups, "groups")
+    if g < 1:
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    if in_channels % g:
+        raise ValueError(f"groups={g} must divide the {in_channels} input channels")
+    if out_channels % g:
+        raise ValueError(f"groups={g} must divide the {out_channels} output channels")
+    return g

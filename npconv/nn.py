@@ -1,4 +1,4 @@
-"""Convolution layers with explicit ``forward`` / ``backward``, like ``torch.nn.ConvNd``.
+"""Convolution and pooling layers with explicit ``forward`` / ``backward``, like ``torch.nn``.
 
 Each layer owns its parameters (``weight``, ``bias``) as arrays of the active
 backend, computes ``y = layer(x)`` and, after that, ``grad_input =
@@ -12,7 +12,8 @@ weights ``(in_channels, out_channels // groups, *kernel_size)``, and
 parameters start from torch's default initialisation,
 ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = weight.shape[1] *
 prod(kernel_size)`` (``kaiming_uniform_(a=sqrt(5))`` for the weight, the same
-bound for the bias).
+bound for the bias). Pooling layers (``MaxPoolNd``, ``AvgPoolNd``) have no
+parameters; they call :mod:`npconv.pooling`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import backend
-from ._validate import as_array
+from . import backend, pooling
+from ._validate import as_array, check_groups
 from .conv import conv, conv_backward, conv_transpose, conv_transpose_backward
 from .geometry import (
     ConvGeometry,
@@ -40,6 +41,12 @@ __all__ = [
     "ConvTranspose1d",
     "ConvTranspose2d",
     "ConvTranspose3d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
     "default_rng",
 ]
 
@@ -88,17 +95,6 @@ def _uniform(rng: Any, shape: tuple[int, ...], bound: float, dtype: Any) -> Any:
     if backend.scalar_kind(dtype) == "c":
         return (draw() + 1j * draw()).astype(dtype)
     return draw().astype(dtype)
-
-
-def _check_groups(groups: object, in_channels: int, out_channels: int) -> int:
-    g = as_int(groups, "groups")
-    if g < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups!r}")
-    if in_channels % g:
-        raise ValueError(f"groups={g} must divide the {in_channels} input channels")
-    if out_channels % g:
-        raise ValueError(f"groups={g} must divide the {out_channels} output channels")
-    return g
 
 
 def _check_layer_dtype(layer: Any, name: str, value: Any, dtype: Any) -> Any:
@@ -150,7 +146,7 @@ class _ConvBase:
         self.kernel_size = as_tuple(kernel_size, nd, "kernel_size", minimum=1)
         self.stride = as_tuple(stride, nd, "stride", minimum=1, single=True)
         self.dilation = as_tuple(dilation, nd, "dilation", minimum=1, single=True)
-        self.groups = _check_groups(groups, self.in_channels, self.out_channels)
+        self.groups = check_groups(groups, self.in_channels, self.out_channels)
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be True or False, got {bias!r}")
         self.padding_mode = check_padding_mode(padding_mode)
@@ -454,3 +450,147 @@ class ConvTranspose2d(_ConvTranspose):
 class ConvTranspose3d(_ConvTranspose):
     _nd = 3
     __doc__ = _TRANSPOSE_DOC.format(nd=3)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+class _PoolBase:
+    """A pooling layer: no parameters; ``forward`` caches ``x`` for one ``backward``."""
+
+    _nd: int = 0
+    _cache: Any = None
+    kernel_size: IntOrTuple
+
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)  # type: ignore[attr-defined]
+
+    def extra_repr(self) -> str:
+        raise NotImplementedError
+
+    def parameters(self) -> list[Any]:
+        """``[]``: pooling has no parameters."""
+        return []
+
+    def gradients(self) -> list[Any]:
+        """``[]``, in :meth:`parameters` order."""
+        return []
+
+    def _kernel(self) -> tuple[int, ...]:
+        return as_tuple(self.kernel_size, self._nd, "kernel_size", minimum=1, single=True)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _take_cache(self) -> Any:
+        return _ConvBase._take_cache(self)  # type: ignore[arg-type]
+
+
+class _MaxPool(_PoolBase):
+    def __init__(self, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+                 padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                 return_indices: bool = False, ceil_mode: bool = False) -> None:
+        self.kernel_size, self.padding, self.dilation = kernel_size, padding, dilation
+        self.stride = kernel_size if stride is None else stride
+        self.return_indices, self.ceil_mode = return_indices, ceil_mode
+
+    def _args(self) -> tuple[Any, ...]:
+        return self._kernel(), self.stride, self.padding, self.dilation, self.ceil_mode
+
+    def forward(self, x: Any) -> Any:
+        """:func:`npconv.max_pool` of ``x`` (and the indices with ``return_indices``)."""
+        kernel, stride, padding, dilation, ceil_mode = self._args()
+        out = pooling.max_pool(x, kernel, stride, padding, dilation, ceil_mode,
+                               self.return_indices)
+        self._cache = x
+        return out
+
+    def backward(self, grad_output: Any) -> Any:
+        """Gradient with respect to the last forward's input (``grad_output`` of ``y``)."""
+        return pooling.max_pool_backward(grad_output, self._take_cache(), *self._args())
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class _AvgPool(_PoolBase):
+    def __init__(self, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+                 padding: IntOrTuple = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = kernel_size if stride is None else stride
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
+
+    def _args(self) -> tuple[Any, ...]:
+        return (self._kernel(), self.stride, self.padding, self.ceil_mode,
+                self.count_include_pad, self.divisor_override)
+
+    def forward(self, x: Any) -> Any:
+        """:func:`npconv.avg_pool` of ``x``; caches ``x`` for :meth:`backward`."""
+        y = pooling.avg_pool(x, *self._args())
+        self._cache = x
+        return y
+
+    def backward(self, grad_output: Any) -> Any:
+        """Gradient with respect to the last forward's input."""
+        return pooling.avg_pool_backward(grad_output, self._take_cache(), *self._args())
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+_POOL_DOC = """{nd}-d {what} pooling layer, like ``torch.nn.{name}{nd}d`` (same arguments).
+
+    ``layer(x)`` is :func:`npconv.{function}` and ``layer.backward(grad_output)``
+    its gradient with respect to the last input; see there for the arguments.
+
+    Examples
+    --------
+    >>> import numpy as np, npconv.nn
+    >>> layer = npconv.nn.{name}{nd}d(2)
+    >>> y = layer(np.ones((5, 3) + (8,) * {nd}))
+    >>> y.shape == (5, 3) + (4,) * {nd}
+    True
+    >>> layer.backward(np.ones_like(y)).shape == (5, 3) + (8,) * {nd}
+    True
+    """
+
+
+class MaxPool1d(_MaxPool):
+    _nd = 1
+    __doc__ = _POOL_DOC.format(nd=1, what="max", name="MaxPool", function="max_pool")
+
+
+class MaxPool2d(_MaxPool):
+    _nd = 2
+    __doc__ = _POOL_DOC.format(nd=2, what="max", name="MaxPool", function="max_pool")
+
+
+class MaxPool3d(_MaxPool):
+    _nd = 3
+    __doc__ = _POOL_DOC.format(nd=3, what="max", name="MaxPool", function="max_pool")
+
+
+class AvgPool1d(_AvgPool):
+    _nd = 1
+    __doc__ = _POOL_DOC.format(nd=1, what="average", name="AvgPool", function="avg_pool")
+
+    def __init__(self, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+                 padding: IntOrTuple = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True) -> None:
+        # torch's AvgPool1d keeps its sizes as 1-tuples and has no divisor_override
+        one = [tuple(v) if isinstance(v, (tuple, list)) else (v,) for v in (kernel_size, padding)]
+        super().__init__(one[0], None if stride is None else as_tuple(stride, 1, "stride"),
+                         one[1], ceil_mode, count_include_pad)
+
+
+class AvgPool2d(_AvgPool):
+    _nd = 2
+    __doc__ = _POOL_DOC.format(nd=2, what="average", name="AvgPool", function="avg_pool")
+
+
+class AvgPool3d(_AvgPool):
+    _nd = 3
+    __doc__ = _POOL_DOC.format(nd=3, what="average", name="AvgPool", function="avg_pool")
