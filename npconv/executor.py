@@ -326,9 +326,9 @@ def _drive(queue: _Queue, work: Callable[[Any, int, Any], None],
     while not all(f.done() for f in futures) and time.perf_counter() < deadline:
         time.sleep(0)  # releases the GIL; keeps this CPU awake
     for future in futures:
-        exc = future.exception()  # blocks until that worker has stopped
-        if error is None and exc is not None:
-            error = exc
+        failure = future.exception()  # blocks until that worker has stopped
+        if error is None and failure is not None:
+            error = failure
     if error is not None:
         raise error
 

@@ -9,12 +9,10 @@ flattened, as in ``torch.nn.functional.unfold``/``fold``.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterable
 from typing import Any
 
-from . import backend, threads, workspace
+from . import backend, executor
 from ._validate import check_ndim, prepare_data
 from .geometry import (
     INDEX_MAX,
@@ -25,15 +23,7 @@ from .geometry import (
     check_extent,
     spatial_rank,
 )
-
-# Slab bytes per block of the col2im fold: larger blocks mean fewer NumPy calls,
-# which beat cache locality here (measured: 4 MiB against 256 KiB and 1 MiB).
-FOLD_BLOCK_BYTES = 4 * 2**20
-# Below this output size a scatter-add is not worth handing to threads.
-THREADED_FOLD_BYTES = 256 * 2**10
-# Threaded folds cut the images into a few blocks per thread, but none whose slabs
-# are smaller than this (more, smaller blocks cost more NumPy calls than they balance).
-MIN_THREADED_BLOCK_BYTES = 2 * 2**20
+from .paths.fold import fold_into, fold_slabs
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -154,134 +144,6 @@ def window_view(padded: Any, geometry: ConvGeometry) -> Any:
     return backend.as_strided_view(padded, shape, strides)
 
 
-def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
-    """``out[...] = fold(grad_patches)``: sum windows (N, C, *kernel, *out) into (N, C, *in).
-
-    NumPy copies between strided views at close to memory speed, but runs
-    ufuncs on strided views (a slice-add per kernel offset) several times
-    slower than on contiguous arrays. So the windows of each kernel offset are
-    *copied* into zero-filled image-sized slabs and the slabs are summed with
-    contiguous adds. Offsets whose windows cannot overlap (different phases
-    ``k*d % s`` along some axis) share a slab, so a stride-``s`` fold needs
-    about ``s**nd`` times fewer slabs than it has kernel offsets.
-
-    The leading (N, C) axes are walked in blocks of about FOLD_BLOCK_BYTES of
-    slabs (more slabs than fit are summed in several passes), on several host
-    threads when that pays; every output element is summed in the same order
-    whatever the thread count. With zero padding the copies are clipped to the
-    unpadded image; other padding modes fold into a padded block and apply the
-    padding's adjoint.
-    """
-    zero_padded = geometry.zero_padded
-    size = geometry.in_size if zero_padded else geometry.padded_size
-    lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
-    slabs = _fold_slabs(geometry, size, lows)
-    xp = backend.get_array_module(out, grad_patches)
-    lead = out.shape[: out.ndim - geometry.nd]
-    image = max(1, math.prod(size) * out.dtype.itemsize)
-    images = math.prod(lead)
-    limit = workspace.get_workspace_limit()
-    # Slabs summed per pass: as many as FOLD_BLOCK_BYTES (and the workspace limit) hold
-    # for one image, at least one (never more than the output itself). This fixes the
-    # order of the sums; the thread count only changes how images are blocked.
-    per_pass = max(1, min(len(slabs), min(FOLD_BLOCK_BYTES, limit) // image))
-    stack_bytes = image * per_pass
-    workers = 1
-    if backend.backend_of(out).host_threads and images * image >= THREADED_FOLD_BYTES:
-        workers = max(1, min(threads.get_num_threads(), limit // stack_bytes))
-    budget = max(stack_bytes, min(FOLD_BLOCK_BYTES, limit // workers))
-    per_block = max(1, budget // stack_bytes)
-    if workers > 1:
-        # a few blocks per thread (a multiple of the thread count), handed out as
-        # threads come free, but none smaller than MIN_THREADED_BLOCK_BYTES of slabs
-        most = max(1, images * stack_bytes // MIN_THREADED_BLOCK_BYTES)
-        count = min(4 * workers, most)
-        count = max(workers, count - count % workers)
-        per_block = min(per_block, -(-images // count))
-    direct = zero_padded and len(slabs) == 1  # nothing overlaps: copy straight into out
-    blocks = _blocks(lead, per_block)
-    first = out[blocks[0]]  # the largest block
-    lead_shape = first.shape[: first.ndim - geometry.nd]
-
-    def fold_blocks(share: Iterable[tuple[slice, ...]]) -> None:
-        # Every block copies to the same slab positions, so in a single pass the
-        # positions no window reaches stay zero from this one fill.
-        stack_all = None if direct else xp.zeros((per_pass,) + lead_shape + size, out.dtype)
-        padded_all = None if zero_padded else xp.empty(lead_shape + size, out.dtype)
-        for block in share:
-            o_block, g_block = out[block], grad_patches[block]
-            cut = tuple(slice(0, m) for m in o_block.shape[: o_block.ndim - geometry.nd])
-            target = o_block if padded_all is None else padded_all[cut]
-            for p in range(0, len(slabs), per_pass):
-                part = slabs[p : p + per_pass]
-                if stack_all is None:
-                    stack = target[None]
-                    stack[...] = 0
-                else:
-                    stack = stack_all[(slice(0, len(part)),) + cut]
-                    if per_pass < len(slabs):
-                        stack[...] = 0
-                for slab, copies in zip(stack, part):
-                    for to, source in copies:
-                        slab[to] = g_block[source]
-                if stack_all is not None and p == 0:
-                    xp.sum(stack, axis=0, out=target)
-                elif stack_all is not None:
-                    target += stack.sum(axis=0)
-            if padded_all is not None:
-                unpad_add(o_block, target, geometry, accumulate=False)
-
-    threads.run_dynamic(fold_blocks, blocks, workers)
-
-
-def _fold_slabs(
-    geometry: ConvGeometry, size: tuple[int, ...], lows: list[int]
-) -> list[list[tuple[tuple[Any, ...], tuple[Any, ...]]]]:
-    """Per slab, the (target, source) index pairs of the kernel offsets it receives.
-
-    Along an axis, offsets ``k`` with equal phase ``k*d % s`` hit overlapping
-    pixels; the j-th offset of every phase goes to slab j of that axis.
-    """
-    per_axis = []
-    for n, k, s, d, o_n, lo in zip(
-        size, geometry.kernel, geometry.stride, geometry.dilation, geometry.out_size, lows
-    ):
-        seen: dict[int, int] = {}
-        choices = []
-        for offset in range(k):
-            slab = seen.get(offset * d % s, 0)
-            seen[offset * d % s] = slab + 1
-            start = offset * d - lo  # image position of window 0 at this offset
-            first = -(start // s) if start < 0 else 0  # ceil(-start / s)
-            last = min(o_n - 1, (n - 1 - start) // s) if n - 1 - start >= 0 else -1
-            if first <= last:
-                target = slice(start + first * s, start + last * s + 1, s)
-                choices.append((slab, offset, target, slice(first, last + 1)))
-        per_axis.append(choices)
-    slabs: dict[tuple[int, ...], list[tuple[tuple[Any, ...], tuple[Any, ...]]]] = {}
-    for combo in itertools.product(*per_axis):
-        key = tuple(c[0] for c in combo)
-        to = (Ellipsis,) + tuple(c[2] for c in combo)
-        source = (Ellipsis,) + tuple(c[1] for c in combo) + tuple(c[3] for c in combo)
-        slabs.setdefault(key, []).append((to, source))
-    return list(slabs.values()) or [[]]
-
-
-def _blocks(lead: tuple[int, ...], per_block: int) -> list[tuple[slice, ...]]:
-    """Index tuples that tile the leading axes, each covering about ``per_block`` images."""
-    if len(lead) == 0 or math.prod(lead) <= per_block:
-        return [()]
-    inner = math.prod(lead[1:])
-    if inner <= per_block:
-        step = per_block // inner
-        return [(slice(i, i + step),) for i in range(0, lead[0], step)]
-    return [
-        (slice(i, i + 1),) + rest
-        for i in range(lead[0])
-        for rest in _blocks(lead[1:], per_block)
-    ]
-
-
 # --------------------------------------------------------------------------- integer folds
 
 
@@ -299,7 +161,7 @@ def _scatter_add(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     lead = out.shape[: out.ndim - geometry.nd]
     target = out if zero_padded else xp.empty(lead + size, dtype=out.dtype)
     target[...] = 0
-    for slab in _fold_slabs(geometry, size, lows):
+    for slab in fold_slabs(geometry, size, lows):
         for to, source in slab:
             target[to] += grad_patches[source]
     if not zero_padded:
@@ -525,7 +387,7 @@ def im2col(
                  itemsize=view.dtype.itemsize)
     xp = backend.get_array_module(view)
     cols = xp.empty(view.shape, dtype=view.dtype)  # a copy even where the view is contiguous
-    threads.copy_into(cols, view, backend.backend_of(view).host_threads)
+    executor.copy_into(cols, view)
     cols = cols.reshape(n, rows, length)
     return cols if x.ndim == nd + 2 else cols[0]
 

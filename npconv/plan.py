@@ -156,8 +156,9 @@ class Plan:
 
 
 def _auto_forward(p: Problem) -> tuple[str, str]:
-    from .paths import winograd
+    from .paths import get_path
 
+    winograd = get_path("winograd")
     if p.pointwise:
         return "pointwise", "1x1 kernel, stride 1, no padding: the input is its own im2col"
     if p.depthwise:

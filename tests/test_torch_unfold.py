@@ -7,7 +7,6 @@ is compared with a tight dtype-aware tolerance.
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
@@ -159,17 +158,16 @@ def test_col2im_nd_equals_torch_vjp(cfg, dtype, seed):
 
 @given(configs_nd, seeds)
 def test_col2im_in_small_blocks_and_several_passes(cfg, seed):
-    """With a tiny block budget the fold walks one image at a time and sums its slabs
-    one pass each: the result must not change."""
+    """With a one-byte workspace limit the fold walks one image at a time and sums its
+    slabs one pass each: the result must not change."""
     cols = np.random.default_rng(seed).uniform(-1, 1, col_shape(cfg))
     whole = npconv.col2im(cols, cfg.input_size, **unfold_args(cfg))
-    patches_module = importlib.import_module("npconv.patches")
-    saved = patches_module.FOLD_BLOCK_BYTES
-    patches_module.FOLD_BLOCK_BYTES = 1
+    saved = npconv.get_workspace_limit()
+    npconv.set_workspace_limit(1)
     try:
         blocked = npconv.col2im(cols, cfg.input_size, **unfold_args(cfg))
     finally:
-        patches_module.FOLD_BLOCK_BYTES = saved
+        npconv.set_workspace_limit(saved)
     assert_close(blocked, whole, reduction=math.prod(cfg.kernel_size))
     assert_close(blocked, torch_col2im(cols, cfg), reduction=math.prod(cfg.kernel_size)
                  * math.prod(n + 4 for n in cfg.output_size))

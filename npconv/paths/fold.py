@@ -1,0 +1,187 @@
+"""The fast fold (col2im): windows (N, C, *k, *out) summed back into (N, C, *in).
+
+This is the adjoint of the patch view, used by ``col2im``/``fold_patches`` and
+by the im2col path's grad input. :func:`npconv.reference.fold` states it in
+four lines (a strided slice-add per kernel offset); this version is faster:
+
+NumPy copies between strided views at close to memory speed, but runs ufuncs
+on strided views (a slice-add per kernel offset) several times slower than on
+contiguous arrays. So the windows of each kernel offset are *copied* into
+zero-filled image-sized slabs and the slabs are summed with contiguous adds.
+Offsets whose windows cannot overlap (different phases ``k*d % s`` along some
+axis) share a slab, so a stride-``s`` fold needs about ``s**nd`` times fewer
+slabs than it has kernel offsets.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .. import backend, executor, workspace
+from ..geometry import ConvGeometry
+
+# Slab bytes per block of the fold: larger blocks mean fewer NumPy calls, which beat
+# cache locality here (measured: 4 MiB against 256 KiB and 1 MiB).
+FOLD_BLOCK_BYTES = 4 * 2**20
+# Threaded folds cut the images into a few blocks per thread, but none whose slabs
+# are smaller than this (more, smaller blocks cost more NumPy calls than they balance).
+MIN_THREADED_BLOCK_BYTES = 2 * 2**20
+
+Copies = list[tuple[tuple[Any, ...], tuple[Any, ...]]]
+
+
+def fold_slabs(geometry: ConvGeometry, size: tuple[int, ...], lows: list[int]) -> list[Copies]:
+    """Per slab, the (target, source) index pairs of the kernel offsets it receives.
+
+    Along an axis, offsets ``k`` with equal phase ``k*d % s`` hit overlapping
+    pixels; the j-th offset of every phase goes to slab j of that axis.
+    """
+    per_axis = []
+    for n, k, s, d, o_n, lo in zip(
+        size, geometry.kernel, geometry.stride, geometry.dilation, geometry.out_size, lows
+    ):
+        seen: dict[int, int] = {}
+        choices = []
+        for offset in range(k):
+            slab = seen.get(offset * d % s, 0)
+            seen[offset * d % s] = slab + 1
+            start = offset * d - lo  # image position of window 0 at this offset
+            first = -(start // s) if start < 0 else 0  # ceil(-start / s)
+            last = min(o_n - 1, (n - 1 - start) // s) if n - 1 - start >= 0 else -1
+            if first <= last:
+                target = slice(start + first * s, start + last * s + 1, s)
+                choices.append((slab, offset, target, slice(first, last + 1)))
+        per_axis.append(choices)
+    slabs: dict[tuple[int, ...], Copies] = {}
+    for combo in itertools.product(*per_axis):
+        key = tuple(c[0] for c in combo)
+        to = (Ellipsis,) + tuple(c[2] for c in combo)
+        source = (Ellipsis,) + tuple(c[1] for c in combo) + tuple(c[3] for c in combo)
+        slabs.setdefault(key, []).append((to, source))
+    return list(slabs.values()) or [[]]
+
+
+def _blocks(lead: tuple[int, ...], per_block: int) -> list[tuple[slice, ...]]:
+    """Index tuples that tile the leading axes, each covering about ``per_block`` images."""
+    if len(lead) == 0 or math.prod(lead) <= per_block:
+        return [()]
+    inner = math.prod(lead[1:])
+    if inner <= per_block:
+        step = per_block // inner
+        return [(slice(i, i + step),) for i in range(0, lead[0], step)]
+    return [
+        (slice(i, i + 1),) + rest
+        for i in range(lead[0])
+        for rest in _blocks(lead[1:], per_block)
+    ]
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """What every block of one fold shares: the slabs, the pass size and the layout."""
+
+    geometry: ConvGeometry
+    slabs: list[Copies]
+    per_pass: int
+    size: tuple[int, ...]
+    lead_shape: tuple[int, ...]
+    direct: bool  # nothing overlaps: copy straight into out
+
+
+@dataclass
+class _Scratch:
+    stack: Any  # (per_pass, *lead, *size) slabs, None when direct
+    padded: Any  # (*lead, *size) for non-zero padding modes, else None
+
+
+def _scratch(xp: Any, fold: _Fold, dtype: Any) -> _Scratch:
+    # Every block copies to the same slab positions, so in a single pass the
+    # positions no window reaches stay zero from this one fill.
+    stack = None if fold.direct else xp.zeros((fold.per_pass,) + fold.lead_shape + fold.size,
+                                              dtype)
+    padded = None if fold.geometry.zero_padded else xp.empty(fold.lead_shape + fold.size, dtype)
+    return _Scratch(stack, padded)
+
+
+def _fold_block(scratch: _Scratch, block: tuple[slice, ...], out: Any, grad_patches: Any,
+                fold: _Fold) -> None:
+    """out[block] = fold(grad_patches[block]), one pass of ``per_pass`` slabs at a time."""
+    xp = backend.get_array_module(out)
+    nd = fold.geometry.nd
+    o_block, g_block = out[block], grad_patches[block]
+    cut = tuple(slice(0, m) for m in o_block.shape[: o_block.ndim - nd])
+    target = o_block if scratch.padded is None else scratch.padded[cut]
+    for p in range(0, len(fold.slabs), fold.per_pass):
+        part = fold.slabs[p : p + fold.per_pass]
+        if scratch.stack is None:
+            stack = target[None]
+            stack[...] = 0
+        else:
+            stack = scratch.stack[(slice(0, len(part)),) + cut]
+            if fold.per_pass < len(fold.slabs):
+                stack[...] = 0
+        for slab, copies in zip(stack, part):
+            for to, source in copies:
+                slab[to] = g_block[source]
+        if scratch.stack is not None and p == 0:
+            xp.sum(stack, axis=0, out=target)
+        elif scratch.stack is not None:
+            target += stack.sum(axis=0)
+    if scratch.padded is not None:
+        from ..patches import unpad_add
+
+        unpad_add(o_block, target, fold.geometry, accumulate=False)
+
+
+def _per_block(images: int, stack_bytes: int, limit: int, workers: int) -> int:
+    """Images per block: about FOLD_BLOCK_BYTES of slabs, and with threads a few blocks
+    per thread (a multiple of the thread count), none under MIN_THREADED_BLOCK_BYTES."""
+    budget = max(stack_bytes, min(FOLD_BLOCK_BYTES, limit // workers))
+    per_block = max(1, budget // stack_bytes)
+    if workers > 1:
+        most = max(1, images * stack_bytes // MIN_THREADED_BLOCK_BYTES)
+        count = min(4 * workers, most)
+        count = max(workers, count - count % workers)
+        per_block = min(per_block, -(-images // count))
+    return per_block
+
+
+def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
+    """``out[...] = fold(grad_patches)``: sum windows (N, C, *kernel, *out) into (N, C, *in).
+
+    The leading (N, C) axes are walked in blocks of about FOLD_BLOCK_BYTES of
+    slabs (more slabs than fit are summed in several passes), on several host
+    threads when that pays; every output element is summed in the same order
+    whatever the thread count. With zero padding the copies are clipped to the
+    unpadded image; other padding modes fold into a padded block and apply the
+    padding's adjoint.
+    """
+    zero_padded = geometry.zero_padded
+    size = geometry.in_size if zero_padded else geometry.padded_size
+    lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
+    slabs = fold_slabs(geometry, size, lows)
+    xp = backend.get_array_module(out, grad_patches)
+    lead = out.shape[: out.ndim - geometry.nd]
+    image = max(1, math.prod(size) * out.dtype.itemsize)
+    images = math.prod(lead)
+    limit = workspace.get_workspace_limit()
+    # Slabs summed per pass: as many as FOLD_BLOCK_BYTES (and the workspace limit) hold
+    # for one image, at least one. This fixes the order of the sums; the thread count
+    # only changes how images are blocked.
+    per_pass = max(1, min(len(slabs), min(FOLD_BLOCK_BYTES, limit) // image))
+    stack_bytes = image * per_pass
+    host = backend.backend_of(out).host_threads
+    workers = max(1, min(executor.get_num_threads(), limit // stack_bytes)) if host else 1
+    blocks = _blocks(lead, _per_block(images, stack_bytes, limit, workers))
+    first = out[blocks[0]]  # the largest block
+    fold = _Fold(geometry, slabs, per_pass, size, first.shape[: first.ndim - geometry.nd],
+                 zero_padded and len(slabs) == 1)
+    per_worker = stack_bytes * math.prod(fold.lead_shape)
+    executor.map_chunks(_fold_block, blocks, out, grad_patches, fold,
+                        scratch=functools.partial(_scratch, xp, fold, out.dtype),
+                        per_worker_bytes=per_worker, arrays=(out,),
+                        work_bytes=images * image)

@@ -1,0 +1,194 @@
+"""The executor: bitwise-identical results for any thread count and under concurrent
+user threads, a working pool after fork, and no worker writing after an error."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import threadpoolctl
+
+import npconv
+from npconv import executor
+
+
+@pytest.fixture
+def restore_threads():
+    old = npconv.get_num_threads()
+    yield
+    npconv.set_num_threads(old)
+
+
+def _calls(rng):
+    """One call per threaded path, each large enough to be split over threads."""
+    f32 = np.float32
+    x = rng.standard_normal((8, 16, 40, 40)).astype(f32)
+    w = rng.standard_normal((8, 16, 3, 3)).astype(f32)
+    w1 = rng.standard_normal((8, 16, 1, 1)).astype(f32)
+    wd = rng.standard_normal((16, 1, 3, 3)).astype(f32)
+    x3 = rng.standard_normal((16, 3, 40, 40)).astype(f32)
+    w3 = rng.standard_normal((8, 3, 3, 3)).astype(f32)
+    one = rng.standard_normal((1, 16, 96, 96)).astype(f32)
+    stem = rng.standard_normal((3, 3, 60, 150)).astype(f32)
+    w7 = rng.standard_normal((8, 3, 7, 7)).astype(f32)
+    gy2 = rng.standard_normal((8, 8, 20, 20)).astype(f32)
+    gy1 = rng.standard_normal((8, 8, 40, 40)).astype(f32)
+    gyd = rng.standard_normal((8, 16, 40, 40)).astype(f32)
+    gy3 = rng.standard_normal((16, 8, 40, 40)).astype(f32)
+    gy7 = rng.standard_normal((3, 8, 30, 75)).astype(f32)
+    cols = npconv.im2col(x, 3, padding=1, stride=2)
+    return [
+        lambda: (npconv.im2col(x, 3, padding=1, stride=2),),
+        lambda: (npconv.col2im(cols, (40, 40), 3, padding=1, stride=2),),
+        lambda: (npconv.conv2d(x, w, padding=1, stride=2, algorithm="im2col"),),
+        lambda: npconv.conv2d_backward(gy2, x, w, padding=1, stride=2, algorithm="im2col"),
+        lambda: npconv.conv2d_backward(gy1, x, w, padding=1, algorithm="flipped"),
+        lambda: (npconv.conv2d(x, w, padding=1, algorithm="winograd"),),
+        lambda: npconv.conv2d_backward(gy1, x, w, padding=1, algorithm="winograd"),
+        lambda: (npconv.conv2d(x, w1), npconv.conv2d(one, w1)),
+        lambda: npconv.conv2d_backward(gy1, x, w1),
+        lambda: (npconv.conv2d(one, w, padding=1, algorithm="im2col"),
+                 npconv.conv2d(one, w, padding=1, algorithm="winograd")),
+        lambda: (npconv.conv2d(stem, w7, None, stride=2, padding=3, algorithm="phases"),),
+        lambda: npconv.conv2d_backward(gy7, stem, w7, stride=2, padding=3, algorithm="phases"),
+        lambda: (npconv.conv2d(x, wd, padding=1, groups=16),),
+        lambda: npconv.conv2d_backward(gyd, x, wd, padding=1, groups=16),
+        lambda: npconv.conv2d_backward(gy3, x3, w3, padding=1, algorithm="direct"),
+    ]
+
+
+def _run_all(calls):
+    return [call() for call in calls]
+
+
+def _assert_bitwise(results, expected):
+    for got, want in zip(results, expected):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_results_do_not_depend_on_the_thread_count(restore_threads):
+    """Chunks and the order of the sums over them are fixed by the shapes; the BLAS is
+    held to one thread on both sides (OpenBLAS's own threads change its roundings)."""
+    calls = _calls(np.random.default_rng(0))
+    with threadpoolctl.threadpool_limits(1):
+        with npconv.num_threads(1):
+            serial = _run_all(calls)
+        for count in (2, 3, 4):
+            with npconv.num_threads(count):
+                _assert_bitwise(_run_all(calls), serial)
+
+
+def test_eight_user_threads_making_mixed_calls_agree_with_serial(restore_threads):
+    calls = _calls(np.random.default_rng(1))
+    with threadpoolctl.threadpool_limits(1):
+        with npconv.num_threads(1):
+            serial = _run_all(calls)
+        npconv.set_num_threads(2)
+        order = [(i * 7 + j) % len(calls) for i in range(8) for j in range(len(calls))]
+        with ThreadPoolExecutor(8) as users:
+            results = list(users.map(lambda i: (i, calls[i]()), order))
+    for i, got in results:
+        _assert_bitwise([got], [serial[i]])
+
+
+def test_num_threads_is_local_to_the_context(restore_threads):
+    npconv.set_num_threads(3)
+    seen = {}
+
+    def other():
+        seen["other"] = npconv.get_num_threads()
+
+    with npconv.num_threads(1):
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert npconv.get_num_threads() == 1
+    assert seen["other"] == 3 and npconv.get_num_threads() == 3
+
+
+def _child_conv(queue):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 16, 40, 40))
+    w = rng.standard_normal((8, 16, 3, 3))
+    y = npconv.conv2d(x, w, padding=1, algorithm="im2col")
+    ref = npconv.conv2d(x, w, padding=1, algorithm="reference")
+    queue.put(float(np.abs(y - ref).max()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_computes_correctly(restore_threads):
+    npconv.set_num_threads(2)
+    _child_conv(multiprocessing.Queue())  # the parent's pool exists and has run
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_conv, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) < 1e-10
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _slow_kernel(_, item, log, lock, fail_at):
+    if item == fail_at:
+        raise _Boom(f"chunk {item}")
+    time.sleep(0.01)
+    with lock:
+        log.append((item, time.perf_counter()))
+
+
+def test_an_error_in_one_chunk_leaves_no_worker_writing_afterwards(restore_threads):
+    log, lock = [], threading.Lock()
+    npconv.set_num_threads(4)
+    with executor.call(), pytest.raises(_Boom, match="chunk 3"):
+        executor.map_chunks(_slow_kernel, list(range(40)), log, lock, 3,
+                            arrays=(np.zeros(1),), work_bytes=2**30)
+    raised = time.perf_counter()
+    count = len(log)
+    time.sleep(0.1)
+    assert len(log) == count, "a worker went on after the call raised"
+    assert all(t <= raised for _, t in log)
+    assert count < 39, "the other workers stopped taking chunks after the error"
+
+
+def test_reduce_chunks_sums_lanes_in_order(restore_threads):
+    total = np.zeros(3)
+
+    def kernel(_, item, acc):
+        part = np.full(3, float(item))
+        return part if acc is None else acc + part
+
+    with executor.call(), npconv.num_threads(2):
+        executor.reduce_chunks(kernel, list(range(100)), total, arrays=(total,),
+                               work_bytes=2**30)
+    assert (total == 4950).all()
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                      ("2", TypeError), (True, TypeError)])
+def test_set_num_threads_rejects_bad_counts(bad, exc, restore_threads):
+    with pytest.raises(exc, match="count"):
+        npconv.set_num_threads(bad)
+    with pytest.raises(exc, match="count"):
+        with npconv.num_threads(bad):
+            pass
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_bad_environment_values_fail_at_import(value):
+    env = dict(os.environ, NPCONV_NUM_THREADS=value)
+    result = subprocess.run([sys.executable, "-c", "import npconv"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "NPCONV_NUM_THREADS" in result.stderr

@@ -1,0 +1,203 @@
+"""Every path named in ``npconv.ALGORITHMS`` equals ``algorithm='reference'``.
+
+The reference itself is checked against torch in test_reference.py. Here each
+fast path is reached by its public name and compared with the reference,
+computed in double precision from the same inputs, over hypothesis-drawn
+geometries (1-3-d, groups, dilation, strides, every padding mode, batch 0,
+real and complex dtypes, non-contiguous and negative-stride layouts). A path
+that cannot compute a geometry must refuse it with a ``ValueError`` that says
+what it needs, never compute a wrong answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npconv
+from npconv.paths import get_path
+from npconv.testing import PADDING_MODES, ConvConfig, assert_close, conv_configs, random_conv_arrays
+
+FAST = [name for name in npconv.ALGORITHMS if name != "reference"]
+LAYOUTS = ("contiguous", "fortran", "negative", "strided")
+WIDE = {np.dtype("float32"): "float64", np.dtype("complex64"): "complex128"}
+
+general = conv_configs(ndim=(1, 2, 3), min_batch=0, max_batch=3, max_channels=4,
+                       padding_modes=PADDING_MODES, max_output=5)
+
+
+@st.composite
+def depthwise_configs(draw: st.DrawFn) -> ConvConfig:
+    base = draw(conv_configs(ndim=(1, 2, 3), groups=False, max_channels=1, max_batch=3,
+                             padding_modes=PADDING_MODES, max_output=6))
+    channels, mult = draw(st.integers(2, 5)), draw(st.integers(1, 2))
+    return dataclasses.replace(base, in_channels=channels, out_channels=channels * mult,
+                               groups=channels)
+
+
+# Geometries each path accepts, so that every path is exercised, not only refused.
+ACCEPTED = {
+    "im2col": general,
+    "flipped": conv_configs(ndim=(1, 2, 3), max_stride=1, max_channels=4, max_batch=3,
+                            allow_same=True, max_output=6),
+    "pointwise": conv_configs(ndim=(1, 2, 3), min_kernel=1, max_kernel=1, max_stride=1,
+                              max_padding=0, allow_same=False, max_channels=5, max_output=6),
+    "direct": general,
+    "depthwise": depthwise_configs(),
+    "winograd": conv_configs(ndim=2, min_kernel=3, max_kernel=3, max_stride=1,
+                             max_dilation=1, max_channels=6, max_batch=3, max_output=13),
+    "phases": conv_configs(ndim=(1, 2, 3), max_stride=3, max_kernel=5, max_channels=4,
+                           max_batch=3, max_output=7).filter(lambda c: max(c.stride) > 1),
+}
+
+
+def _relayout(a, layout):
+    """The same values as ``a`` in another memory layout (a view where possible)."""
+    if a is None or layout == "contiguous":
+        return a
+    if layout == "fortran":
+        return np.asfortranarray(a)
+    if layout == "negative":
+        return np.flip(np.flip(a, -1).copy(), -1)
+    big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
+    big[..., ::2] = a
+    return big[..., ::2]
+
+
+def _arrays(config, dtype, layout, seed=0):
+    arrays = random_conv_arrays(config, dtype, seed=seed, grad_output=True)
+    return tuple(_relayout(a, layout) for a in arrays)
+
+
+def _wide(arrays):
+    return tuple(None if a is None else a.astype(WIDE.get(a.dtype, a.dtype)) for a in arrays)
+
+
+def _refuses(name, call):
+    """Run ``call``; if path ``name`` refuses the geometry, check it says so clearly."""
+    try:
+        return call()
+    except ValueError as exc:
+        assert f"algorithm={name!r} cannot compute" in str(exc), exc
+        return None
+
+
+def _check_conv(name, config, dtype, layout):
+    x, w, b, gy = _arrays(config, dtype, layout)
+    kw = config.kwargs()
+    red = config.reduction_size
+    xr, wr, br, gyr = _wide((x, w, b, gy))
+    y = _refuses(name, lambda: npconv.conv(x, w, b, **kw, algorithm=name))
+    if y is not None:
+        assert y.dtype == x.dtype
+        assert_close(y, npconv.conv(xr, wr, br, **kw, algorithm="reference"), reduction=red,
+                     err_msg=f"{name} forward, {config}")
+    grads = _refuses(name, lambda: npconv.conv_backward(gy, x, w, **kw, algorithm=name))
+    if grads is not None:
+        expected = npconv.conv_backward(gyr, xr, wr, **kw, algorithm="reference")
+        out = np.prod(config.output_size) * config.batch
+        for what, got, want, n in zip(("grad input", "grad weight", "grad bias"), grads,
+                                      expected, (red, out, out)):
+            assert got.dtype == x.dtype
+            assert_close(got, want, reduction=n, err_msg=f"{name} {what}, {config}")
+
+
+DTYPES = st.sampled_from(["float64", "float32", "complex128"])
+
+
+@pytest.mark.parametrize("name", FAST)
+@given(config=general, dtype=DTYPES, layout=st.sampled_from(LAYOUTS))
+def test_every_path_equals_the_reference_or_refuses(name, config, dtype, layout):
+    _check_conv(name, config, dtype, layout)
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+@given(data=st.data(), layout=st.sampled_from(LAYOUTS))
+def test_each_path_on_the_geometries_it_accepts(name, data, layout):
+    config = data.draw(ACCEPTED[name], label="config")
+    dtypes = ["float64", "float32"] if name == "winograd" else ["float64", "float32", "complex64"]
+    _check_conv(name, config, data.draw(st.sampled_from(dtypes), label="dtype"), layout)
+
+
+@pytest.mark.parametrize("name", FAST)
+@given(config=conv_configs(ndim=(1, 2, 3), transposed=True, max_channels=4, max_batch=2),
+       dtype=st.sampled_from(["float64", "complex128"]), mode=st.sampled_from(PADDING_MODES))
+def test_transposed_convolution_on_every_path(name, config, dtype, mode):
+    x, w, b, gy = random_conv_arrays(config, dtype, seed=1, grad_output=True)
+    kw = dict(config.kwargs(padding_mode=False), padding_mode=mode)
+    try:
+        expected = npconv.conv_transpose(x, w, b, **kw, algorithm="reference")
+    except ValueError:
+        return  # the mode's padding limit (reflect < size) does not hold for this output
+    red = max(1, config.reduction_size)
+    y = _refuses(name, lambda: npconv.conv_transpose(x, w, b, **kw, algorithm=name))
+    if y is not None:
+        assert_close(y, expected, reduction=red, err_msg=f"{name} transposed, {config}")
+    grads = _refuses(name, lambda: npconv.conv_transpose_backward(gy, x, w, **kw,
+                                                                  algorithm=name))
+    if grads is not None:
+        want = npconv.conv_transpose_backward(gy, x, w, **kw, algorithm="reference")
+        for got, ref in zip(grads, want):
+            assert_close(got, ref, reduction=red * 8, err_msg=f"{name} transposed grads")
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_refusals_name_what_the_path_needs(name):
+    """A forced path either computes a 2-d 5x5 stride-2 reflect-padded depthwise layer
+    or refuses it with a message that says what it needs."""
+    x = np.ones((1, 2, 9, 9))
+    w = np.ones((2, 1, 5, 5))
+    try:
+        npconv.conv(x, w, stride=2, padding=2, groups=2, padding_mode="reflect", algorithm=name)
+    except ValueError as exc:
+        assert name in ("pointwise", "winograd", "phases")
+        assert "it needs" in str(exc) and len(str(exc)) > 60
+    else:
+        assert name in ("auto", "im2col", "direct", "depthwise", "flipped")
+
+
+def test_algorithms_lists_auto_reference_and_every_path():
+    assert npconv.ALGORITHMS[:2] == ("auto", "reference")
+    for name in npconv.ALGORITHMS[1:]:
+        path = get_path(name)
+        assert callable(path.forward) and callable(path.backward) and callable(path.requires)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        npconv.conv(np.ones((1, 1, 3)), np.ones((1, 1, 1)), algorithm="fastest")
+
+
+def test_explain_names_a_path_and_a_reason_for_each_map():
+    x = np.zeros((16, 64, 56, 56), np.float32)
+    plan = npconv.explain(x, np.zeros((64, 64, 3, 3), np.float32), padding=1)
+    assert (plan.forward, plan.grad_input, plan.grad_weight) == ("winograd",) * 3
+    text = str(plan)
+    assert all(m in text for m in ("forward", "grad_input", "grad_weight", "Winograd"))
+    small = npconv.explain(np.zeros((1, 3, 8, 8)), np.zeros((4, 3, 3, 3)), stride=2)
+    assert small.forward == "im2col" and small.reasons["forward"]
+    depthwise = npconv.explain(np.zeros((2, 8, 16, 16)), np.zeros((8, 1, 3, 3)), groups=8)
+    assert depthwise.forward == depthwise.grad_input == "depthwise"
+
+
+@pytest.mark.parametrize("name", ["im2col", "winograd", "direct", "phases", "flipped"])
+def test_a_tiny_workspace_chunks_every_path_without_changing_the_result(name):
+    """The workspace limit cuts the work into many chunks (public setter, no monkeypatch)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((12, 4, 33, 35))
+    w = rng.standard_normal((5, 4, 3, 3))
+    stride = 2 if name == "phases" else 1
+    y_ref = npconv.conv(x, w, padding=1, stride=stride, algorithm="reference")
+    gy = rng.standard_normal(y_ref.shape)
+    g_ref = npconv.conv_backward(gy, x, w, padding=1, stride=stride, algorithm="reference")
+    old = npconv.get_workspace_limit()
+    try:
+        npconv.set_workspace_limit(2 * 2**20)  # a few images' buffers: several chunks
+        y = npconv.conv(x, w, padding=1, stride=stride, algorithm=name)
+        grads = npconv.conv_backward(gy, x, w, padding=1, stride=stride, algorithm=name)
+    finally:
+        npconv.set_workspace_limit(old)
+    assert_close(y, y_ref, reduction=36)
+    for got, want in zip(grads, g_ref):
+        assert_close(got, want, reduction=12 * 33 * 35)
