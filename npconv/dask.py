@@ -27,9 +27,11 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import backend
-from .conv import conv as _conv
-from .conv import conv_backward as _conv_backward
-from .conv import conv_transpose as _conv_transpose
+
+# The package's public functions (not npconv.conv's internals, which may move).
+from . import conv as _conv
+from . import conv_backward as _conv_backward
+from . import conv_transpose as _conv_transpose
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_int
 
 if TYPE_CHECKING:
@@ -168,15 +170,13 @@ def _plan_axis(axis: int, size: int, cuts: list[int], pads: tuple[int, int], spa
         first, rem = divmod(cut + lo - shift, stride)
         if not rechunk:
             if rem or first - bounds[-1] < least or out - first < least:
-                step = math.lcm(stride, least * stride)
+                step = least * stride
                 raise ValueError(
                     f"rechunk=False, but x's chunk border at {cut} on spatial axis {axis} "
                     f"cannot be used: interior borders must sit at multiples of the stride "
                     f"{stride} (offset by {(shift - lo) % stride} here) and leave at least "
                     f"{least} output(s) per chunk for the halo of a kernel spanning {span}; "
-                    f"rechunk x (e.g. to chunks that are multiples of {step}) or pass "
-                    f"rechunk=True"
-                )
+                    f"rechunk x (e.g. to multiples of {step}) or pass rechunk=True")
         elif rem * 2 >= stride:
             first += 1
         if first - bounds[-1] >= least and out - first >= least:
@@ -213,9 +213,14 @@ def _one_channel_chunk(array: Any, name: str, rechunk: bool) -> None:
 def _padded(x: Any, geometry: ConvGeometry, axes: tuple[_Axis, ...], rechunk: bool) -> Any:
     """``x`` padded at the global border and rechunked to the planned blocks."""
     _one_channel_chunk(x, "x", rechunk)
+    x = x.rechunk({1: -1})
     if geometry.has_padding:
-        widths = ((0, 0), (0, 0)) + tuple(a.pads for a in axes)
-        x = _dask_array().pad(x, widths, mode=_PAD_MODES[geometry.padding_mode])
+        # Batch and channels merged into one axis: da.pad builds 3**ndim pieces.
+        n, c = x.shape[:2]
+        flat = x.reshape((n * c,) + x.shape[2:])
+        flat = _dask_array().pad(flat, ((0, 0),) + tuple(a.pads for a in axes),
+                                 mode=_PAD_MODES[geometry.padding_mode])
+        x = flat.reshape((n, c) + flat.shape[1:])
     return x.rechunk((x.chunks[0], (x.shape[1],)) + tuple(a.in_chunks for a in axes))
 
 
@@ -491,13 +496,10 @@ def _grad_output_chunks(grad_output: Any, batch: tuple[int, ...], axes: tuple[_A
                         rechunk: bool) -> Any:
     """``grad_output`` in the blocks of the forward's output."""
     chunks = (batch, (grad_output.shape[1],)) + tuple(a.out_chunks for a in axes)
-    if grad_output.chunks == chunks:
-        return grad_output
-    if not rechunk:
-        raise ValueError(
-            f"rechunk=False, but grad_output has chunks {grad_output.chunks} instead of "
-            f"those of conv's output {chunks}; rechunk it or pass rechunk=True"
-        )
+    if grad_output.chunks != chunks and not rechunk:
+        raise ValueError(f"rechunk=False, but grad_output has chunks {grad_output.chunks} "
+                         f"instead of those of conv's output {chunks}; rechunk it or pass "
+                         f"rechunk=True")
     return grad_output.rechunk(chunks)
 
 
