@@ -13,7 +13,7 @@ import functools
 from typing import Any
 
 from . import backend, executor
-from ._validate import check_ndim, check_same_dtype, prepare
+from ._validate import check_groups, check_ndim, check_same_dtype, prepare
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_int, check_padding_mode
 from .geometry import _check_mode_padding as check_mode_padding
 from .paths import get_path
@@ -109,17 +109,6 @@ def _check_algorithm(algorithm: object) -> str:
     return algorithm
 
 
-def _check_groups(groups: object, in_channels: int, out_channels: int) -> int:
-    g = as_int(groups, "groups")
-    if g < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups!r}")
-    if in_channels % g:
-        raise ValueError(f"groups={g} must divide the {in_channels} input channels")
-    if out_channels % g:
-        raise ValueError(f"groups={g} must divide the {out_channels} output channels")
-    return g
-
-
 def _prepare_arrays(nd: int | None, x: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any, int]:
     backend.backend_of(x, weight, bias)  # TypeError on a NumPy/CuPy mix
     x = prepare("x", x)
@@ -164,7 +153,7 @@ def conv_setup(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any, padd
     if not batched:
         x = x[None]
     c, o = x.shape[1], weight.shape[0]
-    g = _check_groups(groups, c, o)
+    g = check_groups(groups, c, o)
     if weight.shape[1] * g != c:
         raise ValueError(
             f"weight of shape {tuple(weight.shape)} with groups={g} expects "
@@ -199,7 +188,7 @@ def transpose_setup(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any,
             f"(shape {tuple(x.shape)})"
         )
     c_out = weight.shape[1] * g
-    _check_groups(g, c_in, c_out)
+    check_groups(g, c_in, c_out)
     _check_bias(bias, c_out)
     mode = check_padding_mode(padding_mode)
     geometry = ConvGeometry.for_transpose(
