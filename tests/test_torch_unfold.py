@@ -204,3 +204,151 @@ def test_im2col_returns_a_new_writable_array(shape, kw):
     assert not np.shares_memory(cols, x)
     cols[...] = 0.0
     np.testing.assert_array_equal(x, before)
+
+
+# --------------------------------------------------------------------------- keyword-only, unbatched
+
+
+def test_geometry_is_keyword_only():
+    """torch's unfold takes (kernel_size, dilation, padding, stride) and patches took
+    (kernel_size, stride, padding, dilation): positional geometry is refused."""
+    x = np.ones((1, 1, 6, 6))
+    for call in (lambda: npconv.im2col(x, 3, 2), lambda: npconv.patches(x, 3, 2),
+                 lambda: npconv.col2im(np.ones((1, 9, 16)), (6, 6), 3, 1),
+                 lambda: npconv.fold_patches(np.ones((1, 1, 3, 3, 4, 4)), (6, 6), 3, 1)):
+        with pytest.raises(TypeError, match="positional argument"):
+            call()
+
+
+@given(configs_nd, seeds)
+def test_unbatched_patches_and_fold_patches(cfg, seed):
+    """(C, *spatial) works like (1, C, *spatial) without the batch axis, in any rank."""
+    x, _, _ = random_conv_arrays(cfg, "float64", seed, bias=False)
+    x = x[0] if cfg.batched else x
+    view = npconv.patches(x, cfg.kernel_size, **cfg.patch_kwargs())
+    batched = npconv.patches(x[None], cfg.kernel_size, **cfg.patch_kwargs())
+    assert view.shape == batched.shape[1:] and not view.flags.writeable
+    np.testing.assert_array_equal(view, batched[0])
+    g = np.random.default_rng(seed).uniform(-1, 1, view.shape)
+    folded = npconv.fold_patches(g, cfg.input_size, cfg.kernel_size, **cfg.patch_kwargs())
+    np.testing.assert_array_equal(
+        folded, npconv.fold_patches(g[None], cfg.input_size, cfg.kernel_size,
+                                    **cfg.patch_kwargs())[0])
+
+
+def test_int_kernel_size_means_two_spatial_dims():
+    x = np.arange(2 * 5 * 6.0).reshape(2, 5, 6)  # unbatched 2-d (C, H, W), as conv2d reads it
+    assert npconv.patches(x, 3).shape == (2, 3, 3, 3, 4)
+    np.testing.assert_array_equal(npconv.patches(x, 3), npconv.patches(x, (3, 3)))
+    assert npconv.patches(x, (3,)).shape == (2, 5, 3, 4)  # a tuple asks for batched 1-d
+    with pytest.raises(ValueError, match="an int kernel_size means 2 spatial dims"):
+        npconv.patches(x[None, None], 3)
+
+
+# --------------------------------------------------------------------------- int and bool
+
+
+@given(configs_nd, st.sampled_from(["int64", "int32", "uint8", "int8"]), seeds)
+def test_integer_im2col_col2im_equal_torch_in_float(cfg, dtype, seed):
+    """torch's unfold refuses integers (pytorch#44989); npconv moves them exactly."""
+    x = np.random.default_rng(seed).integers(0, 100, cfg.input_shape).astype(dtype)
+    cols = npconv.im2col(x, **unfold_args(cfg))
+    assert cols.dtype == x.dtype
+    np.testing.assert_array_equal(cols, torch_im2col(x.astype(np.float64), cfg).astype(dtype))
+    back = npconv.col2im(cols, cfg.input_size, **unfold_args(cfg))
+    assert back.dtype == x.dtype
+    # torch's float64 sums are exact here; npconv's sums wrap around modulo 2**bits in
+    # the input dtype, as the exact sums cast through int64 do
+    expected = torch_col2im(cols.astype(np.float64), cfg)
+    np.testing.assert_array_equal(back, expected.astype(np.int64).astype(dtype))
+    view = npconv.patches(x, cfg.kernel_size, **cfg.patch_kwargs())
+    assert view.dtype == x.dtype
+
+
+def test_im2col_of_int64_equals_torch_unfold_cast_back():
+    x = np.random.default_rng(0).integers(-10**12, 10**12, (2, 3, 7, 6))
+    cols = npconv.im2col(x, (3, 2), dilation=(1, 2), padding=1, stride=(2, 1))
+    assert cols.dtype == np.int64
+    # float64 holds these integers exactly, so the cast back is exact
+    expected = F.unfold(to_torch(x.astype(np.float64)), (3, 2), (1, 2), 1, (2, 1)).numpy()
+    np.testing.assert_array_equal(cols, expected.astype(np.int64))
+
+
+def test_col2im_of_int32_keeps_int32_and_wraps_like_numpy():
+    cols = np.ones((1, 9, 16), dtype=np.int32)
+    counts = npconv.col2im(cols, (6, 6), 3)
+    assert counts.dtype == np.int32
+    expected = F.fold(to_torch(cols.astype(np.float64)), (6, 6), 3).numpy().astype(np.int32)
+    np.testing.assert_array_equal(counts, expected)
+    # the sums stay in int32: 4 windows of 2**30 on the centre pixel wrap 2**32 to 0
+    overlap = npconv.col2im(np.full((1, 4, 4), 2**30, dtype=np.int32), (3, 3), 2)
+    assert overlap.dtype == np.int32
+    assert overlap[0, 0, 1, 1] == 0 and overlap[0, 0, 0, 0] == 2**30
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_bool_patches_are_bool_and_fold_is_a_logical_or(mode):
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 6, 5)) < 0.3
+    kw = dict(stride=(2, 1), padding=1, dilation=(1, 2), padding_mode=mode)
+    view = npconv.patches(x, (3, 2), **kw)
+    assert view.dtype == np.bool_
+    np.testing.assert_array_equal(view, npconv.patches(x.astype(np.float64), (3, 2), **kw) > 0)
+    cols = npconv.im2col(x, (3, 2), **kw)
+    assert cols.dtype == np.bool_
+    g = rng.random(view.shape) < 0.2
+    folded = npconv.fold_patches(g, (6, 5), (3, 2), **kw)
+    assert folded.dtype == np.bool_
+    counts = npconv.fold_patches(g.astype(np.int64), (6, 5), (3, 2), **kw)
+    np.testing.assert_array_equal(folded, counts > 0)
+    assert folded.any() and not folded.all()
+
+
+# --------------------------------------------------------------------------- 'same_upper'
+
+
+def tf_same_pads(n, k, s, d):
+    """TensorFlow/JAX 'SAME': out = ceil(n / s), total pad as the rule says, extra high."""
+    out = -(-n // s)
+    total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
+    return total // 2, total - total // 2
+
+
+@given(st.integers(1, 3), st.data())
+def test_same_upper_follows_the_tensorflow_rule(nd, data):
+    sizes = data.draw(st.tuples(*[st.integers(1, 9)] * nd))
+    kernel = data.draw(st.tuples(*[st.integers(1, 4)] * nd))
+    stride = data.draw(st.tuples(*[st.integers(1, 3)] * nd))
+    dilation = data.draw(st.tuples(*[st.integers(1, 2)] * nd))
+    x = np.random.default_rng(0).standard_normal((2, 3) + sizes)
+    pads = [tf_same_pads(*a) for a in zip(sizes, kernel, stride, dilation)]
+    w = np.random.default_rng(1).standard_normal((4, 3) + kernel)
+    y = npconv.conv(x, w, stride=stride, dilation=dilation, padding="same_upper")
+    assert y.shape[2:] == tuple(-(-n // s) for n, s in zip(sizes, stride))
+    # torch with the same pads written out: F.pad (last axis first), then a valid conv
+    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+    padded = F.pad(to_torch(x), [p for lo_hi in reversed(pads) for p in lo_hi])
+    expected = conv(padded, to_torch(w), stride=stride, dilation=dilation).numpy()
+    assert_close(y, expected, reduction=3 * math.prod(kernel))
+    view = npconv.patches(x, kernel, stride=stride, dilation=dilation, padding="same_upper")
+    assert view.shape[2 + nd:] == y.shape[2:]
+
+
+def test_same_upper_by_hand_and_same_at_stride_one():
+    from npconv.geometry import resolve_padding
+
+    # in 7, k 3, s 2: out 4, total (4-1)*2 + 3 - 7 = 2 -> (1, 1)
+    assert resolve_padding("same_upper", (3,), (2,), (1,), in_size=(7,)) == ((1, 1),)
+    # in 6, k 3, s 2: out 3, total 2*2 + 3 - 6 = 1 -> (0, 1), the extra on the high side
+    assert resolve_padding("same_upper", (3,), (2,), (1,), in_size=(6,)) == ((0, 1),)
+    # in 5, k 1, s 3: out 2, total 3 + 1 - 5 < 0 -> no padding
+    assert resolve_padding("same_upper", (1,), (3,), (1,), in_size=(5,)) == ((0, 0),)
+    x = np.random.default_rng(0).standard_normal((1, 2, 6, 7))
+    w = np.random.default_rng(1).standard_normal((3, 2, 4, 3))
+    np.testing.assert_array_equal(npconv.conv2d(x, w, padding="same_upper", dilation=2),
+                                  npconv.conv2d(x, w, padding="same", dilation=2))
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided .*"
+                                         "padding='same_upper'"):
+        npconv.conv2d(x, w, padding="same", stride=2)
+    layer = npconv.nn.Conv2d(2, 3, 3, stride=2, padding="same_upper", rng=0, dtype="float64")
+    assert layer(x).shape == (1, 3, 3, 4)
