@@ -214,95 +214,158 @@ def _forward_chunk(buf: _ForwardScratch, start: int, job: _Forward) -> None:
         out += job.bias
 
 
-# --------------------------------------------------------------------------- grad input
+# --------------------------------------------------------------------------- backward
+
+
+def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
+             need_weight: bool) -> tuple[Any, Any]:
+    """(gx, gw) of y = conv(x, weight) by shifted multiply-adds; either may be skipped.
+
+    At stride 1, grad input (with grad weight, if wanted) comes from one pass
+    that lays grad_output out once in the flat layout; grad weight alone comes
+    from flat columns and one long contraction. Other strides take one pass per map.
+    ``weight`` and ``x`` are used as given (the caller conjugates them for the
+    adjoint of a complex convolution); ``x`` may be None without ``need_weight``.
+    """
+    xp = backend.get_array_module(gy, x, weight)
+    if gy.shape[0] == 0 or problem.geometry.out_volume == 0:
+        return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
+    if problem.stride_one and need_input:
+        return _backward_flat(problem, xp, gy, x if need_weight else None, weight)
+    if problem.stride_one:
+        return None, _grad_weight_columns(problem, xp, gy, x, tuple(weight.shape))
+    gx = _grad_input_strided(problem, xp, gy, weight) if need_input else None
+    gw = _grad_weight_strided(problem, xp, gy, x, tuple(weight.shape)) if need_weight else None
+    return gx, gw
+
+
+# --------------------------------------------------------------------------- stride 1
 
 
 @dataclass(frozen=True)
-class _GradInput:
-    """What every chunk of grad input reads (gy, W^T) and writes (gx)."""
+class _Flat:
+    """What every chunk of a stride-1 backward reads (gy, x, W) and writes (gx)."""
 
     xp: Any
     gy: Any
+    x: Any  # None without grad weight
     w_t: Any  # (g, C/g, O/g, K)
     w_all: Any  # (g, K*C/g, O/g) when stacked, else None
-    gx: Any
+    gx: Any  # None without grad input
     lay: Layout
     chunk: int
     groups: int
 
 
 @dataclass
-class _GradInputScratch:
-    gy_flat: Any  # flat (chunk * O * P), zero; None when strided
+class _FlatScratch:
+    gy_flat: Any  # flat (chunk * O * P), zero
+    padder: ChunkPadder | None  # with grad weight
+    slabs: Any  # (K, chunk, C, P), zero
     gx_pad: Any  # flat (chunk * C * P)
-    slabs: Any  # (K, chunk, C, P), zero; None when strided
     cols: Any  # flat (chunk * C * K * Q) when stacked, else None
-    tmp: Any  # flat (chunk * C * L) when strided, else None
 
 
-def _grad_input_scratch(job: _GradInput) -> _GradInputScratch:
-    xp, lay, chunk = job.xp, job.lay, job.chunk
-    o, c, dtype = job.gy.shape[1], job.gx.shape[1], job.gx.dtype
-    k_vol = len(lay.taps)
-    flat = lay.flat
-    # Every chunk writes the same slab positions, so the rest stays zero from this fill.
-    slabs = xp.zeros((k_vol, chunk, c, lay.volume), dtype=dtype) if flat else None
-    return _GradInputScratch(
-        zeros_or_none(xp, chunk * o * lay.volume if flat else 0, dtype),
-        xp.empty(chunk * c * lay.volume, dtype=dtype), slabs,
+def _flat_scratch(job: _Flat) -> _FlatScratch:
+    xp, lay, chunk, dtype = job.xp, job.lay, job.chunk, job.gy.dtype
+    o, c, k_vol = job.gy.shape[1], job.gx.shape[1], len(lay.taps)
+    return _FlatScratch(
+        # junk positions are never written: they stay zero for every chunk
+        xp.zeros(chunk * o * lay.volume, dtype=dtype),
+        None if job.x is None else ChunkPadder(job.x, lay.geometry, chunk),
+        # every chunk writes the same slab positions, so the rest stays zero from this fill
+        xp.zeros((k_vol, chunk, c, lay.volume), dtype=dtype),
+        xp.empty(chunk * c * lay.volume, dtype=dtype),
         zeros_or_none(xp, chunk * c * k_vol * lay.q if job.w_all is not None else 0, dtype,
-                      zero=False),
-        zeros_or_none(xp, 0 if flat else chunk * c * lay.length, dtype, zero=False))
+                      zero=False))
 
 
-def _grad_input(problem: Problem, xp: Any, gy: Any, weight: Any) -> Any:
-    """gx (N, C, *in) by per-offset matmuls added back at each offset."""
+def _backward_flat(problem: Problem, xp: Any, gy: Any, x: Any, weight: Any) -> tuple[Any, Any]:
+    """gx, and gW when ``x`` is given, of a stride-1 convolution in one pass that lays
+    grad_output out once in the flat layout."""
     geometry, g = problem.geometry, problem.groups
     n, o = gy.shape[:2]
-    c, cg = problem.in_channels, problem.cg
+    c, cg, og = problem.in_channels, problem.cg, problem.og
     k_vol = geometry.kernel_volume
     lay = Layout(geometry)
-    # every chunk of gx is written once, by the slab sum or unpad_add(accumulate=False)
-    gx = xp.empty((n, c) + geometry.in_size, dtype=gy.dtype)
-    w_t = weight.reshape(g, o // g, cg, k_vol).transpose(0, 2, 1, 3)  # (g, C/g, O/g, K)
-    stacked = lay.flat and cg <= STACK_MAX_CHANNELS
-    w_all = (xp.ascontiguousarray(w_t.transpose(0, 3, 1, 2)).reshape(g, k_vol * cg, o // g)
+    w_t = weight.reshape(g, og, cg, k_vol).transpose(0, 2, 1, 3)  # (g, C/g, O/g, K)
+    stacked = cg <= STACK_MAX_CHANNELS
+    w_all = (xp.ascontiguousarray(w_t.transpose(0, 3, 1, 2)).reshape(g, k_vol * cg, og)
              if stacked else None)
-    if lay.flat:
-        # Each offset's column gradient goes into its own slab at its shift, and the slabs
-        # are summed contiguously (NumPy's strided in-place adds run several times slower
-        # than copies or matmul writes).
-        per_image = (o * lay.volume + c * lay.volume + c * k_vol * lay.volume
-                     + (c * k_vol * lay.q if stacked else 0))
-        chunk = chunk_of(per_image * gy.dtype.itemsize, n, target=None)
-        kernel = _grad_input_flat
-    else:
-        per_image = 2 * c * lay.volume + c * lay.length
-        chunk = chunk_of(per_image * gy.dtype.itemsize, n)
-        kernel = _grad_input_strided
-    job = _GradInput(xp, gy, w_t, w_all, gx, lay, chunk, g)
-    executor.map_chunks(kernel, range(0, n, chunk), job,
-                        scratch=functools.partial(_grad_input_scratch, job),
-                        per_worker_bytes=chunk * per_image * gy.dtype.itemsize,
-                        arrays=arrays_of(gy, weight))
-    return gx
+    per_image = (o * lay.volume + c * lay.volume + c * k_vol * lay.volume
+                 + (c * k_vol * lay.q if stacked else 0) + (0 if x is None else c * lay.volume)
+                 ) * gy.dtype.itemsize
+    chunk = chunk_of(per_image, n, target=None)
+    # every chunk of gx is written once, by the slab sum
+    gx = xp.empty((n, c) + geometry.in_size, dtype=gy.dtype)
+    job = _Flat(xp, gy, x, w_t, w_all, gx, lay, chunk, g)
+    common: dict[str, Any] = dict(scratch=functools.partial(_flat_scratch, job),
+                                  per_worker_bytes=chunk * per_image,
+                                  arrays=arrays_of(gy, x, weight))
+    if x is None:
+        executor.map_chunks(_flat_input_chunk, range(0, n, chunk), job, **common)
+        return gx, None
+    total = xp.zeros((g, og, cg, k_vol), dtype=gy.dtype)
+    executor.reduce_chunks(_flat_chunk, range(0, n, chunk), total, job, **common)
+    return gx, total.reshape(weight.shape)
 
 
-def _grad_input_flat(buf: _GradInputScratch, start: int, job: _GradInput) -> None:
-    """gx[start:stop] of a stride-1 convolution: offsets into slabs, slabs summed."""
-    xp, lay, g = job.xp, job.lay, job.groups
+def _flat_input_chunk(buf: _FlatScratch, start: int, job: _Flat) -> None:
+    """gx[start:stop] alone (no grad weight to sum)."""
+    _flat_chunk(buf, start, None, job)
+
+
+def _flat_chunk(buf: _FlatScratch, start: int, acc: Any, job: _Flat) -> Any:
+    """gx[start:stop], and acc (g, O/g, C/g, K) += gW of the chunk when x is given."""
+    lay, g = job.lay, job.groups
     stop = min(job.gy.shape[0], start + job.chunk)
-    b, c, o, q = stop - start, job.gx.shape[1], job.gy.shape[1], lay.q
-    cg, og = c // g, o // g
-    gys = lay.gy_rows(buf.gy_flat, job.gy, start, stop).reshape(b, g, og, q)
+    b, og = stop - start, job.w_t.shape[2]
+    # grad_output in the flat layout (b, g, O/g, Q); its junk positions stay zero
+    gys = lay.gy_rows(buf.gy_flat, job.gy, start, stop).reshape(b, g, og, lay.q)
+    if job.x is not None:
+        acc = _shifted_weight(buf, start, stop, gys, acc, job)
+    _flat_input(buf, start, stop, gys, job)
+    return acc
+
+
+def _shifted_weight(buf: _FlatScratch, start: int, stop: int, gys: Any, acc: Any,
+                    job: _Flat) -> Any:
+    """acc (g, O/g, C/g, K) += gW of x[start:stop], each offset's rows read in place
+    (stacked: all offsets copied into one operand of long rows)."""
+    xp, lay, g = job.xp, job.lay, job.groups
+    assert buf.padder is not None
+    b, (cg, og), q, k_vol = stop - start, job.w_t.shape[1:3], lay.q, len(lay.taps)
+    xf = lay.source(xp, buf.padder, start, stop).reshape(b, g, cg, lay.volume)
+    if acc is None:
+        acc = xp.zeros((g, og, cg, k_vol), dtype=job.gy.dtype)
+    if job.w_all is not None:
+        cols = take(buf.cols, (b, g, k_vol, cg, q))
+        for k, off in enumerate(lay.offsets):
+            cols[:, :, k] = xf[..., off: off + q]
+        # sum_n gy (b, g, O/g, Q) @ cols^T (b, g, Q, K*C/g) -> (g, O/g, K, C/g)
+        part = xp.matmul(gys, cols.reshape(b, g, k_vol * cg, q).transpose(0, 1, 3, 2))
+        acc += part.sum(axis=0).reshape(g, og, k_vol, cg).transpose(0, 1, 3, 2)
+        return acc
+    for k, off in enumerate(lay.offsets):
+        # sum_n (b, g, O/g, Q) @ (b, g, Q, C/g) -> (g, O/g, C/g)
+        acc[..., k] += xp.matmul(gys, xf[..., off: off + q].transpose(0, 1, 3, 2)).sum(axis=0)
+    return acc
+
+
+def _flat_input(buf: _FlatScratch, start: int, stop: int, gys: Any, job: _Flat) -> None:
+    """gx[start:stop]: each offset's column gradient written into its own slab at its
+    shift, the slabs summed contiguously (NumPy's strided in-place adds run several
+    times slower than copies or matmul writes)."""
+    xp, lay, g = job.xp, job.lay, job.groups
+    b, cg, q, k_vol = stop - start, job.w_t.shape[1], lay.q, len(lay.taps)
     stack = buf.slabs[:, :b]  # (K, b, C, P)
     if job.w_all is not None:
         # All kernel offsets stacked into one matmul per image, (k, c) rows in the
         # flat layout: the copies into the slabs run over long 1-d rows.
-        cols = take(buf.cols, (b, g, len(lay.taps) * cg, q))
+        cols = take(buf.cols, (b, g, k_vol * cg, q))
         # (g, K*C/g, O/g) @ (b, g, O/g, Q) -> (b, g, K*C/g, Q)
         xp.matmul(job.w_all, gys, out=cols)
-        cols_k = cols.reshape(b, g, len(lay.taps), cg, q)
+        cols_k = cols.reshape(b, g, k_vol, cg, q)
         for k, off in enumerate(lay.offsets):
             stack[k].reshape(b, g, cg, lay.volume)[..., off: off + q] = cols_k[:, :, k]
     else:
@@ -310,26 +373,8 @@ def _grad_input_flat(buf: _GradInputScratch, start: int, job: _GradInput) -> Non
             # (g, C/g, O/g) @ (b, g, O/g, Q) -> slab k at its shift
             slab = stack[k].reshape(b, g, cg, lay.volume)
             xp.matmul(job.w_t[..., k], gys, out=slab[..., off: off + q])
-    _sum_slabs(xp, stack, take(buf.gx_pad, (b, c, lay.volume)), job.gx[start:stop],
+    _sum_slabs(xp, stack, take(buf.gx_pad, (b, g * cg, lay.volume)), job.gx[start:stop],
                lay.geometry)
-
-
-def _grad_input_strided(buf: _GradInputScratch, start: int, job: _GradInput) -> None:
-    """gx[start:stop] of a strided convolution: each offset added back through its slice."""
-    xp, lay, g = job.xp, job.lay, job.groups
-    geometry = lay.geometry
-    stop = min(job.gy.shape[0], start + job.chunk)
-    b, c, o, length = stop - start, job.gx.shape[1], job.gy.shape[1], lay.length
-    cg, og = c // g, o // g
-    gys = job.gy[start:stop].reshape(b, g, og, length)
-    gx_pad = take(buf.gx_pad, (b, c) + lay.padded)
-    gx_pad[...] = 0
-    tmp = take(buf.tmp, (b, g, cg, length))
-    for k, tap in enumerate(lay.taps):
-        # (g, C/g, O/g) @ (b, g, O/g, L) -> (b, g, C/g, L)
-        xp.matmul(job.w_t[..., k], gys, out=tmp)
-        gx_pad[lay.target(tap)] += tmp.reshape((b, c) + geometry.out_size)
-    unpad_add(job.gx[start:stop], gx_pad, geometry, accumulate=False)
 
 
 def _sum_slabs(xp: Any, slabs: Any, padded_flat: Any, out: Any, geometry: ConvGeometry) -> None:
@@ -342,12 +387,12 @@ def _sum_slabs(xp: Any, slabs: Any, padded_flat: Any, out: Any, geometry: ConvGe
               accumulate=False)
 
 
-# --------------------------------------------------------------------------- grad weight
+# --------------------------------------------------------------------------- grad weight alone
 
 
 @dataclass(frozen=True)
-class _GradWeight:
-    """What every chunk of grad weight reads (gy, x)."""
+class _Columns:
+    """What every chunk of a stride-1 grad weight alone reads (gy, x)."""
 
     xp: Any
     gy: Any
@@ -355,59 +400,49 @@ class _GradWeight:
     lay: Layout
     chunk: int
     groups: int
-    rows: tuple[int, ...]  # flat: the output rows' whole padded rows, (Out_0, P_1, ...)
+    rows: tuple[int, ...]  # the output rows' whole padded rows: (Out_0, P_1, ...)
 
 
 @dataclass
-class _GradWeightScratch:
+class _ColumnsScratch:
     padder: ChunkPadder
-    cols: Any  # flat: (g, C/g, K, chunk, span), zero; else None
-    gy_buf: Any  # flat: (O, chunk, *rows), zero; else None
-    partial: Any  # flat: (g, C/g*K, O/g); else None
+    cols: Any  # (g, C/g, K, chunk, span), zero
+    gy_buf: Any  # (O, chunk, *rows), zero
+    partial: Any  # (g, C/g*K, O/g)
 
 
-def _grad_weight_scratch(job: _GradWeight) -> _GradWeightScratch:
+def _columns_scratch(job: _Columns) -> _ColumnsScratch:
     xp, lay, chunk, g = job.xp, job.lay, job.chunk, job.groups
-    (o, c), dtype = (job.gy.shape[1], job.x.shape[1]), job.gy.dtype
-    padder = ChunkPadder(job.x, lay.geometry, chunk)
-    if not lay.flat:
-        return _GradWeightScratch(padder, None, None, None)
-    k_vol, span = len(lay.taps), math.prod(job.rows)
+    o, c, dtype = job.gy.shape[1], job.x.shape[1], job.gy.dtype
     # Zero-filled once: the junk positions of gy stay zero, and the columns' tails
     # past lay.q (never written) stay finite, for every chunk.
-    return _GradWeightScratch(padder, xp.zeros((g, c // g, k_vol, chunk, span), dtype=dtype),
-                              xp.zeros((o, chunk) + job.rows, dtype=dtype),
-                              xp.empty((g, c // g * k_vol, o // g), dtype=dtype))
+    return _ColumnsScratch(ChunkPadder(job.x, lay.geometry, chunk),
+                           xp.zeros((g, c // g, len(lay.taps), chunk, math.prod(job.rows)),
+                                    dtype=dtype),
+                           xp.zeros((o, chunk) + job.rows, dtype=dtype),
+                           xp.empty((g, c // g * len(lay.taps), o // g), dtype=dtype))
 
 
-def _grad_weight(problem: Problem, xp: Any, gy: Any, x: Any, shape: tuple[int, ...]) -> Any:
-    """gW (O, C/g, *k): flat columns at stride 1, per-offset matmuls otherwise."""
+def _grad_weight_columns(problem: Problem, xp: Any, gy: Any, x: Any,
+                         shape: tuple[int, ...]) -> Any:
+    """gW (O, C/g, *k) of a stride-1 convolution, from columns in the flat layout."""
     geometry, g = problem.geometry, problem.groups
     n, o = gy.shape[:2]
-    c, cg, og = x.shape[1], problem.cg, problem.og
-    k_vol, itemsize = geometry.kernel_volume, gy.dtype.itemsize
+    c, k_vol = x.shape[1], geometry.kernel_volume
     lay = Layout(geometry)
+    # whole padded rows (of the last axes) per output row, so (n, q) merge in the matmul
     rows = (geometry.out_size[0],) + lay.padded[1:]
-    if lay.flat:
-        per_image = ((c * k_vol + o) * math.prod(rows) + c * lay.volume) * itemsize
-        chunk = chunk_of(per_image, n, target=None)
-        total = xp.zeros((g, cg * k_vol, og), dtype=gy.dtype)  # gW transposed: see the matmul
-        kernel = _grad_weight_flat
-    else:
-        per_image = (c * lay.volume + o * lay.length + c * lay.length) * itemsize
-        chunk = chunk_of(per_image, n)
-        total = xp.zeros((g, og, cg, k_vol), dtype=gy.dtype)
-        kernel = _grad_weight_strided
-    job = _GradWeight(xp, gy, x, lay, chunk, g, rows)
-    executor.reduce_chunks(kernel, range(0, n, chunk), total, job,
-                           scratch=functools.partial(_grad_weight_scratch, job),
+    per_image = ((c * k_vol + o) * math.prod(rows) + c * lay.volume) * gy.dtype.itemsize
+    chunk = chunk_of(per_image, n, target=None)
+    total = xp.zeros((g, c // g * k_vol, o // g), dtype=gy.dtype)  # gW transposed
+    job = _Columns(xp, gy, x, lay, chunk, g, rows)
+    executor.reduce_chunks(_columns_chunk, range(0, n, chunk), total, job,
+                           scratch=functools.partial(_columns_scratch, job),
                            per_worker_bytes=chunk * per_image, arrays=arrays_of(gy, x))
-    if lay.flat:
-        total = total.transpose(0, 2, 1)
-    return total.reshape(shape)
+    return total.transpose(0, 2, 1).reshape(shape)
 
 
-def _grad_weight_flat(buf: _GradWeightScratch, start: int, acc: Any, job: _GradWeight) -> Any:
+def _columns_chunk(buf: _ColumnsScratch, start: int, acc: Any, job: _Columns) -> Any:
     """acc (g, C/g*K, O/g) += gW^T of x[start:stop], from columns in the flat layout.
 
     ``cols[c, k, n, q] = xpad_flat[n, c, q + off_k]`` holds every kernel offset's
@@ -437,10 +472,96 @@ def _grad_weight_flat(buf: _GradWeightScratch, start: int, acc: Any, job: _GradW
     return acc
 
 
-def _grad_weight_strided(buf: _GradWeightScratch, start: int, acc: Any,
-                         job: _GradWeight) -> Any:
+# --------------------------------------------------------------------------- other strides
+
+
+@dataclass(frozen=True)
+class _Strided:
+    """What every chunk of one strided map reads (gy, W^T or x) and writes (gx)."""
+
+    xp: Any
+    gy: Any
+    x: Any  # grad weight: the input; grad input: None
+    w_t: Any  # grad input: (g, C/g, O/g, K); grad weight: None
+    gx: Any  # grad input: the output; grad weight: None
+    lay: Layout
+    chunk: int
+    groups: int
+
+
+@dataclass
+class _StridedScratch:
+    padder: ChunkPadder | None  # grad weight
+    gx_pad: Any  # flat (chunk * C * P), grad input
+    tmp: Any  # flat (chunk * C * L), grad input
+
+
+def _strided_scratch(job: _Strided) -> _StridedScratch:
+    xp, lay, chunk = job.xp, job.lay, job.chunk
+    if job.x is not None:
+        return _StridedScratch(ChunkPadder(job.x, lay.geometry, chunk), None, None)
+    c, dtype = job.gx.shape[1], job.gx.dtype
+    return _StridedScratch(None, xp.empty(chunk * c * lay.volume, dtype=dtype),
+                           xp.empty(chunk * c * lay.length, dtype=dtype))
+
+
+def _grad_input_strided(problem: Problem, xp: Any, gy: Any, weight: Any) -> Any:
+    """gx (N, C, *in) by per-offset matmuls added back through each offset's slices."""
+    geometry, g = problem.geometry, problem.groups
+    n, o = gy.shape[:2]
+    c, cg = problem.in_channels, problem.cg
+    lay = Layout(geometry)
+    # every chunk of gx is written once, by unpad_add(accumulate=False)
+    gx = xp.empty((n, c) + geometry.in_size, dtype=gy.dtype)
+    w_t = weight.reshape(g, o // g, cg, geometry.kernel_volume).transpose(0, 2, 1, 3)
+    per_image = (2 * c * lay.volume + c * lay.length) * gy.dtype.itemsize
+    chunk = chunk_of(per_image, n)
+    job = _Strided(xp, gy, None, w_t, gx, lay, chunk, g)
+    executor.map_chunks(_grad_input_chunk, range(0, n, chunk), job,
+                        scratch=functools.partial(_strided_scratch, job),
+                        per_worker_bytes=chunk * per_image, arrays=arrays_of(gy, weight))
+    return gx
+
+
+def _grad_input_chunk(buf: _StridedScratch, start: int, job: _Strided) -> None:
+    """gx[start:stop]: each offset's gradient added back through its strided slice."""
+    xp, lay, g = job.xp, job.lay, job.groups
+    geometry = lay.geometry
+    stop = min(job.gy.shape[0], start + job.chunk)
+    b, c, o, length = stop - start, job.gx.shape[1], job.gy.shape[1], lay.length
+    cg, og = c // g, o // g
+    gys = job.gy[start:stop].reshape(b, g, og, length)
+    gx_pad = take(buf.gx_pad, (b, c) + lay.padded)
+    gx_pad[...] = 0
+    tmp = take(buf.tmp, (b, g, cg, length))
+    for k, tap in enumerate(lay.taps):
+        # (g, C/g, O/g) @ (b, g, O/g, L) -> (b, g, C/g, L)
+        xp.matmul(job.w_t[..., k], gys, out=tmp)
+        gx_pad[lay.target(tap)] += tmp.reshape((b, c) + geometry.out_size)
+    unpad_add(job.gx[start:stop], gx_pad, geometry, accumulate=False)
+
+
+def _grad_weight_strided(problem: Problem, xp: Any, gy: Any, x: Any,
+                         shape: tuple[int, ...]) -> Any:
+    """gW (O, C/g, *k) by one matmul per kernel offset over the window view."""
+    geometry, g = problem.geometry, problem.groups
+    n, o = gy.shape[:2]
+    c = x.shape[1]
+    lay = Layout(geometry)
+    per_image = (c * lay.volume + o * lay.length + c * lay.length) * gy.dtype.itemsize
+    chunk = chunk_of(per_image, n)
+    total = xp.zeros((g, o // g, c // g, geometry.kernel_volume), dtype=gy.dtype)
+    job = _Strided(xp, gy, x, None, None, lay, chunk, g)
+    executor.reduce_chunks(_grad_weight_chunk, range(0, n, chunk), total, job,
+                           scratch=functools.partial(_strided_scratch, job),
+                           per_worker_bytes=chunk * per_image, arrays=arrays_of(gy, x))
+    return total.reshape(shape)
+
+
+def _grad_weight_chunk(buf: _StridedScratch, start: int, acc: Any, job: _Strided) -> Any:
     """acc (g, O/g, C/g, K) += gW of x[start:stop] by one matmul per kernel offset."""
     xp, lay, g = job.xp, job.lay, job.groups
+    assert buf.padder is not None
     stop = min(job.gy.shape[0], start + job.chunk)
     b, c, o, length = stop - start, job.x.shape[1], job.gy.shape[1], lay.length
     cg, og = c // g, o // g
@@ -453,21 +574,3 @@ def _grad_weight_strided(buf: _GradWeightScratch, start: int, acc: Any,
         # sum_n (b, g, O/g, L) @ (b, g, L, C/g) -> (g, O/g, C/g)
         acc[..., k] += xp.matmul(gys, xs.transpose(0, 1, 3, 2)).sum(axis=0)
     return acc
-
-
-# --------------------------------------------------------------------------- backward
-
-
-def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
-             need_weight: bool) -> tuple[Any, Any]:
-    """(gx, gw) of y = conv(x, weight) by shifted multiply-adds; either may be skipped.
-
-    ``weight`` and ``x`` are used as given (the caller conjugates them for the
-    adjoint of a complex convolution); ``x`` may be None without ``need_weight``.
-    """
-    xp = backend.get_array_module(gy, x, weight)
-    if gy.shape[0] == 0 or problem.geometry.out_volume == 0:
-        return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
-    gx = _grad_input(problem, xp, gy, weight) if need_input else None
-    gw = _grad_weight(problem, xp, gy, x, tuple(weight.shape)) if need_weight else None
-    return gx, gw
