@@ -82,12 +82,11 @@ def requires(problem: Problem, op: str) -> str | None:
     if op not in MAPS:
         raise ValueError(f"op must be one of {MAPS}, got {op!r}")
     g = problem.geometry
-    dtype = backend.numpy_dtype(problem.dtype).name
-    if not (g.kernel == (3, 3) and all(s == 1 for s in g.stride)
-            and all(d == 1 for d in g.dilation) and g.zero_padded
-            and dtype in ("float32", "float64")):
+    dtype = backend.numpy_dtype(problem.dtype)
+    if not (g.kernel == (3, 3) and g.stride == (1, 1) and g.dilation == (1, 1)
+            and g.zero_padded and dtype.char in "fd"):  # float32, float64
         return (f"{_NEEDS}; got kernel {g.kernel}, stride {g.stride}, dilation {g.dilation}, "
-                f"padding {g.pads} in mode {g.padding_mode!r}, dtype {dtype}")
+                f"padding {g.pads} in mode {g.padding_mode!r}, dtype {dtype.name}")
     if op == "grad_input" and full_correlation(g) is None:
         return ("padding of at most 2 on each side and no input beyond the last window (grad "
                 "input is a Winograd convolution of grad_output padded 2 - padding); got "
@@ -440,8 +439,9 @@ def grad_weight(problem: Problem, gy: Any, x: Any, *, tile: int = DEFAULT_TILE,
             _grad_weight_chunk, items, grad, xp, t, k, x, gy, g, scratch=scratch,
             per_worker_bytes=images * (rows + 1) * per_row * dtype.itemsize, arrays=(gy, x),
             finish=functools.partial(_finish_lane, xp, k.g_mat.T))
-    # grad[kj, ki, (g, o, c)] -> (O, C/g, 3 (ki), 3 (kj))
-    return xp.ascontiguousarray(grad.reshape(3, 3, o, c // g).transpose(2, 3, 1, 0))
+    # grad[kj, ki, (g, o, c)] -> (O, C/g, 3 (ki), 3 (kj)): a transposed view (copying it
+    # cost about 1% of a small call; the caller copies if it needs C order)
+    return grad.reshape(3, 3, o, c // g).transpose(2, 3, 1, 0)
 
 
 # --------------------------------------------------------------------------- backward

@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend
-
 _Matrix = list[list[float]]
 # Transform matrices (B^T, G, A^T) of F(2x2, 3x3) and F(4x4, 3x3), Lavin & Gray (2015).
 MATRICES: dict[int, tuple[_Matrix, _Matrix, _Matrix]] = {
@@ -43,25 +41,26 @@ class Constants:
 
     b_t: Any  # B^T (a, a)
     g_mat: Any  # G (a, 3)
+    gg: Any  # G kron G (a^2, 9)
     a_t: Any  # A^T (m, a)
     terms: list[tuple[int, list[tuple[float, int, int]]]]  # shift_terms(B^T, m)
     ones: int  # ones_column(A^T)
 
 
-_CONSTANTS: dict[tuple[str, str, int, int | None], Constants] = {}
+_CONSTANTS: dict[tuple[str, Any, int, int | None], Constants] = {}
 
 
 def constants(xp: Any, dtype: Any, m: int) -> Constants:
     """The matrices of F(m x m, 3 x 3), built once per (module, device, dtype, m): a GPU
     would otherwise upload them from Python lists on every call."""
-    cuda = getattr(xp, "cuda", None)
-    device = None if cuda is None else int(cuda.Device().id)
-    key = (xp.__name__, backend.numpy_dtype(dtype).str, m, device)
+    device = int(xp.cuda.Device().id) if xp.__name__ == "cupy" else None
+    key = (xp.__name__, dtype, m, device)  # dtype: a numpy.dtype (CuPy uses NumPy's)
     found = _CONSTANTS.get(key)
     if found is None:
         bt, gm, at = MATRICES[m]
-        found = Constants(xp.asarray(bt, dtype=dtype), xp.asarray(gm, dtype=dtype),
-                           xp.asarray(at, dtype=dtype), shift_terms(bt, m), ones_column(at))
+        g_mat = xp.asarray(gm, dtype=dtype)
+        found = Constants(xp.asarray(bt, dtype=dtype), g_mat, xp.kron(g_mat, g_mat),
+                          xp.asarray(at, dtype=dtype), shift_terms(bt, m), ones_column(at))
         found = _CONSTANTS.setdefault(key, found)
     return found
 
@@ -159,7 +158,8 @@ def weight_transform(xp: Any, k: Constants, weight: Any) -> Any:
     """
     o, cg = weight.shape[:2]
     a = k.g_mat.shape[0]
-    u = (xp.kron(k.g_mat, k.g_mat) @ weight.reshape(o * cg, 9).T).reshape(a, a, o, cg)
+    # u (a*a, O*C/g) = (G kron G) (a^2, 9) @ vec(g)^T (9, O*C/g): vec(G g G^T) per filter
+    u = (k.gg @ weight.reshape(o * cg, 9).T).reshape(a, a, o, cg)
     return u.transpose(1, 0, 2, 3)
 
 
