@@ -26,7 +26,7 @@ from .. import backend, executor
 from ..patches import ChunkPadder, unpad_add
 from ..plan import Problem, full_correlation
 from ._common import empty_grads, grad_input_by_forward, take
-from .direct import Layout, arrays_of, chunk_of, zeros_or_none
+from .direct import Layout, arrays_of, chunk_of, flat_buffer
 
 
 def requires(problem: Problem, op: str) -> str | None:
@@ -68,8 +68,8 @@ def _forward_scratch(job: _Forward) -> _ForwardScratch:
     return _ForwardScratch(
         ChunkPadder(job.x, lay.geometry, chunk),
         xp.empty(chunk * o * (lay.volume if flat else lay.length), dtype=dtype),
-        zeros_or_none(xp, 0 if flat else chunk * o * lay.length, dtype, zero=False),
-        zeros_or_none(xp, chunk * c * len(lay.taps) * lay.q if flat else 0, dtype, zero=False))
+        flat_buffer(xp, None if flat else chunk * o * lay.length, dtype, zero=False),
+        flat_buffer(xp, chunk * c * len(lay.taps) * lay.q if flat else None, dtype, zero=False))
 
 
 def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
@@ -159,11 +159,11 @@ def _backward_scratch(job: _Backward) -> _BackwardScratch:
     flat, need_input = lay.flat, job.gx is not None
     return _BackwardScratch(
         None if job.x is None else ChunkPadder(job.x, lay.geometry, chunk),
-        zeros_or_none(xp, chunk * o * lay.volume if flat else 0, dtype),
-        zeros_or_none(xp, chunk * c * lay.volume if need_input else 0, dtype, zero=False),
-        zeros_or_none(xp, chunk * c * lay.length if need_input and not flat else 0, dtype,
+        flat_buffer(xp, chunk * o * lay.volume if flat else None, dtype),
+        flat_buffer(xp, chunk * c * lay.volume if need_input else None, dtype, zero=False),
+        flat_buffer(xp, chunk * c * lay.length if need_input and not flat else None, dtype,
                       zero=False),
-        zeros_or_none(xp, chunk * c * len(lay.taps) * lay.q if flat else 0, dtype, zero=False))
+        flat_buffer(xp, chunk * c * len(lay.taps) * lay.q if flat else None, dtype, zero=False))
 
 
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,

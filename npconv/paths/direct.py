@@ -116,9 +116,9 @@ def chunk_of(per_image: int, n: int, target: int | None = TARGET_CHUNK_BYTES) ->
     return workspace.chunk_length(per_image, n, target=target)
 
 
-def zeros_or_none(xp: Any, size: int, dtype: Any, zero: bool = True) -> Any:
-    """A flat scratch buffer of ``size`` elements (zero-filled, or empty), None if size 0."""
-    if size <= 0:
+def flat_buffer(xp: Any, size: int | None, dtype: Any, zero: bool = True) -> Any:
+    """A flat scratch buffer of ``size`` elements (zero-filled, or empty); None for None."""
+    if size is None:
         return None
     return xp.zeros(size, dtype=dtype) if zero else xp.empty(size, dtype=dtype)
 
@@ -276,7 +276,7 @@ def _flat_scratch(job: _Flat) -> _FlatScratch:
         # every chunk writes the same slab positions, so the rest stays zero from this fill
         xp.zeros((k_vol, chunk, c, lay.volume), dtype=dtype),
         xp.empty(chunk * c * lay.volume, dtype=dtype),
-        zeros_or_none(xp, chunk * c * k_vol * lay.q if job.w_all is not None else 0, dtype,
+        flat_buffer(xp, chunk * c * k_vol * lay.q if job.w_all is not None else None, dtype,
                       zero=False))
 
 
