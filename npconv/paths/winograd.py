@@ -245,7 +245,7 @@ def _write_tiles(y: Any, y5: Any, start: int, stop: int, p0: int, p1: int, m: in
 def _forward_chunk(s: _Scratch, item: tuple[int, int, int, int], xp: Any, t: _Tiling,
                    k: wt.Constants, x: Any, u: Any, bias_tile: Any, y: Any) -> None:
     """y[start:stop] at tile rows [p0, p1) of ``item``: input transform, the a^2
-    contractions with U (a_i, a_j, 1, g, O/g, C/g), bias, output transform, crop."""
+    contractions with U (a, a, 1, g, O/g, C/g), bias, output transform, crop."""
     start, stop, p0, p1 = item
     m, a, q = t.m, t.a, t.q
     _, _, _, g, og, cg = u.shape
