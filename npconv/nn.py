@@ -364,7 +364,8 @@ _CONV_DOC = """{nd}-d convolution layer, like ``torch.nn.Conv{nd}d``.
     ----------
     weight : array (out_channels, in_channels // groups, *kernel_size)
     bias : array (out_channels,) or None
-    weight_grad, bias_grad : arrays set by :meth:`backward`
+    weight_grad, bias_grad : array or None
+        The parameter gradients of the last :meth:`backward`.
 
     Examples
     --------
@@ -399,7 +400,8 @@ _TRANSPOSE_DOC = """{nd}-d transposed convolution layer, like ``torch.nn.ConvTra
     ----------
     weight : array (in_channels, out_channels // groups, *kernel_size)
     bias : array (out_channels,) or None
-    weight_grad, bias_grad : arrays set by :meth:`backward`
+    weight_grad, bias_grad : array or None
+        The parameter gradients of the last :meth:`backward`.
 
     Examples
     --------
