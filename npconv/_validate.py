@@ -86,3 +86,17 @@ def check_groups(groups: object, in_channels: int, out_channels: int) -> int:
     if out_channels % g:
         raise ValueError(f"groups={g} must divide the {out_channels} output channels")
     return g
+
+
+def check_layer_dtype(layer: Any, name: str, value: Any, dtype: Any) -> Any:
+    """``value`` as an array of the layer's ``dtype``, or a TypeError saying how to fix it."""
+    array = as_array(value, name)
+    if array.dtype != dtype:
+        what = "the input" if name == "x" else name
+        rebuild = (f", or build the layer with dtype={str(array.dtype)!r}"
+                   if backend.scalar_kind(array.dtype) in ("f", "c") else "")
+        raise TypeError(
+            f"{name} is {array.dtype}, but {type(layer).__name__} computes in {dtype} (its "
+            f"weight's dtype): cast {what}, {name}.astype({str(dtype)!r}){rebuild}"
+        )
+    return array

@@ -22,9 +22,10 @@ import math
 from typing import Any
 
 from . import backend, pooling
-from ._validate import as_array, check_groups
+from ._validate import check_groups, check_layer_dtype
 from .conv import conv, conv_backward, conv_transpose, conv_transpose_backward
 from .geometry import (
+    INDEX_MAX,
     ConvGeometry,
     IntOrTuple,
     Padding,
@@ -95,20 +96,6 @@ def _uniform(rng: Any, shape: tuple[int, ...], bound: float, dtype: Any) -> Any:
     if backend.scalar_kind(dtype) == "c":
         return (draw() + 1j * draw()).astype(dtype)
     return draw().astype(dtype)
-
-
-def _check_layer_dtype(layer: Any, name: str, value: Any, dtype: Any) -> Any:
-    """``value`` as an array of the layer's ``dtype``, or a TypeError saying how to fix it."""
-    array = as_array(value, name)
-    if array.dtype != dtype:
-        what = "the input" if name == "x" else name
-        rebuild = (f", or build the layer with dtype={str(array.dtype)!r}"
-                   if backend.scalar_kind(array.dtype) in ("f", "c") else "")
-        raise TypeError(
-            f"{name} is {array.dtype}, but {type(layer).__name__} computes in {dtype} (its "
-            f"weight's dtype): cast {what}, {name}.astype({str(dtype)!r}){rebuild}"
-        )
-    return array
 
 
 class _ConvBase:
@@ -189,6 +176,12 @@ class _ConvBase:
             shape = (self.in_channels, self.out_channels // self.groups) + self.kernel_size
         else:
             shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        if math.prod(shape) * self.dtype.itemsize > INDEX_MAX:  # before allocating it
+            raise ValueError(
+                f"in_channels={in_channels!r}, out_channels={out_channels!r} and kernel_size="
+                f"{kernel_size!r} are out of range: a {self.dtype} weight of shape {shape} is "
+                f"larger than this platform can index ({INDEX_MAX} bytes)"
+            )
         bound = 1.0 / math.sqrt(shape[1] * math.prod(self.kernel_size))
         self.weight = _uniform(generator, shape, bound, self.dtype)
         self.bias = _uniform(generator, (self.out_channels,), bound, self.dtype) if bias else None
@@ -279,7 +272,7 @@ class _Conv(_ConvBase):
         layer's dtype; returns (N, C_out, *out) (or unbatched). The layer calls
         the public functions, so it runs the algorithm they choose.
         """
-        x = _check_layer_dtype(self, "x", x, self.weight.dtype)
+        x = check_layer_dtype(self, "x", x, self.weight.dtype)
         y = conv(x, self.weight, self.bias, *self._args())
         self._cache = x
         return y
@@ -292,7 +285,7 @@ class _Conv(_ConvBase):
         ``bias_grad`` (``None`` without bias), overwriting earlier values.
         """
         x = self._take_cache()
-        gy = _check_layer_dtype(self, "grad_output", grad_output, self.weight.dtype)
+        gy = check_layer_dtype(self, "grad_output", grad_output, self.weight.dtype)
         grad_input, grad_weight, grad_bias = conv_backward(gy, x, self.weight, *self._args())
         self.weight_grad = grad_weight
         self.bias_grad = None if self.bias is None else grad_bias
@@ -328,7 +321,7 @@ class _ConvTranspose(_ConvBase):
 
     def forward(self, x: Any) -> Any:
         """``npconv.conv_transpose(x, weight, bias, ...)``; caches ``x`` for :meth:`backward`."""
-        x = _check_layer_dtype(self, "x", x, self.weight.dtype)
+        x = check_layer_dtype(self, "x", x, self.weight.dtype)
         y = conv_transpose(x, self.weight, self.bias, *self._args())
         self._cache = x
         return y
@@ -336,7 +329,7 @@ class _ConvTranspose(_ConvBase):
     def backward(self, grad_output: Any) -> Any:
         """Gradient with respect to the last forward's input; stores weight/bias gradients."""
         x = self._take_cache()
-        gy = _check_layer_dtype(self, "grad_output", grad_output, self.weight.dtype)
+        gy = check_layer_dtype(self, "grad_output", grad_output, self.weight.dtype)
         grad_input, grad_weight, grad_bias = conv_transpose_backward(
             gy, x, self.weight, *self._args()
         )

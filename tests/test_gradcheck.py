@@ -163,3 +163,42 @@ def test_testing_module_examples_run():
         assert result.failed == 0, module.__name__
         attempted += result.attempted
     assert attempted > 20
+
+
+# --------------------------------------------------------------------------- testing helpers
+
+
+def test_a_failing_conv_problems_example_prints_the_configuration():
+    from hypothesis import settings
+
+    @settings(max_examples=5, database=None, derandomize=True)
+    @given(npconv.testing.conv_problems(ndim=1))
+    def fails(problem):
+        raise ZeroDivisionError("a deliberate failure")
+
+    with pytest.raises(ZeroDivisionError) as info:
+        fails()
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "ConvConfig(" in notes and "kernel_size=(" in notes
+    assert "(config," not in notes  # was the source text of a lambda
+
+
+def test_patch_kwargs_fit_patches_and_fold_patches():
+    cfg = ConvConfig(2, 4, 6, 2, (7, 6), (3, 2), (2, 1), (1, 0), (1, 2), padding_mode="reflect")
+    assert "groups" not in cfg.patch_kwargs() and cfg.kwargs()["groups"] == 2
+    x, w, _ = random_conv_arrays(cfg, "float64", 0, bias=False)
+    view = npconv.patches(x, cfg.kernel_size, **cfg.patch_kwargs())
+    assert view.shape == (2, 4) + cfg.kernel_size + cfg.output_size
+    folded = npconv.fold_patches(np.ones(view.shape), cfg.input_size, cfg.kernel_size,
+                                 **cfg.patch_kwargs())
+    assert folded.shape == x.shape
+    # the patch view contracted with the grouped weight is the convolution
+    g = cfg.groups
+    v = view.reshape((2, g, 2) + view.shape[2:])
+    wg = w.reshape((g, 3) + w.shape[1:])
+    y = np.einsum("ngcijhw,gocij->ngohw", v, wg).reshape(cfg.output_shape)
+    np.testing.assert_allclose(y, npconv.conv(x, w, **cfg.kwargs()), rtol=1e-12, atol=1e-12)
+    transposed = ConvConfig(1, 2, 2, 1, (3,), (2,), (2,), (0,), (1,), output_padding=(1,),
+                            transposed=True)
+    with pytest.raises(ValueError, match="transposed"):
+        transposed.patch_kwargs()

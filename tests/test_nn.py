@@ -299,6 +299,10 @@ BAD = [
     (lambda: nn.ConvTranspose2d(2, 4, 3, output_padding=-1), ValueError, r"output_padding must be non-negative"),
     (lambda: nn.ConvTranspose3d(2, 4, 3, output_padding=(0, 0)), ValueError, r"output_padding must be an int or a tuple of 3"),
     (lambda: nn.Conv2d(2, 4, 5, padding=1)(np.ones((1, 2, 2, 2), np.float32)), ValueError, r"kernel_size \(5, 5\).*at least one"),
+    (lambda: nn.Conv2d(2, 4, 10**9), ValueError, r"in_channels=2, out_channels=4 and kernel_size=1000000000 are out of range: a float32 weight of shape \(4, 2, 1000000000, 1000000000\)"),
+    (lambda: nn.Conv2d(10**18, 10**18, 3), ValueError, r"in_channels=1000000000000000000, out_channels=1000000000000000000 and kernel_size=3 are out of range"),
+    (lambda: nn.Conv2d(2, 4, 3, stride=10**18)(np.ones((1, 2, 5, 5), np.float32)), ValueError, r"stride=\(1000000000000000000, 1000000000000000000\) is out of range"),
+    (lambda: nn.MaxPool2d(2)(np.ones((1, 2, 5, 5), np.int32)), TypeError, r"x must have a floating dtype, got int32"),
     (lambda: nn.Conv2d(2, 4, 3)(np.ones((2, 5, 5), np.float32)[None, None]), ValueError, r"x must be 3 or 4-dim"),
 ]
 
