@@ -133,7 +133,7 @@ def test_fold_of_unfold_counts_windows():
 # --------------------------------------------------------------------------- any rank, any mode
 
 configs_nd = conv_configs(ndim=(1, 2, 3), groups=False, padding_modes=ALL_MODES, unbatched=True,
-                          max_channels=2, max_output=3)
+                          max_channels=2, max_output=3, allow_same_upper=True)
 
 
 @given(configs_nd, real_dtypes, seeds)

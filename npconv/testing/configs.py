@@ -223,6 +223,7 @@ def conv_configs(
     groups: bool | int = True,
     padding_modes: Sequence[str] = ("zeros",),
     allow_same: bool = True,
+    allow_same_upper: bool = False,
     transposed: bool = False,
     unbatched: bool = False,
     max_kernel: int = 3,
@@ -262,6 +263,9 @@ def conv_configs(
         padding <= size.
     allow_same : bool
         Also draw ``padding='same'`` and ``'valid'`` (convolution only).
+    allow_same_upper : bool
+        Also draw ``padding='same_upper'`` (TensorFlow's 'SAME', any stride; convolution
+        only). Off by default.
     transposed : bool
         Draw transposed-convolution configurations (``output_padding`` set,
         ``padding_mode='zeros'``).
@@ -330,7 +334,8 @@ def conv_configs(
             k, s, d, n, op, p = (tuple(column) for column in zip(*axes))
             return ConvConfig(batch, cin, cout, g, n, k, s, p, d, "zeros", op, True, batched)
         mode = draw(st.sampled_from(modes))
-        kind = draw(st.sampled_from(("explicit", "same", "valid"))) if allow_same else "explicit"
+        kinds = ("explicit",) + ("same", "valid") * allow_same + ("same_upper",) * allow_same_upper
+        kind = draw(st.sampled_from(kinds))
         axes = [_draw_axis(draw, st, kind, mode, **bounds) for _ in range(nd)]
         k, d, s, p, n = (tuple(column) for column in zip(*axes))
         padding: Padding = kind if kind != "explicit" else p
@@ -369,8 +374,22 @@ def _draw_axis(
         need = high + 1 if mode == "reflect" else max(high, 1)
         return k, d, 1, 0, draw(ints(need, max(need, max_output)))
     s = draw(ints(1, max_stride))
+    if kind == "same_upper":
+        # every input size whose TensorFlow-rule padding the mode allows (n = span fits
+        # every mode: its total padding is at most span - 1)
+        sizes = [n for n in range(1, max(max_output * s, span) + 1)
+                 if _same_upper_fits(mode, n, k, s, d)]
+        return k, d, s, 0, draw(st.sampled_from(sizes))
     out = draw(ints(1, max_output))
     base = (out - 1) * s + span + draw(ints(0, s - 1))
     limit = 0 if kind == "valid" else _padding_limit(mode, base)
     p = draw(ints(0, min(max_padding, limit)))
     return k, d, s, p, base - 2 * p
+
+
+def _same_upper_fits(mode: str, n: int, k: int, s: int, d: int) -> bool:
+    """Whether ``padding='same_upper'`` pads an axis of size ``n`` within torch's limits."""
+    ((_, high),) = geometry.resolve_padding("same_upper", (k,), (s,), (d,), in_size=(n,))
+    if mode == "reflect":
+        return high < n
+    return high <= n if mode == "circular" else True
