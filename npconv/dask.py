@@ -20,6 +20,8 @@ The docs page "Beyond one machine" has the geometry rules, cluster set-ups
 from __future__ import annotations
 
 import math
+import os
+import threading
 import warnings
 from dataclasses import dataclass
 from itertools import accumulate
@@ -45,6 +47,13 @@ __all__ = ["conv", "conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "co
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
+# One in-memory npconv call at a time per process (dask's threaded scheduler runs blocks
+# concurrently): each call already spreads over the cores with npconv's own threads, and
+# BLAS thread limits are process-wide, so concurrent calls would only oversubscribe.
+_CALLS = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_CALLS=threading.Lock()))
+
+
 def _dask_array() -> ModuleType:
     """``dask.array``, imported on first use, with an install hint."""
     try:
@@ -54,9 +63,6 @@ def _dask_array() -> ModuleType:
             "npconv.dask needs Dask: pip install 'npconv[dask]' (dask[array] and distributed)"
         ) from exc
     return dask.array
-
-
-# --------------------------------------------------------------------------- checks
 
 
 def _check_dask(value: Any, name: str) -> None:
@@ -85,35 +91,25 @@ def _check_arrays(nd: int | None, x: Any, weight: Any, bias: Any, groups: Any) -
     rank = weight.ndim - 2
     if rank < 1 or (nd is not None and rank != nd):
         want = f"{nd + 2}" if nd is not None else "at least 3"
-        raise ValueError(
-            f"weight must be {want}-dimensional (out_channels, in_channels/groups, "
-            f"*kernel_size), got shape {tuple(weight.shape)}"
-        )
+        raise ValueError(f"weight must be {want}-dimensional (out_channels, in_channels/groups, "
+                         f"*kernel_size), got shape {tuple(weight.shape)}")
     if x.ndim != rank + 2:
-        raise ValueError(
-            f"x must be {rank + 2}-dimensional (N, C, *spatial) for a {rank}-d weight, got "
-            f"shape {x.shape}; add a batch axis to an unbatched input with x[None]"
-        )
+        raise ValueError(f"x must be {rank + 2}-dimensional (N, C, *spatial) for a {rank}-d "
+                         f"weight, got shape {x.shape}; add a batch axis with x[None]")
     g = as_int(groups, "groups")
     c, o = x.shape[1], weight.shape[0]
     if g < 1 or c % g or o % g:
-        raise ValueError(
-            f"groups must be a positive integer dividing the {c} input and {o} output "
-            f"channels, got {groups!r}"
-        )
+        raise ValueError(f"groups must be a positive integer dividing the {c} input and {o} "
+                         f"output channels, got {groups!r}")
     if weight.shape[1] * g != c:
-        raise ValueError(
-            f"weight of shape {tuple(weight.shape)} with groups={g} expects "
-            f"{weight.shape[1] * g} input channels, but x has {c} (shape {x.shape})"
-        )
+        raise ValueError(f"weight of shape {tuple(weight.shape)} with groups={g} expects "
+                         f"{weight.shape[1] * g} input channels, but x has {c} (shape {x.shape})")
     if bias is not None and tuple(bias.shape) != (o,):
         raise ValueError(f"bias must have shape ({o},), got {tuple(bias.shape)}")
     named = {"x": x.dtype, "weight": weight.dtype, "bias": getattr(bias, "dtype", x.dtype)}
     if len(set(named.values())) > 1 or backend.scalar_kind(x.dtype) not in ("f", "c"):
         listing = ", ".join(f"{k} is {v}" for k, v in named.items())
-        raise TypeError(
-            f"x, weight and bias must share one floating or complex dtype ({listing})"
-        )
+        raise TypeError(f"x, weight and bias must share one floating or complex dtype ({listing})")
     return rank, g
 
 
@@ -248,7 +244,8 @@ def _depth(halos: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
 def _forward_block(block: Any, weight: Any, bias: Any, stride: tuple[int, ...],
                    dilation: tuple[int, ...], groups: int) -> Any:
     """Valid convolution of one block that already holds its halo."""
-    return _conv(block, weight, bias, stride, 0, dilation, groups)
+    with _CALLS:
+        return _conv(block, weight, bias, stride, 0, dilation, groups)
 
 
 def _grad_input_block(grad: Any, weight: Any, stride: tuple[int, ...],
@@ -262,7 +259,8 @@ def _grad_input_block(grad: Any, weight: Any, stride: tuple[int, ...],
     """
     info = block_info[None]
     where, shape = info["chunk-location"], tuple(info["chunk-shape"])
-    full = _conv_transpose(grad, weight, None, stride, 0, 0, groups, dilation)
+    with _CALLS:
+        full = _conv_transpose(grad, weight, None, stride, 0, 0, groups, dilation)
     crop = [slice(None), slice(None)]
     for i in range(len(stride)):
         start = (halo[i] * stride[i] + shift[i]) if where[2 + i] else 0
@@ -278,7 +276,8 @@ def _grad_input_block(grad: Any, weight: Any, stride: tuple[int, ...],
 def _grad_weight_block(block: Any, grad: Any, weight: Any, stride: tuple[int, ...],
                        dilation: tuple[int, ...], groups: int) -> Any:
     """This block's share of the weight gradient, with a unit axis per block-grid axis."""
-    _, grad_weight, _ = _conv_backward(grad, block, weight, stride, 0, dilation, groups)
+    with _CALLS:
+        _, grad_weight, _ = _conv_backward(grad, block, weight, stride, 0, dilation, groups)
     return grad_weight.reshape((1,) * grad.ndim + tuple(grad_weight.shape))
 
 
