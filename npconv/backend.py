@@ -29,6 +29,9 @@ class Backend:
     name = ""
     # Whether npconv's own elementwise loops gain from host threads (not on a GPU).
     host_threads = False
+    # Whether arrays live on a device (a GPU): calls then run under ``with x.device``,
+    # in device-sized chunks, with contiguous matmul targets.
+    device = False
 
     def module(self) -> ModuleType:
         raise NotImplementedError
@@ -42,6 +45,10 @@ class Backend:
 
     def from_dlpack(self, obj: Any) -> Any:
         raise NotImplementedError
+
+    def device_context(self, array: Any) -> contextlib.AbstractContextManager[Any]:
+        """A context manager that makes ``array``'s device current (a no-op on the host)."""
+        return contextlib.nullcontext()
 
 
 class NumpyBackend(Backend):
@@ -61,7 +68,32 @@ class NumpyBackend(Backend):
         return numpy.from_dlpack(obj)
 
 
-class CupyBackend(Backend):
+class DeviceBackend(Backend):
+    """What CuPy and the test stand-in share: no host threads, writable strided views
+    (CuPy arrays have no read-only flag), host arrays copied in by ``asarray``, and
+    calls run under ``with x.device`` (``cupy.cuda.Device`` is a context manager)."""
+
+    device = True
+
+    def as_strided(self, x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        # CuPy arrays carry no read-only flag, so the view is writable there.
+        return self.module().lib.stride_tricks.as_strided(x, shape, strides)
+
+    def from_dlpack(self, obj: Any) -> Any:
+        module = self.module()
+        device = getattr(obj, "__dlpack_device__", None)
+        # DLPack device type 1 is the CPU: cupy.from_dlpack refuses host memory, so
+        # host arrays (NumPy, CPU torch tensors) are copied to the GPU instead.
+        if device is not None and device()[0] == 1:
+            return module.asarray(numpy.from_dlpack(obj))
+        return module.from_dlpack(obj)
+
+    def device_context(self, array: Any) -> contextlib.AbstractContextManager[Any]:
+        found: Any = getattr(array, "device", None)
+        return found if hasattr(found, "__enter__") else contextlib.nullcontext()
+
+
+class CupyBackend(DeviceBackend):
     name = "cupy"
     _cupy: ModuleType | None = None
 
@@ -89,21 +121,25 @@ class CupyBackend(Backend):
         # session must never pay for (or fail on) a CuPy import.
         return type(array).__module__.split(".")[0] == "cupy" and hasattr(array, "strides")
 
-    def as_strided(self, x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
-        # CuPy arrays carry no read-only flag, so the view is writable there.
-        return self.module().lib.stride_tricks.as_strided(x, shape, strides)
 
-    def from_dlpack(self, obj: Any) -> Any:
-        module = self.module()
-        device = getattr(obj, "__dlpack_device__", None)
-        # DLPack device type 1 is the CPU: cupy.from_dlpack refuses host memory, so
-        # host arrays (NumPy, CPU torch tensors) are copied to the GPU instead.
-        if device is not None and device()[0] == 1:
-            return module.asarray(numpy.from_dlpack(obj))
-        return module.from_dlpack(obj)
+class StandinBackend(DeviceBackend):
+    """For tests only: NumPy-backed arrays that take every device branch of npconv and
+    refuse what CuPy refuses (see :mod:`npconv._standin`). Selected only by name."""
+
+    name = "standin"
+
+    def module(self) -> ModuleType:
+        from . import _standin
+
+        return _standin.bind(numpy)
+
+    def owns(self, array: Any) -> bool:
+        return type(array).__module__ == "npconv._standin" and hasattr(array, "strides")
 
 
-_REGISTRY: dict[str, Backend] = {"numpy": NumpyBackend(), "cupy": CupyBackend()}
+# 'standin' is a test double (npconv._standin); BACKENDS lists the backends for users.
+_REGISTRY: dict[str, Backend] = {"numpy": NumpyBackend(), "cupy": CupyBackend(),
+                                 "standin": StandinBackend()}
 
 
 def _lookup(name: Any, source: str) -> Backend:
@@ -206,16 +242,31 @@ def backend_of(*arrays: Any) -> Backend:
     for array in arrays:
         if array is None:
             continue
-        for backend in _REGISTRY.values():
-            if backend.owns(array):
-                if found is not None and found is not backend:
-                    raise TypeError(
-                        "cannot mix NumPy and CuPy arrays in one call; move them to one "
-                        "backend first (npconv.asarray converts through DLPack)"
-                    )
-                found = backend
-                break
+        owner = _owner_of(type(array), array)
+        if owner is not None:
+            if found is not None and found is not owner:
+                raise TypeError(
+                    "cannot mix NumPy and CuPy arrays in one call; move them to one "
+                    "backend first (npconv.asarray converts through DLPack)"
+                )
+            found = owner
     return found if found is not None else _active()
+
+
+# The backend of each array type seen so far: a dict lookup instead of asking every
+# backend on every call (small calls ask this a few times each).
+_OWNERS: dict[type, Backend | None] = {}
+
+
+def _owner_of(kind: type, array: Any) -> Backend | None:
+    try:
+        return _OWNERS[kind]
+    except KeyError:
+        pass
+    owner = next((b for b in _REGISTRY.values() if b.owns(array)), None)
+    if owner is not None or kind in (list, tuple, int, float, complex):
+        _OWNERS[kind] = owner
+    return owner
 
 
 def get_array_module(*arrays: Any) -> ModuleType:
@@ -228,6 +279,21 @@ def get_array_module(*arrays: Any) -> ModuleType:
     'numpy'
     """
     return backend_of(*arrays).module()
+
+
+def device_of(*arrays: Any) -> contextlib.AbstractContextManager[Any]:
+    """A context manager making the device of ``arrays`` current, so that scratch
+    buffers are allocated there (``with x.device`` on CuPy); a no-op on NumPy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from npconv import backend
+    >>> with backend.device_of(np.zeros(3)):
+    ...     pass
+    """
+    first = next((a for a in arrays if a is not None), None)
+    return backend_of(*arrays).device_context(first)
 
 
 def as_strided_view(x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:

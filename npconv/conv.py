@@ -8,11 +8,13 @@ each map, and runs it. The formulas themselves are in :mod:`npconv.reference`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+from collections.abc import Iterator
 from typing import Any
 
-from . import backend, executor
+from . import backend, executor, workspace
 from ._validate import check_groups, check_ndim, check_same_dtype, prepare
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_int, check_padding_mode
 from .geometry import _check_mode_padding as check_mode_padding
@@ -38,6 +40,15 @@ def _problem(geometry: ConvGeometry, groups: int, batch: int, c: int, o: int,
                    owner.host_threads)
 
 
+@contextlib.contextmanager
+def _running(problem: Problem, array: Any) -> Iterator[None]:
+    """One call's region: the executor's, on ``array``'s device (scratch is allocated
+    there), chunked for a device where the backend has no host threads."""
+    with executor.call(), backend.device_of(array), \
+            workspace.device_chunks(not problem.host_threads):
+        yield
+
+
 def _conj(a: Any) -> Any:
     # torch's gradients of complex convolutions use the conjugate (adjoint) operator
     if a is None or backend.scalar_kind(a.dtype) != "c":
@@ -51,7 +62,7 @@ def _forward(problem: Problem, x: Any, weight: Any, bias: Any, algorithm: str) -
     if problem.batch == 0:
         return xp.empty((0, problem.out_channels) + problem.geometry.out_size, dtype=x.dtype)
     name = _cached_plan(problem, algorithm, ("forward",)).forward
-    with executor.call():
+    with _running(problem, x):
         try:
             return get_path(name).forward(problem, x, weight, bias)
         except MemoryError:
@@ -71,7 +82,7 @@ def _backward(problem: Problem, gy: Any, x: Any, weight: Any, algorithm: str,
                 xp.zeros(weight.shape, dtype=gy.dtype) if need_weight else None)
     maps = tuple(m for m, need in zip(MAPS[1:], (need_input, need_weight)) if need)
     plan = _cached_plan(problem, algorithm, maps)
-    with executor.call():
+    with _running(problem, gy):
         try:
             return _run_backward(problem, plan, gy, x, weight, need_input, need_weight)
         except MemoryError:
@@ -136,13 +147,20 @@ def _check_bias(bias: Any, channels: int) -> None:
         raise ValueError(f"bias must have shape ({channels},), got {tuple(bias.shape)}")
 
 
-def _check_grad_output(grad_output: Any, expected: tuple[int, ...], batched: bool) -> Any:
-    gy = prepare("grad_output", grad_output)
+def _check_grad_output(grad_output: Any, x: Any, expected: tuple[int, ...],
+                       batched: bool) -> Any:
+    """grad_output checked against x (type, dtype) and the output's shape, batched."""
     want = expected if batched else expected[1:]
-    if tuple(gy.shape) != want:
-        raise ValueError(f"grad_output must have shape {want} (the output's), "
-                         f"got {tuple(gy.shape)}")
-    return gy if batched else gy[None]
+    if not (type(grad_output) is type(x) and getattr(grad_output, "dtype", None) == x.dtype
+            and tuple(grad_output.shape) == want):
+        backend.backend_of(grad_output, x)  # TypeError on a NumPy/CuPy mix
+        gy = prepare("grad_output", grad_output)
+        if tuple(gy.shape) != want:
+            raise ValueError(f"grad_output must have shape {want} (the output's), "
+                             f"got {tuple(gy.shape)}")
+        check_same_dtype(grad_output=gy, x=x)
+        grad_output = gy
+    return grad_output if batched else grad_output[None]
 
 
 def conv_setup(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any, padding: Any,
@@ -201,6 +219,63 @@ def transpose_setup(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any,
     return x, weight, bias, geometry, g, batched
 
 
+# --------------------------------------------------------------------------- setup cache
+
+# Checked setups of recent calls, keyed by everything the checks look at (array types,
+# shapes and dtypes, and the geometry arguments): a repeated call skips the checks and
+# the shape arithmetic, which cost far more than a tiny convolution itself.
+_SETUPS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_SETUP_LIMIT = 4096
+
+
+def _array_key(a: Any) -> tuple[Any, ...] | None:
+    if a is None:
+        return None
+    return (type(a), getattr(a, "shape", None), getattr(a, "dtype", None))
+
+
+def _setup(setup: Any, nd: int | None, x: Any, weight: Any, bias: Any,
+           params: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``setup(nd, x, weight, bias, *params)`` plus the call's Problem, from the cache
+    when an identical call (same array types, shapes, dtypes and arguments) ran before.
+    Only calls whose arrays were used as given (no conversion) are cached."""
+    key: tuple[Any, ...] | None = (setup, nd, _array_key(x), _array_key(weight),
+                                   _array_key(bias), params)
+    try:
+        hit = _SETUPS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable argument (a list): no caching
+        hit, key = None, None
+    if hit is not None:
+        geometry, g, batched, problem = hit
+        return (x if batched else x[None]), weight, bias, geometry, g, batched, problem
+    xb, w, b, geometry, g, batched, problem = setup(nd, x, weight, bias, *params)
+    as_given = w is weight and b is bias and (xb is x if batched else xb.base is x)
+    if key is not None and as_given and None not in (key[2][1], key[3][1]):
+        if len(_SETUPS) >= _SETUP_LIMIT:
+            _SETUPS.clear()
+        _SETUPS[key] = (geometry, g, batched, problem)
+    return xb, w, b, geometry, g, batched, problem
+
+
+def _conv_call(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+               dilation: Any, groups: Any, padding_mode: Any) -> tuple[Any, ...]:
+    """conv_setup's results and the convolution's Problem."""
+    x, weight, bias, geometry, g, batched = conv_setup(
+        nd, x, weight, bias, stride, padding, dilation, groups, padding_mode)
+    problem = _problem(geometry, g, x.shape[0], x.shape[1], weight.shape[0], x)
+    return x, weight, bias, geometry, g, batched, problem
+
+
+def _transpose_call(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any,
+                    padding: Any, output_padding: Any, groups: Any, dilation: Any,
+                    padding_mode: Any) -> tuple[Any, ...]:
+    """transpose_setup's results and the Problem of the convolution it transposes."""
+    x, weight, bias, geometry, g, batched = transpose_setup(
+        nd, x, weight, bias, stride, padding, output_padding, groups, dilation, padding_mode)
+    problem = _problem(geometry, g, x.shape[0], weight.shape[1] * g, weight.shape[0], x)
+    return x, weight, bias, geometry, g, batched, problem
+
+
 # --------------------------------------------------------------------------- public
 
 
@@ -254,9 +329,8 @@ def conv_nd(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any, padding
             dilation: Any, groups: Any, padding_mode: Any, algorithm: Any) -> Any:
     """:func:`conv` with the rank checked against ``nd`` (None: from ``weight``)."""
     algorithm = _check_algorithm(algorithm)
-    x, weight, bias, geometry, g, batched = conv_setup(
-        nd, x, weight, bias, stride, padding, dilation, groups, padding_mode)
-    problem = _problem(geometry, g, x.shape[0], x.shape[1], weight.shape[0], x)
+    x, weight, bias, geometry, g, batched, problem = _setup(
+        _conv_call, nd, x, weight, bias, (stride, padding, dilation, groups, padding_mode))
     y = _forward(problem, x, weight, bias, algorithm)
     return y if batched else y[0]
 
@@ -306,13 +380,10 @@ def conv_backward_nd(nd: int | None, grad_output: Any, x: Any, weight: Any, stri
                      algorithm: Any) -> tuple[Any, Any, Any]:
     """:func:`conv_backward` with the rank checked against ``nd``."""
     algorithm = _check_algorithm(algorithm)
-    x, weight, _, geometry, g, batched = conv_setup(
-        nd, x, weight, None, stride, padding, dilation, groups, padding_mode)
-    backend.backend_of(grad_output, x)
-    gy = _check_grad_output(grad_output, (x.shape[0], weight.shape[0]) + geometry.out_size,
+    x, weight, _, geometry, g, batched, problem = _setup(
+        _conv_call, nd, x, weight, None, (stride, padding, dilation, groups, padding_mode))
+    gy = _check_grad_output(grad_output, x, (x.shape[0], weight.shape[0]) + geometry.out_size,
                             batched)
-    check_same_dtype(grad_output=gy, x=x)
-    problem = _problem(geometry, g, x.shape[0], x.shape[1], weight.shape[0], x)
     gx, gw = _backward(problem, gy, _conj(x), _conj(weight), algorithm)
     return (gx if batched else gx[0]), gw, _sum_bias(gy)
 
@@ -363,11 +434,11 @@ def conv_transpose_nd(nd: int | None, x: Any, weight: Any, bias: Any, stride: An
                       padding_mode: Any, algorithm: Any) -> Any:
     """:func:`conv_transpose` with the rank checked against ``nd``."""
     algorithm = _check_algorithm(algorithm)
-    x, weight, bias, geometry, g, batched = transpose_setup(
-        nd, x, weight, bias, stride, padding, output_padding, groups, dilation, padding_mode)
+    x, weight, bias, geometry, g, batched, problem = _setup(
+        _transpose_call, nd, x, weight, bias,
+        (stride, padding, output_padding, groups, dilation, padding_mode))
     c_out = weight.shape[1] * g
     # x plays the convolution's grad_output; weight (C_in, C_out/g, *k) is its weight
-    problem = _problem(geometry, g, x.shape[0], c_out, weight.shape[0], x)
     y, _ = _backward(problem, x, None, weight, algorithm, need_weight=False)
     if bias is not None:
         y += bias.reshape((1, c_out) + (1,) * geometry.nd)
@@ -410,13 +481,11 @@ def conv_transpose_backward_nd(nd: int | None, grad_output: Any, x: Any, weight:
                                algorithm: Any) -> tuple[Any, Any, Any]:
     """:func:`conv_transpose_backward` with the rank checked against ``nd``."""
     algorithm = _check_algorithm(algorithm)
-    x, weight, _, geometry, g, batched = transpose_setup(
-        nd, x, weight, None, stride, padding, output_padding, groups, dilation, padding_mode)
-    backend.backend_of(grad_output, x)
+    x, weight, _, geometry, g, batched, problem = _setup(
+        _transpose_call, nd, x, weight, None,
+        (stride, padding, output_padding, groups, dilation, padding_mode))
     c_out = weight.shape[1] * g
-    gy = _check_grad_output(grad_output, (x.shape[0], c_out) + geometry.in_size, batched)
-    check_same_dtype(grad_output=gy, x=x)
-    problem = _problem(geometry, g, x.shape[0], c_out, weight.shape[0], x)
+    gy = _check_grad_output(grad_output, x, (x.shape[0], c_out) + geometry.in_size, batched)
     # gx = conv(gy, conj W); gW = the weight map of conj(x) (as grad_output) with gy
     grad_input = _forward(problem, gy, _conj(weight), None, algorithm)
     _, grad_weight = _backward(problem, _conj(x), gy, weight, algorithm, need_input=False)
@@ -438,8 +507,12 @@ def explain(x: Any, weight: Any, stride: IntOrTuple = 1, padding: Padding = 0,
     ...                       np.zeros((64, 64, 3, 3), np.float32), padding=1)
     >>> plan.forward, plan.grad_input, plan.grad_weight
     ('winograd', 'winograd', 'winograd')
-    >>> npconv.explain(np.zeros((1, 8, 9, 9)), np.zeros((4, 8, 1, 1))).forward
+    >>> npconv.explain(np.zeros((8, 64, 28, 28)), np.zeros((32, 64, 1, 1))).forward
     'pointwise'
+    >>> print(npconv.explain(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 3, 3))))
+    forward      im2col     a small call (columns under 64 KiB): one matmul
+    grad_input   im2col     a small call (columns under 64 KiB): one matmul
+    grad_weight  im2col     a small call (columns under 64 KiB): one matmul
     """
     algorithm = _check_algorithm(algorithm)
     x, weight, _, geometry, g, _ = conv_setup(None, x, weight, None, stride, padding, dilation,

@@ -8,7 +8,10 @@ from ``NPCONV_WORKSPACE_MB`` at import and changed with
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 
 from .geometry import as_int
 
@@ -87,8 +90,34 @@ def chunk_length(
             f"npconv.set_workspace_limit() or NPCONV_WORKSPACE_MB"
         )
     fit = _limit // max(per_item_bytes, 1)
+    if _device.get():
+        target = device_target()  # one chunk up to the limit: nothing is forced to split
     want = max(1, (TARGET_CHUNK_BYTES if target is None else target) // max(per_item_bytes, 1))
     return max(1, min(count, fit, want))
+
+
+# On a device (a GPU: a backend without host threads) a chunk is a Python loop of kernel
+# launches (5-20 us each), so one chunk runs up to the workspace limit and nothing is
+# split for threads. A chunk's buffers stay below 2 GiB, so that no matrix side of its
+# matmuls reaches 2**31 elements: cuBLAS takes its sizes as int32.
+DEVICE_MAX_CHUNK_BYTES = 2**31 - 1
+_device: contextvars.ContextVar[bool] = contextvars.ContextVar("npconv_device", default=False)
+
+
+@contextlib.contextmanager
+def device_chunks(on_device: bool) -> Iterator[None]:
+    """Within this context (one public call), chunk for a device if ``on_device``: the
+    targets of :func:`chunk_length` and :func:`row_chunks` become :func:`device_target`."""
+    token = _device.set(bool(on_device))
+    try:
+        yield
+    finally:
+        _device.reset(token)
+
+
+def device_target() -> int:
+    """Bytes of one device chunk: the workspace limit, below 2 GiB."""
+    return min(_limit, DEVICE_MAX_CHUNK_BYTES)
 
 
 # A batch too small to fill several chunks of the target size is still cut into
@@ -120,9 +149,15 @@ def row_chunks(per_row_bytes: int, rows: int, count: int, what: str = "one image
     """
     goal = TARGET_CHUNK_BYTES if target is None else target
     per_item = per_row_bytes * rows
-    goal = min(goal, max(MIN_SPLIT_BYTES, per_item * count // SPLIT_CHUNKS), _limit)
     if per_row_bytes > _limit:
         chunk_length(per_row_bytes, 1, f"one output row of {what}")  # raises MemoryError
+    if _device.get():  # whole items up to the limit, else equal blocks of rows
+        goal = device_target()
+        if per_item <= goal:
+            return chunk_length(per_item, count, what), rows
+        most = max(1, goal // max(per_row_bytes, 1))
+        return 1, -(-rows // -(-rows // most))
+    goal = min(goal, max(MIN_SPLIT_BYTES, per_item * count // SPLIT_CHUNKS), _limit)
     if per_item <= goal:
         return _balanced(count, chunk_length(per_item, count, what, target=goal)), rows
     return 1, _balanced(rows, max(1, goal // max(per_row_bytes, 1)))
