@@ -3,10 +3,10 @@
     conv 3x3 (1->16) -> ReLU -> max-pool 2 -> conv 3x3 (16->32) -> ReLU -> max-pool 2
     -> linear (128->10) -> softmax cross-entropy
 
-The convolutions are ``npconv.nn.Conv2d`` layers; max-pooling is written with
-``npconv.patches`` (max over each window) and ``npconv.fold_patches`` (route
-the gradient back to the argmax); the linear layer, the loss and the Adam
-optimiser are a few lines of NumPy. No autograd: every layer has a
+The convolutions are ``npconv.nn.Conv2d`` layers and max-pooling is
+``npconv.nn.MaxPool2d`` (a max over each window of ``npconv.patches``, its
+gradient routed back to the argmax by ``npconv.fold_patches``); the linear
+layer, the loss and the Adam optimiser are a few lines of NumPy. No autograd: every layer has a
 ``backward`` that is called in reverse order.
 
 The data (1797 images, shipped with scikit-learn, no download) is split
@@ -31,27 +31,8 @@ import npconv.nn
 DTYPE = np.float32
 
 
-class MaxPool:
-    """Max over each ``kernel`` window (stride ``stride``), backward through fold_patches."""
-
-    def __init__(self, kernel=2, stride=2):
-        self.kernel, self.stride = (kernel, kernel), stride
-
-    def forward(self, x):
-        v = npconv.patches(x, self.kernel, stride=self.stride)  # (N, C, kh, kw, Ho, Wo)
-        n, c = v.shape[:2]
-        windows = v.reshape((n, c, -1) + v.shape[4:])  # (N, C, kh*kw, Ho, Wo)
-        self.argmax = windows.argmax(axis=2)[:, :, None]
-        self.shapes = v.shape, x.shape[2:]
-        return np.take_along_axis(windows, self.argmax, axis=2)[:, :, 0]
-
-    def backward(self, grad_output):
-        view_shape, input_size = self.shapes
-        n, c = view_shape[:2]
-        grad_windows = np.zeros((n, c, math.prod(self.kernel)) + view_shape[4:], DTYPE)
-        np.put_along_axis(grad_windows, self.argmax, grad_output[:, :, None], axis=2)
-        return npconv.fold_patches(grad_windows.reshape(view_shape), input_size, self.kernel,
-                                   stride=self.stride)
+# Max over each 2x2 window, backward through fold_patches (see docs/pooling.md).
+MaxPool = npconv.nn.MaxPool2d
 
 
 class ReLU:
