@@ -342,10 +342,16 @@ def map_chunks(kernel: Callable[..., None], items: Sequence[Any], *args: Any,
     whichever thread is free next, in order; which thread computes an item never
     changes its result.
     """
+    workers = workers_for(len(items), per_worker_bytes, arrays, work_bytes)
+    if workers <= 1:  # serial: no queue, no lock (a small call's overhead matters)
+        buffers = None if scratch is None else scratch()
+        for item in items:
+            kernel(buffers, item, *args)
+        return
+
     def work(buffers: Any, _: int, item: Any) -> None:
         kernel(buffers, item, *args)
 
-    workers = workers_for(len(items), per_worker_bytes, arrays, work_bytes)
     _drive(_Queue(items), work, scratch, workers)
 
 

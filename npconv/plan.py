@@ -22,7 +22,7 @@ from .geometry import ConvGeometry
 #: Every value ``algorithm=`` accepts. 'auto' lets :func:`plan` choose;
 #: 'reference' is :mod:`npconv.reference`, the formulas as written.
 ALGORITHMS = ("auto", "reference", "im2col", "flipped", "pointwise", "direct", "depthwise",
-              "winograd", "phases")
+              "winograd", "phases", "fft")
 
 MAPS = ("forward", "grad_input", "grad_weight")
 
@@ -47,6 +47,12 @@ PHASE_MIN_OVERLAP = 4
 # junk columns beyond the output width (7x7 stride 2 gained 5%, 3x3 stride 2 tied
 # or lost, measured).
 PHASE_MAX_JUNK = 0.125
+
+
+# Calls whose whole column matrix is below this many bytes take im2col for every map:
+# one matmul each, with none of the chunk machinery, which costs more than the
+# arithmetic there (a 1x1x8x8 3x3 call: ~150 us through the chunked paths, measured).
+SMALL_CALL_BYTES = 64 * 2**10
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,11 @@ def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS
                                  f"it needs {need}")
         reason = "requested"
         return Plan(algorithm, algorithm, algorithm, dict.fromkeys(MAPS, reason))
+    columns = (problem.batch * problem.in_channels * problem.geometry.kernel_volume
+               * problem.geometry.out_volume * problem.dtype.itemsize)
+    if columns < SMALL_CALL_BYTES:
+        why = f"a small call (columns under {SMALL_CALL_BYTES // 2**10} KiB): one matmul"
+        return Plan("im2col", "im2col", "im2col", dict.fromkeys(MAPS, why))
     forward, why_f = _auto_forward(problem)
     grad_input, why_i = _auto_grad_input(problem, forward)
     grad_weight, why_w = _auto_grad_weight(problem, forward, grad_input)

@@ -31,6 +31,10 @@ FOLD_BLOCK_BYTES = 4 * 2**20
 # are smaller than this (more, smaller blocks cost more NumPy calls than they balance).
 MIN_THREADED_BLOCK_BYTES = 2 * 2**20
 
+# Below this many bytes of slabs a fold adds each kernel offset's windows in place
+# (scatter_add): the slab copies and sums cost more than they save on tiny images.
+SMALL_FOLD_BYTES = 64 * 2**10
+
 Copies = list[tuple[tuple[Any, ...], tuple[Any, ...]]]
 
 
@@ -38,8 +42,14 @@ def fold_slabs(geometry: ConvGeometry, size: tuple[int, ...], lows: list[int]) -
     """Per slab, the (target, source) index pairs of the kernel offsets it receives.
 
     Along an axis, offsets ``k`` with equal phase ``k*d % s`` hit overlapping
-    pixels; the j-th offset of every phase goes to slab j of that axis.
+    pixels; the j-th offset of every phase goes to slab j of that axis. Cached per
+    geometry (building the lists cost more than a small fold itself); read-only.
     """
+    return _slabs(geometry, tuple(size), tuple(lows))
+
+
+@functools.lru_cache(maxsize=512)
+def _slabs(geometry: ConvGeometry, size: tuple[int, ...], lows: tuple[int, ...]) -> list[Copies]:
     per_axis = []
     for n, k, s, d, o_n, lo in zip(
         size, geometry.kernel, geometry.stride, geometry.dilation, geometry.out_size, lows
@@ -168,6 +178,9 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     lead = out.shape[: out.ndim - geometry.nd]
     image = max(1, math.prod(size) * out.dtype.itemsize)
     images = math.prod(lead)
+    if images * image * len(slabs) < SMALL_FOLD_BYTES:
+        scatter_add(out, grad_patches, geometry)
+        return
     limit = workspace.get_workspace_limit()
     # Slabs summed per pass: as many as FOLD_BLOCK_BYTES (and the workspace limit) hold
     # for one image, at least one. This fixes the order of the sums; the thread count
@@ -185,3 +198,27 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
                         scratch=functools.partial(_scratch, xp, fold, out.dtype),
                         per_worker_bytes=per_worker, arrays=(out,),
                         work_bytes=images * image)
+
+
+def scatter_add(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
+    """``out[...] = fold(grad_patches)`` by one strided slice-add per kernel offset.
+
+    The plain form of :func:`fold_into` (as :func:`npconv.reference.fold` writes
+    it), used for small folds and for integer dtypes, whose sums then stay in
+    ``out``'s dtype. Within one kernel offset no two windows reach the same pixel,
+    so each ``+=`` is exact.
+    """
+    zero_padded = geometry.zero_padded
+    size = geometry.in_size if zero_padded else geometry.padded_size
+    lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
+    xp = backend.get_array_module(out, grad_patches)
+    lead = out.shape[: out.ndim - geometry.nd]
+    target = out if zero_padded else xp.empty(lead + size, dtype=out.dtype)
+    target[...] = 0
+    for slab in fold_slabs(geometry, size, lows):
+        for to, source in slab:
+            target[to] += grad_patches[source]
+    if not zero_padded:
+        from ..patches import unpad_add
+
+        unpad_add(out, target, geometry, accumulate=False)

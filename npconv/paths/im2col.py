@@ -27,8 +27,8 @@ from typing import Any
 
 from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
-from ..patches import ChunkPadder, fold_into, window_view
-from ..plan import Problem
+from ..patches import ChunkPadder, fold_into, pad, window_view
+from ..plan import SMALL_CALL_BYTES, Problem
 from ._common import empty_grads, image_of, out_block, row_blocks, take
 
 RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
@@ -129,6 +129,8 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     MemoryError
         If the columns of one output row do not fit in the workspace limit.
     """
+    if _small(problem):
+        return _forward_small(problem, x, weight, bias)
     xp = backend.get_array_module(x, weight)
     geometry, g = problem.geometry, problem.groups
     n, c = x.shape[:2]
@@ -226,6 +228,8 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     MemoryError
         If the columns of one image do not fit in the workspace limit.
     """
+    if _small(problem) and problem.batch > 0:
+        return _backward_small(problem, gy, x, weight, need_input, need_weight)
     xp = backend.get_array_module(gy, x, weight)
     geometry, g = problem.geometry, problem.groups
     n, o = gy.shape[:2]
@@ -252,3 +256,52 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     executor.reduce_chunks(_backward_chunk, starts, total, *args, scratch=scratch,
                            per_worker_bytes=per_worker, arrays=(gy, x))
     return gx, total.reshape(weight.shape)
+
+
+# --------------------------------------------------------------------------- small calls
+
+
+def _small(problem: Problem) -> bool:
+    """A call whose whole column matrix is tiny: one chunk, and none of the chunk
+    machinery (row blocks, scratch, executor), which cost more than the matmul."""
+    g = problem.geometry
+    columns = problem.batch * problem.in_channels * g.kernel_volume * g.out_volume
+    nbytes = columns * problem.dtype.itemsize
+    return nbytes < SMALL_CALL_BYTES and nbytes <= workspace.get_workspace_limit()
+
+
+def _forward_small(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
+    """y = W @ cols + b for the whole (small) batch at once."""
+    xp = backend.get_array_module(x, weight)
+    geometry, g = problem.geometry, problem.groups
+    n, o = x.shape[0], weight.shape[0]
+    depth = problem.cg * geometry.kernel_volume
+    cols = window_view(pad(x, geometry), geometry).reshape(n, g, depth, geometry.out_volume)
+    # (g, O/g, C/g*K) @ (N, g, C/g*K, L) -> (N, g, O/g, L)
+    y = xp.matmul(weight.reshape(g, o // g, depth), cols).reshape((n, o) + geometry.out_size)
+    if bias is not None:
+        y += bias.reshape((1, o) + (1,) * geometry.nd)
+    return y
+
+
+def _backward_small(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
+                    need_weight: bool) -> tuple[Any, Any]:
+    """gW = sum_n gy @ cols^T and gx = fold(W^T @ gy) for the whole (small) batch."""
+    xp = backend.get_array_module(gy, weight)
+    geometry, g = problem.geometry, problem.groups
+    n, o, k_vol = problem.batch, problem.out_channels, geometry.kernel_volume
+    depth, length = problem.cg * k_vol, geometry.out_volume
+    gy4 = gy.reshape(n, g, o // g, length)
+    gx = gw = None
+    if need_weight:
+        cols = window_view(pad(x, geometry), geometry).reshape(n, g, depth, length)
+        # sum over N of (g, O/g, L) @ (g, L, C/g*K) -> (g, O/g, C/g*K)
+        gw = xp.matmul(gy4, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
+    if need_input:
+        # (g, C/g*K, O/g) @ (N, g, O/g, L) -> (N, g, C/g*K, L): the column gradient, folded
+        w_t = weight.reshape(g, o // g, depth).transpose(0, 2, 1)
+        cols_grad = xp.matmul(w_t, gy4).reshape(
+            (n, problem.in_channels) + geometry.kernel + geometry.out_size)
+        gx = xp.empty((n, problem.in_channels) + geometry.in_size, dtype=gy.dtype)
+        fold_into(gx, cols_grad, geometry)
+    return gx, gw
