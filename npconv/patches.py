@@ -195,9 +195,14 @@ def _fold(grad_patches: Any, geometry: ConvGeometry, name: str) -> Any:
 # --------------------------------------------------------------------------- public
 
 
-def _batched(x: Any, name: str, rank: int, lead: int, meaning: str) -> tuple[Any, bool]:
-    """``x`` with a batch axis (added when ``x`` is unbatched) and whether it had one."""
-    hint = "" if rank != 2 else "; an int kernel_size means 2 spatial dims, as in torch's unfold"
+def _batched(x: Any, name: str, lead: int, meaning: str, *sizes: Any) -> tuple[Any, bool]:
+    """``x`` with a batch axis (added when ``x`` is unbatched) and whether it had one.
+
+    ``sizes`` are the size arguments that set the rank; when all are ints a wrong
+    rank gets a hint that an int means 2 spatial dims.
+    """
+    ints = not any(hasattr(size, "__len__") for size in sizes)
+    hint = "; an int kernel_size means 2 spatial dims, as in torch's unfold" if ints else ""
     check_ndim(x, name, (lead + 1, lead + 2), meaning + hint)
     return (x, True) if x.ndim == lead + 2 else (x[None], False)
 
@@ -256,7 +261,8 @@ def patches(
     """
     x = prepare_data("x", x)
     nd = spatial_rank(kernel_size, 2)
-    batch, batched = _batched(x, "x", nd, nd, f"(N, C, *spatial) or (C, *spatial) for {nd}-d")
+    batch, batched = _batched(x, "x", nd, f"(N, C, *spatial) or (C, *spatial) for {nd}-d",
+                              kernel_size)
     geometry = ConvGeometry.build(
         batch.shape[2:], kernel_size, stride, padding, dilation, padding_mode, input_name="x"
     )
@@ -317,8 +323,9 @@ def fold_patches(
     g = prepare_data("grad_patches", grad_patches)
     nd = spatial_rank(kernel_size, spatial_rank(input_size, 2))
     size = as_tuple(input_size, nd, "input_size", minimum=1)
-    g, batched = _batched(g, "grad_patches", nd, 2 * nd,
-                          f"(N, C, *kernel_size, *out_size) or (C, ...) for {nd}-d")
+    g, batched = _batched(g, "grad_patches", 2 * nd,
+                          f"(N, C, *kernel_size, *out_size) or (C, ...) for {nd}-d",
+                          kernel_size, input_size)
     geometry = ConvGeometry.build(
         size, kernel_size, stride, padding, dilation, padding_mode, input_name="input_size"
     )
@@ -379,7 +386,8 @@ def im2col(
     view = patches(x, kernel_size, stride=stride, padding=padding, dilation=dilation,
                    padding_mode=padding_mode)
     nd = spatial_rank(kernel_size, 2)
-    if view.ndim == 2 * nd + 1:
+    unbatched = view.ndim == 2 * nd + 1
+    if unbatched:
         view = view[None]
     n, c = view.shape[:2]
     rows, length = c * math.prod(view.shape[2 : 2 + nd]), math.prod(view.shape[2 + nd :])
@@ -389,7 +397,7 @@ def im2col(
     cols = xp.empty(view.shape, dtype=view.dtype)  # a copy even where the view is contiguous
     executor.copy_into(cols, view)
     cols = cols.reshape(n, rows, length)
-    return cols if x.ndim == nd + 2 else cols[0]
+    return cols[0] if unbatched else cols
 
 
 def col2im(

@@ -40,7 +40,7 @@ CASES = [
     ("padding_mode", lambda: npconv.conv2d(X, W, padding=1, padding_mode="mirror"), ValueError, r"padding_mode must be one of .*'mirror'"),
     ("reflect too wide", lambda: npconv.conv2d(X, W, padding=6, padding_mode="reflect"), ValueError, r"padding_mode='reflect' needs padding smaller"),
     ("circular too wide", lambda: npconv.conv2d(X, W, padding=7, padding_mode="circular"), ValueError, r"padding_mode='circular' needs padding at most"),
-    ("algorithm", lambda: npconv.conv2d(X, W, algorithm="fft"), ValueError, r"algorithm must be one of .*'fft'"),
+    ("algorithm", lambda: npconv.conv2d(X, W, algorithm="magic"), ValueError, r"algorithm must be one of .*'magic'"),
     # dtypes
     ("int input", lambda: npconv.conv2d(X.astype(int), W.astype(int)), TypeError, r"x must have a floating or complex dtype.*int64"),
     ("bool conv input", lambda: npconv.conv2d(X > 0, W > 0), TypeError, r"x must have a floating or complex dtype.*bool"),
