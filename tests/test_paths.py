@@ -52,7 +52,54 @@ ACCEPTED = {
                              max_dilation=1, max_channels=6, max_batch=3, max_output=13),
     "phases": conv_configs(ndim=(1, 2, 3), max_stride=3, max_kernel=5, max_channels=4,
                            max_batch=3, max_output=7).filter(lambda c: max(c.stride) > 1),
+    # kernels up to 9 (dilated up to 17 taps), strides up to 3 (polyphase), every mode
+    "fft": conv_configs(ndim=(1, 2, 3), max_kernel=9, max_stride=3, max_padding=4,
+                        max_channels=4, max_batch=3, padding_modes=PADDING_MODES,
+                        max_output=6),
 }
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "complex64"])
+@pytest.mark.parametrize("shape, kernel, kw", [
+    ((2, 3, 4096), (2, 3, 31), dict(padding=15)),
+    ((2, 4, 96, 80), (3, 4, 9, 9), dict(padding=4, stride=(1, 2))),
+    ((1, 2, 20, 24, 22), (2, 2, 5, 5, 5), dict(padding=2, padding_mode="reflect")),
+])
+def test_fft_error_grows_with_the_transform_size_only(shape, kernel, kw, dtype):
+    """FFT convolution against the float64 reference with a size-aware tolerance.
+
+    Each of the three transforms (input, kernel, inverse) adds a normwise error
+    of O(u log2 L) for L transformed points (Higham, Accuracy and Stability,
+    sec. 24.1), and the contraction over the C/g*k products of one output adds
+    random rounding errors growing like sqrt(reduction). Hence max|err| <=
+    2 u log2(L) sqrt(reduction) (1 + max|y|), normwise; measured ratios stay
+    below 0.1 of it for float32 and float64 (docs/fft.md). float16 is
+    transformed in float32, so its error is the final rounding (u = 2**-11).
+    """
+    from npconv.geometry import ConvGeometry
+    from npconv.paths.fft import _layout
+    from npconv.plan import Problem
+
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal(shape), rng.standard_normal(kernel)
+    y64 = npconv.conv(x, w, **kw, algorithm="reference")
+    gy = rng.standard_normal(y64.shape)
+    gx64, gw64, _ = npconv.conv_backward(gy, x, w, **kw, algorithm="reference")
+    xc, wc, gyc = (a.astype(dtype) for a in (x, w, gy))
+    y = npconv.conv(xc, wc, **kw, algorithm="fft")
+    gx, gw, _ = npconv.conv_backward(gyc, xc, wc, **kw, algorithm="fft")
+    geometry = ConvGeometry.build(shape[2:], kernel[2:], kw.get("stride", 1), kw["padding"],
+                                  padding_mode=kw.get("padding_mode", "zeros"))
+    problem = Problem.of(geometry, 1, shape, kernel, np.dtype(dtype))
+    log_l = np.log2(np.prod(_layout(problem, np).sizes))
+    u = {"float64": 2.0**-53, "float16": 2.0**-11}.get(dtype, 2.0**-24)
+    positions = gy.size // gy.shape[1]
+    for got, want, reduction in ((y, y64, np.prod(kernel[1:])),
+                                 (gx, gx64, kernel[0] * np.prod(kernel[2:])),
+                                 (gw, gw64, positions)):
+        assert got.dtype == np.dtype(dtype)
+        tol = 2 * (u if dtype == "float16" else u * log_l) * np.sqrt(reduction)
+        assert_close(got, want, rtol=tol, atol=tol, err_msg=f"fft {dtype} {shape} {kernel}")
 
 
 def _relayout(a, layout):
@@ -157,7 +204,7 @@ def test_refusals_name_what_the_path_needs(name):
         assert name in ("pointwise", "winograd", "phases")
         assert "it needs" in str(exc) and len(str(exc)) > 60
     else:
-        assert name in ("auto", "im2col", "direct", "depthwise", "flipped")
+        assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft")
 
 
 def test_algorithms_lists_auto_reference_and_every_path():

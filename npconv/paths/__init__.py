@@ -36,6 +36,7 @@ _MODULES = {
     "depthwise": "npconv.paths.depthwise",
     "winograd": "npconv.paths.winograd",
     "phases": "npconv.paths.phases",
+    "fft": "npconv.paths.fft",
 }
 
 
