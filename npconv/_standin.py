@@ -10,7 +10,8 @@ refuses what CuPy refuses, so CI catches code that would break on a GPU:
   raise ``TypeError`` with CuPy's message; ``a.get()`` is the explicit copy;
 * NumPy arrays mixed into a call (``a + numpy_array``, ``standin.matmul(a,
   numpy_array)``) raise ``TypeError``; only ``asarray``/``array`` copy host data;
-* ``from_dlpack`` of host memory raises ``RuntimeError`` (as ``cupy.from_dlpack``);
+* ``from_dlpack`` of host memory raises ``RuntimeError`` (as ``cupy.from_dlpack``),
+  and the arrays report a CUDA DLPack device but export nothing (``BufferError``);
 * views made by ``lib.stride_tricks.as_strided`` are writable and that function
   has no ``writeable`` argument (CuPy arrays have no read-only flag).
 
@@ -37,6 +38,8 @@ from typing import Any
 _host: Any = None  # the host array module (numpy), set by bind()
 #: Device-to-host synchronisations so far (bool/int/float of an array, get, item, tolist).
 SYNCS = [0]
+#: matmul calls so far (``a @ b`` included).
+MATMULS = [0]
 #: One entry per matmul call in which CuPy would copy: (reason, shapes).
 MATMUL_COPIES: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
 _sync_allowed = [True]
@@ -151,13 +154,20 @@ class ndarray:  # noqa: N801 - named as cupy.ndarray
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__array") or name in ("ctypes", "data", "tobytes", "tofile",
-                                                   "setflags", "__dlpack__",
-                                                   "__dlpack_device__", "__buffer__"):
+                                                   "setflags", "__buffer__"):
             raise AttributeError(f"stand-in device arrays have no host attribute {name!r}")
         attr = getattr(self._a, name)
         if callable(attr):
             return lambda *args, **kwargs: _call(attr, args, kwargs)
         return _wrap(attr)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)  # kDLCUDA, device 0: what a CuPy array reports
+
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        # a CUDA capsule would point at host memory: no consumer may import it
+        raise BufferError("the stand-in device exports no DLPack capsule (its memory is "
+                          "not on a real device); use .get() for a host copy")
 
     # metadata
     shape = property(lambda self: self._a.shape)
@@ -381,6 +391,7 @@ def matmul_copies(a: Any, b: Any, out: Any = None) -> list[str]:
 def matmul(a: ndarray, b: ndarray, out: ndarray | None = None, **kwargs: Any) -> ndarray:
     """``a @ b`` on the host; records in :data:`MATMUL_COPIES` what CuPy would copy."""
     ha, hb, ho = _unwrap(a), _unwrap(b), _unwrap(out)
+    MATMULS[0] += 1
     for reason in matmul_copies(ha, hb, ho):
         MATMUL_COPIES.append((reason, (ha.shape, hb.shape)))
     if ho is None:
