@@ -233,3 +233,40 @@ BAD = [
 def test_bad_pooling_arguments(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+# --------------------------------------------------------------------------- device branches
+
+
+def test_pooling_and_integer_folds_on_the_standin_device():
+    """The GPU branches (no host threads, CuPy's refusals, no device-to-host sync) give
+    NumPy's results: pooling forward and backward, integer and bool folds."""
+    from npconv import _standin
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6))
+    xi = rng.integers(0, 9, (2, 3, 7, 6))
+    max_kw = dict(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=True)
+    avg_kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+    fold_kw = dict(padding=1, padding_mode="replicate")
+    with npconv.use_backend("standin") as xp:
+        d, di, gy = xp.asarray(x), xp.asarray(xi), xp.ones((2, 3, 4, 4))
+        with _standin.allow_synchronize(False):
+            y, indices = npconv.max_pool2d(d, return_indices=True, **max_kw)
+            gx = npconv.max_pool2d_backward(gy, d, **max_kw)
+            ya = npconv.avg_pool2d(d, **avg_kw)
+            ga = npconv.avg_pool2d_backward(gy, d, **avg_kw)
+            cols = npconv.im2col(di, 3, **fold_kw)
+            back = npconv.col2im(cols, (7, 6), 3, **fold_kw)
+            folded = npconv.fold_patches(npconv.patches(d > 0, 3, stride=2), (7, 6), 3, stride=2)
+        got = [a.get() for a in (y, indices, gx, ya, ga, cols, back, folded)]
+    ones = np.ones((2, 3, 4, 4))
+    cols_host = npconv.im2col(xi, 3, **fold_kw)
+    expected = [*npconv.max_pool2d(x, return_indices=True, **max_kw),
+                npconv.max_pool2d_backward(ones, x, **max_kw), npconv.avg_pool2d(x, **avg_kw),
+                npconv.avg_pool2d_backward(ones, x, **avg_kw), cols_host,
+                npconv.col2im(cols_host, (7, 6), 3, **fold_kw),
+                npconv.fold_patches(npconv.patches(x > 0, 3, stride=2), (7, 6), 3, stride=2)]
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
