@@ -1,28 +1,38 @@
-"""Benchmark npconv against torch (CPU) and mygrad in one process.
+"""Benchmark npconv against torch: each library in its own process, sides alternating.
 
 Usage::
 
-    python benchmarks/run.py                      # full suite, print table + target checks
-    python benchmarks/run.py --quick              # fewer repeats
-    python benchmarks/run.py --output docs/benchmarks.md --plot docs/figures/benchmarks.png
+    # the full run (the report's command; OpenBLAS chooses its own kernel)
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py \\
+        --output docs/benchmarks.md --plot docs/figures/benchmarks.png
+    python benchmarks/run.py --quick --networks resnet18 --sections zoo tiny   # a check
+    python benchmarks/run.py --device cuda ...          # CuPy against torch CUDA
+    python benchmarks/run.py --in-process ...           # the old one-process method
 
-Method: both libraries run in this process with the same thread count
-(threadpoolctl for NumPy's BLAS, ``torch.set_num_threads``). Calls are
-interleaved A B A B ...; the table reports the median time of each side and
-the median of the per-pair ratios npconv/torch, which is robust to the
-bimodal noise of small multi-threaded BLAS calls. Peak extra memory of one
-npconv call is measured with tracemalloc (it sees every NumPy allocation,
-the output included); torch's is not measured (n/a).
+Method. Each round starts one worker process per library (``benchmarks/worker.py``)
+with the caller's environment unchanged: no wait policy, no OpenBLAS thread
+timeout, no allocator tunables for either side. Both use the same thread count,
+set inside the worker (npconv: ``npconv.set_num_threads`` plus a threadpoolctl
+BLAS limit; torch: ``torch.set_num_threads``). Jobs (one layer, one operation)
+go to the two workers in turn, the side that goes first alternating from job
+to job and from round to round, with a short pause between them so the idle
+side's spinning threads have stopped. Only one side computes at a time. Each
+job is timed inside its worker (the median of its repetitions); each figure in
+the report is the median over rounds, with the spread (min-max) over rounds,
+and each ratio is the median of the per-round ratios npconv / torch.
 
-torch's backward is ``torch.ops.aten.convolution_backward`` with all three
-outputs requested: the same work as npconv's ``conv2d_backward`` (grad input,
-weight and bias from a given grad_output), with no autograd graph and no
-forward recomputation on either side.
+Sections: ``zoo`` (forward and backward of every distinct conv layer of the
+networks in ``benchmarks/zoo.py``, weighted by count into network totals),
+``unfold`` (im2col vs ``F.unfold`` and col2im vs ``F.fold`` on the zoo's 2-D
+groups=1 layers), ``tiny`` (per-call overhead of a 1x1x8x8 3x3 call), ``suite``
+(the old 7-shape suite). The report evaluates issue 13's 'Must' lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import math
 import os
 import pathlib
@@ -32,452 +42,763 @@ import statistics
 import subprocess
 import sys
 import time
-import tracemalloc
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-# Idle threads must not spin. With both libraries in one process on few cores,
-# OpenBLAS workers busy-wait after each of npconv's matmuls (about 2**28 cycles
-# by default) and OpenMP workers after each torch call, stealing the other
-# library's cores: measured here, that slowed torch about 2x and made npconv's
-# ratios look far better than they are. Both variables must be set before
-# NumPy and torch load their thread pools; values given by the caller win.
-SPIN_LIMITS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
-for _name, _value in SPIN_LIMITS.items():
-    os.environ.setdefault(_name, _value)
+HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
-# Freed memory is reused, not handed back to the kernel. With glibc's defaults each
-# call's output of more than 32 MiB, and often smaller ones, lands in pages the
-# kernel maps afresh, and first-touch page faults cost about 3 us per 4 KiB page on
-# this virtual machine: that made torch's S7 forward 5x slower (7 ms instead of
-# 1.4 ms) and npconv's 3-4x, and which side paid how much changed from run to run.
-# glibc reads these settings only at process start, so the script restarts itself
-# once with them; a GLIBC_TUNABLES given by the caller is kept as it is.
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=268435456"
-if sys.platform.startswith("linux") and "GLIBC_TUNABLES" not in os.environ:
-    os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+import zoo  # noqa: E402
+from worker import PREFIX, gpu_environment  # noqa: E402
+from zoo import GUARDED, NETWORK_INPUTS, SUITE, TINY, TINY_BUDGET_US, Layer  # noqa: E402
 
-import numpy as np
-import threadpoolctl
-import torch
-import torch.nn.functional as F
+SIDES = ("npconv", "torch")
+SECTIONS = ("zoo", "unfold", "tiny", "suite")
+MARKER = "<!-- sections below are kept by benchmarks/run.py -->"
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# variables that change a library's threads or allocator: recorded, and warned about
+TUNING_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "GLIBC_TUNABLES", "MALLOC_",
+                   "NPCONV_", "CUPY_TF32")
 
-import npconv
-
-try:
-    import mygrad
-    import mygrad.nnet
-except ImportError:  # pragma: no cover - optional peer
-    mygrad = None
-
-THREADS = 2  # default; --threads overrides
+# limits of issue 13's 'Must' lines (CPU) and issue 15's (CUDA)
+NETWORK_LIMIT = 1.25
+LAYER_LIMIT, DEPTHWISE_LIMIT = 2.5, 3.0
+IM2COL_LIMIT, COL2IM_LIMIT = 0.5, 1.0
+S1_MEMORY_MIB = 48.0
+GUARD_TOLERANCE = 1.10  # 'not slower than before': within 10% of the earlier ratio
+GPU_LIMIT = 2.0
 
 
-@dataclass(frozen=True)
-class Device:
-    """Where both libraries compute: NumPy + torch CPU, or CuPy + torch CUDA."""
-
-    name: str
-    xp: Any  # the array module npconv's inputs are made with
-    torch_device: str
-    sync: Callable[[], None]
-    to_host: Callable[[Any], Any]
-
-    def timed_call(self, f):
-        """``f`` followed by a device synchronisation, so wall time covers the work."""
-        def call():
-            result = f()
-            self.sync()
-            return result
-        return call
+# --------------------------------------------------------------------------- settings
 
 
-CPU = Device("cpu", np, "cpu", lambda: None, lambda a: a)
+class Settings:
+    def __init__(self, quick: bool) -> None:
+        if quick:
+            self.rounds, self.gap = 2, 0.02
+            self.normal = dict(warmup=1, min_reps=3, max_reps=20, budget=0.02)
+            self.tiny = dict(warmup=50, min_reps=300, max_reps=2000, budget=0.05)
+        else:
+            self.rounds, self.gap = 3, 0.1
+            self.normal = dict(warmup=2, min_reps=5, max_reps=100, budget=0.25)
+            self.tiny = dict(warmup=200, min_reps=2000, max_reps=20000, budget=0.5)
 
 
-def cuda_device() -> Device:
+# --------------------------------------------------------------------------- jobs
+
+
+def make_jobs(args, settings: Settings) -> list[dict]:
+    """Every (layer, op) to time, in a fixed order."""
+    jobs = []
+
+    def want(item: Layer) -> bool:
+        return not args.only or any(s in item.ident for s in args.only)
+
+    def add(item: Layer, op: str, section: str, timing: dict, **extra) -> None:
+        jobs.append({"id": f"{section}:{item.ident}:{op}", "section": section, "op": op,
+                     "layer": item.to_json(), **timing, **extra})
+
+    networks = zoo.zoo(args.networks) if args.networks != ["none"] else {}
+    if "zoo" in args.sections:
+        for layers in networks.values():
+            for item in layers:
+                if want(item):
+                    for op in ("forward", "backward"):
+                        add(item, op, "zoo", settings.normal, plan=op == "forward")
+    if "unfold" in args.sections:
+        seen = set()
+        for layers in networks.values():
+            for item in layers:
+                if item.unfoldable and want(item) and item.geometry not in seen:
+                    seen.add(item.geometry)
+                    for op in ("im2col", "col2im"):
+                        add(item, op, "unfold", settings.normal)
+    if "tiny" in args.sections:
+        for op in ("forward", "backward", "im2col"):
+            add(TINY, op, "tiny", settings.tiny)
+    if "suite" in args.sections:
+        for item in SUITE:
+            if want(item):
+                for op in ("forward", "backward", "im2col", "col2im"):
+                    add(item, op, "suite", settings.normal, plan=op == "forward", memory=True)
+    return jobs
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class Worker:
+    """One library's worker process: jobs in as JSON lines, results out."""
+
+    def __init__(self, lib: str, threads: int, device: str, env: dict[str, str]) -> None:
+        self.lib = lib
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "worker.py"), "--lib", lib, "--threads", str(threads),
+             "--device", device],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
+        self.hello = self._read()["hello"]
+
+    def _read(self) -> dict:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(PREFIX):
+                return json.loads(line[len(PREFIX):])
+        raise RuntimeError(f"the {self.lib} worker exited with status {self.proc.wait()}")
+
+    def run(self, job: dict) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def worker_env(device: str) -> dict[str, str]:
+    env = dict(os.environ)
+    return gpu_environment(env) if device == "cuda" else env
+
+
+def load_average() -> list[float] | None:
     try:
-        import cupy  # only for --device cuda
-    except ImportError:
-        raise SystemExit("--device cuda needs CuPy (pip install npconv[cuda12x])") from None
-    if not (cupy.is_available() and torch.cuda.is_available()):
-        raise SystemExit("--device cuda needs CuPy and torch with a CUDA device")
-    # CuPy's float32 matmuls are exact float32 (CUPY_TF32 unset); keep cuDNN alike.
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-
-    def sync() -> None:
-        cupy.cuda.Device().synchronize()
-        torch.cuda.synchronize()
-
-    return Device("cuda", cupy, "cuda", sync, cupy.asnumpy)
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    n: int
-    c: int
-    h: int
-    o: int
-    k: int
-    s: int = 1
-    p: int = 0
-    groups: int = 1
-    dtype: str = "float32"
-
-    @property
-    def label(self) -> str:
-        return self.name if self.dtype == "float32" else f"{self.name}-f64"
-
-    def describe(self) -> str:
-        g = f" g{self.groups}" if self.groups > 1 else ""
-        return (f"N{self.n} C{self.c} {self.h}x{self.h} -> {self.o} k{self.k} s{self.s} "
-                f"p{self.p}{g} {self.dtype}")
-
-
-SUITE = [
-    Case("S1", 16, 64, 56, 64, 3, 1, 1),
-    Case("S2", 16, 128, 28, 256, 3, 2, 1),
-    Case("S3", 8, 3, 224, 64, 7, 2, 3),
-    Case("S4", 16, 256, 28, 64, 1),
-    Case("S5", 1, 32, 64, 32, 3, 1, 1),
-    Case("S6", 16, 128, 28, 128, 3, 1, 1, groups=128),
-    Case("S7", 128, 3, 32, 16, 3),
-    Case("S7", 128, 3, 32, 16, 3, dtype="float64"),
-]
-DEPTHWISE = {"S6"}
-
-
-def set_threads(n: int) -> None:
-    global THREADS
-    THREADS = n
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+        return [round(v, 2) for v in os.getloadavg()]
     except OSError:
-        return "?"
+        return None
 
 
-def timed(f):
-    t0 = time.perf_counter()
-    f()
-    return time.perf_counter() - t0
+def run_rounds(jobs: list[dict], args, settings: Settings, log=print) -> dict:
+    """raw[round][side][job id] = the worker's answer; plus workers' self-descriptions."""
+    raw: list[dict] = []
+    hello: dict = {}
+    loads = []
+    env = worker_env(args.device)
+    for r in range(settings.rounds):
+        loads.append(load_average())
+        workers = {lib: Worker(lib, args.threads, args.device, env) for lib in SIDES}
+        hello = {lib: w.hello for lib, w in workers.items()}
+        answers: dict[str, dict] = {lib: {} for lib in SIDES}
+        t0 = time.perf_counter()
+        try:
+            for i, job in enumerate(jobs):
+                order = SIDES if (i + r) % 2 == 0 else SIDES[::-1]
+                for lib in order:
+                    time.sleep(settings.gap)
+                    job_r = dict(job, check=r == 0, memory=job.get("memory", False) and r == 0,
+                                 plan=job.get("plan", False) and r == 0)
+                    answers[lib][job["id"]] = workers[lib].run(job_r)
+                if args.verbose:
+                    log(progress_line(job, answers))
+        finally:
+            for w in workers.values():
+                w.close()
+        raw.append(answers)
+        log(f"round {r + 1}/{settings.rounds}: {len(jobs)} jobs in "
+            f"{time.perf_counter() - t0:.1f} s, load average {load_average()}")
+    loads.append(load_average())
+    return {"raw": raw, "hello": hello, "loads": loads}
 
 
-def interleaved(fa, fb, reps: int, budget: float):
-    """Median times of fa, fb and the median of per-pair ratios ta/tb."""
-    for _ in range(2):  # warm up caches, allocator, thread pools
-        fa()
-        fb()
-    ta, tb = [], []
-    start = time.perf_counter()
-    for i in range(reps):
-        if i % 2:  # alternate which side goes first in a pair
-            b = timed(fb)
-            a = timed(fa)
-        else:
-            a = timed(fa)
-            b = timed(fb)
-        ta.append(a)
-        tb.append(b)
-        if i >= 4 and time.perf_counter() - start > budget:
-            break
-    ratios = [a / b for a, b in zip(ta, tb)]
-    return statistics.median(ta), statistics.median(tb), statistics.median(ratios), len(ta)
+def progress_line(job: dict, answers: dict) -> str:
+    parts = [f"{job['id']:60s}"]
+    for lib in SIDES:
+        a = answers[lib][job["id"]]
+        parts.append(f"{lib} {'ERR' if 'error' in a else fmt_time(median(a['times']))}")
+    return "  ".join(parts)
 
 
-def peak_bytes(f) -> int:
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    result = f()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    del result
-    return peak - base
+# --------------------------------------------------------------------------- statistics
 
 
-def make_ops(case: Case, rng, device: Device = CPU):
-    dt = np.dtype(case.dtype)
-    host = {}
-    host["x"] = rng.standard_normal((case.n, case.c, case.h, case.h)).astype(dt)
-    host["w"] = rng.standard_normal((case.o, case.c // case.groups, case.k, case.k)).astype(dt)
-    host["w"] *= 1 / math.sqrt(case.c // case.groups * case.k * case.k)
-    host["b"] = rng.standard_normal(case.o).astype(dt)
-    s, p, g, k = case.s, case.p, case.groups, case.k
-    y = npconv.conv2d(host["x"], host["w"], host["b"], s, p, 1, g)
-    host["gy"] = rng.standard_normal(y.shape).astype(dt)
-    host["cols"] = npconv.im2col(host["x"], k, padding=p, stride=s)
-    x, w, b, gy, cols = (device.xp.asarray(host[key]) for key in ("x", "w", "b", "gy", "cols"))
-    xt, wt, bt, gyt, colst = (torch.from_numpy(host[key]).to(device.torch_device)
-                              for key in ("x", "w", "b", "gy", "cols"))
-    ops = {
-        "forward": (lambda: npconv.conv2d(x, w, b, s, p, 1, g),
-                    lambda: F.conv2d(xt, wt, bt, s, p, 1, g)),
-        "backward": (lambda: npconv.conv2d_backward(gy, x, w, s, p, 1, g),
-                     lambda: torch.ops.aten.convolution_backward(
-                         gyt, xt, wt, [case.o], [s, s], [p, p], [1, 1], False, [0, 0], g,
-                         [True, True, True])),
-        "im2col": (lambda: npconv.im2col(x, k, padding=p, stride=s),
-                   lambda: F.unfold(xt, k, 1, p, s)),
-        "col2im": (lambda: npconv.col2im(cols, (case.h, case.h), k, padding=p, stride=s),
-                   lambda: F.fold(colst, (case.h, case.h), k, 1, p, s)),
-    }
-    ops = {name: (device.timed_call(fa), device.timed_call(fb)) for name, (fa, fb) in ops.items()}
-    if mygrad is not None and g == 1 and device is CPU:
-        def mg():
-            xm, wm = mygrad.Tensor(x), mygrad.Tensor(w)
-            out = mygrad.nnet.conv_nd(xm, wm, stride=s, padding=p)
-            out.backward(gy)
-            return xm.grad, wm.grad
-
-        def ours():
-            npconv.conv2d(x, w, None, s, p)
-            return npconv.conv2d_backward(gy, x, w, s, p)
-
-        try:  # mygrad rejects shapes whose windows do not tile the padded input exactly
-            mygrad.nnet.conv_nd(x[:1], w, stride=s, padding=p)
-        except ValueError:
-            pass
-        else:
-            ops["fwd+bwd vs mygrad"] = (ours, mg)
-    return ops
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
-def check_same(case: Case, ops, device: Device = CPU) -> None:
-    """Each pair computes the same thing (a cheap guard against benchmarking a bug)."""
-    tol = 1e-3 if case.dtype == "float32" else 1e-9
-
-    def close(a, b, what):
-        a, b = device.to_host(a), b.cpu().numpy()
-        assert np.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max()))), what
-
-    for name in ("forward", "im2col", "col2im"):
-        close(ops[name][0](), ops[name][1](), name)
-    for a, b in zip(ops["backward"][0](), ops["backward"][1]()):
-        close(a, b, "backward")
+def spread(values) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
 
 
-def machine_info() -> dict:
-    model = platform.processor() or "?"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-        model = fields.get("Model name", model).strip()
-        caches = ", ".join(
-            f"{key.strip()} {fields[key].strip()}"
-            for key in fields
-            if key.strip().endswith("cache")
-        )
-        flags = set(fields.get("Flags", "").split())
-        simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "?"
-    except (OSError, subprocess.CalledProcessError):
-        caches, simd = "?", "?"
-    blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
-    blas_desc = ", ".join(
-        f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')} kernel, "
-        f"{i.get('threading_layer', '?')})" for i in blas
-    ) or "?"
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "caches": caches,
-        "simd": simd,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "mygrad": getattr(mygrad, "__version__", "not installed"),
-        "npconv": npconv.__version__,
-        "blas": blas_desc,
-        "openblas_env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-                         if k in os.environ},
-    }
+def ratio_or_none(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
 
 
-def geomean(values):
-    values = list(values)
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+def fingerprints_match(fa, fb, dtype: str) -> bool:
+    tol = 1e-3 if dtype in ("float32", "float16") else 1e-8
+    if fa is None or fb is None or len(fa) != len(fb):
+        return False
+    for (pa, na, sa), (pb, nb, sb) in zip(fa, fb):
+        if sa != sb:
+            return False
+        scale = max(nb, 1e-30)
+        if abs(na - nb) > tol * scale or abs(pa - pb) > tol * scale * math.sqrt(max(sa, 1)):
+            return False
+    return True
 
 
-def run(args) -> tuple[list[dict], list[tuple[str, bool, str]]]:
-    rng = np.random.default_rng(0)
-    rows = []
-    cases = [c for c in SUITE if not args.only or c.label in args.only]
-    for case in cases:
-        ops = make_ops(case, rng, args.device)
-        check_same(case, ops, args.device)
-        for op, (fa, fb) in ops.items():
-            if args.ops and op.split()[0] not in args.ops:
-                continue
-            reps = args.reps
-            budget = args.budget * (3 if op.startswith("fwd+bwd") else 1)
-            ta, tb, ratio, count = interleaved(fa, fb, reps, budget)
-            tracked = op in ("forward", "backward", "im2col", "col2im") and args.device is CPU
-            mem = peak_bytes(fa) if tracked else None  # tracemalloc sees host memory only
-            peer = "mygrad" if "mygrad" in op else "torch"
-            row = dict(case=case.label, shape=case.describe(), op=op, peer=peer,
-                       npconv_ms=ta * 1e3, peer_ms=tb * 1e3, ratio=ratio, pairs=count,
-                       mem_mib=None if mem is None else mem / 2**20)
-            rows.append(row)
-            mem_s = "" if mem is None else f"  peak {mem / 2**20:7.1f} MiB"
-            print(f"{case.label:7s} {op:18s} npconv {ta * 1e3:9.2f} ms  {peer} {tb * 1e3:9.2f} ms"
-                  f"  ratio {ratio:6.2f} ({count} pairs){mem_s}", flush=True)
-    return rows, targets(rows)
-
-
-def combine(runs: list[list[dict]]) -> list[dict]:
-    """One row per (case, op): the median over whole-suite runs of each figure.
-
-    The machine drifts between states (BLAS threads, neighbours) on a scale of
-    seconds to minutes; repeating the suite and taking medians across runs is
-    steadier than more pairs within one run.
-    """
-    if len(runs) == 1:
-        return runs[0]
-    combined = []
-    for rows in zip(*runs):
-        row = dict(rows[0])
-        for key in ("npconv_ms", "peer_ms", "ratio"):
-            row[key] = statistics.median(r[key] for r in rows)
-        row["pairs"] = sum(r["pairs"] for r in rows)
-        mems = [r["mem_mib"] for r in rows if r["mem_mib"] is not None]
-        row["mem_mib"] = max(mems) if mems else None
-        row["runs"] = [r["ratio"] for r in rows]
-        combined.append(row)
-    return combined
-
-
-def targets(rows) -> list[tuple[str, bool, str]]:
-    def pick(op, depthwise=False):
-        return {r["case"]: r["ratio"] for r in rows if r["op"] == op
-                and (r["case"].split("-")[0] in DEPTHWISE) == depthwise}
-
-    out = []
-    for op in ("forward", "backward"):
-        got = pick(op)
-        if got:
-            gm, worst = geomean(got.values()), max(got.items(), key=lambda kv: kv[1])
-            name = f"{op} geomean npconv/torch <= 1.4 (S1-S5, S7 f32+f64)"
-            out.append((name, gm <= 1.4,
-                        f"{gm:.2f}"))
-            out.append((f"{op} every shape <= 2.0", worst[1] <= 2.0,
-                        f"worst {worst[0]} {worst[1]:.2f}"))
-            out.append((f"AIM: {op} geomean <= 1.0", gm <= 1.0, f"{gm:.2f}"))
-        dw = pick(op, depthwise=True)
-        for case, r in dw.items():
-            out.append((f"depthwise {case} {op} <= 4.0", r <= 4.0, f"{r:.2f}"))
-    for op, limit in (("im2col", 0.5), ("col2im", 1.0)):
-        got = {r["case"]: r["ratio"] for r in rows if r["op"] == op}
-        if got:
-            worst = max(got.items(), key=lambda kv: kv[1])
-            out.append((f"{op} <= {limit} x torch on every shape", worst[1] <= limit,
-                        f"worst {worst[0]} {worst[1]:.2f}"))
-    got = {r["case"]: r["ratio"] for r in rows if r["peer"] == "mygrad"}
-    if got:
-        worst = max(got.items(), key=lambda kv: kv[1])
-        out.append(("fwd+bwd >= 3x faster than mygrad (ratio <= 0.333)", worst[1] <= 1 / 3,
-                    f"worst {worst[0]} {worst[1]:.3f}"))
-    for r in rows:
-        if r["case"] == "S1" and r["op"] == "forward":
-            out.append(("S1 forward peak memory <= 48 MiB", r["mem_mib"] <= 48,
-                        f"{r['mem_mib']:.1f} MiB"))
-    for r in rows:
-        if r["case"] == "S7-f64" and r["op"] in ("forward", "backward"):
-            out.append((f"AIM: S7 float64 {r['op']} faster than torch", r["ratio"] < 1.0,
-                        f"{r['ratio']:.2f}"))
+def summarize(jobs: list[dict], raw: list[dict]) -> dict[str, dict]:
+    """Per job: each side's per-round medians, their spread, the ratio's spread."""
+    out = {}
+    for job in jobs:
+        jid = job["id"]
+        per_round = {lib: [] for lib in SIDES}
+        errors = []
+        for answers in raw:
+            for lib in SIDES:
+                a = answers[lib].get(jid, {})
+                if "error" in a:
+                    errors.append(f"{lib}: {a['error']}")
+                per_round[lib].append(median(a["times"]) if a.get("times") else None)
+        ratios = [ratio_or_none(a, b) for a, b in zip(per_round["npconv"], per_round["torch"])]
+        first = {lib: raw[0][lib].get(jid, {}) for lib in SIDES}
+        check = None
+        if "fingerprint" in first["npconv"] and "fingerprint" in first["torch"]:
+            check = fingerprints_match(first["npconv"]["fingerprint"],
+                                       first["torch"]["fingerprint"], job["layer"]["dtype"])
+        peaks = {lib: first[lib].get("peak_bytes") for lib in SIDES}
+        out[jid] = {
+            "job": job, "errors": sorted(set(errors)), "per_round": per_round,
+            "npconv": spread(per_round["npconv"]), "torch": spread(per_round["torch"]),
+            "ratio": spread(ratios), "ratios": ratios, "check": check,
+            "plan": first["npconv"].get("plan"),
+            "peak_mib": {lib: None if v is None else v / 2**20 for lib, v in peaks.items()},
+        }
     return out
 
 
-def markdown(rows, checks, info, command, plot_link=None, earlier=(), title="Benchmarks",
-             note="") -> str:
+def network_totals(summary: dict, networks: dict[str, list[Layer]], rounds: int) -> dict:
+    """Per network and per round: count-weighted sums of each side's layer medians."""
+    totals = {}
+    for net, layers in networks.items():
+        ids = [(item, f"zoo:{item.ident}") for item in layers]
+        if not all(f"{jid}:forward" in summary for _, jid in ids):
+            continue
+        row = {"layers": len(layers), "calls": sum(item.count for item in layers)}
+        for what, ops in (("forward", ("forward",)), ("backward", ("backward",)),
+                          ("total", ("forward", "backward"))):
+            sums = {lib: [] for lib in SIDES}
+            for r in range(rounds):
+                for lib in SIDES:
+                    values = [summary[f"{jid}:{op}"]["per_round"][lib][r] for _, jid in ids
+                              for op in ops]
+                    counts = [item.count for item, _ in ids for op in ops]
+                    sums[lib].append(None if any(v is None for v in values) else
+                                     sum(c * v for c, v in zip(counts, values)))
+            row[what] = {lib: spread(sums[lib]) for lib in SIDES}
+            row[what]["ratio"] = spread(
+                [ratio_or_none(a, b) for a, b in zip(sums["npconv"], sums["torch"])])
+        totals[net] = row
+    return totals
+
+
+# --------------------------------------------------------------------------- must lines
+
+
+def must_lines(summary: dict, totals: dict, device: str, baseline: dict | None) -> list[dict]:
+    """Issue 13's 'Must' lines (issue 15's on CUDA): name, limit, value, PASS/FAIL."""
+    rows = []
+
+    def add(name, ok, value, note=""):
+        rows.append({"name": name, "status": "n/a" if ok is None else ("PASS" if ok else "FAIL"),
+                     "value": value, "note": note})
+
+    def r(v):
+        return None if v is None else v["median"]
+
+    network_limit = GPU_LIMIT if device == "cuda" else NETWORK_LIMIT
+    for net, row in totals.items():
+        ratio = row["total"]["ratio"]
+        add(f"{net}: forward+backward total <= {network_limit}x torch",
+            None if ratio is None else ratio["median"] <= network_limit, fmt_ratio(ratio))
+    zoo_rows = [s for s in summary.values() if s["job"]["section"] == "zoo"]
+    if device == "cuda":
+        for s in summary.values():
+            if s["job"]["section"] == "suite" and s["job"]["op"] in ("forward", "backward"):
+                v = s["ratio"]
+                add(f"suite {s['job']['layer']['name']} {s['job']['op']} <= {GPU_LIMIT}x torch",
+                    None if v is None else v["median"] <= GPU_LIMIT, fmt_ratio(v))
+    elif zoo_rows:
+        for op in ("forward", "backward"):
+            for dw, limit in ((False, LAYER_LIMIT), (True, DEPTHWISE_LIMIT)):
+                got = [(s["job"]["layer"], r(s["ratio"])) for s in zoo_rows
+                       if s["job"]["op"] == op
+                       and Layer.from_json(s["job"]["layer"]).depthwise == dw
+                       and r(s["ratio"]) is not None]
+                if not got:
+                    continue
+                worst = max(got, key=lambda kv: kv[1])
+                kind = "depthwise layer" if dw else "layer (not depthwise)"
+                add(f"no {kind} worse than {limit}x torch, {op}", worst[1] <= limit,
+                    f"worst {worst[0]['net']}/{worst[0]['name']} {worst[1]:.2f}",
+                    f"{sum(v > limit for _, v in got)} of {len(got)} over")
+    for op, limit, peer in (("im2col", IM2COL_LIMIT, "F.unfold"), ("col2im", COL2IM_LIMIT,
+                                                                   "F.fold")):
+        got = [(s["job"]["layer"], r(s["ratio"])) for s in summary.values()
+               if s["job"]["section"] == "unfold" and s["job"]["op"] == op
+               and r(s["ratio"]) is not None]
+        if got and device == "cpu":
+            worst = max(got, key=lambda kv: kv[1])
+            add(f"{op} <= {limit}x {peer} on every 2-D groups=1 zoo layer", worst[1] <= limit,
+                f"worst {worst[0]['net']}/{worst[0]['name']} {worst[1]:.2f}",
+                f"{sum(v > limit for _, v in got)} of {len(got)} over")
+    for op, budget in TINY_BUDGET_US.items():
+        s = summary.get(f"tiny:{TINY.ident}:{op}")
+        if s and s["npconv"] and device == "cpu":
+            us = s["npconv"]["median"] * 1e6
+            add(f"tiny call {op} <= {budget:g} us (npconv median)", us <= budget,
+                f"{us:.1f} us (torch {s['torch']['median'] * 1e6:.1f} us)")
+    s1 = summary.get("suite:suite/S1:forward")
+    if s1 is not None:
+        mem = s1["peak_mib"]["npconv"]
+        if device == "cpu":
+            add(f"S1 forward peak extra memory <= {S1_MEMORY_MIB:g} MiB (tracemalloc)",
+                None if mem is None else mem <= S1_MEMORY_MIB,
+                "not measured" if mem is None else f"{mem:.1f} MiB")
+        else:
+            add("S1 forward GPU pool growth (recorded)", None,
+                "not measured" if mem is None else f"{mem:.1f} MiB (torch "
+                + fmt_mib(s1["peak_mib"]["torch"]) + ")")
+    if device == "cpu":
+        for net, reference in GUARDED.items():
+            if net not in totals:
+                continue
+            now = totals[net]["total"]["ratio"]
+            before = (baseline or {}).get("totals", {}).get(net)
+            if before is not None:
+                ref, source = before, "the previous run (docs/benchmarks.json)"
+            else:
+                ref, source = reference, "issue 13's measurement (no earlier zoo run recorded)"
+            add(f"{net}: not slower than before (fwd+bwd ratio <= {GUARD_TOLERANCE:.2f} x "
+                f"earlier)", None if now is None else now["median"] <= ref * GUARD_TOLERANCE,
+                f"{fmt_ratio(now)} vs {ref:.2f}", f"earlier figure from {source}")
+    return rows
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_time(seconds) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def fmt_ms(s: dict | None, scale: float = 1e3, digits: int = 2) -> str:
+    if s is None:
+        return "n/a"
+    return f"{s['median'] * scale:.{digits}f}"
+
+
+def fmt_ratio(s: dict | None) -> str:
+    if s is None:
+        return "n/a"
+    if s["n"] == 1:
+        return f"**{s['median']:.2f}**"
+    return f"**{s['median']:.2f}** ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def fmt_range_ms(s: dict | None, scale=1e3, digits=2) -> str:
+    if s is None:
+        return "n/a"
+    return (f"{s['median'] * scale:.{digits}f} ({s['min'] * scale:.{digits}f}–"
+            f"{s['max'] * scale:.{digits}f})")
+
+
+def fmt_mib(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def fmt_plan(plan: dict | None) -> str:
+    if not plan:
+        return ""
+    if "error" in plan:
+        return f"explain failed: {plan['error']}"
+    return " / ".join(plan.get(k, "?") for k in ("forward", "grad_input", "grad_weight"))
+
+
+def machine_info(hello: dict, device: str) -> dict:
+    info = {"python": platform.python_version(), "cpu": platform.processor() or "?",
+            "simd": "?", "caches": "?", "cores": os.cpu_count()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        fields = {k.strip(): v.strip() for k, v in
+                  (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+        info["cpu"] = fields.get("Model name", info["cpu"])
+        flags = set(fields.get("Flags", "").split())
+        info["simd"] = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags
+                        else "AVX" if "avx" in flags else "SSE" if "sse2" in flags else "?")
+        info["caches"] = ", ".join(f"{k} {v}" for k, v in fields.items() if k.endswith("cache"))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    info["tuning_env"] = {k: v for k, v in os.environ.items() if k.startswith(TUNING_PREFIXES)}
+    info["device"] = device
+    info["hello"] = hello
+    return info
+
+
+def blas_line(hello: dict) -> str:
+    blas = hello.get("npconv", {}).get("blas", [])
+    return ", ".join(f"{b.get('internal_api')} {b.get('version')}, {b.get('architecture')} "
+                     f"kernel, {b.get('threading_layer')}, {b.get('num_threads')} threads"
+                     for b in blas) or "none found by threadpoolctl"
+
+
+def kernel_name(hello: dict) -> str:
+    blas = hello.get("npconv", {}).get("blas", [])
+    return ", ".join(str(b.get("architecture")) for b in blas) or "?"
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def markdown(result: dict) -> str:
+    s, totals, musts = result["summary"], result["totals"], result["musts"]
+    info, args = result["info"], result["args"]
+    hello = info["hello"]
+    cuda = info["device"] == "cuda"
+    peer = "torch CUDA (cuDNN)" if cuda else "PyTorch (CPU)"
+    me = "npconv on CuPy" if cuda else "npconv"
     lines = [
-        f"# {title}",
+        "# Benchmarks" + (" on CUDA" if cuda else ""),
         "",
-        *([note, ""] if note else []),
-        (f"npconv against PyTorch (CPU) and mygrad, measured in one process with the same "
-         f"thread count ({THREADS}) on both sides. Produced by:"
-         if info["device"] == "cpu" else
-         f"npconv on CuPy against PyTorch on CUDA ({info['gpu']}), in one process, each "
-         f"call followed by a device synchronisation; TF32 off on both sides. Produced by:"),
+        f"{me} against {peer}, each library in its own process with its own defaults and "
+        f"{args['threads']} threads, sides alternating over {result['rounds']} rounds "
+        f"({result['date']}). Figures are medians over rounds, with the min–max over rounds in "
+        "parentheses; ratios are npconv / torch (below 1: npconv is faster). "
+        f"NumPy's BLAS ran the **{kernel_name(hello)}** kernel (threadpoolctl, in the npconv "
+        "worker). The command, machine and method are at the end.",
+        "",
+    ]
+    if result.get("note"):
+        lines += [result["note"], ""]
+    bad = [x for x in s.values() if x["check"] is False]
+    errors = [(jid, x["errors"]) for jid, x in s.items() if x["errors"]]
+    if bad or errors:
+        lines += ["**Warning:** " + "; ".join(
+            [f"{x['job']['id']}: results differ between npconv and torch" for x in bad]
+            + [f"{jid}: {', '.join(e)}" for jid, e in errors]), ""]
+    if totals:
+        lines += [
+            "## Network totals",
+            "",
+            "Every distinct conv layer of each network, weighted by how often it occurs. "
+            "*forward*: `npconv.conv` (transposed layers: `conv_transpose`) vs "
+            "`torch.ops.aten.convolution`; *backward*: grad input, weight and bias, "
+            "`npconv.conv_backward` (`conv_transpose_backward`) vs "
+            "`torch.ops.aten.convolution_backward` with all three outputs.",
+            "",
+            "| network | input | layers (calls) | forward npconv ms | forward torch ms | "
+            "forward ratio | backward npconv ms | backward torch ms | backward ratio | "
+            "**fwd+bwd ratio** |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for net, row in totals.items():
+            f, b, t = row["forward"], row["backward"], row["total"]
+            lines.append(
+                f"| {net} | {NETWORK_INPUTS.get(net, '')} | {row['layers']} ({row['calls']}) | "
+                f"{fmt_ms(f['npconv'])} | {fmt_ms(f['torch'])} | {fmt_ratio(f['ratio'])} | "
+                f"{fmt_ms(b['npconv'])} | {fmt_ms(b['torch'])} | {fmt_ratio(b['ratio'])} | "
+                f"{fmt_ratio(t['ratio'])} |")
+        lines.append("")
+    if musts:
+        title = "issue 15's" if cuda else "issue 13's"
+        lines += [f"## Must lines ({title})", "", "| must | result | value | note |",
+                  "|---|---|---|---|"]
+        for m in musts:
+            lines.append(f"| {m['name']} | **{m['status']}** | {m['value']} | {m['note']} |")
+        lines.append("")
+    zoo_jobs = [x for x in s.values() if x["job"]["section"] == "zoo"]
+    if zoo_jobs:
+        lines += [
+            "## Per layer",
+            "",
+            "Times of one call, median over rounds. *paths*: what `npconv.explain` chose for "
+            "forward / grad input / grad weight (a transposed layer's forward is the grad "
+            "input map of its adjoint convolution, so its column reads: forward / backward's "
+            "grad input / grad weight).",
+            "",
+            "| network | layer | shape | count | fwd npconv ms | fwd torch ms | fwd ratio | "
+            "bwd npconv ms | bwd torch ms | bwd ratio | paths |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for x in zoo_jobs:
+            if x["job"]["op"] != "forward":
+                continue
+            item = Layer.from_json(x["job"]["layer"])
+            b = s.get(x["job"]["id"].rsplit(":", 1)[0] + ":backward")
+            lines.append(
+                f"| {item.net} | {item.name} | {item.describe()} | {item.count} | "
+                f"{fmt_ms(x['npconv'])} | {fmt_ms(x['torch'])} | {fmt_ratio(x['ratio'])} | "
+                f"{fmt_ms(b and b['npconv'])} | {fmt_ms(b and b['torch'])} | "
+                f"{fmt_ratio(b and b['ratio'])} | {fmt_plan(x['plan'])} |")
+        lines.append("")
+        if result.get("plot_link"):
+            lines += [f"![npconv / torch per network and per layer]({result['plot_link']})", ""]
+    unfold = [x for x in s.values() if x["job"]["section"] == "unfold"]
+    if unfold:
+        lines += [
+            "## im2col and col2im",
+            "",
+            "`npconv.im2col` vs `F.unfold` and `npconv.col2im` vs `F.fold` on every 2-D "
+            "groups=1 layer of the zoo (for a transposed layer: its adjoint convolution's "
+            "input). One call, median over rounds.",
+            "",
+            "| network | layer | shape | im2col ms | unfold ms | ratio | col2im ms | fold ms | "
+            "ratio |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for x in unfold:
+            if x["job"]["op"] != "im2col":
+                continue
+            item = Layer.from_json(x["job"]["layer"])
+            c = s.get(x["job"]["id"].rsplit(":", 1)[0] + ":col2im")
+            lines.append(
+                f"| {item.net} | {item.name} | {item.describe()} | {fmt_ms(x['npconv'])} | "
+                f"{fmt_ms(x['torch'])} | {fmt_ratio(x['ratio'])} | {fmt_ms(c and c['npconv'])} | "
+                f"{fmt_ms(c and c['torch'])} | {fmt_ratio(c and c['ratio'])} |")
+        lines.append("")
+    tiny = [x for x in s.values() if x["job"]["section"] == "tiny"]
+    if tiny:
+        lines += [
+            "## Tiny calls",
+            "",
+            f"Per-call time of a {TINY.describe()} float32 call (x 1x1x8x8, 3x3 kernel), "
+            "median of thousands of calls per round, then median over rounds (µs).",
+            "",
+            "| op | npconv µs | torch µs | ratio | budget (issue 13) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for x in tiny:
+            op = x["job"]["op"]
+            budget = TINY_BUDGET_US.get(op)
+            lines.append(f"| {op} | {fmt_range_ms(x['npconv'], 1e6, 1)} | "
+                         f"{fmt_range_ms(x['torch'], 1e6, 1)} | {fmt_ratio(x['ratio'])} | "
+                         f"{'' if budget is None else f'{budget:g}'} |")
+        lines.append("")
+    suite = [x for x in s.values() if x["job"]["section"] == "suite"]
+    if suite:
+        mem_note = ("CuPy memory pool growth over one call; torch: "
+                    "`torch.cuda.max_memory_allocated` growth" if cuda else
+                    "tracemalloc peak of one npconv call, output included; torch: not measured")
+        lines += [
+            "## The 7-shape suite",
+            "",
+            f"The suite used before the zoo, measured the same way. Peak MiB: {mem_note}.",
+            "",
+            "| case | shape | op | npconv ms | torch ms | ratio | npconv peak MiB | "
+            "torch peak MiB | paths |",
+            "|---|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for x in suite:
+            item = Layer.from_json(x["job"]["layer"])
+            lines.append(
+                f"| {item.name} | {item.describe()} | {x['job']['op']} | "
+                f"{fmt_range_ms(x['npconv'])} | {fmt_range_ms(x['torch'])} | "
+                f"{fmt_ratio(x['ratio'])} | {fmt_mib(x['peak_mib']['npconv'])} | "
+                f"{fmt_mib(x['peak_mib']['torch'])} | {fmt_plan(x['plan'])} |")
+        lines.append("")
+    lines += machine_section(result)
+    if result.get("earlier"):
+        lines += ["## Other runs", "",
+                  "Kept as they were recorded (one-process method; the hardware behind this "
+                  "machine's name changes between sessions, and the ratios with it):", ""]
+        lines += [f"- [{title}]({link})" for link, title in result["earlier"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def machine_section(result: dict) -> list[str]:
+    info, args = result["info"], result["args"]
+    hello = info["hello"]
+    nph, th = hello.get("npconv", {}), hello.get("torch", {})
+    env = info["tuning_env"]
+    worker_env_seen = nph.get("env", {})
+    blas_env = {k: v for k, v in worker_env_seen.items() if k.startswith("OPENBLAS_")}
+    lines = [
+        "## Command",
         "",
         "```sh",
-        command,
+        result["command"],
         "```",
+        "",
+        f"It ran for {result['elapsed_s'] / 60:.1f} minutes.",
         "",
         "## Machine",
         "",
         f"- CPU: {info['cpu']}, {info['cores']} cores, widest SIMD {info['simd']} "
         f"({info['caches']})",
-        f"- Python {info['python']}, NumPy {info['numpy']}, torch {info['torch']}, "
-        f"mygrad {info['mygrad']}, npconv {info['npconv']}",
-        f"- NumPy BLAS (threadpoolctl): {info['blas']}",
-        "- OpenBLAS environment: "
-        + (", ".join(f"{k}={v}" for k, v in info["openblas_env"].items()) if info["openblas_env"]
-           else "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE not set"),
-        f"- Threads: {THREADS} for NumPy's BLAS, for npconv's own threads and for torch; "
-        f"load average {info['load']}",
-        f"- Allocator: `GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}`",
+        f"- Python {info['python']}, NumPy {nph.get('numpy', '?')}, torch {th.get('torch', '?')}"
+        f", npconv {nph.get('npconv', '?')}",
+        f"- NumPy's BLAS in the npconv worker (threadpoolctl): {blas_line(hello)}",
+        "- OpenBLAS variables the workers saw: "
+        + (", ".join(f"`{k}={v}`" for k, v in blas_env.items()) if blas_env else
+           "none (`OPENBLAS_CORETYPE`, `OPENBLAS_L2_SIZE` unset: OpenBLAS chose its kernel)"),
+        f"- torch: {th.get('torch_threads', '?')} intra-op threads "
+        f"({th.get('torch_interop_threads', '?')} inter-op), CPU capability "
+        f"{th.get('torch_cpu_capability', '?')}; "
+        + "; ".join(line for line in th.get("torch_parallel", []) if "OpenMP" in line
+                    or "MKL-DNN" in line or "oneDNN" in line),
+        f"- npconv: {nph.get('npconv_threads', '?')} threads, BLAS limit "
+        f"{args['threads']}; backend {nph.get('backend', '?')}",
+        "- Thread, allocator and BLAS variables in the environment: "
+        + (", ".join(f"`{k}={v}`" for k, v in env.items()) if env else "none"),
+        "- Load average (1, 5, 15 min) before each round and at the end: "
+        + "; ".join(" ".join(f"{v:.2f}" for v in load) if load else "?"
+                    for load in result["loads"]),
+    ]
+    if info["device"] == "cuda":
+        lines += [
+            f"- GPU: {nph.get('gpu', th.get('gpu', '?'))}; CuPy {nph.get('cupy', '?')} (CUDA "
+            f"runtime {nph.get('cuda_runtime', '?')}, `CUPY_TF32` {nph.get('cupy_tf32', '?')}); "
+            f"torch CUDA {th.get('torch_cuda', '?')}, cuDNN {th.get('cudnn', '?')}, TF32 flags "
+            f"{th.get('tf32', '?')}",
+        ]
+    lines += [
         "",
         "## Method",
         "",
-        "- Calls alternate A B A B (the side that goes first alternates too); each row gives",
-        "  the median time of each side and the **median of the per-pair ratios**",
-        "  npconv / peer (below 1 means npconv is faster).",
-        "- *forward*: `npconv.conv2d` vs `torch.nn.functional.conv2d`, with bias.",
-        "- *backward*: `npconv.conv2d_backward` vs `torch.ops.aten.convolution_backward` with",
-        "  grad input, weight and bias requested: the same work, no autograd graph and no",
-        "  forward pass on either side.",
-        "- *im2col* vs `F.unfold`; *col2im* vs `F.fold` (the columns of the same shape).",
-        "- *fwd+bwd vs mygrad*: `conv2d` + `conv2d_backward` vs `mygrad.nnet.conv_nd` forward +",
-        "  `backward` (no bias, no groups: mygrad has neither, so S6 is skipped).",
-        "- Peak memory: tracemalloc peak of one npconv call, output included; torch: n/a.",
-        "- The machine must be otherwise idle. NumPy's OpenBLAS threads wait for each other",
-        "  at every matmul; when another process holds a core, npconv's many mid-sized",
-        "  matmuls slow down by up to 10x while torch's OpenMP pool degrades far less. A",
-        "  load average above about 0.5 before the run makes 2-thread ratios meaningless.",
-        "- Idle worker threads do not spin: the script sets "
-        + ", ".join(f"`{k}={os.environ[k]}`" for k in SPIN_LIMITS)
-        + " before NumPy and torch load.",
-        "  With the defaults, OpenBLAS workers busy-wait after every npconv matmul and",
-        "  steal torch's cores in the interleaved loop; that made torch about 2x slower",
-        "  here and npconv's ratios look far better than they are.",
-        "- Freed memory stays mapped (glibc's mmap and trim thresholds raised to 256 MiB,",
-        "  the script restarts itself with them unless `GLIBC_TUNABLES` is set): with",
-        "  glibc's defaults each call's fresh output pages fault in at about 3 us per",
-        "  4 KiB page here, which slowed torch's S7 forward 5x and npconv's 3-4x, by",
-        "  amounts that changed from run to run.",
-        "- Ratios move by up to about 2x between runs on this shared virtual machine",
-        "  (single cases, not the geometric means, swing most). With `--runs N` the whole",
-        "  suite runs N times and every figure is the median across runs; the last",
-        "  column lists each run's ratio.",
-        "",
-        "## Results",
-        "",
-        "| case | shape | op | npconv ms | peer ms | npconv/peer | npconv peak MiB | per run |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        "- Each round starts one worker process per library (`benchmarks/worker.py`) in the "
+        "caller's environment, unchanged: no wait policy, no OpenBLAS thread timeout, no "
+        "allocator tunables for either side.",
+        f"- Both sides use {args['threads']} threads, set inside the worker: "
+        "`npconv.set_num_threads` plus a threadpoolctl BLAS limit for npconv, "
+        "`torch.set_num_threads` for torch.",
+        "- Jobs (one layer, one operation) go to the two workers in turn; which side goes "
+        "first alternates from job to job and from round to round, and only one side "
+        f"computes at a time (a {result['gap']:g} s pause between them lets the idle side's "
+        "threads stop spinning).",
+        "- Inside a worker a job is warmed up, then timed call by call "
+        f"({result['timing']['min_reps']}–{result['timing']['max_reps']} calls, at least "
+        f"{result['timing']['budget']:g} s); the job's time is the median call. The report "
+        "gives the median over rounds and the min–max over rounds; a ratio is the median of "
+        "the per-round ratios npconv / torch. Network totals are summed per round first.",
+        "- In the first round each side also returns a fingerprint of its result (a fixed "
+        "projection and the norm, in float64); the two must agree, so no figure times a "
+        "wrong result. Both sides get the same inputs (generated by NumPy from the layer).",
+        "- The machine must be otherwise idle: with 2 cores, another process on one of them "
+        "slows npconv's many mid-sized BLAS calls far more than torch.",
+        "- `python benchmarks/run.py --in-process` runs the old method (both libraries in one "
+        "process, wait policy and allocator changed), kept for comparison with earlier runs.",
     ]
-    for r in rows:
-        mem = "" if r["mem_mib"] is None else f"{r['mem_mib']:.1f}"
-        per_run = " ".join(f"{v:.2f}" for v in r.get("runs", [r["ratio"]]))
-        lines.append(f"| {r['case']} | {r['shape']} | {r['op']} | {r['npconv_ms']:.2f} | "
-                     f"{r['peer_ms']:.2f} | **{r['ratio']:.2f}** | {mem} | {per_run} |")
-    lines += ["", "## Targets", "", "| target | result | value |", "|---|---|---|"]
-    for name, ok, value in checks:
-        lines.append(f"| {name} | {'PASS' if ok else 'FAIL'} | {value} |")
-    if plot_link:
-        lines += ["", f"![ratios]({plot_link})"]
-    if earlier:
-        lines += ["", "## Other runs", "",
-                  "Kept as they were recorded (the hardware behind this machine's name changes",
-                  "between sessions, and the ratios with it):", ""]
-        lines += [f"- [{title}]({link})" for link, title in earlier]
+    if info["device"] == "cuda":
+        lines += [
+            "- CUDA: calls are timed with CUDA events on each side; TF32 is off "
+            "(`torch.backends.cuda.matmul.allow_tf32 = False`, "
+            "`torch.backends.cudnn.allow_tf32 = False`, `CUPY_TF32` removed from the CuPy "
+            "worker's environment). Memory: CuPy pool growth over one call, torch's "
+            "`max_memory_allocated` growth.",
+        ]
     lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+# --------------------------------------------------------------------------- the plot
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    totals, s = result["totals"], result["summary"]
+    zoo_fwd = [x for x in s.values() if x["job"]["section"] == "zoo" and x["job"]["op"] ==
+               "forward"]
+    fig, axes = plt.subplots(2, 1, figsize=(14, 9), height_ratios=[1, 2])
+    ax = axes[0]
+    nets = list(totals)
+    width = 0.27
+    for i, (what, color) in enumerate((("forward", "tab:blue"), ("backward", "tab:orange"),
+                                       ("total", "tab:green"))):
+        ys, lo, hi = [], [], []
+        for net in nets:
+            v = totals[net][what]["ratio"]
+            ys.append(v["median"] if v else float("nan"))
+            lo.append(v["median"] - v["min"] if v else 0)
+            hi.append(v["max"] - v["median"] if v else 0)
+        xs = [j + (i - 1) * width for j in range(len(nets))]
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=color,
+               label="forward+backward" if what == "total" else what)
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.axhline(NETWORK_LIMIT, color="red", linewidth=1, linestyle="--",
+               label=f"must: {NETWORK_LIMIT}x")
+    ax.set_xticks(range(len(nets)), nets)
+    ax.set_yscale("log")
+    ax.set_ylabel("npconv / torch (log)")
+    ax.set_title("Network totals (count-weighted), median over rounds, bars: min–max")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", which="both", alpha=0.3)
+
+    ax = axes[1]
+    labels, fw, bw, colors = [], [], [], []
+    palette = plt.get_cmap("tab10")
+    nets_seen = list(dict.fromkeys(x["job"]["layer"]["net"] for x in zoo_fwd))
+    for x in zoo_fwd:
+        item = Layer.from_json(x["job"]["layer"])
+        b = s.get(x["job"]["id"].rsplit(":", 1)[0] + ":backward")
+        labels.append(f"{item.net[:6]}/{item.name}")
+        fw.append(x["ratio"]["median"] if x["ratio"] else float("nan"))
+        bw.append(b["ratio"]["median"] if b and b["ratio"] else float("nan"))
+        colors.append(palette(nets_seen.index(item.net) % 10))
+    xs = range(len(labels))
+    ax.scatter(xs, fw, marker="o", c=colors, label="forward", s=18)
+    ax.scatter(xs, bw, marker="x", c=colors, label="backward", s=22)
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.axhline(LAYER_LIMIT, color="red", linewidth=1, linestyle="--",
+               label=f"must: {LAYER_LIMIT}x ({DEPTHWISE_LIMIT}x depthwise)")
+    ax.set_yscale("log")
+    ax.set_xticks(list(xs), labels, rotation=90, fontsize=6)
+    ax.set_ylabel("npconv / torch (log)")
+    ax.set_title("Per layer (o forward, x backward; colour: network)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- files
+
+
+GENERATED_HEADINGS = ("# Benchmarks", "## Network totals", "## Must lines", "## Per layer",
+                      "## im2col and col2im", "## Tiny calls", "## The 7-shape suite",
+                      "## Command", "## Machine", "## Method", "## Other runs", "## Results",
+                      "## Targets")
+
+
+def kept_sections(old: str) -> str:
+    """What of an existing report survives regeneration: everything from the marker on.
+
+    Without the marker, sections (``## ``) whose heading this script does not write
+    are kept, so a section someone appended is not lost.
+    """
+    if MARKER in old:
+        return old[old.index(MARKER):].rstrip() + "\n"
+    kept, keep = [], False
+    for line in old.splitlines():
+        if line.startswith("#"):
+            keep = line.startswith("## ") and not line.startswith(GENERATED_HEADINGS)
+        if keep:
+            kept.append(line)
+    body = "\n".join(kept).strip()
+    return MARKER + "\n" + (f"\n{body}\n" if body else "")
+
+
+def write_report(path: str, text: str) -> None:
+    p = pathlib.Path(path)
+    old = p.read_text() if p.exists() else ""
+    p.write_text(text.rstrip() + "\n\n" + kept_sections(old))
 
 
 def earlier_runs(output: str) -> list[tuple[str, str]]:
@@ -491,100 +812,147 @@ def earlier_runs(output: str) -> list[tuple[str, str]]:
     return found
 
 
-def plot(rows, path) -> None:
-    import matplotlib
+def sidecar(output: str) -> pathlib.Path:
+    return pathlib.Path(output).with_suffix(".json")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    ops = ["forward", "backward", "im2col", "col2im", "fwd+bwd vs mygrad"]
-    cases = list(dict.fromkeys(r["case"] for r in rows))
-    fig, ax = plt.subplots(figsize=(11, 5))
-    width = 0.8 / len(ops)
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
-    for i, (op, color) in enumerate(zip(ops, colors)):
-        xs, ys = [], []
-        for j, case in enumerate(cases):
-            for r in rows:
-                if r["case"] == case and r["op"] == op:
-                    xs.append(j + (i - (len(ops) - 1) / 2) * width)
-                    ys.append(r["ratio"])
-        if xs:
-            label = op if "mygrad" in op else f"{op} (vs torch)"
-            ax.bar(xs, ys, width, label=label, color=color)
-    ax.set_yscale("log")
-    ax.axhline(1.0, color="black", linewidth=1)
-    ax.set_xticks(range(len(cases)), cases)
-    ax.set_ylabel("time ratio npconv / peer (log; < 1 = npconv faster)")
-    ax.set_title(
-        f"npconv vs torch and mygrad, {THREADS} thread(s), median of interleaved pairs"
-    )
-    ax.legend(fontsize=8, loc="best")
-    ax.grid(axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def load_baseline(path) -> dict | None:
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def command_line(argv: list[str]) -> str:
+    cmd = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv)
+    unset = [k for k in BLAS_VARS if k not in os.environ]
+    if unset:
+        cmd = "env " + " ".join(f"-u {k}" for k in unset) + " " + cmd
+    return cmd.strip()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2 rounds, few repetitions: a check that everything runs")
+    parser.add_argument("--networks", nargs="*", default=None,
+                        help=f"zoo networks (default all: {' '.join(zoo.NETWORKS)}; 'none')")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="keep layers whose 'network/name' contains one of these "
+                             "(e.g. layer3 S1 dw)")
+    parser.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for both libraries (default %(default)s)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 3; --quick 2)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu: NumPy vs torch CPU; cuda: CuPy vs torch CUDA")
+    parser.add_argument("--output", help="write the markdown report here (and a .json beside)")
+    parser.add_argument("--plot", help="write a PNG of the ratios here")
+    parser.add_argument("--json", help="write the raw results here (default: beside --output)")
+    parser.add_argument("--baseline",
+                        help="an earlier run's .json for the 'not slower than before' lines "
+                             "(default: the .json beside --output, if present)")
+    parser.add_argument("--note", default="", help="a paragraph for the top of the report")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print every job")
+    parser.add_argument("--in-process", action="store_true",
+                        help="the old method: both libraries in one process "
+                             "(benchmarks/inprocess.py; the other options go to it)")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--output", help="write a markdown report here")
-    parser.add_argument("--plot", help="write a PNG bar plot of the ratios here")
-    parser.add_argument("--only", nargs="*", help="case labels, e.g. S1 S7-f64")
-    parser.add_argument("--ops", nargs="*", help="forward backward im2col col2im fwd+bwd")
-    parser.add_argument("--threads", type=int, default=THREADS,
-                        help="threads for both libraries (default %(default)s)")
-    parser.add_argument("--runs", type=int, default=1,
-                        help="repeat the whole suite and report medians across runs")
-    parser.add_argument("--title", default="Benchmarks", help="the report's heading")
-    parser.add_argument("--blas-env-note", action="store_true",
-                        help="write the command as run with OPENBLAS_CORETYPE and "
-                             "OPENBLAS_L2_SIZE removed from the environment (env -u), "
-                             "for runs made so on a machine that sets them")
-    parser.add_argument("--note", default="", help="a paragraph for the top of the report")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="cpu: NumPy vs torch CPU; cuda: CuPy vs torch CUDA")
-    args = parser.parse_args(argv)
-    args.device = CPU if args.device == "cpu" else cuda_device()
-    set_threads(args.threads)
-    args.reps, args.budget = (7, 0.5) if args.quick else (21, 3.0)
-    torch.set_num_threads(THREADS)
-    npconv.set_num_threads(THREADS)
-    with threadpoolctl.threadpool_limits(THREADS, user_api="blas"):
-        info = machine_info()
-        info["device"] = args.device.name
-        info["gpu"] = torch.cuda.get_device_name() if args.device.name == "cuda" else ""
-        env = " ".join(f"{k}={v}" for k, v in info["openblas_env"].items())
-        print(f"{info['cpu']} | {info['cores']} cores | numpy {info['numpy']} | torch "
-              f"{info['torch']} | BLAS {info['blas']} | {env or 'no OPENBLAS_* overrides'}")
-        load_before = load_average()
-        runs = []
-        for index in range(args.runs):
-            if args.runs > 1:
-                print(f"--- run {index + 1} of {args.runs}", flush=True)
-            runs.append(run(args)[0])
-        rows = combine(runs)
-        checks = targets(rows)
-        info["load"] = f"{load_before} before, {load_average()} after (1, 5, 15 min)"
-    print()
-    print(f"load average: {info['load']}")
-    for name, ok, value in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}: {value}")
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + sys.argv[1:])
-    unset = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k not in os.environ]
-    if args.blas_env_note and unset:
-        command = "env " + " ".join(f"-u {k}" for k in unset) + " " + command
-    if args.output:
-        with open(args.output, "w") as fh:
-            link = (os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.output)))
-                    if args.plot else None)
-            fh.write(markdown(rows, checks, info, command, link, earlier_runs(args.output),
-                              args.title, args.note))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--in-process" in argv:
+        rest = [a for a in argv if a != "--in-process"]
+        script = str(HERE / "inprocess.py")
+        os.execv(sys.executable, [sys.executable, script, *rest])
+    args = parse(argv).parse_args(argv)
+    settings = Settings(args.quick)
+    if args.rounds:
+        settings.rounds = args.rounds
+    if args.device == "cpu":
+        missing = [k for k in BLAS_VARS if k in os.environ]
+        if missing:
+            print(f"note: {', '.join(missing)} set; the documented run unsets them "
+                  f"(env -u ...) so OpenBLAS picks its own kernel", file=sys.stderr)
+    odd = [k for k in os.environ if k.startswith(TUNING_PREFIXES) and k not in BLAS_VARS]
+    if odd:
+        print(f"note: {', '.join(odd)} set in the environment; both workers inherit them "
+              "(recorded in the report)", file=sys.stderr)
+    jobs = make_jobs(args, settings)
+    if not jobs:
+        raise SystemExit("nothing to run: check --networks/--only/--sections")
+    baseline_path = args.baseline or (sidecar(args.output) if args.output else None)
+    baseline = load_baseline(baseline_path) if baseline_path else None
+    print(f"{len(jobs)} jobs x 2 sides x {settings.rounds} rounds, {args.threads} threads, "
+          f"{args.device}", flush=True)
+    t0 = time.perf_counter()
+    run = run_rounds(jobs, args, settings, log=lambda m: print(m, flush=True))
+    elapsed = time.perf_counter() - t0
+    summary = summarize(jobs, run["raw"])
+    networks = zoo.zoo(args.networks) if args.networks != ["none"] else {}
+    totals = network_totals(summary, networks, settings.rounds)
+    musts = must_lines(summary, totals, args.device, baseline)
+    info = machine_info(run["hello"], args.device)
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "summary": summary, "totals": totals, "musts": musts, "info": info,
+        "args": {"threads": args.threads, "device": args.device, "quick": args.quick},
+        "rounds": settings.rounds, "gap": settings.gap, "timing": settings.normal,
+        "loads": run["loads"], "elapsed_s": elapsed, "command": command_line(argv),
+        "note": args.note,
+        "earlier": earlier_runs(args.output) if args.output else [],
+        "plot_link": (os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.output)))
+                      if args.plot and args.output else None),
+    }
+    print_summary(result)
     if args.plot:
-        plot(rows, args.plot)
+        plot(result, args.plot)
+    if args.output:
+        write_report(args.output, markdown(result))
+    json_path = args.json or (sidecar(args.output) if args.output else None)
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps(compact(result), indent=1) + "\n")
+    print(f"elapsed {elapsed / 60:.1f} min")
     return 0
+
+
+def compact(result: dict) -> dict:
+    """The JSON record: every job's per-round figures, the totals and the must lines."""
+    return {
+        "date": result["date"], "command": result["command"], "args": result["args"],
+        "rounds": result["rounds"], "elapsed_s": result["elapsed_s"],
+        "machine": {k: v for k, v in result["info"].items()},
+        "totals": {net: row["total"]["ratio"]["median"] for net, row in result["totals"].items()
+                   if row["total"]["ratio"]},
+        "network_rows": result["totals"],
+        "musts": result["musts"],
+        "jobs": {jid: {"per_round": x["per_round"], "ratios": x["ratios"], "check": x["check"],
+                       "plan": x["plan"], "peak_mib": x["peak_mib"], "errors": x["errors"]}
+                 for jid, x in result["summary"].items()},
+    }
+
+
+def print_summary(result: dict) -> None:
+    s = result["summary"]
+    print()
+    for net, row in result["totals"].items():
+        print(f"{net:12s} forward {fmt_ratio(row['forward']['ratio'])}  backward "
+              f"{fmt_ratio(row['backward']['ratio'])}  fwd+bwd {fmt_ratio(row['total']['ratio'])}"
+              .replace("**", ""))
+    for x in s.values():
+        if x["job"]["section"] in ("tiny", "suite", "unfold") or x["errors"] or x["check"] is False:
+            flag = " MISMATCH" if x["check"] is False else ""
+            err = f" ERROR {x['errors']}" if x["errors"] else ""
+            print(f"{x['job']['id']:52s} npconv {fmt_time(x['npconv'] and x['npconv']['median'])}"
+                  f"  torch {fmt_time(x['torch'] and x['torch']['median'])}  ratio "
+                  f"{fmt_ratio(x['ratio']).replace('**', '')}{flag}{err}")
+    print()
+    for m in result["musts"]:
+        print(f"{m['status']:4s}  {m['name']}: {m['value']}  {m['note']}")
 
 
 if __name__ == "__main__":
