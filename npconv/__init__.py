@@ -15,6 +15,7 @@ import typing as _typing
 from . import backend as _backend
 from . import nn, reference
 from ._version import __version__
+from .autotune import clear_autotune, get_autotune, set_autotune
 from .backend import asarray, get_array_module, get_backend, set_backend, use_backend
 from .conv import conv, conv_backward, conv_transpose, conv_transpose_backward, explain
 from .executor import get_num_threads, num_threads, set_num_threads
@@ -58,6 +59,7 @@ __all__ = [
     "ALGORITHMS",
     "__version__",
     "asarray",
+    "clear_autotune",
     "avg_pool",
     "avg_pool1d",
     "avg_pool1d_backward",
@@ -86,6 +88,7 @@ __all__ = [
     "explain",
     "fold_patches",
     "get_array_module",
+    "get_autotune",
     "get_backend",
     "get_num_threads",
     "get_workspace_limit",
@@ -102,6 +105,7 @@ __all__ = [
     "num_threads",
     "patches",
     "reference",
+    "set_autotune",
     "set_backend",
     "set_num_threads",
     "set_workspace_limit",

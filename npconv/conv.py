@@ -14,7 +14,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from . import backend, executor, workspace
+from . import autotune, backend, executor, workspace
 from ._validate import check_groups, check_ndim, check_same_dtype, prepare
 from .geometry import ConvGeometry, IntOrTuple, Padding, as_int, check_padding_mode
 from .geometry import _check_mode_padding as check_mode_padding
@@ -49,6 +49,14 @@ def _running(problem: Problem, array: Any) -> Iterator[None]:
         yield
 
 
+def _tuned_plan(problem: Problem, algorithm: str, maps: tuple[str, ...]) -> Plan | None:
+    """The plan of a call: the planner's, or with autotuning on, the tuned one (None
+    when this problem has not been tuned yet)."""
+    if algorithm == "auto" and autotune.enabled():
+        return autotune.cached(problem, maps)
+    return _cached_plan(problem, algorithm, maps)
+
+
 def _conj(a: Any) -> Any:
     # torch's gradients of complex convolutions use the conjugate (adjoint) operator
     if a is None or backend.scalar_kind(a.dtype) != "c":
@@ -61,7 +69,13 @@ def _forward(problem: Problem, x: Any, weight: Any, bias: Any, algorithm: str) -
     xp = backend.get_array_module(x, weight)
     if problem.batch == 0:
         return xp.empty((0, problem.out_channels) + problem.geometry.out_size, dtype=x.dtype)
-    name = _cached_plan(problem, algorithm, ("forward",)).forward
+    maps = ("forward",)
+    plan = _tuned_plan(problem, algorithm, maps)
+    if plan is None:  # autotuning, first call of this problem: time every path
+        with _running(problem, x):
+            return autotune.tune(problem, maps, lambda p: get_path(p.forward).forward(
+                problem, x, weight, bias))[1]
+    name = plan.forward
     with _running(problem, x):
         try:
             return get_path(name).forward(problem, x, weight, bias)
@@ -81,7 +95,11 @@ def _backward(problem: Problem, gy: Any, x: Any, weight: Any, algorithm: str,
         return (gx if need_input else None,
                 xp.zeros(weight.shape, dtype=gy.dtype) if need_weight else None)
     maps = tuple(m for m, need in zip(MAPS[1:], (need_input, need_weight)) if need)
-    plan = _cached_plan(problem, algorithm, maps)
+    plan = _tuned_plan(problem, algorithm, maps)
+    if plan is None:  # autotuning, first call of this problem: time every path
+        with _running(problem, gy):
+            return autotune.tune(problem, maps, lambda p: _run_backward(
+                problem, p, gy, x, weight, need_input, need_weight))[1]
     with _running(problem, gy):
         try:
             return _run_backward(problem, plan, gy, x, weight, need_input, need_weight)
@@ -518,4 +536,16 @@ def explain(x: Any, weight: Any, stride: IntOrTuple = 1, padding: Padding = 0,
     x, weight, _, geometry, g, _ = conv_setup(None, x, weight, None, stride, padding, dilation,
                                               groups, padding_mode)
     problem = _problem(geometry, g, x.shape[0], x.shape[1], weight.shape[0], x)
-    return _cached_plan(problem, algorithm, MAPS)
+    plan = _cached_plan(problem, algorithm, MAPS)
+    if algorithm == "auto" and autotune.enabled():
+        forward = autotune.cached(problem, ("forward",))
+        backward = autotune.cached(problem, MAPS[1:])
+        reasons = dict(plan.reasons)
+        for tuned, names in ((forward, ("forward",)), (backward, MAPS[1:])):
+            for name in names:
+                if tuned is not None:
+                    reasons[name] = tuned.reasons.get(name, "autotuned")
+        plan = Plan(forward.forward if forward else plan.forward,
+                    backward.grad_input if backward else plan.grad_input,
+                    backward.grad_weight if backward else plan.grad_weight, reasons)
+    return plan
