@@ -279,8 +279,8 @@ def network_totals(summary: dict, networks: dict[str, list[Layer]], rounds: int)
     totals = {}
     for net, layers in networks.items():
         ids = [(item, f"zoo:{item.ident}") for item in layers]
-        if not all(f"{jid}:forward" in summary for _, jid in ids):
-            continue
+        if not all(f"{jid}:{op}" in summary for _, jid in ids for op in ("forward", "backward")):
+            continue  # a partial network (--only, --sections) has no total
         row = {"layers": len(layers), "calls": sum(item.count for item in layers)}
         for what, ops in (("forward", ("forward",)), ("backward", ("backward",)),
                           ("total", ("forward", "backward"))):
@@ -714,9 +714,13 @@ def plot(result: dict, path: str) -> None:
     totals, s = result["totals"], result["summary"]
     zoo_fwd = [x for x in s.values() if x["job"]["section"] == "zoo" and x["job"]["op"] ==
                "forward"]
-    fig, axes = plt.subplots(2, 1, figsize=(14, 9), height_ratios=[1, 2])
-    ax = axes[0]
+    if totals:
+        fig, axes = plt.subplots(2, 1, figsize=(14, 9), height_ratios=[1, 2])
+    else:  # a partial run: layers only
+        fig, ax = plt.subplots(figsize=(14, 6))
+        axes = [None, ax]
     nets = list(totals)
+    ax = axes[0] if totals else None
     width = 0.27
     for i, (what, color) in enumerate((("forward", "tab:blue"), ("backward", "tab:orange"),
                                        ("total", "tab:green"))):
@@ -727,17 +731,20 @@ def plot(result: dict, path: str) -> None:
             lo.append(v["median"] - v["min"] if v else 0)
             hi.append(v["max"] - v["median"] if v else 0)
         xs = [j + (i - 1) * width for j in range(len(nets))]
+        if ax is None:
+            break
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=color,
                label="forward+backward" if what == "total" else what)
-    ax.axhline(1.0, color="black", linewidth=1)
-    ax.axhline(NETWORK_LIMIT, color="red", linewidth=1, linestyle="--",
-               label=f"must: {NETWORK_LIMIT}x")
-    ax.set_xticks(range(len(nets)), nets)
-    ax.set_yscale("log")
-    ax.set_ylabel("npconv / torch (log)")
-    ax.set_title("Network totals (count-weighted), median over rounds, bars: min–max")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", which="both", alpha=0.3)
+    if ax is not None:
+        ax.axhline(1.0, color="black", linewidth=1)
+        ax.axhline(NETWORK_LIMIT, color="red", linewidth=1, linestyle="--",
+                   label=f"must: {NETWORK_LIMIT}x")
+        ax.set_xticks(range(len(nets)), nets)
+        ax.set_yscale("log")
+        ax.set_ylabel("npconv / torch (log)")
+        ax.set_title("Network totals (count-weighted), median over rounds, bars: min–max")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", which="both", alpha=0.3)
 
     ax = axes[1]
     labels, fw, bw, colors = [], [], [], []
@@ -882,6 +889,12 @@ def main(argv=None) -> int:
     if odd:
         print(f"note: {', '.join(odd)} set in the environment; both workers inherit them "
               "(recorded in the report)", file=sys.stderr)
+    if args.device == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("cupy") is None:
+            raise SystemExit("--device cuda needs CuPy (pip install npconv[cuda12x]) and torch "
+                             "with CUDA, on a machine with a GPU")
     jobs = make_jobs(args, settings)
     if not jobs:
         raise SystemExit("nothing to run: check --networks/--only/--sections")

@@ -1,0 +1,117 @@
+"""The benchmark's plumbing: zoo, worker processes, statistics, report (a tiny run, < 10 s)."""
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import zoo  # noqa: E402
+
+
+def test_zoo_counts_and_shapes():
+    nets = zoo.zoo()
+    assert set(nets) == set(zoo.NETWORKS) == set(zoo.NETWORK_INPUTS)
+    calls = {net: sum(item.count for item in layers) for net, layers in nets.items()}
+    assert calls["resnet18"] == 20  # 17 3x3/7x7 convolutions + 3 downsamples
+    assert calls["mobilenetv2"] == 52  # stem, 17 dw, 17 project, 16 expand, head
+    assert calls["vgg11"] == 8
+    for layers in nets.values():
+        assert len({item.geometry for item in layers}) == len(layers)
+        for item in layers:
+            assert min(item.out_size) > 0 and item.flops > 0
+            assert zoo.Layer.from_json(item.to_json()) == item
+    assert any(item.transposed for item in nets["unet2d"])
+    assert any(item.depthwise for item in nets["mobilenetv2"])
+    assert {item.nd for item in nets["wavenet1d"]} == {1}
+    assert {item.dtype for item in nets["science-f64"]} == {"float64"}
+    up = next(item for item in nets["unet2d"] if item.transposed)
+    assert up.out_size == tuple(2 * h for h in up.size)
+
+
+def test_kept_sections():
+    run = pytest.importorskip("run")
+    old = "# Benchmarks\n\nold\n\n" + run.MARKER + "\n\n## Dask\n\nkept\n"
+    assert run.kept_sections(old).startswith(run.MARKER)
+    assert "## Dask\n\nkept" in run.kept_sections(old)
+    # without the marker, sections the script does not write survive
+    unmarked = "# Benchmarks\n\n## Results\n\nx\n\n## Dask\n\nkept\n\n## Targets\n\ny\n"
+    kept = run.kept_sections(unmarked)
+    assert "## Dask" in kept and "## Results" not in kept and "## Targets" not in kept
+
+
+def test_gpu_settings_logic():
+    worker = pytest.importorskip("worker")
+    assert "CUPY_TF32" not in worker.gpu_environment({"CUPY_TF32": "1", "A": "b"})
+    fake = types.SimpleNamespace(backends=types.SimpleNamespace(
+        cuda=types.SimpleNamespace(matmul=types.SimpleNamespace(allow_tf32=True)),
+        cudnn=types.SimpleNamespace(allow_tf32=True)))
+    assert worker.torch_tf32_off(fake) == {"matmul.allow_tf32": False, "cudnn.allow_tf32": False}
+
+    class Pool:  # CuPy's pool: blocks are kept after the call
+        total = used = 0
+
+        def free_all_blocks(self):
+            self.total = self.used
+
+        def used_bytes(self):
+            return self.used
+
+        def total_bytes(self):
+            return self.total
+
+    pool = Pool()
+
+    def call():
+        pool.total += 3 << 20  # the call allocates 3 MiB, frees it back to the pool
+        return None
+
+    cupy = types.SimpleNamespace(get_default_memory_pool=lambda: pool)
+    assert worker.cupy_pool_peak(cupy, call, lambda: None) == 3 << 20
+
+
+def test_tiny_run_end_to_end(tmp_path):
+    pytest.importorskip("torch")
+    run = pytest.importorskip("run")
+    args = run.parse([]).parse_args(["--quick", "--networks", "unet2d", "--only", "up2.upconv",
+                                     "--sections", "zoo", "unfold", "--rounds", "1"])
+    settings = run.Settings(True)
+    settings.rounds, settings.gap = 1, 0.0
+    settings.normal = dict(warmup=0, min_reps=1, max_reps=1, budget=0.0)
+    jobs = run.make_jobs(args, settings)
+    tiny = zoo.layer("t", "t1d", 1, 2, 3, 9, 3, p=1, d=2)  # 1-D, dilated
+    for op in ("forward", "backward"):
+        jobs.append({"id": f"zoo:t/t1d:{op}", "section": "zoo", "op": op,
+                     "layer": tiny.to_json(), **settings.normal, "plan": op == "forward"})
+    assert [j["op"] for j in jobs] == ["forward", "backward", "im2col", "col2im", "forward",
+                                       "backward"]
+    out = run.run_rounds(jobs, args, settings, log=lambda m: None)
+    assert out["hello"]["npconv"]["blas"] and out["hello"]["torch"]["torch_threads"] == 2
+    summary = run.summarize(jobs, out["raw"])
+    for jid, x in summary.items():
+        assert not x["errors"], (jid, x["errors"])
+        assert x["check"] is True, jid  # both sides computed the same result
+        assert x["ratio"]["n"] == 1
+    assert summary["zoo:unet2d/up2.upconv:forward"]["plan"]["forward"]
+    totals = run.network_totals(summary, {"t": [tiny]}, 1)
+    assert totals["t"]["forward"]["ratio"]["median"] > 0
+    # the report survives missing figures (None) on either device
+    summary["zoo:t/t1d:forward"]["ratio"] = None
+    summary["zoo:t/t1d:forward"]["peak_mib"] = {"npconv": None, "torch": None}
+    for device in ("cpu", "cuda"):
+        musts = run.must_lines(summary, totals, device, None)
+        result = {"summary": summary, "totals": totals, "musts": musts,
+                  "info": run.machine_info(out["hello"], device), "args": {"threads": 2},
+                  "rounds": 1, "gap": 0.0, "timing": settings.normal, "loads": out["loads"],
+                  "elapsed_s": 1.0, "command": "python benchmarks/run.py", "date": "today"}
+        text = run.markdown(result)
+        assert "## Network totals" in text and "## Must lines" in text
+        report = tmp_path / f"{device}.md"
+        report.write_text("# Benchmarks\n\n" + run.MARKER + "\n\n## Dask\n\nkept\n")
+        run.write_report(str(report), text)
+        assert report.read_text().rstrip().endswith("## Dask\n\nkept")
+    run.plot(result, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 0
