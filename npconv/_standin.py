@@ -40,8 +40,8 @@ _host: Any = None  # the host array module (numpy), set by bind()
 SYNCS = [0]
 #: matmul calls so far (``a @ b`` included).
 MATMULS = [0]
-#: One entry per matmul call in which CuPy would copy: (reason, shapes).
-MATMUL_COPIES: list[tuple[str, tuple[tuple[int, ...], ...]]] = []
+#: One entry per matmul call in which CuPy would copy: (reason, shapes, caller file:line).
+MATMUL_COPIES: list[tuple[str, tuple[tuple[int, ...], ...], str]] = []
 _sync_allowed = [True]
 # CuPy's message for np.asarray(cupy_array) (cupy/_core/core.pyx, __array__).
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
@@ -392,8 +392,15 @@ def matmul(a: ndarray, b: ndarray, out: ndarray | None = None, **kwargs: Any) ->
     """``a @ b`` on the host; records in :data:`MATMUL_COPIES` what CuPy would copy."""
     ha, hb, ho = _unwrap(a), _unwrap(b), _unwrap(out)
     MATMULS[0] += 1
-    for reason in matmul_copies(ha, hb, ho):
-        MATMUL_COPIES.append((reason, (ha.shape, hb.shape)))
+    reasons = matmul_copies(ha, hb, ho)
+    if reasons:
+        import sys
+
+        frame = sys._getframe(1)
+        if frame.f_code.co_name == "<lambda>":  # a @ b
+            frame = frame.f_back or frame
+        where = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}"
+        MATMUL_COPIES.extend((r, (ha.shape, hb.shape), where) for r in reasons)
     if ho is None:
         return ndarray(_host.asarray(_host.matmul(ha, hb, **kwargs)))
     _host.matmul(ha, hb, out=ho, **kwargs)

@@ -50,6 +50,9 @@ class Backend:
         """A context manager that makes ``array``'s device current (a no-op on the host)."""
         return contextlib.nullcontext()
 
+    def synchronize(self) -> None:
+        """Wait for the work queued on the current device (a no-op on the host)."""
+
 
 class NumpyBackend(Backend):
     name = "numpy"
@@ -120,6 +123,9 @@ class CupyBackend(DeviceBackend):
         # Look at the type's module instead of importing CuPy: a NumPy-only
         # session must never pay for (or fail on) a CuPy import.
         return type(array).__module__.split(".")[0] == "cupy" and hasattr(array, "strides")
+
+    def synchronize(self) -> None:
+        self.module().cuda.get_current_stream().synchronize()
 
 
 class StandinBackend(DeviceBackend):
@@ -344,6 +350,25 @@ def asarray(obj: Any) -> Any:
                 f"for NumPy)"
             ) from exc
     return active.module().asarray(obj)
+
+
+def synchronize(*arrays: Any) -> None:
+    """Wait until the device of ``arrays`` (or of the active backend) has finished the
+    work queued on its current stream: GPU calls return before they compute, so a
+    timer read without this measures launches. A no-op on NumPy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from npconv import backend
+    >>> backend.synchronize(np.zeros(3))
+    """
+    backend_of(*arrays).synchronize()
+
+
+def on_host(xp: Any) -> bool:
+    """Whether ``xp`` is NumPy (a host module): device branches of the paths test this."""
+    return xp is numpy
 
 
 def scalar_kind(dtype: Any) -> str:

@@ -320,3 +320,50 @@ def test_device_calls_do_not_split_a_batch_that_fits():
     before = _standin.MATMULS[0]
     npconv.conv2d(x, w, padding=1, algorithm="im2col")
     assert _standin.MATMULS[0] == before + 1
+
+
+# --------------------------------------------------------------------------- matmul targets
+
+COPY_FREE = [  # (path, x shape, weight shape, kwargs): CuPy would copy no matmul operand
+    ("im2col", (4, 16, 20, 20), (16, 8, 3, 3), dict(padding=1, groups=2)),
+    ("im2col", (2, 8, 12, 12), (8, 8, 3, 3), dict(padding=1, stride=2)),
+    ("flipped", (4, 16, 20, 20), (16, 16, 3, 3), dict(padding=1)),
+    ("pointwise", (4, 16, 12, 12), (24, 16, 1, 1), {}),
+    ("phases", (2, 3, 140, 140), (8, 3, 7, 7), dict(stride=2, padding=3)),
+    ("auto", (16, 64, 14, 14), (128, 64, 3, 3), dict(stride=2, padding=1)),
+]
+
+
+@pytest.mark.parametrize("name, x_shape, w_shape, kw", COPY_FREE)
+def test_device_matmuls_have_contiguous_targets_and_operands(name, x_shape, w_shape, kw):
+    """What CuPy's matmul would copy (a non-contiguous out or >= 3-d operand, a batch
+    broadcast), as the stand-in records it: nothing, on these paths' device branches."""
+    rng = np.random.default_rng(0)
+    x, w = dev(rng.standard_normal(x_shape)), dev(rng.standard_normal(w_shape))
+    _standin.MATMUL_COPIES.clear()
+    y = npconv.conv2d(x, w, **kw, algorithm=name)
+    npconv.conv2d_backward(y, x, w, **kw, algorithm=name)
+    assert _standin.MATMUL_COPIES == []
+
+
+@pytest.mark.parametrize("a_shape, b_shape, how", [
+    ((3, 4), (4, 5), "c"), ((2, 3, 4), (4, 5), "c"), ((3, 4), (6, 4, 5), "c"),
+    ((2, 3, 4), (2, 5, 4), "bt"), ((40, 3, 4), (40, 5, 4), "bt"), ((2, 3, 4), (2, 4, 5), "out"),
+    ((5, 2, 3, 4), (2, 4, 6), "c"), ((2, 6, 4), (5, 2, 4, 7), "c"),
+])
+def test_the_device_matmul_equals_numpy(a_shape, b_shape, how):
+    from npconv.paths._common import matmul
+
+    rng = np.random.default_rng(1)
+    ha, hb = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+    if how == "bt":  # b given transposed (a view)
+        hb = hb.swapaxes(-1, -2)
+    expected = np.matmul(ha, hb)
+    a, b = dev(ha), dev(hb.swapaxes(-1, -2)).swapaxes(-1, -2) if how == "bt" else dev(hb)
+    if how == "out":  # a non-contiguous target
+        out = XP.zeros(expected.shape[:-2] + expected.shape[-1:] + expected.shape[-2:-1])
+        got = matmul(XP, a, b, out=out.swapaxes(-1, -2))
+    else:
+        got = matmul(XP, a, b)
+    np.testing.assert_allclose(host(got), expected, rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(matmul(np, ha, hb), expected)

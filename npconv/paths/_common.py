@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,65 @@ def out_block(y: Any, start: int, stop: int, rows: slice, g: int) -> Any:
     rest = math.prod(y.shape[3:])
     block = y[start:stop].reshape(b, g, o // g, out0, rest)[:, :, :, rows]
     return block.reshape(b, g, o // g, (rows.stop - rows.start) * rest)
+
+
+# On a device, a batch of at most this many matrices whose operands CuPy would copy is
+# computed one 2-d matmul per matrix (a launch each, 5-20 us); a larger batch is left
+# to CuPy's copies, which cost one pass over the operands and a single launch.
+DEVICE_MAX_MATRICES = 32
+
+
+def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
+    """``xp.matmul(a, b, out=out)``, arranged on a device so that CuPy copies little.
+
+    On NumPy it is that call. CuPy's matmul (cupy/_core/_routines_linalg.pyx) computes
+    into a temporary and copies it when ``out`` is not C-contiguous, copies operands of
+    3 or more dims that are not C-contiguous, and CuPy 13 materialises an operand
+    broadcast over the batch. On a device the call is made as is when none of that
+    applies; a broadcast operand smaller than the other one is expanded once; a few
+    matrices with transposed operands become 2-d matmuls, whose transposed operands
+    cuBLAS reads in place. A non-contiguous ``out`` still costs a temporary and a copy
+    (as CuPy would make): the paths give such sites contiguous targets on a device.
+    """
+    if backend.on_host(xp) or a.ndim < 2 or b.ndim < 2:
+        return xp.matmul(a, b, out=out)
+    if out is not None and not out.flags.c_contiguous:
+        out[...] = matmul(xp, a, b)
+        return out
+    batch = _batch_shape(a.shape[:-2], b.shape[:-2])
+    if out is None:
+        out = xp.empty(batch + (a.shape[-2], b.shape[-1]), dtype=xp.result_type(a, b))
+    if len(batch) == 0 or (a.flags.c_contiguous and b.flags.c_contiguous
+                           and a.shape[:-2] == b.shape[:-2]):
+        return xp.matmul(a, b, out=out)
+    for small, other in ((a, b), (b, a)):
+        if (small.shape[:-2] != batch and other.shape[:-2] == batch
+                and small.flags.c_contiguous and other.flags.c_contiguous
+                and math.prod(batch) * math.prod(small.shape[-2:]) <= other.size):
+            full = xp.ascontiguousarray(xp.broadcast_to(small, batch + small.shape[-2:]))
+            a, b = (full, b) if small is a else (a, full)
+            return xp.matmul(a, b, out=out)
+    if math.prod(batch) <= DEVICE_MAX_MATRICES:
+        return _per_matrix(xp, a, b, out, batch)
+    return xp.matmul(a, b, out=out)
+
+
+def _batch_shape(sa: tuple[int, ...], sb: tuple[int, ...]) -> tuple[int, ...]:
+    n = max(len(sa), len(sb))
+    sa, sb = (1,) * (n - len(sa)) + sa, (1,) * (n - len(sb)) + sb
+    return tuple(max(p, q) for p, q in zip(sa, sb))
+
+
+def _per_matrix(xp: Any, a: Any, b: Any, out: Any, batch: tuple[int, ...]) -> Any:
+    """out[i] = a[i] @ b[i] for every batch index i, as 2-d matmuls (broadcast by index)."""
+    def at(m: Any, index: tuple[int, ...]) -> Any:
+        lead = m.shape[:-2]
+        tail = index[len(index) - len(lead):] if lead else ()
+        return m[tuple(0 if n == 1 else i for n, i in zip(lead, tail))]
+
+    for index in itertools.product(*(range(n) for n in batch)):
+        xp.matmul(at(a, index), at(b, index), out=out[index])
+    return out
 
 
 def take(flat: Any, shape: tuple[int, ...]) -> Any:

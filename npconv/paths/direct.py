@@ -35,7 +35,7 @@ from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, unpad_add, window_view
 from ..plan import Problem
-from ._common import empty_grads, take
+from ._common import empty_grads, matmul, take
 
 # Chunks this small keep the shifted operands of a depthwise layer in L2.
 TARGET_CHUNK_BYTES = 1 * 2**20
@@ -205,7 +205,7 @@ def _forward_chunk(buf: _ForwardScratch, start: int, job: _Forward) -> None:
             xp.multiply(xs, job.w[..., k], out=dst)
         else:
             # (g, O/g, C/g) @ (b, g, C/g, L) -> (b, g, O/g, L)
-            xp.matmul(job.w[..., k], xs, out=dst)
+            matmul(xp, job.w[..., k], xs, out=dst)
         if k:
             acc += tmp
     out = job.y[start:stop]
@@ -343,12 +343,12 @@ def _shifted_weight(buf: _FlatScratch, start: int, stop: int, gys: Any, acc: Any
         for k, off in enumerate(lay.offsets):
             cols[:, :, k] = xf[..., off: off + q]
         # sum_n gy (b, g, O/g, Q) @ cols^T (b, g, Q, K*C/g) -> (g, O/g, K, C/g)
-        part = xp.matmul(gys, cols.reshape(b, g, k_vol * cg, q).transpose(0, 1, 3, 2))
+        part = matmul(xp, gys, cols.reshape(b, g, k_vol * cg, q).transpose(0, 1, 3, 2))
         acc += part.sum(axis=0).reshape(g, og, k_vol, cg).transpose(0, 1, 3, 2)
         return acc
     for k, off in enumerate(lay.offsets):
         # sum_n (b, g, O/g, Q) @ (b, g, Q, C/g) -> (g, O/g, C/g)
-        acc[..., k] += xp.matmul(gys, xf[..., off: off + q].transpose(0, 1, 3, 2)).sum(axis=0)
+        acc[..., k] += matmul(xp, gys, xf[..., off: off + q].transpose(0, 1, 3, 2)).sum(axis=0)
     return acc
 
 
@@ -364,7 +364,7 @@ def _flat_input(buf: _FlatScratch, start: int, stop: int, gys: Any, job: _Flat) 
         # flat layout: the copies into the slabs run over long 1-d rows.
         cols = take(buf.cols, (b, g, k_vol * cg, q))
         # (g, K*C/g, O/g) @ (b, g, O/g, Q) -> (b, g, K*C/g, Q)
-        xp.matmul(job.w_all, gys, out=cols)
+        matmul(xp, job.w_all, gys, out=cols)
         cols_k = cols.reshape(b, g, k_vol, cg, q)
         for k, off in enumerate(lay.offsets):
             stack[k].reshape(b, g, cg, lay.volume)[..., off: off + q] = cols_k[:, :, k]
@@ -372,7 +372,7 @@ def _flat_input(buf: _FlatScratch, start: int, stop: int, gys: Any, job: _Flat) 
         for k, off in enumerate(lay.offsets):
             # (g, C/g, O/g) @ (b, g, O/g, Q) -> slab k at its shift
             slab = stack[k].reshape(b, g, cg, lay.volume)
-            xp.matmul(job.w_t[..., k], gys, out=slab[..., off: off + q])
+            matmul(xp, job.w_t[..., k], gys, out=slab[..., off: off + q])
     _sum_slabs(xp, stack, take(buf.gx_pad, (b, g * cg, lay.volume)), job.gx[start:stop],
                lay.geometry)
 
@@ -466,8 +466,8 @@ def _columns_chunk(buf: _ColumnsScratch, start: int, acc: Any, job: _Columns) ->
     cols = buf.cols[:, :, :, :b].reshape(g, cg * len(lay.taps), b * span)
     gy_t = buf.gy_buf[:, :b].reshape(g, o // g, b * span).transpose(0, 2, 1)
     if acc is None:
-        return xp.matmul(cols, gy_t)
-    xp.matmul(cols, gy_t, out=buf.partial)
+        return matmul(xp, cols, gy_t)
+    matmul(xp, cols, gy_t, out=buf.partial)
     acc += buf.partial
     return acc
 
@@ -536,7 +536,7 @@ def _grad_input_chunk(buf: _StridedScratch, start: int, job: _Strided) -> None:
     tmp = take(buf.tmp, (b, g, cg, length))
     for k, tap in enumerate(lay.taps):
         # (g, C/g, O/g) @ (b, g, O/g, L) -> (b, g, C/g, L)
-        xp.matmul(job.w_t[..., k], gys, out=tmp)
+        matmul(xp, job.w_t[..., k], gys, out=tmp)
         gx_pad[lay.target(tap)] += tmp.reshape((b, c) + geometry.out_size)
     unpad_add(job.gx[start:stop], gx_pad, geometry, accumulate=False)
 
@@ -572,5 +572,5 @@ def _grad_weight_chunk(buf: _StridedScratch, start: int, acc: Any, job: _Strided
     for k in range(len(lay.taps)):
         xs = lay.shifted(source, k).reshape(b, g, cg, length)
         # sum_n (b, g, O/g, L) @ (b, g, L, C/g) -> (g, O/g, C/g)
-        acc[..., k] += xp.matmul(gys, xs.transpose(0, 1, 3, 2)).sum(axis=0)
+        acc[..., k] += matmul(xp, gys, xs.transpose(0, 1, 3, 2)).sum(axis=0)
     return acc

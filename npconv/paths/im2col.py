@@ -29,7 +29,7 @@ from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, fold_into, pad, window_view
 from ..plan import SMALL_CALL_BYTES, Problem
-from ._common import empty_grads, image_of, out_block, row_blocks, take
+from ._common import empty_grads, image_of, matmul, out_block, row_blocks, take
 
 RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
 
@@ -115,7 +115,7 @@ def _forward_chunk(buffers: _ForwardBuffers, share: tuple[RowBlock, ...], y: Any
         executor.copy_into(cols, buffers.windows(start, stop)[lead + (rows,)])
         out = out_block(y, start, stop, rows, groups)
         # (g, O/g, C/g*K [+1]) @ (b, g, C/g*K [+1], rows) -> (b, g, O/g, rows), in NCHW
-        xp.matmul(w, block.reshape(b, groups, depth // groups, count * rest), out=out)
+        matmul(xp, w, block.reshape(b, groups, depth // groups, count * rest), out=out)
         if bias_col is not None:
             out += bias_col
 
@@ -204,13 +204,13 @@ def _backward_chunk(buffers: _BackwardBuffers, start: int, acc: Any, gy: Any, gx
         cols_t = cols_2d.transpose(0, 2, 1)
         # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over the lane
         if acc is None:
-            acc = xp.matmul(gy_2d, cols_t)
+            acc = matmul(xp, gy_2d, cols_t)
         else:
-            xp.matmul(gy_2d, cols_t, out=buffers.part)
+            matmul(xp, gy_2d, cols_t, out=buffers.part)
             acc += buffers.part
     if gx is not None:
         # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL): the column gradient, then fold
-        xp.matmul(w_t, gy_2d, out=cols_2d)
+        matmul(xp, w_t, gy_2d, out=cols_2d)
         fold_into(gx[start:stop], xp.moveaxis(cols, 1 + nd, 0), geometry)
     return acc
 
@@ -278,7 +278,7 @@ def _forward_small(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     depth = problem.cg * geometry.kernel_volume
     cols = window_view(pad(x, geometry), geometry).reshape(n, g, depth, geometry.out_volume)
     # (g, O/g, C/g*K) @ (N, g, C/g*K, L) -> (N, g, O/g, L)
-    y = xp.matmul(weight.reshape(g, o // g, depth), cols).reshape((n, o) + geometry.out_size)
+    y = matmul(xp, weight.reshape(g, o // g, depth), cols).reshape((n, o) + geometry.out_size)
     if bias is not None:
         y += bias.reshape((1, o) + (1,) * geometry.nd)
     return y
@@ -296,11 +296,11 @@ def _backward_small(problem: Problem, gy: Any, x: Any, weight: Any, need_input: 
     if need_weight:
         cols = window_view(pad(x, geometry), geometry).reshape(n, g, depth, length)
         # sum over N of (g, O/g, L) @ (g, L, C/g*K) -> (g, O/g, C/g*K)
-        gw = xp.matmul(gy4, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
+        gw = matmul(xp, gy4, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
     if need_input:
         # (g, C/g*K, O/g) @ (N, g, O/g, L) -> (N, g, C/g*K, L): the column gradient, folded
         w_t = weight.reshape(g, o // g, depth).transpose(0, 2, 1)
-        cols_grad = xp.matmul(w_t, gy4).reshape(
+        cols_grad = matmul(xp, w_t, gy4).reshape(
             (n, problem.in_channels) + geometry.kernel + geometry.out_size)
         gx = xp.empty((n, problem.in_channels) + geometry.in_size, dtype=gy.dtype)
         fold_into(gx, cols_grad, geometry)

@@ -40,7 +40,7 @@ from typing import Any
 from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem
-from ._common import empty_grads, image_of, out_block, row_blocks, take
+from ._common import empty_grads, image_of, matmul, out_block, row_blocks, take
 
 __all__ = ["backward", "forward", "requires"]
 
@@ -252,9 +252,9 @@ def _forward_rows(work: _ForwardWorker, share: Sequence[RowBlock], call: _Forwar
             cols_k[target] = view[:b, ..., runs]
         ext = work.ext[:b, :, :length]
         # (g, O/g, depth/g) @ (b, g, depth/g, length) -> (b, g, O/g, length), junk included
-        backend.get_array_module(cols).matmul(
-            call.w, cols.reshape(b, groups, depth // groups, length),
-            out=ext.reshape(b, groups, o // groups, length))
+        matmul(backend.get_array_module(cols), call.w,
+               cols.reshape(b, groups, depth // groups, length),
+               out=ext.reshape(b, groups, o // groups, length))
         # (b, O, rows, *q[1:]) cropped to (b, O, rows, *out[1:]): the junk columns dropped
         y[start:stop][(slice(None), slice(None), rows)] = ext.reshape((b, o, nr) + q[1:])[crop]
         if call.bias_col is not None:
@@ -383,14 +383,14 @@ def _backward_chunk(work: _BackwardWorker, start: int, acc: Any, call: _Backward
             cols[:, :, k] = runs[:b].reshape(b, groups, c // groups, length).transpose(1, 2, 0, 3)
         # (g, C/g*K, bL) @ (g, bL, O/g) -> (g, C/g*K, O/g): the junk columns meet zeros
         if acc is None:
-            acc = xp.matmul(cols_2d, gy_2d.transpose(0, 2, 1))
+            acc = matmul(xp, cols_2d, gy_2d.transpose(0, 2, 1))
         else:
-            xp.matmul(cols_2d, gy_2d.transpose(0, 2, 1), out=work.part)
+            matmul(xp, cols_2d, gy_2d.transpose(0, 2, 1), out=work.part)
             acc += work.part
     if work.g_buf is not None:
         # the column gradient (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL), zero at
         # the junk positions, added back into the phase images run by run
-        xp.matmul(call.w_t, gy_2d, out=cols_2d)
+        matmul(xp, call.w_t, gy_2d, out=cols_2d)
         work.g_buf[...] = 0
         for k, target in enumerate(work.g_runs):
             # (g, C/g, b, length) -> (b, C, length)

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import backend, executor, workspace
 from ..plan import Problem
-from ._common import empty_grads, out_block, row_blocks
+from ._common import empty_grads, matmul, out_block, row_blocks
 
 RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
 
@@ -51,7 +51,7 @@ def _forward_chunk(_: Any, item: RowBlock, x: Any, w: Any, bias_col: Any, y: Any
     start, stop, rows = item
     out = out_block(y, start, stop, rows, groups)
     # (g, O/g, C/g) @ (b, g, C/g, rows) -> (b, g, O/g, rows), in NCHW
-    xp.matmul(w, out_block(x, start, stop, rows, groups), out=out)
+    matmul(xp, w, out_block(x, start, stop, rows, groups), out=out)
     if bias_col is not None:
         out += bias_col
 
@@ -96,13 +96,13 @@ def _backward_chunk(part: Any, item: RowBlock, acc: Any, gy: Any, x: Any, w_t: A
         for i in range(stop - start):
             # (g, O/g, L') @ (g, L', C/g) -> (g, O/g, C/g), summed over the lane
             if acc is None:
-                acc = xp.matmul(gy_b[i], x_b[i].transpose(0, 2, 1))
+                acc = matmul(xp, gy_b[i], x_b[i].transpose(0, 2, 1))
             else:
-                xp.matmul(gy_b[i], x_b[i].transpose(0, 2, 1), out=part)
+                matmul(xp, gy_b[i], x_b[i].transpose(0, 2, 1), out=part)
                 acc += part
     if gx is not None:
         # (g, C/g, O/g) @ (b, g, O/g, L') -> (b, g, C/g, L')
-        xp.matmul(w_t, gy_b, out=out_block(gx, start, stop, rows, groups))
+        matmul(xp, w_t, gy_b, out=out_block(gx, start, stop, rows, groups))
     return acc
 
 

@@ -217,9 +217,9 @@ def _transform(xp: Any, t: _Tiling, k: wt.Constants, s: _Scratch, x: Any,
     ).transpose(5, 4, 1, 0, 2, 3)
     # t (a_j', a_i*C*b*T) = B^T (a, a) @ d (a_j, ...): the first tile axis, then the second
     tt = bufs[2][: a * a * cells].reshape(a, a * cells)
-    xp.matmul(k.b_t, d.reshape(a, a * cells), out=tt)
+    _common.matmul(xp, k.b_t, d.reshape(a, a * cells), out=tt)
     # v[j] (a_i', C*b*T) = B^T (a, a) @ t[j] (a_i, C*b*T)
-    xp.matmul(k.b_t, tt.reshape(a, a, cells), out=v)
+    _common.matmul(xp, k.b_t, tt.reshape(a, a, cells), out=v)
     return v
 
 
@@ -259,12 +259,12 @@ def _forward_chunk(s: _Scratch, item: tuple[int, int, int, int], xp: Any, t: _Ti
         # T the valid tile rows' tiles: one matmul per image, of long rows
         mm = mm.reshape(a, a, b, g, og, tiles)
         v6 = v.reshape(a, a, b, g, cg, (nt + 1) * q)[..., :tiles]
-        xp.matmul(u, v6, out=mm.transpose(1, 0, 2, 3, 4, 5))
+        _common.matmul(xp, u, v6, out=mm.transpose(1, 0, 2, 3, 4, 5))
     else:
         # M[i, j] (g, O/g, bT) = U[i, j] (g, O/g, C/g) @ V[j, i] (g, C/g, bT): the
         # images side by side, short tile rows make one long matmul
         mm = mm.reshape(a, a, g, og, b * tiles)
-        xp.matmul(u[:, :, 0], v.reshape(a, a, g, cg, b * tiles),
+        _common.matmul(xp, u[:, :, 0], v.reshape(a, a, g, cg, b * tiles),
                   out=mm.transpose(1, 0, 2, 3, 4))
     if bias_tile is not None:
         mm[k.ones, k.ones] += bias_tile  # 1/a^2 of the data instead of all of y
@@ -366,10 +366,10 @@ def _grad_weight_chunk(s: _Scratch, item: tuple[int, int, int, int], acc: Any, x
     a_mat = k.a_t.T  # A (a, m)
     # t1 (a, m_r*cells) = A (a, m) @ e^T (m, m_r*cells): along each row's blocks
     t1 = tmp_buf[: a * m * cells].reshape(a, m * cells)
-    xp.matmul(a_mat, e.reshape(-1, m).T, out=t1)
+    _common.matmul(xp, a_mat, e.reshape(-1, m).T, out=t1)
     # hat[j] (a_i, cells) = A (a, m) @ t1[j] (m, cells): then along the rows
     hat = hat_buf[: a * a * cells].reshape(a, a, cells)
-    xp.matmul(a_mat, t1.reshape(a, m, cells), out=hat)
+    _common.matmul(xp, a_mat, t1.reshape(a, m, cells), out=hat)
     if acc is None:
         acc = xp.zeros((a, a, groups, og, cg), dtype=x.dtype)
     # S[j, i] (g, O/g, C/g) += hat[j, i] (g, O/g, T) @ V[j, i]^T (g, T, C/g)
@@ -377,10 +377,10 @@ def _grad_weight_chunk(s: _Scratch, item: tuple[int, int, int, int], acc: Any, x
         hat6 = hat.reshape(a, a, b, groups, og, tiles)
         v6 = v.reshape(a, a, b, groups, cg, (nt + 1) * q)[..., :tiles]
         for i in range(b):
-            xp.matmul(hat6[:, :, i], v6[:, :, i].transpose(0, 1, 2, 4, 3), out=part)
+            _common.matmul(xp, hat6[:, :, i], v6[:, :, i].transpose(0, 1, 2, 4, 3), out=part)
             acc += part
     else:
-        xp.matmul(hat.reshape(a, a, groups, og, b * tiles),
+        _common.matmul(xp, hat.reshape(a, a, groups, og, b * tiles),
                   v.reshape(a, a, groups, cg, b * tiles).transpose(0, 1, 2, 4, 3), out=part)
         acc += part
     return acc
@@ -390,9 +390,9 @@ def _finish_lane(xp: Any, g_t: Any, acc: Any) -> Any:
     """A lane's gW (3 (kj), 3 (ki), O*C/g) = G^T S G (linear: the lanes' sum is the whole)."""
     a = g_t.shape[1]
     # t[kj] (a_i, O*C/g) = G^T (3, a_j) @ S (a_j, a_i*O*C/g)
-    tt = xp.matmul(g_t, acc.reshape(a, -1)).reshape(3, a, -1)
+    tt = _common.matmul(xp, g_t, acc.reshape(a, -1)).reshape(3, a, -1)
     # [kj] (3 (ki), O*C/g) = G^T (3, a_i) @ t[kj] (a_i, O*C/g)
-    return xp.matmul(g_t, tt)
+    return _common.matmul(xp, g_t, tt)
 
 
 def grad_weight(problem: Problem, gy: Any, x: Any, *, tile: int = DEFAULT_TILE,

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._common import matmul
+
 _Matrix = list[list[float]]
 # Transform matrices (B^T, G, A^T) of F(2x2, 3x3) and F(4x4, 3x3), Lavin & Gray (2015).
 MATRICES: dict[int, tuple[_Matrix, _Matrix, _Matrix]] = {
@@ -125,7 +127,7 @@ def input_transform(xp: Any, k: Constants, pad: Any, t1: Any, tmp: Any, out: Any
     nb = blocks.shape[0]
     # t1 (a_j, m_r*b*C*P*Q) = B^T[:, :m] (a, m) @ block^T (m, nb), + the next block's  columns
     t1 = t1[: a * nb].reshape(a, nb)
-    xp.matmul(b_t[:, :m], blocks.T, out=t1)
+    matmul(xp, b_t[:, :m], blocks.T, out=t1)
     for s, runs in k.terms:
         add_shifted(t1[:, :-1], blocks[1:, s], runs, tmp)
     rows = nb // m
@@ -133,7 +135,7 @@ def input_transform(xp: Any, k: Constants, pad: Any, t1: Any, tmp: Any, out: Any
     t3 = t1.reshape(a, m, rows)
     # out[j] (a_i, b*C*P*Q) = B^T[:, :m] (a, m) @ t1[j] (m, rows), + the next row block's
     v = out.reshape(a, a, rows)
-    xp.matmul(b_t[:, :m], t3, out=v)
+    matmul(xp, b_t[:, :m], t3, out=v)
     for s, runs in k.terms:
         add_shifted(v.transpose(1, 0, 2)[:, :, :-q], t3[:, s, q:], runs, tmp)
 
@@ -145,9 +147,9 @@ def output_transform(xp: Any, a_t: Any, mm: Any, tmp: Any, out: Any) -> None:
     m, a = a_t.shape
     n = mm.shape[-1]
     # tmp (m, a*N) = A^T (m, a) @ M (a, a*N)        first tile axis
-    xp.matmul(a_t, mm.reshape(a, a * n), out=tmp.reshape(m, a * n))
+    matmul(xp, a_t, mm.reshape(a, a * n), out=tmp.reshape(m, a * n))
     # out[i] (N, m) = tmp[i]^T (N, a) @ A (a, m)     second tile axis, batched over i
-    xp.matmul(tmp.reshape(m, a, n).transpose(0, 2, 1), a_t.T, out=out.reshape(m, n, m))
+    matmul(xp, tmp.reshape(m, a, n).transpose(0, 2, 1), a_t.T, out=out.reshape(m, n, m))
 
 
 def weight_transform(xp: Any, k: Constants, weight: Any) -> Any:
@@ -159,7 +161,7 @@ def weight_transform(xp: Any, k: Constants, weight: Any) -> Any:
     o, cg = weight.shape[:2]
     a = k.g_mat.shape[0]
     # u (a*a, O*C/g) = (G kron G) (a^2, 9) @ vec(g)^T (9, O*C/g): vec(G g G^T) per filter
-    u = (k.gg @ weight.reshape(o * cg, 9).T).reshape(a, a, o, cg)
+    u = matmul(xp, k.gg, weight.reshape(o * cg, 9).T).reshape(a, a, o, cg)
     return u.transpose(1, 0, 2, 3)
 
 
