@@ -286,8 +286,8 @@ def _divisor(pool: _Pool, count_include_pad: bool, divisor_override: Any) -> Any
     """The divisor of each output position (torch's rule), shape (*out) or a scalar."""
     if divisor_override is not None:
         value = as_int(divisor_override, "divisor_override")
-        if value == 0:
-            raise ValueError("divisor_override must be non-zero, got 0")
+        if value == 0 or abs(value) >= 2**63:  # torch's is a non-zero int64
+            raise ValueError(f"divisor_override must be a non-zero 64-bit integer, got {value}")
         return value
     xp = backend.get_array_module(pool.x)
     divisor = None
