@@ -1,23 +1,28 @@
 """npconv.dask benchmarks: overhead, scaling with workers, and dask-image.
 
 1. Overhead against in-memory ``npconv.conv2d`` on an array that fits, for
-   chunks of 512^2 and up (dask's threaded scheduler, as many threads as cores;
-   the dask side includes assembling the result into one array).
+   chunks of 512^2 and up, on dask's synchronous scheduler and on its threaded
+   scheduler with the BLAS held to one thread (a multi-threaded BLAS beside
+   dask's busy threads ran ~10x slower here); the dask side includes assembling
+   the result into one array.
 2. Throughput against the number of process workers (``LocalCluster``, one
-   thread each) on a lazily generated image whose output is reduced to a mean.
+   thread each; ``distributed`` starts them with OPENBLAS_NUM_THREADS=1) on a
+   lazily generated image whose output is reduced to a mean.
 3. ``dask_image.ndfilters.convolve`` against ``npconv.dask.conv2d`` on the same
    single-channel 2-D filter: the largest difference and the times.
 
 Every time is the median of ``--repeat`` runs after one warm-up run. The
 machine's load average is printed first: other processes skew the figures.
 
-    python benchmarks/dask_bench.py            # all three, about two minutes on 2 cores
+    pip install -e ".[dask]" dask-image
+    python benchmarks/dask_bench.py            # all three, a few minutes on 2 cores
     python benchmarks/dask_bench.py --quick    # small sizes, a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -26,13 +31,21 @@ import numpy as np
 
 
 def median_time(fn, repeat: int) -> float:
-    fn()  # warm-up: imports, thread pools, first-touch pages
-    times = []
+    return interleaved({"fn": fn}, repeat)["fn"]
+
+
+def interleaved(fns: dict, repeat: int) -> dict:
+    """Median time of each function, the functions taking turns round by round (so a
+    change in the machine's load hits all of them alike), after one warm-up run each."""
+    times: dict = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up: imports, thread pools, first-touch pages
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def layer(rng, c: int, o: int, k: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -41,30 +54,39 @@ def layer(rng, c: int, o: int, k: int, dtype) -> tuple[np.ndarray, np.ndarray]:
 
 
 def overhead(size: int, chunks: list[int], repeat: int) -> None:
-    import dask
     import dask.array as da
+    import threadpoolctl
 
     import npconv
     import npconv.dask
 
     print(f"\n## Overhead against in-memory npconv (1 x 3 x {size}^2 float32 -> 8 channels, "
-          f"5x5 reflect padding; threaded scheduler, {os.cpu_count()} threads)\n")
-    print("| chunks | in-memory npconv | npconv.dask | ratio |")
-    print("|---|---|---|---|")
+          f"5x5 reflect padding)\n")
+    print("In-memory npconv with its defaults; npconv.dask on the synchronous scheduler "
+          "(blocks one after another, each spread over the cores by npconv) and on the "
+          f"threaded scheduler ({os.cpu_count()} threads) with the BLAS held to one thread.\n")
+    print("| chunks | in-memory npconv | npconv.dask, sync | ratio | npconv.dask, threads "
+          "| ratio |")
+    print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     x = rng.random((1, 3, size, size), dtype=np.float32)
     w, b = layer(rng, 3, 8, 5, np.float32)
     kw = {"padding": 2, "padding_mode": "reflect"}
     expected = npconv.conv2d(x, w, b, **kw)
-    t_mem = median_time(lambda: npconv.conv2d(x, w, b, **kw), repeat)
     for chunk in chunks:
         y = npconv.dask.conv2d(da.from_array(x, chunks=(1, 3, chunk, chunk)), w, b, **kw)
-        with dask.config.set(scheduler="threads"):
-            got = y.compute()
-            t_dask = median_time(y.compute, repeat)
-        assert np.allclose(got, expected, rtol=1e-5, atol=1e-5)
-        print(f"| {chunk}^2 ({y.npartitions} blocks) | {t_mem * 1e3:.0f} ms | "
-              f"{t_dask * 1e3:.0f} ms | {t_dask / t_mem:.2f} |")
+        assert np.allclose(y.compute(scheduler="sync"), expected, rtol=1e-5, atol=1e-5)
+
+        def threads(y=y):
+            with threadpoolctl.threadpool_limits(1, user_api="blas"):
+                return y.compute(scheduler="threads")
+
+        t = interleaved({"mem": lambda: npconv.conv2d(x, w, b, **kw),
+                         "sync": functools.partial(y.compute, scheduler="sync"),
+                         "threads": threads}, repeat)
+        print(f"| {chunk}^2 ({y.npartitions} blocks) | {t['mem'] * 1e3:.0f} ms | "
+              f"{t['sync'] * 1e3:.0f} ms | {t['sync'] / t['mem']:.2f} | "
+              f"{t['threads'] * 1e3:.0f} ms | {t['threads'] / t['mem']:.2f} |")
 
 
 def scaling(size: int, chunk: int, workers: list[int], repeat: int) -> None:
@@ -96,12 +118,14 @@ def scaling(size: int, chunk: int, workers: list[int], repeat: int) -> None:
 def versus_dask_image(size: int, chunk: int, repeat: int) -> None:
     import dask
     import dask.array as da
+    import threadpoolctl
     from dask_image import ndfilters
 
     import npconv.dask
 
     print(f"\n## dask_image.ndfilters.convolve on the same filter ({size}^2 float64, one "
-          f"channel, 5x5, {chunk}^2 chunks, reflect border; threaded scheduler)\n")
+          f"channel, 5x5, {chunk}^2 chunks, reflect border; threaded scheduler, BLAS on one "
+          f"thread)\n")
     rng = np.random.default_rng(2)
     image = da.from_array(rng.random((size, size)), chunks=chunk)
     kernel = rng.standard_normal((5, 5))
@@ -110,10 +134,10 @@ def versus_dask_image(size: int, chunk: int, repeat: int) -> None:
     theirs = ndfilters.convolve(image, kernel, mode="mirror")
     ours = npconv.dask.conv2d(image[None, None], kernel[None, None, ::-1, ::-1].copy(),
                               padding=2, padding_mode="reflect")[0, 0]
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(scheduler="threads"), threadpoolctl.threadpool_limits(1, "blas"):
         a, b = da.compute(theirs, ours)
-        t_theirs = median_time(theirs.compute, repeat)
-        t_ours = median_time(ours.compute, repeat)
+        t = interleaved({"theirs": theirs.compute, "ours": ours.compute}, repeat)
+        t_theirs, t_ours = t["theirs"], t["ours"]
     diff = float(np.abs(a - b).max() / np.abs(a).max())
     print("| | time | max relative difference |")
     print("|---|---|---|")

@@ -20,8 +20,6 @@ The docs page "Beyond one machine" has the geometry rules, cluster set-ups
 from __future__ import annotations
 
 import math
-import os
-import threading
 import warnings
 from dataclasses import dataclass
 from itertools import accumulate
@@ -45,13 +43,6 @@ __all__ = ["conv", "conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "co
 # npconv's padding modes as dask.array.pad modes (dask's map_overlap boundary="reflect" is
 # numpy's 'symmetric', not torch's reflect, so the border is padded with da.pad instead).
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-
-
-# One in-memory npconv call at a time per process (dask's threaded scheduler runs blocks
-# concurrently): each call already spreads over the cores with npconv's own threads, and
-# BLAS thread limits are process-wide, so concurrent calls would only oversubscribe.
-_CALLS = threading.Lock()
-os.register_at_fork(after_in_child=lambda: globals().update(_CALLS=threading.Lock()))
 
 
 def _dask_array() -> ModuleType:
@@ -244,8 +235,7 @@ def _depth(halos: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
 def _forward_block(block: Any, weight: Any, bias: Any, stride: tuple[int, ...],
                    dilation: tuple[int, ...], groups: int) -> Any:
     """Valid convolution of one block that already holds its halo."""
-    with _CALLS:
-        return _conv(block, weight, bias, stride, 0, dilation, groups)
+    return _conv(block, weight, bias, stride, 0, dilation, groups)
 
 
 def _grad_input_block(grad: Any, weight: Any, stride: tuple[int, ...],
@@ -259,8 +249,7 @@ def _grad_input_block(grad: Any, weight: Any, stride: tuple[int, ...],
     """
     info = block_info[None]
     where, shape = info["chunk-location"], tuple(info["chunk-shape"])
-    with _CALLS:
-        full = _conv_transpose(grad, weight, None, stride, 0, 0, groups, dilation)
+    full = _conv_transpose(grad, weight, None, stride, 0, 0, groups, dilation)
     crop = [slice(None), slice(None)]
     for i in range(len(stride)):
         start = (halo[i] * stride[i] + shift[i]) if where[2 + i] else 0
@@ -276,8 +265,7 @@ def _grad_input_block(grad: Any, weight: Any, stride: tuple[int, ...],
 def _grad_weight_block(block: Any, grad: Any, weight: Any, stride: tuple[int, ...],
                        dilation: tuple[int, ...], groups: int) -> Any:
     """This block's share of the weight gradient, with a unit axis per block-grid axis."""
-    with _CALLS:
-        _, grad_weight, _ = _conv_backward(grad, block, weight, stride, 0, dilation, groups)
+    _, grad_weight, _ = _conv_backward(grad, block, weight, stride, 0, dilation, groups)
     return grad_weight.reshape((1,) * grad.ndim + tuple(grad_weight.shape))
 
 
