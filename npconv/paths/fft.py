@@ -55,12 +55,14 @@ from ..patches import pad, unpad_add
 from ..plan import Problem
 from ._common import empty_grads
 
-# Chunks of about this many bytes of spectra per image chunk: larger chunks give
-# the per-frequency matmuls more rows (b), which amortises their call overhead
-# (measured: per image, b = 4 ran 1.9x and b = 16 2.9x faster than b = 1 at
-# C = O = 16, 9180 frequencies); at most half the batch, so that two host
-# threads share the work.
-TARGET_CHUNK_BYTES = 16 * 2**20
+# Chunks of up to this many bytes of spectra: the per-frequency matmuls have the
+# chunk's images as rows (or, for grad weight, as the contraction), and NumPy's stacked
+# matmul pays ~0.3-0.6 us per frequency per call: per image, b = 1 ran 3-5x slower than
+# b = 4, and b = 8 no faster than b = 4 (C = O = 16, 9180 frequencies, measured).
+TARGET_CHUNK_BYTES = 64 * 2**20
+# Batches of at least this many images are cut into two or more chunks for the host
+# threads (each chunk keeping >= MIN_CHUNK_IMAGES // 2 images' rows per matmul).
+MIN_CHUNK_IMAGES = 8
 
 
 def next_smooth(n: int) -> int:
@@ -163,18 +165,23 @@ def _layout(problem: Problem, xp: Any) -> _Layout:
                    backend.numpy_dtype(spectral), problem.groups)
 
 
+# Both directions are 'ortho' (scaled by 1/sqrt(L) each), and the kernel's spectrum is
+# unnormalised, so a product inverted is scaled 1/L as the plain transforms would. NumPy
+# 2.4 runs its float32 transforms 2-4x slower with the unit scale of the 'backward'
+# forward or the 'forward' inverse (a float64 loop for the scale 1, measured).
 def _fft(lay: _Layout, a: Any, xp: Any) -> Any:
-    """The spectrum over the last nd axes, zero-extended to the FFT sizes."""
+    """The spectrum over the last nd axes, zero-extended to the FFT sizes, / sqrt(L)."""
     a = a.astype(lay.work, copy=False)
     if lay.complex:
-        return xp.fft.fftn(a, s=lay.sizes, axes=lay.spatial)
-    return xp.fft.rfftn(a, s=lay.sizes, axes=lay.spatial)
+        return xp.fft.fftn(a, s=lay.sizes, axes=lay.spatial, norm="ortho")
+    return xp.fft.rfftn(a, s=lay.sizes, axes=lay.spatial, norm="ortho")
 
 
 def _ifft(lay: _Layout, spec: Any, xp: Any) -> Any:
+    """The inverse transform over the last nd axes, / sqrt(L)."""
     if lay.complex:
-        return xp.fft.ifftn(spec, s=lay.sizes, axes=lay.spatial)
-    return xp.fft.irfftn(spec, s=lay.sizes, axes=lay.spatial)
+        return xp.fft.ifftn(spec, s=lay.sizes, axes=lay.spatial, norm="ortho")
+    return xp.fft.irfftn(spec, s=lay.sizes, axes=lay.spatial, norm="ortho")
 
 
 def _phases(lay: _Layout, frame: Any, xp: Any) -> Any:
@@ -238,27 +245,75 @@ def _reverse_index(lay: _Layout, xp: Any) -> Any:
 # --------------------------------------------------------------------------- the kernel
 
 
-def _taps(lay: _Layout, xp: Any) -> tuple[Any, ...]:
-    """Index of the kernel buffer (O, C/g, *s, *lp) that holds each tap (O, C/g, *k)."""
+def _wave(lay: _Layout, axis: int, sign: int, xp: Any) -> Any:
+    """(F, k): ``exp(sign 2 pi i f q(j) / L)`` for frequency ``f`` and tap ``j`` of ``axis``.
+
+    The kernel is tiny next to its zero-extended buffer, so its spectrum is a
+    direct DFT of its taps, one axis at a time (exact angles ``f q mod L``,
+    computed in double precision), instead of an FFT of a mostly zero buffer;
+    likewise grad weight is read back at the taps only."""
+    ax = lay.axes[axis]
+    f = xp.arange(lay.freqs[axis])
+    angle = (f[:, None] * xp.asarray(ax.q)[None, :]) % ax.lp * (2 * math.pi / ax.lp)
+    return (xp.cos(angle) + (1j * sign) * xp.sin(angle)).astype(lay.spectral)
+
+
+def _left(m: Any, t: Any, xp: Any) -> Any:
+    """``m (P, K) @ t (K, ...)``: a left product keeps the frequencies leading, so the
+    spectra come out frequency-major with no transposed copy of their full size."""
+    out = xp.matmul(m, xp.ascontiguousarray(t).reshape(m.shape[1], -1).astype(m.dtype))
+    return out.reshape(m.shape[:1] + t.shape[1:])
+
+
+def _phase_index(lay: _Layout, xp: Any) -> tuple[Any, ...]:
+    """Index (.., *s, *k) picking each tap's phase: ``[:, :, r(j1), .., j1, ..]``."""
     nd = lay.nd
 
-    def mesh(values: tuple[int, ...], axis: int) -> Any:
+    def mesh(values: Any, axis: int) -> Any:
         shape = [1] * nd
-        shape[axis] = len(values)
+        shape[axis] = -1
         return xp.asarray(values).reshape(shape)
 
     phases = tuple(mesh(a.r, i) for i, a in enumerate(lay.axes))
-    places = tuple(mesh(a.q, i) for i, a in enumerate(lay.axes))
-    return (slice(None), slice(None)) + phases + places
+    taps = tuple(mesh(list(range(len(a.r))), i) for i, a in enumerate(lay.axes))
+    return (slice(None), slice(None)) + phases + taps
 
 
-def _kernel_spectrum(lay: _Layout, weight: Any, taps: tuple[Any, ...], xp: Any) -> Any:
-    """W[f] of the dilated, shifted, phase-split kernel, frequency-major (F, g, O/g, C/g*S)."""
-    o, cg = weight.shape[:2]
-    buf = xp.zeros((o, cg) + tuple(a.s for a in lay.axes) + lay.sizes, dtype=lay.work)
-    buf[taps] = weight
-    spec = _fft(lay, buf, xp).reshape(lay.groups, o // lay.groups, -1, math.prod(lay.freqs))
-    return xp.ascontiguousarray(spec.transpose(3, 0, 1, 2))
+def _kernel_spectrum(lay: _Layout, weight: Any, sign: int, xp: Any) -> Any:
+    """The unnormalised spectrum of the dilated, shifted, phase-split kernel, frequency-major:
+    ``W[f]`` (F, g, O/g, C/g*S) for sign -1, ``W[-f]`` (F, g, C/g*S, O/g) for sign +1."""
+    o, cg, nd, g = weight.shape[0], weight.shape[1], lay.nd, lay.groups
+    phases = tuple(a.s for a in lay.axes)
+    split = xp.zeros((o, cg) + phases + weight.shape[2:], dtype=lay.work)
+    split[_phase_index(lay, xp)] = weight  # tap j in its phase r(j), zero in the others
+    split = split.reshape((g, o // g, cg) + phases + weight.shape[2:])
+    rest = (0, 2) + tuple(range(3, 3 + nd)) + (1,) if sign > 0 else tuple(range(3 + nd))
+    t = split.transpose(tuple(range(3 + nd, 3 + 2 * nd)) + rest)  # (*k, *rest)
+    for axis in reversed(range(nd)):  # (.., k_a, rest) -> (F_a, .., rest)
+        t = _left(_wave(lay, axis, sign, xp), xp.moveaxis(t, nd - 1, 0), xp)
+    fv, og = math.prod(lay.freqs), o // g
+    return t.reshape((fv, g, -1, og) if sign > 0 else (fv, g, og, -1))
+
+
+def _weight_from_spectrum(lay: _Layout, total: Any, weight_shape: tuple[int, ...],
+                          xp: Any) -> Any:
+    """gW (O, C/g, *k) from the sum (F, g, O/g, C/g*S) of products of 'ortho' spectra
+    (scaled 1/L): the inverse DFT at the taps only, ``sum_f total[f] exp(+2 pi i f q / L)``,
+    one axis at a time (for real data: the half axis counted twice but at 0 and L/2,
+    and the real part), then each tap read from its phase."""
+    o, cg, nd = weight_shape[0], weight_shape[1], lay.nd
+    t = total.reshape(lay.freqs + (o, cg) + tuple(a.s for a in lay.axes))
+    for axis in range(nd):  # (F_a, .., rest) -> (.., rest, k_a)
+        back = _wave(lay, axis, 1, xp).T  # (k, F)
+        if not lay.complex and axis == nd - 1:
+            count = xp.full(lay.freqs[axis], 2.0)
+            count[0] = 1.0
+            if lay.sizes[axis] % 2 == 0:
+                count[-1] = 1.0
+            back = back * count.astype(lay.work)
+        t = xp.moveaxis(_left(back, t, xp), 0, -1)
+    taps = t[_phase_index(lay, xp)]
+    return taps if lay.complex else taps.real
 
 
 def _spectrum_bytes(lay: _Layout, channels: int) -> int:
@@ -266,7 +321,7 @@ def _spectrum_bytes(lay: _Layout, channels: int) -> int:
 
 
 def _chunk(lay: _Layout, per_image: int, fixed: int, n: int, what: str) -> int:
-    """Images per chunk: about TARGET_CHUNK_BYTES, at most half the batch (n >= 2).
+    """Images per chunk: up to TARGET_CHUNK_BYTES, at most half a batch of MIN_CHUNK_IMAGES.
 
     Raises MemoryError when one image and the ``fixed`` spectra exceed the workspace."""
     limit = workspace.get_workspace_limit()
@@ -277,7 +332,7 @@ def _chunk(lay: _Layout, per_image: int, fixed: int, n: int, what: str) -> int:
             f"of {limit / 2**20:.1f} MiB; raise it with npconv.set_workspace_limit() or "
             f"NPCONV_WORKSPACE_MB, or use another algorithm")
     chunk = max(1, min(n, (limit - fixed) // per_image, TARGET_CHUNK_BYTES // per_image))
-    return min(chunk, -(-n // 2)) if n >= 2 else chunk
+    return min(chunk, -(-n // 2)) if n >= MIN_CHUNK_IMAGES else chunk
 
 
 # --------------------------------------------------------------------------- forward
@@ -305,13 +360,21 @@ def _input_spectrum(job: _Job, x: Any, start: int, stop: int, xp: Any) -> Any:
                                      xp), xp)
 
 
+def _batched(xp: Any, a: Any, b: Any) -> Any:
+    """``a @ b`` for (F, g, m, k) @ (F, g, k, n) stacks, batched over F*g in 3-d
+    (NumPy's 4-d matmul ran 3-5x slower on these many small matrices, measured)."""
+    f, g = a.shape[:2]
+    out = xp.matmul(a.reshape((f * g,) + a.shape[2:]), b.reshape((f * g,) + b.shape[2:]))
+    return out.reshape((f, g) + out.shape[1:])
+
+
 def _forward_chunk(_: Any, start: int, job: _Job, x: Any, y: Any, w_spec: Any,
                    bias: Any) -> None:
     """y[start:stop] = irfftn(X @ W~), cropped to the output (+ bias)."""
     xp = backend.get_array_module(y)
     stop = min(x.shape[0], start + job.chunk)
     lay, o = job.lay, y.shape[1]
-    z = xp.matmul(_input_spectrum(job, x, start, stop, xp), w_spec)  # (F, g, b, O/g)
+    z = _batched(xp, _input_spectrum(job, x, start, stop, xp), w_spec)  # (F, g, b, O/g)
     out = _ifft(lay, _from_freq_major(lay, z, (o,)), xp)
     crop = out[(slice(None),) * 2 + tuple(slice(0, a.m) for a in lay.axes)]
     if bias is None:
@@ -340,9 +403,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
         c * s * math.prod(a.nr for a in lay.axes) + o * math.prod(lay.sizes))
     fixed = 2 * _spectrum_bytes(lay, o * (c // problem.groups) * s)
     chunk = _chunk(lay, per_image, fixed, n, "the forward")
-    w_spec = _reflect(lay, _kernel_spectrum(lay, weight, _taps(lay, xp), xp),
-                      _reverse_index(lay, xp), xp)
-    w_spec = xp.ascontiguousarray(w_spec.swapaxes(-1, -2))  # (F, g, C/g*S, O/g)
+    w_spec = _kernel_spectrum(lay, weight, 1, xp)  # reflected: (F, g, C/g*S, O/g)
     bias_b = None if bias is None else bias.reshape((1, o) + (1,) * g.nd)
     job = _Job(lay, g, chunk, None)
     starts = list(range(0, n, chunk))
@@ -364,7 +425,7 @@ def _backward_chunk(_: Any, start: int, acc: Any, job: _Job, gy: Any, x: Any, gx
     g_spec = _freq_major(lay, _fft(lay, gy[start:stop], xp), xp)  # (F, g, b, O/g)
     if gx is not None:
         c = gx.shape[1]
-        z = xp.matmul(g_spec, w_spec)  # (F, g, b, C/g*S)
+        z = _batched(xp, g_spec, w_spec)  # (F, g, b, C/g*S)
         frame = _unphase(lay, _ifft(lay, _from_freq_major(
             lay, z, (c,) + tuple(a.s for a in lay.axes)), xp), xp)
         if lay.padded:
@@ -374,20 +435,11 @@ def _backward_chunk(_: Any, start: int, acc: Any, job: _Job, gy: Any, x: Any, gx
     if x is not None:
         reflected = _reflect(lay, g_spec, job.reverse, xp)
         # (F, g, O/g, b) @ (F, g, b, C/g*S) -> (F, g, O/g, C/g*S), summed over the lane
-        part = xp.matmul(reflected.swapaxes(-1, -2), _input_spectrum(job, x, start, stop, xp))
+        part = _batched(xp, reflected.swapaxes(-1, -2), _input_spectrum(job, x, start, stop, xp))
         if acc is None:
             return part
         acc += part
     return acc
-
-
-def _weight_from_spectrum(lay: _Layout, total: Any, weight_shape: tuple[int, ...],
-                          taps: tuple[Any, ...], xp: Any) -> Any:
-    """gW (O, C/g, *k) from its summed spectrum (F, g, O/g, C/g*S): invert, read the taps."""
-    o, cg = weight_shape[:2]
-    spec = total.transpose(1, 2, 3, 0).reshape((o, cg) + tuple(a.s for a in lay.axes)
-                                              + lay.freqs)
-    return _ifft(lay, spec, xp)[taps]
 
 
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
@@ -418,12 +470,11 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
         o * math.prod(geo.out_size) + 2 * c * s * volume)
     fixed = _spectrum_bytes(lay, o * cg * s) * (2 if need_input else 1 + executor.LANES)
     chunk = _chunk(lay, per_image, fixed, n, "the backward")
-    taps = _taps(lay, xp)
     job = _Job(lay, geo, chunk, _reverse_index(lay, xp))
     gx = w_spec = None
     if need_input:
         gx = xp.empty((n, c) + geo.in_size, dtype=gy.dtype)
-        w_spec = _kernel_spectrum(lay, weight, taps, xp)  # (F, g, O/g, C/g*S)
+        w_spec = _kernel_spectrum(lay, weight, -1, xp)  # (F, g, O/g, C/g*S)
     starts = list(range(0, n, chunk))
     common = dict(per_worker_bytes=chunk * per_image, arrays=(gy, weight))
     if not need_weight:
@@ -431,7 +482,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
         return gx, None
     total = xp.zeros((math.prod(lay.freqs), groups, o // groups, cg * s), dtype=lay.spectral)
     executor.reduce_chunks(_backward_chunk, starts, total, job, gy, x, gx, w_spec, **common)
-    gw = _weight_from_spectrum(lay, total, tuple(weight.shape), taps, xp)
+    gw = _weight_from_spectrum(lay, total, tuple(weight.shape), xp)
     return gx, gw.astype(gy.dtype, copy=False)
 
 
