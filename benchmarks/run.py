@@ -79,7 +79,8 @@ class Settings:
             self.normal = dict(warmup=1, min_reps=3, max_reps=20, budget=0.02)
             self.tiny = dict(warmup=50, min_reps=300, max_reps=2000, budget=0.05)
         else:
-            self.rounds, self.gap = 3, 0.1
+            # 0.15 s: OpenBLAS's idle workers spin about 2**28 cycles after a call
+            self.rounds, self.gap = 3, 0.15
             self.normal = dict(warmup=2, min_reps=5, max_reps=100, budget=0.2)
             self.tiny = dict(warmup=200, min_reps=2000, max_reps=20000, budget=0.5)
 
@@ -422,6 +423,10 @@ def fmt_range_ms(s: dict | None, scale=1e3, digits=2) -> str:
             f"{s['max'] * scale:.{digits}f})")
 
 
+def over(s: dict | None, limit: float | None) -> str:
+    return " ⚠" if s is not None and limit is not None and s["median"] > limit else ""
+
+
 def fmt_mib(v) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
@@ -538,7 +543,9 @@ def markdown(result: dict) -> str:
             "Times of one call, median over rounds. *paths*: what `npconv.explain` chose for "
             "forward / grad input / grad weight (a transposed layer's forward is the grad "
             "input map of its adjoint convolution, so its column reads: forward / backward's "
-            "grad input / grad weight).",
+            "grad input / grad weight). "
+            + ("" if cuda else f"⚠ marks a ratio above the must line ({LAYER_LIMIT}x, "
+               f"{DEPTHWISE_LIMIT}x for depthwise layers)."),
             "",
             "| network | layer | shape | count | fwd npconv ms | fwd torch ms | fwd ratio | "
             "bwd npconv ms | bwd torch ms | bwd ratio | paths |",
@@ -549,11 +556,14 @@ def markdown(result: dict) -> str:
                 continue
             item = Layer.from_json(x["job"]["layer"])
             b = s.get(x["job"]["id"].rsplit(":", 1)[0] + ":backward")
+            limit = None if cuda else DEPTHWISE_LIMIT if item.depthwise else LAYER_LIMIT
             lines.append(
                 f"| {item.net} | {item.name} | {item.describe()} | {item.count} | "
-                f"{fmt_ms(x['npconv'])} | {fmt_ms(x['torch'])} | {fmt_ratio(x['ratio'])} | "
+                f"{fmt_ms(x['npconv'])} | {fmt_ms(x['torch'])} | "
+                f"{fmt_ratio(x['ratio'])}{over(x['ratio'], limit)} | "
                 f"{fmt_ms(b and b['npconv'])} | {fmt_ms(b and b['torch'])} | "
-                f"{fmt_ratio(b and b['ratio'])} | {fmt_plan(x['plan'])} |")
+                f"{fmt_ratio(b and b['ratio'])}{over(b and b['ratio'], limit)} | "
+                f"{fmt_plan(x['plan'])} |")
         lines.append("")
         if result.get("plot_link"):
             lines += [f"![npconv / torch per network and per layer]({result['plot_link']})", ""]
@@ -881,6 +891,8 @@ def parse(argv):
                              "(default: the .json beside --output, if present)")
     parser.add_argument("--note", default="", help="a paragraph for the top of the report")
     parser.add_argument("--verbose", "-v", action="store_true", help="print every job")
+    parser.add_argument("--list", action="store_true",
+                        help="print the zoo's layers (with counts) and exit")
     parser.add_argument("--in-process", action="store_true",
                         help="the old method: both libraries in one process "
                              "(benchmarks/inprocess.py; the other options go to it)")
@@ -894,6 +906,13 @@ def main(argv=None) -> int:
         script = str(HERE / "inprocess.py")
         os.execv(sys.executable, [sys.executable, script, *rest])
     args = parse(argv).parse_args(argv)
+    if args.list:
+        for net, layers in zoo.zoo(args.networks if args.networks != ["none"] else []).items():
+            print(f"{net} ({NETWORK_INPUTS[net]}): {len(layers)} layers, "
+                  f"{sum(item.count for item in layers)} calls")
+            for item in layers:
+                print(f"  {item.count:3d} x {item.name:28s} {item.describe()}")
+        return 0
     settings = Settings(args.quick)
     if args.rounds:
         settings.rounds = args.rounds
