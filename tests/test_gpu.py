@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_paths import ACCEPTED
 
 import npconv
 from npconv.testing import ConvConfig, assert_close, conv_configs, random_conv_arrays
@@ -113,11 +114,9 @@ def test_mixing_numpy_and_cupy_is_a_type_error(cupy):
         npconv.conv2d(x, cupy.ones((1, 1, 3, 3)))
 
 
-@given(conv_configs(ndim=(1, 2, 3), padding_modes=ALL_MODES, max_output=3), dtypes, seeds)
-def test_conv_cupy_matches_torch_cuda(cupy, torch_cuda, cfg, dtype, seed):
-    torch = torch_cuda
+def torch_cuda_conv(torch, cupy, cfg: ConvConfig, x, w, b, gy):
+    """torch's y and (gx, gw, gb) on CUDA, TF32 off, for a convolution of ``cfg``."""
     F = torch.nn.functional
-    x, w, b, gy = on_gpu(cupy, random_conv_arrays(cfg, dtype, seed, grad_output=True))
     tx, tw, tb = (torch.from_dlpack(cupy.ascontiguousarray(a)).clone().requires_grad_()
                   for a in (x, w, b))
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -133,12 +132,115 @@ def test_conv_cupy_matches_torch_cuda(cupy, torch_cuda, cfg, dtype, seed):
             m.weight, m.bias = torch.nn.Parameter(tw), torch.nn.Parameter(tb)
             tw, tb = m.weight, m.bias
             ty = m(tx)
-        tgrads = torch.autograd.grad(ty, (tx, tw, tb), torch.from_dlpack(gy))
+        tgrads = torch.autograd.grad(ty, (tx, tw, tb),
+                                     torch.from_dlpack(cupy.ascontiguousarray(gy)))
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-    y = npconv.conv(x, w, b, **cfg.kwargs())
-    grads = npconv.conv_backward(gy, x, w, **cfg.kwargs())
+    return ty.detach(), tgrads
+
+
+def check_against_torch(cupy, torch, cfg, dtype, seed, algorithm):
+    """conv and conv_backward on CuPy with ``algorithm`` equal torch CUDA's (or refuse)."""
+    x, w, b, gy = on_gpu(cupy, random_conv_arrays(cfg, dtype, seed, grad_output=True))
+    try:
+        y = npconv.conv(x, w, b, **cfg.kwargs(), algorithm=algorithm)
+        grads = npconv.conv_backward(gy, x, w, **cfg.kwargs(), algorithm=algorithm)
+    except ValueError as exc:
+        assert f"algorithm={algorithm!r} cannot compute" in str(exc), exc
+        return
+    assert isinstance(y, cupy.ndarray) and all(isinstance(g, cupy.ndarray) for g in grads)
+    ty, tgrads = torch_cuda_conv(torch, cupy, cfg, x, w, b, gy)
     r_y, r_x, r_w = reductions(cfg)
-    assert_close(to_host(y), ty.detach().cpu().numpy(), reduction=r_y)
+    assert_close(to_host(y), ty.cpu().numpy(), reduction=r_y, err_msg=f"{algorithm} y")
     for got, ref, r in zip(grads, tgrads, (r_x, r_w, r_w)):
-        assert_close(to_host(got), ref.cpu().numpy(), reduction=r)
+        assert_close(to_host(got), ref.cpu().numpy(), reduction=r, err_msg=algorithm)
+
+
+@given(conv_configs(ndim=(1, 2, 3), padding_modes=ALL_MODES, max_output=3), dtypes, seeds)
+def test_conv_cupy_matches_torch_cuda(cupy, torch_cuda, cfg, dtype, seed):
+    check_against_torch(cupy, torch_cuda, cfg, dtype, seed, "auto")
+
+
+@pytest.mark.parametrize("name", npconv.ALGORITHMS)
+@given(conv_configs(ndim=(1, 2, 3), min_batch=1, max_batch=3, max_channels=4,
+                    padding_modes=ALL_MODES, max_output=5), dtypes, seeds)
+def test_every_algorithm_on_cupy_matches_torch_cuda(cupy, torch_cuda, name, cfg, dtype, seed):
+    check_against_torch(cupy, torch_cuda, cfg, dtype, seed, name)
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+@given(data=st.data(), seed=seeds)
+def test_each_path_on_cupy_on_the_geometries_it_accepts(cupy, torch_cuda, name, data, seed):
+    cfg = data.draw(ACCEPTED[name], label="config")
+    dtype = data.draw(st.sampled_from(["float64", "float32"]), label="dtype")
+    if cfg.batch == 0:
+        return  # torch's autograd of an empty batch says nothing
+    check_against_torch(cupy, torch_cuda, cfg, dtype, seed, name)
+
+
+@pytest.mark.parametrize("name", npconv.ALGORITHMS)
+@given(conv_configs(ndim=(1, 2, 3), transposed=True, max_channels=4, max_batch=2),
+       st.sampled_from(["float64", "complex128"]), seeds)
+def test_transposed_on_every_algorithm_matches_torch_cuda(cupy, torch_cuda, name, cfg, dtype,
+                                                          seed):
+    torch = torch_cuda
+    F = torch.nn.functional
+    x, w, b, gy = on_gpu(cupy, random_conv_arrays(cfg, dtype, seed, grad_output=True))
+    kw = cfg.kwargs(padding_mode=False)
+    try:
+        y = npconv.conv_transpose(x, w, b, **kw, algorithm=name)
+        grads = npconv.conv_transpose_backward(gy, x, w, **kw, algorithm=name)
+    except ValueError as exc:
+        assert f"algorithm={name!r} cannot compute" in str(exc), exc
+        return
+    tx, tw, tb = (torch.from_dlpack(cupy.ascontiguousarray(a)).clone().requires_grad_()
+                  for a in (x, w, b))
+    fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[cfg.ndim - 1]
+    ty = fn(tx, tw, tb, **kw)
+    tgrads = torch.autograd.grad(ty, (tx, tw, tb), torch.from_dlpack(cupy.ascontiguousarray(gy)))
+    r = max(1, cfg.reduction_size) * cfg.batch * math.prod(cfg.output_size)
+    assert_close(to_host(y), ty.detach().cpu().numpy(), reduction=r, err_msg=name)
+    for got, ref in zip(grads, tgrads):
+        assert_close(to_host(got), ref.cpu().numpy(), reduction=r, err_msg=name)
+
+
+@given(conv_configs(ndim=2, groups=False, allow_same=False, unbatched=True, max_batch=2,
+                    max_channels=3), st.sampled_from(["float32", "float64"]), seeds)
+def test_im2col_col2im_on_cupy_match_torch_unfold_fold(cupy, torch_cuda, cfg, dtype, seed):
+    F = torch_cuda.nn.functional
+    x = cupy.asarray(random_conv_arrays(cfg, dtype, seed, bias=False)[0])
+    geo = dict(dilation=cfg.dilation, padding=cfg.padding, stride=cfg.stride)
+    cols = npconv.im2col(x, cfg.kernel_size, **geo)
+    ref = F.unfold(torch_cuda.from_dlpack(x), cfg.kernel_size, **geo)
+    np.testing.assert_array_equal(to_host(cols), ref.cpu().numpy())
+    back = npconv.col2im(cols, cfg.input_size, cfg.kernel_size, **geo)
+    folded = F.fold(ref, cfg.input_size, cfg.kernel_size, **geo)
+    assert_close(to_host(back), folded.cpu().numpy(), reduction=math.prod(cfg.kernel_size))
+
+
+def test_asarray_copies_host_arrays_to_the_gpu(cupy):
+    h = np.arange(6.0).reshape(2, 3)
+    with npconv.use_backend("cupy"):
+        d = npconv.asarray(h)
+    assert isinstance(d, cupy.ndarray)
+    d[0, 0] = 100.0
+    assert h[0, 0] == 0.0
+
+
+def test_calls_run_on_the_inputs_device_in_one_chunk(cupy):
+    """Scratch goes to the input's device; a batch that fits runs as one im2col matmul."""
+    x, w = cupy.ones((8, 3, 16, 16)), cupy.ones((4, 3, 3, 3))
+    calls = [0]
+    real = cupy.matmul
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    cupy.matmul = counting
+    try:
+        with cupy.cuda.Device(0):
+            y = npconv.conv2d(x, w, padding=1, algorithm="im2col")
+    finally:
+        cupy.matmul = real
+    assert calls[0] == 1 and y.device.id == x.device.id
