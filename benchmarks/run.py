@@ -916,6 +916,8 @@ def main(argv=None) -> int:
     settings = Settings(args.quick)
     if args.rounds:
         settings.rounds = args.rounds
+    if args.device == "cuda":
+        settings.gap = 0.0  # GPU work: no host threads left spinning between sides
     if args.device == "cpu":
         missing = [k for k in BLAS_VARS if k in os.environ]
         if missing:

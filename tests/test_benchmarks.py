@@ -73,6 +73,29 @@ def test_gpu_settings_logic():
     assert worker.cupy_pool_peak(cupy, call, lambda: None) == 3 << 20
 
 
+def test_cuda_event_timing_logic():
+    worker = pytest.importorskip("worker")
+    log = []
+
+    class Event:
+        def record(self):
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+    cuda = types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: 2.5,
+                                 Device=lambda: types.SimpleNamespace(
+                                     synchronize=lambda: log.append("device sync")))
+    side = object.__new__(worker.NpconvCudaSide)  # no CuPy here: only the timing logic
+    side.xp = types.SimpleNamespace(cuda=cuda)
+    times = side.time_calls(lambda: log.append("call"), warmup=1, min_reps=3, max_reps=3,
+                            budget=0.0)
+    assert times == [2.5e-3] * 3  # milliseconds from the events, reported in seconds
+    assert log[:2] == ["call", "device sync"]
+    assert log[2:6] == ["record", "call", "record", "sync"]
+
+
 def test_tiny_run_end_to_end(tmp_path):
     pytest.importorskip("torch")
     run = pytest.importorskip("run")
