@@ -154,7 +154,10 @@ class Worker:
 
     def close(self) -> None:
         if self.proc.stdin:
-            self.proc.stdin.close()
+            try:
+                self.proc.stdin.close()
+            except OSError:  # a dead worker's pipe
+                pass
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -192,7 +195,14 @@ def run_rounds(jobs: list[dict], args, settings: Settings, log=print) -> dict:
                     time.sleep(settings.gap)
                     job_r = dict(job, check=r == 0, memory=job.get("memory", False) and r == 0,
                                  plan=job.get("plan", False) and r == 0)
-                    answers[lib][job["id"]] = workers[lib].run(job_r)
+                    try:
+                        answers[lib][job["id"]] = workers[lib].run(job_r)
+                    except (RuntimeError, OSError, ValueError) as exc:  # the worker died
+                        answers[lib][job["id"]] = {"id": job["id"],
+                                                   "error": f"worker died: {exc}"}
+                        log(f"{lib} worker died on {job['id']}: {exc}; restarting it")
+                        workers[lib].close()
+                        workers[lib] = Worker(lib, args.threads, args.device, env)
                 if args.verbose:
                     log(progress_line(job, answers))
         finally:
