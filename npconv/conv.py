@@ -16,7 +16,14 @@ from typing import Any
 
 from . import autotune, backend, executor, workspace
 from ._validate import check_groups, check_ndim, check_same_dtype, prepare
-from .geometry import ConvGeometry, IntOrTuple, Padding, as_int, check_padding_mode
+from .geometry import (
+    ConvGeometry,
+    IntOrTuple,
+    Padding,
+    as_int,
+    check_extent,
+    check_padding_mode,
+)
 from .geometry import _check_mode_padding as check_mode_padding
 from .paths import get_path
 from .plan import ALGORITHMS, MAPS, Plan, Problem
@@ -201,6 +208,9 @@ def conv_setup(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any, padd
         x.shape[2:], tuple(weight.shape[2:]), stride, padding, dilation, padding_mode,
         input_name="x", single=True,
     )
+    shape = (x.shape[0], o) + geometry.out_size
+    check_extent(geometry.out_size, "output shape", shape, lead=x.shape[0] * o,
+                 itemsize=x.dtype.itemsize)
     return x, weight, bias, geometry, g, batched
 
 
@@ -230,6 +240,9 @@ def transpose_setup(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any,
     geometry = ConvGeometry.for_transpose(
         x.shape[2:], tuple(weight.shape[2:]), stride, padding, output_padding, dilation
     )
+    shape = (x.shape[0], c_out) + geometry.in_size
+    check_extent(geometry.in_size, "output shape", shape, lead=x.shape[0] * c_out,
+                 itemsize=x.dtype.itemsize)
     if mode != "zeros":
         # the transposed output is the input of the convolution with this mode
         check_mode_padding(mode, geometry.in_size, geometry.pads, "output")

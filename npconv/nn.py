@@ -138,11 +138,6 @@ class _ConvBase:
             raise TypeError(f"bias must be True or False, got {bias!r}")
         self.padding_mode = check_padding_mode(padding_mode)
         if self.transposed:
-            if self.padding_mode != "zeros":
-                raise ValueError(
-                    f'Only "zeros" padding mode is supported for {type(self).__name__}, '
-                    f"got padding_mode={padding_mode!r}"
-                )
             if isinstance(padding, str):
                 raise ValueError(
                     f"padding must be an int or a tuple of {nd} ints for "
@@ -317,7 +312,8 @@ class _ConvTranspose(_ConvBase):
                     bias, padding_mode, output_padding, dtype, rng)
 
     def _args(self) -> tuple[Any, ...]:
-        return self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        return (self.stride, self.padding, self.output_padding, self.groups, self.dilation,
+                self.padding_mode)
 
     def forward(self, x: Any) -> Any:
         """``npconv.conv_transpose(x, weight, bias, ...)``; caches ``x`` for :meth:`backward`."""
@@ -384,8 +380,9 @@ _TRANSPOSE_DOC = """{nd}-d transposed convolution layer, like ``torch.nn.ConvTra
         ``output_padding`` must be smaller than the stride or the dilation.
     groups : int
     bias : bool
-    padding_mode : 'zeros'
-        The only mode (as in torch); anything else raises ``ValueError``.
+    padding_mode : {{'zeros', 'reflect', 'replicate', 'circular'}}
+        torch accepts only 'zeros' here. Other modes make the layer the adjoint of
+        the convolution with that padding mode (see :func:`npconv.conv_transpose`).
     dtype : dtype specifier, keyword-only, default ``'float32'``
     rng : None, int or Generator, keyword-only
 

@@ -293,7 +293,6 @@ BAD = [
     (lambda: nn.Conv2d(2, 4, 3, rng="seed"), TypeError, r"rng must be None, an int seed or a"),
     (lambda: nn.Conv2d(2, 4, 3, rng=1.5), TypeError, r"rng must be None"),
     (lambda: nn.Conv2d(2, 4, 3, rng=-1), ValueError, r"rng seed must be non-negative"),
-    (lambda: nn.ConvTranspose2d(2, 4, 3, padding_mode="reflect"), ValueError, r'Only "zeros" padding mode is supported for ConvTranspose2d'),
     (lambda: nn.ConvTranspose2d(2, 4, 3, padding="same"), ValueError, r"padding must be an int or a tuple of 2 ints for ConvTranspose2d"),
     (lambda: nn.ConvTranspose2d(2, 4, 3, stride=2, output_padding=2), ValueError, r"output_padding must be smaller than either stride or dilation"),
     (lambda: nn.ConvTranspose2d(2, 4, 3, output_padding=-1), ValueError, r"output_padding must be non-negative"),
@@ -311,3 +310,22 @@ BAD = [
 def test_bad_arguments(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call()
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_transposed_layers_with_a_padding_mode_run_the_functions(mode):
+    """torch refuses these; npconv's layer is the adjoint of the padded convolution."""
+    layer = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, padding_mode=mode,
+                               dtype="float64", rng=0)
+    x = np.random.default_rng(1).standard_normal((2, 3, 5, 5))
+    y = layer(x)
+    expected = npconv.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1,
+                                       padding_mode=mode)
+    np.testing.assert_array_equal(y, expected)
+    gy = np.ones_like(y)
+    gx = layer.backward(gy)
+    want = npconv.conv_transpose2d_backward(gy, x, layer.weight, stride=2, padding=1,
+                                            padding_mode=mode)
+    np.testing.assert_array_equal(gx, want[0])
+    np.testing.assert_array_equal(layer.weight_grad, want[1])
+    assert f"padding_mode={mode}" in repr(layer)
