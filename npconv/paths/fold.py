@@ -147,10 +147,11 @@ def _fold_block(scratch: _Scratch, block: tuple[slice, ...], out: Any, grad_patc
         unpad_add(o_block, target, fold.geometry, accumulate=False)
 
 
-def _per_block(images: int, stack_bytes: int, limit: int, workers: int) -> int:
-    """Images per block: about FOLD_BLOCK_BYTES of slabs, and with threads a few blocks
+def _per_block(images: int, stack_bytes: int, limit: int, workers: int,
+               block_bytes: int = FOLD_BLOCK_BYTES) -> int:
+    """Images per block: about ``block_bytes`` of slabs, and with threads a few blocks
     per thread (a multiple of the thread count), none under MIN_THREADED_BLOCK_BYTES."""
-    budget = max(stack_bytes, min(FOLD_BLOCK_BYTES, limit // workers))
+    budget = max(stack_bytes, min(block_bytes, limit // workers))
     per_block = max(1, budget // stack_bytes)
     if workers > 1:
         most = max(1, images * stack_bytes // MIN_THREADED_BLOCK_BYTES)
@@ -185,11 +186,14 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     # Slabs summed per pass: as many as FOLD_BLOCK_BYTES (and the workspace limit) hold
     # for one image, at least one. This fixes the order of the sums; the thread count
     # only changes how images are blocked.
-    per_pass = max(1, min(len(slabs), min(FOLD_BLOCK_BYTES, limit) // image))
-    stack_bytes = image * per_pass
     host = backend.backend_of(out).host_threads
+    # On a device (no host threads) one block up to the workspace limit: each block and
+    # pass is a loop of kernel launches, and cache-sized blocks gain nothing there.
+    block_bytes = FOLD_BLOCK_BYTES if host else workspace.device_target()
+    per_pass = max(1, min(len(slabs), min(block_bytes, limit) // image))
+    stack_bytes = image * per_pass
     workers = max(1, min(executor.get_num_threads(), limit // stack_bytes)) if host else 1
-    blocks = _blocks(lead, _per_block(images, stack_bytes, limit, workers))
+    blocks = _blocks(lead, _per_block(images, stack_bytes, limit, workers, block_bytes))
     first = out[blocks[0]]  # the largest block
     fold = _Fold(geometry, slabs, per_pass, size, first.shape[: first.ndim - geometry.nd],
                  zero_padded and len(slabs) == 1)
