@@ -62,7 +62,7 @@ from ._common import empty_grads
 TARGET_CHUNK_BYTES = 64 * 2**20
 # Batches of at least this many images are cut into two or more chunks for the host
 # threads (each chunk keeping >= MIN_CHUNK_IMAGES // 2 images' rows per matmul).
-MIN_CHUNK_IMAGES = 8
+MIN_CHUNK_IMAGES = 4
 
 
 def next_smooth(n: int) -> int:
@@ -468,7 +468,9 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     volume = math.prod(lay.sizes)
     per_image = 2 * _spectrum_bytes(lay, o + 2 * c * s) + lay.work.itemsize * (
         o * math.prod(geo.out_size) + 2 * c * s * volume)
-    fixed = _spectrum_bytes(lay, o * cg * s) * (2 if need_input else 1 + executor.LANES)
+    # the kernel spectrum, and grad weight's total and one lane partial (executor.lanes_of
+    # keeps the other lanes' partials within a quarter of the workspace)
+    fixed = _spectrum_bytes(lay, o * cg * s) * (need_input + 2 * need_weight)
     chunk = _chunk(lay, per_image, fixed, n, "the backward")
     job = _Job(lay, geo, chunk, _reverse_index(lay, xp))
     gx = w_spec = None
