@@ -56,7 +56,7 @@ def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
         return out
     batch = _batch_shape(a.shape[:-2], b.shape[:-2])
     if out is None:
-        out = xp.empty(batch + (a.shape[-2], b.shape[-1]), dtype=xp.result_type(a, b))
+        out = xp.empty(batch + (a.shape[-2], b.shape[-1]), dtype=xp.result_type(a.dtype, b.dtype))
     if len(batch) == 0 or (a.flags.c_contiguous and b.flags.c_contiguous
                            and a.shape[:-2] == b.shape[:-2]):
         return xp.matmul(a, b, out=out)
