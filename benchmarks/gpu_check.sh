@@ -7,8 +7,8 @@
 # Steps, each under its own timeout (seconds, overridable by the variables named):
 #   1. python -m npconv on CuPy                       T_MAIN=40
 #   2. pytest tests/test_gpu.py (hypothesis, ci)      T_TESTS=150
-#   3. benchmarks/gpu_probe.py                        T_PROBE=150
-#   4. benchmarks/run.py --device cuda $BENCH_ARGS    T_BENCH=190
+#   3. benchmarks/gpu_probe.py                        T_PROBE=160
+#   4. benchmarks/run.py --device cuda $BENCH_ARGS    T_BENCH=180
 #      (default BENCH_ARGS: --quick --sections suite zoo; every zoo network)
 # Everything goes to OUT_DIR: env.txt, one log per step, bench-cuda.md (+ .json) and
 # summary.md, a markdown page to paste into docs/benchmarks-gpu.md.
@@ -29,7 +29,7 @@ if [ -n "${CUPY_TF32:-}" ] && [ "${CUPY_TF32}" != "0" ]; then
     exit 2
 fi
 unset CUPY_TF32 NVIDIA_TF32_OVERRIDE NPCONV_BACKEND
-T_MAIN=${T_MAIN:-40} T_TESTS=${T_TESTS:-150} T_PROBE=${T_PROBE:-150} T_BENCH=${T_BENCH:-190}
+T_MAIN=${T_MAIN:-40} T_TESTS=${T_TESTS:-150} T_PROBE=${T_PROBE:-160} T_BENCH=${T_BENCH:-180}
 BENCH_ARGS=${BENCH_ARGS:---quick --sections suite zoo}
 START=$(date +%s)
 STEPS=()

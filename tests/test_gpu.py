@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_paths import ACCEPTED
 
@@ -24,6 +24,9 @@ pytestmark = pytest.mark.gpu
 ALL_MODES = ("zeros", "reflect", "replicate", "circular")
 seeds = st.integers(0, 2**31 - 1)
 dtypes = st.sampled_from(["float32", "float64", "complex128"])
+# The properties run once per algorithm or path: fewer examples each, so that the
+# module fits the device check's time (benchmarks/gpu_check.sh).
+per_name = settings(max_examples=max(1, min(settings.default.max_examples, 20)))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -161,6 +164,7 @@ def test_conv_cupy_matches_torch_cuda(cupy, torch_cuda, cfg, dtype, seed):
     check_against_torch(cupy, torch_cuda, cfg, dtype, seed, "auto")
 
 
+@per_name
 @pytest.mark.parametrize("name", npconv.ALGORITHMS)
 @given(conv_configs(ndim=(1, 2, 3), min_batch=1, max_batch=3, max_channels=4,
                     padding_modes=ALL_MODES, max_output=5), dtypes, seeds)
@@ -168,6 +172,7 @@ def test_every_algorithm_on_cupy_matches_torch_cuda(cupy, torch_cuda, name, cfg,
     check_against_torch(cupy, torch_cuda, cfg, dtype, seed, name)
 
 
+@per_name
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
 @given(data=st.data(), seed=seeds)
 def test_each_path_on_cupy_on_the_geometries_it_accepts(cupy, torch_cuda, name, data, seed):
@@ -178,6 +183,7 @@ def test_each_path_on_cupy_on_the_geometries_it_accepts(cupy, torch_cuda, name, 
     check_against_torch(cupy, torch_cuda, cfg, dtype, seed, name)
 
 
+@per_name
 @pytest.mark.parametrize("name", npconv.ALGORITHMS)
 @given(conv_configs(ndim=(1, 2, 3), transposed=True, max_channels=4, max_batch=2),
        st.sampled_from(["float64", "complex128"]), seeds)

@@ -367,3 +367,11 @@ def test_the_device_matmul_equals_numpy(a_shape, b_shape, how):
         got = matmul(XP, a, b)
     np.testing.assert_allclose(host(got), expected, rtol=1e-13, atol=1e-13)
     np.testing.assert_array_equal(matmul(np, ha, hb), expected)
+
+
+def test_python_m_npconv_runs_on_the_standin(capsys):
+    from npconv.__main__ import main
+
+    with npconv.use_backend("standin"):
+        assert main(["--batch", "4", "--size", "8", "--repeat", "1"]) == 0
+    assert "backend standin" in capsys.readouterr().out
