@@ -49,6 +49,30 @@ PHASE_MIN_OVERLAP = 4
 PHASE_MAX_JUNK = 0.125
 
 
+# FFT convolution (paths/fft.py) for stride-1, zero-padded, ungrouped 2-d and 3-d layers
+# in float32/float64 on NumPy whose kernels have at least this many taps. Measured
+# against the auto choice without fft (CPU time, one thread, 11 interleaved repeats,
+# median ratio auto/fft [IQR]; N4 unless said): 2-d 7x7 C16 128^2 forward 1.65 [1.61-1.67],
+# grad input 2.84 [2.80-2.86], grad weight 2.01 [1.98-2.07]; 7x7 C64 32^2 1.50, 1.44,
+# 1.60; 7x7 C8 128^2 1.49, 2.67, 1.99; 9x9 C16 64^2 2.52, 4.43, 3.28; 7x7 float64 1.71,
+# 3.06, 1.99; 3-d 5^3 C8 32^3 (N2) 2.74, 4.77, 3.62; 4^3 C16 24^3 1.33, 2.25, 1.64.
+# Below it no map won clearly: 5x5 lost the forward (0.74-0.88) and grad weight
+# (0.60-0.97) at C4-32; grad input won 1.3-1.4 against direct at 128^2 but 0.83-1.07 at
+# 64^2 or C32; 3-d 3^3 C8 0.58, 0.98, 0.75. 1-d never won clearly (k9-31, C16-64, 1024
+# and 4096 long: 0.31-0.78, grad input 1.15 at k31), so there is no 1-d rule.
+FFT_MIN_KERNEL_VOLUME = 49
+# ... for the forward and grad weight also taps x min(C, O) >= this: few channels leave the
+# transforms of x and gy unamortised (7x7 C3 -> 16 and C3 -> 32: forward 0.74 and 0.55,
+# grad weight 0.62 and 0.50; 11x11 C3 -> 16 = 363 won 1.39 and 2.05; 7x7 C8 = 392 won),
+# and a batch of >= FFT_MIN_BATCH images (N1 7x7 C16: forward 1.01, grad weight 0.84),
+# while grad input won 1.27-2.5 down to C3 and N1.
+FFT_MIN_TAP_CHANNELS = 360
+FFT_MIN_BATCH = 2
+# Measured up to 64 channels per side; beyond, the kernel spectrum (C O x transform size)
+# outgrows the workspace and nothing was measured.
+FFT_MAX_CHANNELS = 64
+
+
 # Calls whose whole column matrix is below this many bytes take im2col for every map:
 # one matmul each, with none of the chunk machinery, which costs more than the
 # arithmetic there (a 1x1x8x8 3x3 call: ~150 us through the chunked paths, measured).
@@ -161,6 +185,25 @@ class Plan:
         return "\n".join(rows)
 
 
+def _fft_input(p: Problem) -> bool:
+    """Whether 'auto' computes grad input by FFT (and the common part of the other rules)."""
+    g = p.geometry
+    return (p.stride_one and g.nd >= 2 and p.groups == 1 and g.zero_padded
+            and p.backend == "numpy" and p.dtype.kind == "f" and p.dtype.itemsize >= 4
+            and g.kernel_volume >= FFT_MIN_KERNEL_VOLUME
+            and max(p.cg, p.og) <= FFT_MAX_CHANNELS)
+
+
+def _fft_dense(p: Problem) -> bool:
+    """Whether 'auto' computes the forward and grad weight by FFT."""
+    return (_fft_input(p) and p.batch >= FFT_MIN_BATCH
+            and p.geometry.kernel_volume * min(p.cg, p.og) >= FFT_MIN_TAP_CHANNELS)
+
+
+_FFT_WHY = (f"stride 1, a kernel of >= {FFT_MIN_KERNEL_VOLUME} taps and <= {FFT_MAX_CHANNELS} "
+            "channels: FFT convolution, whose cost does not grow with the kernel")
+
+
 def _auto_forward(p: Problem) -> tuple[str, str]:
     from .paths import get_path
 
@@ -174,6 +217,8 @@ def _auto_forward(p: Problem) -> tuple[str, str]:
             and p.positions >= WINOGRAD_MIN_POSITIONS):
         return "winograd", (f"3x3 stride 1 with >= {WINOGRAD_MIN_CHANNELS} channels per group "
                             f"and >= {WINOGRAD_MIN_POSITIONS} output positions")
+    if _fft_dense(p):
+        return "fft", _FFT_WHY + f" (taps x channels >= {FFT_MIN_TAP_CHANNELS})"
     if phase_split(p.geometry):
         return "phases", "large strided kernel over long rows: windows from phase images"
     return "im2col", "the general path: column chunks and one matmul each"
@@ -182,6 +227,8 @@ def _auto_forward(p: Problem) -> tuple[str, str]:
 def _auto_grad_input(p: Problem, forward: str) -> tuple[str, str]:
     if forward in ("pointwise", "depthwise"):
         return forward, f"as the forward ({forward})"
+    if _fft_input(p):
+        return "fft", _FFT_WHY
     if (p.stride_one and p.cg <= DIRECT_BACKWARD_MAX_CHANNELS
             and p.og <= 2 * p.cg + 16 and forward == "im2col"):
         return "direct", (f"stride 1 with <= {DIRECT_BACKWARD_MAX_CHANNELS} input channels "
@@ -201,6 +248,8 @@ def _auto_grad_input(p: Problem, forward: str) -> tuple[str, str]:
 def _auto_grad_weight(p: Problem, forward: str, grad_input: str) -> tuple[str, str]:
     if forward in ("pointwise", "depthwise") or grad_input == "direct":
         return grad_input, f"as grad input ({grad_input})"
+    if _fft_dense(p):
+        return "fft", _FFT_WHY + f" (taps x channels >= {FFT_MIN_TAP_CHANNELS})"
     if forward == "winograd":
         return "winograd", "the transposed Winograd algorithm: a quarter of im2col's flops"
     if grad_input == "phases":

@@ -59,6 +59,16 @@ ACCEPTED = {
 }
 
 
+def test_auto_takes_fft_for_large_kernels_and_says_why():
+    x, w = np.zeros((4, 16, 64, 64), np.float32), np.zeros((16, 16, 7, 7), np.float32)
+    plan = npconv.explain(x, w, padding=3)
+    assert (plan.forward, plan.grad_input, plan.grad_weight) == ("fft",) * 3
+    assert "FFT" in plan.reasons["forward"] and "FFT" in plan.reasons["grad_input"]
+    few = npconv.explain(x[:, :3], w[:, :3], padding=3)  # 7x7 from 3 channels
+    assert (few.forward, few.grad_input) == ("im2col", "fft")
+    assert npconv.explain(x, w[..., :5, :5], padding=2).forward != "fft"  # 5x5
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "complex64"])
 @pytest.mark.parametrize("shape, kernel, kw", [
     ((2, 3, 4096), (2, 3, 31), dict(padding=15)),
