@@ -47,12 +47,15 @@ def _problem(geometry: ConvGeometry, groups: int, batch: int, c: int, o: int,
                    owner.host_threads)
 
 
+def _running(problem: Problem, array: Any) -> contextlib.AbstractContextManager[None]:
+    """One call's region: the executor's; on a device (no host threads) also on
+    ``array``'s device (scratch is allocated there) and with device-sized chunks."""
+    return executor.call() if problem.host_threads else _on_device(array)
+
+
 @contextlib.contextmanager
-def _running(problem: Problem, array: Any) -> Iterator[None]:
-    """One call's region: the executor's, on ``array``'s device (scratch is allocated
-    there), chunked for a device where the backend has no host threads."""
-    with executor.call(), backend.device_of(array), \
-            workspace.device_chunks(not problem.host_threads):
+def _on_device(array: Any) -> Iterator[None]:
+    with executor.call(), backend.device_of(array), workspace.device_chunks(True):
         yield
 
 
