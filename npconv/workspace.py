@@ -127,10 +127,13 @@ SPLIT_CHUNKS = 4
 MIN_SPLIT_BYTES = 256 * 2**10
 
 
-def _balanced(total: int, most: int) -> int:
+def balanced(total: int, most: int) -> int:
     """A part size of at most ``most`` that cuts ``total`` into about equal parts, their
     count rounded up to an even number (a multiple of SPLIT_CHUNKS above it), so that 2
-    or 4 threads get equal shares; chunks never depend on the thread count itself."""
+    or 4 threads get equal shares; chunks never depend on the thread count itself.
+    Nothing to cut (``total`` <= 0) gives ``most`` (at least one)."""
+    if total <= 0:
+        return max(1, most)
     parts = -(-total // max(1, most))
     if parts > 1:
         step = SPLIT_CHUNKS if parts > SPLIT_CHUNKS else 2
@@ -159,8 +162,8 @@ def row_chunks(per_row_bytes: int, rows: int, count: int, what: str = "one image
         return 1, -(-rows // -(-rows // most))
     goal = min(goal, max(MIN_SPLIT_BYTES, per_item * count // SPLIT_CHUNKS), _limit)
     if per_item <= goal:
-        return _balanced(count, chunk_length(per_item, count, what, target=goal)), rows
-    return 1, _balanced(rows, max(1, goal // max(per_row_bytes, 1)))
+        return balanced(count, chunk_length(per_item, count, what, target=goal)), rows
+    return 1, balanced(rows, max(1, goal // max(per_row_bytes, 1)))
 
 
 def workers_for(chunks: int, per_worker_bytes: int, threads: int) -> int:

@@ -1,32 +1,59 @@
-"""Depthwise path: one input channel per group, as K multiply-adds over the batch chunk.
+"""Depthwise path: one input channel per group, as per-channel contractions over taps.
 
-With C/g == 1 and O = C * mult (the channel multiplier), every matmul of the
-direct path (:mod:`npconv.paths.direct`, whose flat layout this path shares)
-is an elementwise product broadcast over the multiplier:
+With C/g == 1 and O = C * mult (the channel multiplier), every map is a sum
+over the K kernel taps of one channel's shifted input, weighted per channel:
 
-    forward      y[n, c, t]    = sum_k  w[c, t, k] x_k[n, c]
-    grad weight  gW[c, t, k]   = sum_{n, q}  gy[n, c, t, q] x_k[n, c, q]
-    grad input   gx_k[n, c]   += sum_t  w[c, t, k] gy[n, c, t],  added back at offset k
+    forward      y[c, t, q]   = sum_k  w[c, t, k] x_k[c, q]
+    grad weight  gW[c, t, k]  = sum_q  gy[c, t, q] x_k[c, q]
+    grad input   gx_k[c]     += sum_t  w[c, t, k] gy[c, t],  added back at tap k
 
-At stride 1 the K shifted rows of each (image, channel) are copied into
-columns ``cols[n, c, k] = x_k[n, c]`` and contracted by one batched matmul
-over the channels; at other strides each offset is one broadcast multiply.
-Through im2col a depthwise layer ran 6-7x slower than torch: this is its
-fast path. The batch chunks run on host threads through the executor (the
-work is elementwise, or matmuls too small for the BLAS to spread).
+(q runs over the batch and the output positions). A chunk of images is laid
+out *channel-major*, (C, images x positions): each channel's images follow one
+another in one long row. Strided layers are split into phase images first
+(``x_pad[..., r::s]`` for each residue r of the stride s), so that every tap
+reads one phase image at a fixed shift: ``x_k`` is then a contiguous 1-d slice
+of a row, for any rank, stride and dilation, and nothing is read through
+strided windows. Each map is K slice copies into a column buffer
+``cols[c, k] = x_k[c]`` (long rows) and one matmul batched over the channels:
+a matrix-vector product per channel whose rows span all images of the chunk.
+
+Output positions are those of the phase grid (padded size / stride), so a few
+junk positions per row are computed and dropped; grad_output is laid out with
+zeros there, so they add nothing to the gradients. Grad input gathers instead
+of scattering: a padded input position m of phase r is the sum over the taps k
+of r of ``w_k gy[m - shift_k]``, read from grad_output laid out once with a
+zero margin in front. Junk positions multiply real (finite) pixels by zero: a
+non-finite input may spread NaN to a few more weight-gradient entries.
+
+Chunks are blocks of images (or of channels of one image) from
+:func:`npconv.workspace.row_chunks`, run on host threads by the executor.
+Through im2col a depthwise layer ran 6-7x slower than torch, and the batch-
+major flat layout with one matrix-vector product per image and channel spent
+most of its time in those calls on small images (measured 3-9x below this).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend, executor
-from ..patches import ChunkPadder, unpad_add
-from ..plan import Problem, full_correlation
-from ._common import empty_grads, grad_input_by_forward, take
-from .direct import Layout, arrays_of, chunk_of, flat_buffer
+from .. import backend, executor, workspace
+from ..geometry import ConvGeometry
+from ..patches import pad, unpad_add
+from ..plan import Problem
+from ._common import empty_grads, take
+
+# Buffer bytes per chunk: the column buffer (K times the input chunk) and its
+# matmul stay in a core's cache. Measured on MobileNetV2's layers and S6
+# (2 cores): see docs/performance.md (2026-12-02).
+TARGET_CHUNK_BYTES = 4 * 2**20
+# Positions per channel row of a chunk (images x phase-grid positions) that a chunk
+# takes whole images for, before it takes more channels: below about this the call
+# of one matrix-vector product per channel costs more than its work (measured).
+MIN_ROW = 4096
 
 
 def requires(problem: Problem, op: str) -> str | None:
@@ -37,95 +64,234 @@ def requires(problem: Problem, op: str) -> str | None:
             f"{problem.in_channels} input channels in {problem.groups} group(s)")
 
 
+# --------------------------------------------------------------------------- the layout
+
+
+class Phases:
+    """The phase images of a geometry and where each kernel tap reads them.
+
+    Residue r (a tuple, one per axis) holds ``x_pad[..., r_0::s_0, r_1::s_1, ...]``
+    in a grid of ``size`` (padded size / stride, rounded up) per image; tap k reads
+    phase ``tap_phase[k]`` at flat shift ``tap_shift[k]``, and output position o
+    (flat in the grid) reads it at ``o + tap_shift[k]``. ``order`` lists the taps
+    phase by phase (``bounds[r]`` its range for phase r).
+    """
+
+    def __init__(self, geometry: ConvGeometry):
+        g = geometry
+        self.geometry = g
+        self.padded = g.padded_size
+        self.size = tuple(-(-p // s) for p, s in zip(self.padded, g.stride))
+        self.volume = math.prod(self.size)
+        self.residues = list(itertools.product(*(range(s) for s in g.stride)))
+        pitch = [math.prod(self.size[a + 1:]) for a in range(g.nd)]
+        self.taps = list(itertools.product(*(range(k) for k in g.kernel)))
+        self.tap_phase: list[int] = []
+        self.tap_shift: list[int] = []
+        for tap in self.taps:
+            pos = [t * d for t, d in zip(tap, g.dilation)]
+            self.tap_phase.append(self.residues.index(
+                tuple(p % s for p, s in zip(pos, g.stride))))
+            self.tap_shift.append(sum((p // s) * st for p, s, st in zip(pos, g.stride, pitch)))
+        self.margin = max(self.tap_shift)
+        self.order = sorted(range(len(self.taps)), key=lambda k: self.tap_phase[k])
+        self.bounds: list[tuple[int, int]] = []
+        for r in range(len(self.residues)):
+            ks = [i for i, k in enumerate(self.order) if self.tap_phase[k] == r]
+            self.bounds.append((ks[0], ks[-1] + 1) if ks else (0, 0))
+        self.valid = tuple(slice(0, n) for n in g.out_size)
+
+    @property
+    def count(self) -> int:
+        return len(self.residues)
+
+    def spans(self, r: int) -> list[tuple[slice, slice]]:
+        """Per axis, (phase-grid slice, input slice) of the input pixels in phase r."""
+        g, out = self.geometry, []
+        for res, s, (lo, _), n in zip(self.residues[r], g.stride, g.pads, g.in_size):
+            first = max(0, -(-(lo - res) // s))  # first grid position inside the input
+            i0 = first * s + res - lo
+            count = max(0, -(-(n - i0) // s))
+            out.append((slice(first, first + count), slice(i0, i0 + s * (count - 1) + 1, s)))
+        return out
+
+    def fill(self, xph: Any, x: Any, padded: Any) -> None:
+        """xph (cb, P, b*V + margin) <- the phase images of x (b, cb, *in) (zero padding:
+        pad positions, never written, stay zero) or of ``padded`` (b, cb, *padded)."""
+        cb, b = xph.shape[0], x.shape[0]
+        lead = (slice(None), slice(None))
+        for r, res in enumerate(self.residues):
+            grid = xph[:, r, : b * self.volume].reshape((cb, b) + self.size)
+            if padded is None:
+                spans = self.spans(r)
+                src = x[lead + tuple(s for _, s in spans)]
+                grid[lead + tuple(d for d, _ in spans)] = src.swapaxes(0, 1)
+            else:
+                src = padded[lead + tuple(slice(q, None, s)
+                                          for q, s in zip(res, self.geometry.stride))]
+                grid[lead + tuple(slice(0, n) for n in src.shape[2:])] = src.swapaxes(0, 1)
+
+    def unfill(self, gx: Any, gxph: Any, gx_pad: Any) -> None:
+        """gx (b, cb, *in) <- the phase images gxph (cb, P, b*V): each input pixel is
+        in one phase (zero padding), or through ``gx_pad`` and the padding's adjoint."""
+        cb, b = gxph.shape[0], gx.shape[0]
+        lead = (slice(None), slice(None))
+        for r, res in enumerate(self.residues):
+            grid = gxph[:, r, : b * self.volume].reshape((cb, b) + self.size)
+            if gx_pad is None:
+                spans = self.spans(r)
+                gx[lead + tuple(s for _, s in spans)] = grid[
+                    lead + tuple(d for d, _ in spans)].swapaxes(0, 1)
+            else:
+                dst = gx_pad[lead + tuple(slice(q, None, s)
+                                          for q, s in zip(res, self.geometry.stride))]
+                dst[...] = grid[lead + tuple(slice(0, n) for n in dst.shape[2:])].swapaxes(0, 1)
+        if gx_pad is not None:
+            unpad_add(gx, gx_pad, self.geometry, accumulate=False)
+
+
+@functools.lru_cache(maxsize=256)
+def phases(geometry: ConvGeometry) -> Phases:
+    """The :class:`Phases` of ``geometry`` (built once per geometry)."""
+    return Phases(geometry)
+
+
+def _chunks(lay: Phases, n: int, c: int, per_channel: int,
+            what: str) -> tuple[int, int, list[tuple[int, int, int, int]]]:
+    """(images, channels) per chunk and the chunks (start, stop, c0, c1).
+
+    Rows are long first: enough images for MIN_ROW positions per channel (a matrix-
+    vector product per channel and chunk costs a call), then as many channels as fit
+    TARGET_CHUNK_BYTES; both counts balanced as :func:`npconv.workspace.row_chunks`
+    balances. Bounds depend on the shapes and the workspace limit only.
+    """
+    limit = workspace.get_workspace_limit()
+    if per_channel > limit:
+        workspace.chunk_length(per_channel, 1, what)  # raises MemoryError
+    goal = min(TARGET_CHUNK_BYTES, limit)
+    images = min(n, -(-MIN_ROW // lay.volume), max(1, limit // per_channel))
+    images = workspace.balanced(n, images)
+    block = workspace.balanced(c, max(1, goal // (per_channel * images)))
+    items = [(start, min(n, start + images), c0, min(c, c0 + block))
+             for start in range(0, n, images) for c0 in range(0, c, block)]
+    return images, block, items
+
+
+_ZEROED = ("xph", "gy")  # buffers whose unwritten positions must read as zero
+
+
+class _Buffers:
+    """One worker's flat buffers; ``get(name, shape)`` a zero-filled prefix view that stays
+    zero where no chunk of that shape writes (refilled with zeros when the shape changes)."""
+
+    def __init__(self, xp: Any, dtype: Any, sizes: dict[str, int]):
+        self.flat = {name: (xp.zeros if name in _ZEROED else xp.empty)(size, dtype=dtype)
+                     for name, size in sizes.items() if size}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> Any:
+        view = take(self.flat[name], shape)
+        if name in _ZEROED and self.shapes.get(name, shape) != shape:
+            view[...] = 0
+        self.shapes[name] = shape
+        return view
+
+
+def _source(lay: Phases, x: Any, start: int, stop: int, c0: int, c1: int) -> tuple[Any, Any]:
+    """(x block, padded block or None) of images start:stop, channels c0:c1."""
+    block = x[start:stop, c0:c1]
+    if lay.geometry.zero_padded:
+        return block, None
+    return block, pad(block, lay.geometry)
+
+
+def _columns(buf: _Buffers, lay: Phases, x: Any, item: tuple[int, int, int, int],
+             ones: bool = False) -> Any:
+    """cols (cb, K [+ 1], b*V): x_k of every tap, from the phase images of the chunk
+    (and a row of ones under them when ``ones``: the bias rides along in the matmul)."""
+    start, stop, c0, c1 = item
+    cb, length = c1 - c0, (stop - start) * lay.volume
+    xph = buf.get("xph", (cb, lay.count, length + lay.margin))
+    lay.fill(xph, *_source(lay, x, start, stop, c0, c1))
+    shape = (cb, len(lay.taps) + ones, length)
+    fresh = buf.shapes.get("cols") != shape
+    cols = buf.get("cols", shape)
+    if ones and fresh:
+        cols[:, -1] = 1
+    for k, (r, shift) in enumerate(zip(lay.tap_phase, lay.tap_shift)):
+        cols[:, k] = xph[:, r, shift: shift + length]
+    return cols
+
+
 # --------------------------------------------------------------------------- forward
 
 
 @dataclass(frozen=True)
 class _Forward:
-    """What every chunk of one forward call reads (x, w (C, mult, K)) and writes (y)."""
+    """What every chunk of one forward call reads (x, w (C, mult, K [+ 1])) and writes (y)."""
 
     xp: Any
     x: Any
-    w: Any
-    bias: Any  # (1, O, 1, ...) or None
+    w: Any  # with the bias as a last column, if any
     y: Any
-    lay: Layout
-    chunk: int
+    lay: Phases
 
 
-@dataclass
-class _ForwardScratch:
-    padder: ChunkPadder
-    acc: Any  # flat (chunk * O * P) or (chunk * O * L)
-    tmp: Any  # flat (chunk * O * L) when strided, else None
-    cols: Any  # flat (chunk * C * K * Q) when flat, else None
+def _forward_chunk(buf: _Buffers, item: tuple[int, int, int, int], job: _Forward) -> None:
+    """y[start:stop, channels c0:c1 (times mult)] = depthwise conv (+ bias) of one chunk."""
+    xp, lay = job.xp, job.lay
+    start, stop, c0, c1 = item
+    b, cb, mult = stop - start, c1 - c0, job.w.shape[1]
+    cols = _columns(buf, lay, job.x, item, ones=job.w.shape[2] > len(lay.taps))
+    acc = buf.get("acc", (cb, mult, b * lay.volume))
+    # y[c] (mult, bV) = w[c] (mult, K [+ 1]) @ cols[c] (K [+ 1], bV): one product per channel
+    xp.matmul(job.w[c0:c1], cols, out=acc)
+    grid = acc.reshape((cb, mult, b) + lay.size)[(Ellipsis,) + lay.valid]
+    out = job.y[start:stop, c0 * mult: c1 * mult].reshape((b, cb, mult) + lay.geometry.out_size)
+    out[...] = xp.moveaxis(grid, 2, 0)
 
 
-def _forward_scratch(job: _Forward) -> _ForwardScratch:
-    xp, lay, chunk = job.xp, job.lay, job.chunk
-    (c, o), dtype = (job.x.shape[1], job.y.shape[1]), job.y.dtype
-    flat = lay.flat
-    return _ForwardScratch(
-        ChunkPadder(job.x, lay.geometry, chunk),
-        xp.empty(chunk * o * (lay.volume if flat else lay.length), dtype=dtype),
-        flat_buffer(xp, None if flat else chunk * o * lay.length, dtype, zero=False),
-        flat_buffer(xp, chunk * c * len(lay.taps) * lay.q if flat else None, dtype, zero=False))
+def _sizes(lay: Phases, images: int, block: int, mult: int, columns: bool,
+           grad: bool, grad_input: bool) -> dict[str, int]:
+    """Elements of each buffer of a worker for chunks of ``images`` x ``block`` channels."""
+    length, k_vol = images * lay.volume, len(lay.taps)
+    phased = block * lay.count * (length + lay.margin)
+    other_mode = not lay.geometry.zero_padded
+    return {
+        "xph": phased if columns else 0,
+        "cols": block * k_vol * length if columns else 0,
+        "acc": block * mult * length if not grad else 0,
+        "gy": block * mult * (lay.margin + length) if grad else 0,
+        "colsT": block * k_vol * mult * length if grad_input else 0,
+        "gxph": block * lay.count * length if grad_input else 0,
+        "gx_pad": images * block * math.prod(lay.padded) if grad_input and other_mode else 0,
+    }
 
 
 def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
-    """y (N, O, *out) = depthwise conv(x, weight) + bias by K multiply-adds per chunk."""
+    """y (N, O, *out) = depthwise conv(x, weight) + bias, chunk by chunk."""
     xp = backend.get_array_module(x, weight)
     geometry = problem.geometry
     n, c = x.shape[:2]
     o = weight.shape[0]
     y = xp.empty((n, o) + geometry.out_size, dtype=x.dtype)
-    if n == 0 or geometry.out_volume == 0:
+    if n == 0 or geometry.out_volume == 0 or c == 0:
         return y
-    lay = Layout(geometry)
-    k_vol = geometry.kernel_volume
-    w = weight.reshape(c, o // c, k_vol)  # (C, mult, K)
-    per_image = (c * lay.volume + 2 * o * (lay.volume if lay.flat else lay.length)
-                 + c * k_vol * lay.length) * x.dtype.itemsize
-    chunk = chunk_of(per_image, n)
-    b_nd = None if bias is None else bias.reshape((1, o) + (1,) * geometry.nd)
-    job = _Forward(xp, x, w, b_nd, y, lay, chunk)
-    # Depthwise layers are elementwise work and small matmuls that BLAS runs on one
-    # core: the chunks go to host threads (each with its own buffers).
-    executor.map_chunks(_forward_chunk, range(0, n, chunk), job,
-                        scratch=functools.partial(_forward_scratch, job),
-                        per_worker_bytes=chunk * per_image, arrays=arrays_of(x, weight))
+    lay = phases(geometry)
+    mult, k_vol, itemsize = o // c, len(lay.taps), x.dtype.itemsize
+    per_channel = (lay.count + k_vol + mult) * lay.volume * itemsize
+    images, block, items = _chunks(lay, n, c, per_channel, "one channel of one image")
+    sizes = _sizes(lay, images, block, mult, True, False, False)
+    sizes["cols"] += block * images * lay.volume  # the row of ones
+    w = weight.reshape(c, mult, k_vol)
+    if bias is not None:
+        w = xp.concatenate([w, bias.reshape(c, mult, 1).astype(w.dtype, copy=False)], axis=2)
+    job = _Forward(xp, x, w, y, lay)
+    executor.map_chunks(_forward_chunk, items, job,
+                        scratch=functools.partial(_Buffers, xp, x.dtype, sizes),
+                        per_worker_bytes=sum(sizes.values()) * itemsize,
+                        arrays=(x, weight))
     return y
-
-
-def _forward_chunk(buf: _ForwardScratch, start: int, job: _Forward) -> None:
-    """y[start:stop] = depthwise conv(x[start:stop], w) + bias for one batch chunk."""
-    xp, lay, w = job.xp, job.lay, job.w
-    stop = min(job.x.shape[0], start + job.chunk)
-    b, c, o, length = stop - start, job.x.shape[1], job.y.shape[1], lay.length
-    mult = o // c
-    source = lay.source(xp, buf.padder, start, stop)
-    out = job.y[start:stop]
-    if lay.flat:
-        # cols[n, c, k] = x_k[n, c]: K contiguous 1-d copies, in cache
-        cols = take(buf.cols, (b, c, len(lay.taps), length))
-        for k, off in enumerate(lay.offsets):
-            cols[:, :, k] = source[:, :, off: off + length]
-        acc_ext = take(buf.acc, (b, o, lay.volume))
-        # y[n, c, t] = w[c, t] (mult, K) @ cols[n, c] (K, Q): batched over channels
-        xp.matmul(w, cols, out=acc_ext[:, :, :length].reshape(b, c, mult, length))
-        out[...] = lay.crop(acc_ext)
-    else:
-        acc = take(buf.acc, (b, c, mult, length))
-        tmp = take(buf.tmp, (b, c, mult, length))
-        for k in range(len(lay.taps)):
-            xs = lay.shifted(source, k).reshape(b, c, 1, length)
-            # (b, C, 1, L) * (C, mult, 1) -> (b, C, mult, L)
-            xp.multiply(xs, w[:, :, k, None], out=acc if k == 0 else tmp)
-            if k:
-                acc += tmp
-        out[...] = acc.reshape(out.shape)
-    if job.bias is not None:
-        out += job.bias
 
 
 # --------------------------------------------------------------------------- backward
@@ -133,37 +299,77 @@ def _forward_chunk(buf: _ForwardScratch, start: int, job: _Forward) -> None:
 
 @dataclass(frozen=True)
 class _Backward:
-    """What every backward chunk reads (gy, x, w (C, mult, K)) and writes (gx, if wanted)."""
+    """What every backward chunk reads (gy, x, w) and writes (gx, if wanted)."""
 
     xp: Any
     gy: Any
     x: Any  # None without grad weight
-    w: Any
+    w_in: Any  # (C, 1, K*mult): w[c, t, k] at [c, 0, (k, t)], taps in phase order
     gx: Any  # None without grad input
-    lay: Layout
-    chunk: int
+    lay: Phases
+    mult: int
 
 
-@dataclass
-class _BackwardScratch:
-    padder: ChunkPadder | None
-    gy_flat: Any  # flat (chunk * O * P), zero, when flat
-    gx_pad: Any  # flat (chunk * C * P) with grad input
-    tmp: Any  # flat (chunk * C * L) when strided with grad input
-    cols: Any  # flat (chunk * C * K * Q) when flat
+def _gy_rows(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int]) -> Any:
+    """gy of the chunk as (cb, mult, margin + b*V): a zero margin, then the phase grid,
+    zero at its junk positions."""
+    lay, (start, stop, c0, c1) = job.lay, item
+    b, cb, mult = stop - start, c1 - c0, job.mult
+    rows = buf.get("gy", (cb, mult, lay.margin + b * lay.volume))
+    grid = rows[:, :, lay.margin:].reshape((cb, mult, b) + lay.size)
+    src = job.gy[start:stop, c0 * mult: c1 * mult].reshape(
+        (b, cb, mult) + lay.geometry.out_size)
+    grid[(Ellipsis,) + lay.valid] = job.xp.moveaxis(src, 0, 2)
+    return rows
 
 
-def _backward_scratch(job: _Backward) -> _BackwardScratch:
-    xp, lay, chunk, dtype = job.xp, job.lay, job.chunk, job.gy.dtype
-    o, c = job.gy.shape[1], job.w.shape[0]
-    flat, need_input = lay.flat, job.gx is not None
-    return _BackwardScratch(
-        None if job.x is None else ChunkPadder(job.x, lay.geometry, chunk),
-        flat_buffer(xp, chunk * o * lay.volume if flat else None, dtype),
-        flat_buffer(xp, chunk * c * lay.volume if need_input else None, dtype, zero=False),
-        flat_buffer(xp, chunk * c * lay.length if need_input and not flat else None, dtype,
-                      zero=False),
-        flat_buffer(xp, chunk * c * len(lay.taps) * lay.q if flat else None, dtype, zero=False))
+def _grad_input(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int],
+                rows: Any) -> None:
+    """gx of the chunk: phase r at m gathers w_k gy[m - shift_k] over its taps k."""
+    xp, lay, mult = job.xp, job.lay, job.mult
+    start, stop, c0, c1 = item
+    b, cb = stop - start, c1 - c0
+    length, m0 = b * lay.volume, lay.margin
+    cols = buf.get("colsT", (cb, len(lay.taps), mult, length))
+    for i, k in enumerate(lay.order):
+        shift = lay.tap_shift[k]
+        cols[:, i] = rows[:, :, m0 - shift: m0 - shift + length]
+    gxph = buf.get("gxph", (cb, lay.count, length))
+    flat = cols.reshape(cb, len(lay.taps) * mult, length)
+    for r, (k0, k1) in enumerate(lay.bounds):
+        if k0 == k1:
+            gxph[:, r] = 0
+            continue
+        # gx_r[c] (1, bV) = w[c] (1, K_r*mult) @ gy shifted (K_r*mult, bV)
+        xp.matmul(job.w_in[c0:c1, :, k0 * mult: k1 * mult], flat[:, k0 * mult: k1 * mult],
+                  out=gxph[:, r: r + 1])
+    gx_pad = None
+    if not lay.geometry.zero_padded:
+        gx_pad = buf.get("gx_pad", (b, cb) + lay.padded)
+    lay.unfill(job.gx[start:stop, c0:c1], gxph, gx_pad)
+
+
+def _input_chunk(buf: _Buffers, item: tuple[int, int, int, int], job: _Backward) -> None:
+    """gx of one chunk alone (no grad weight to sum)."""
+    _grad_input(buf, job, item, _gy_rows(buf, job, item))
+
+
+def _backward_chunk(buf: _Buffers, item: tuple[int, int, int, int], acc: Any,
+                    job: _Backward) -> Any:
+    """acc (C, mult, K) += gW of the chunk, and its gx when wanted."""
+    xp, lay = job.xp, job.lay
+    _, _, c0, c1 = item
+    rows = _gy_rows(buf, job, item)
+    cols = _columns(buf, lay, job.x, item)
+    gy_rows = rows[:, :, lay.margin:]  # (cb, mult, bV)
+    # gW[c] (K, mult) = cols[c] (K, bV) @ gy[c]^T (bV, mult): one product per channel
+    part = xp.matmul(cols, gy_rows.transpose(0, 2, 1))
+    if acc is None:
+        acc = xp.zeros((job.w_in.shape[0], job.mult, len(lay.taps)), dtype=part.dtype)
+    acc[c0:c1] += part.transpose(0, 2, 1)
+    if job.gx is not None:
+        _grad_input(buf, job, item, rows)
+    return acc
 
 
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
@@ -175,117 +381,28 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     """
     xp = backend.get_array_module(gy, x, weight)
     geometry = problem.geometry
-    if gy.shape[0] == 0 or geometry.out_volume == 0:
+    c = problem.in_channels
+    if gy.shape[0] == 0 or geometry.out_volume == 0 or c == 0 or not (need_input or need_weight):
         return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
     n, o = gy.shape[:2]
-    c = problem.in_channels
-    gx = None
-    if need_input and o == c and full_correlation(geometry) is not None:
-        # Stride 1: grad input is itself a depthwise convolution of gy with the flipped
-        # kernel, padded d(k-1)-p, which the forward does fastest.
-        gx = grad_input_by_forward(problem, gy, weight, forward)
-        need_input = False
-    if not (need_input or need_weight):
-        return gx, None
-    lay = Layout(geometry)
-    k_vol = geometry.kernel_volume
-    if need_input:  # every chunk of gx is written once, by unpad_add(accumulate=False)
-        gx = xp.empty((n, c) + geometry.in_size, dtype=gy.dtype)
-    per_image = (2 * c * lay.volume + o * lay.volume + c * lay.length
-                 + (c * k_vol * lay.length if lay.flat else 0)) * gy.dtype.itemsize
-    chunk = chunk_of(per_image, n)
-    job = _Backward(xp, gy, x if need_weight else None, weight.reshape(c, o // c, k_vol),
-                    gx if need_input else None, lay, chunk)
-    common = dict(scratch=functools.partial(_backward_scratch, job),
-                  per_worker_bytes=chunk * per_image, arrays=arrays_of(gy, x, weight))
-    starts = range(0, n, chunk)
+    lay = phases(geometry)
+    mult, k_vol, itemsize = o // c, len(lay.taps), gy.dtype.itemsize
+    # every element of gx is written once, by its chunk's unfill
+    gx = xp.empty((n, c) + geometry.in_size, dtype=gy.dtype) if need_input else None
+    sizes_of = functools.partial(_sizes, lay, columns=need_weight, grad=True,
+                                 grad_input=need_input, mult=mult)
+    per_channel = sum(sizes_of(images=1, block=1).values()) * itemsize
+    images, block, items = _chunks(lay, n, c, per_channel, "one channel of one image")
+    sizes = sizes_of(images=images, block=block)
+    w_in = weight.reshape(c, mult, k_vol)[:, :, lay.order].transpose(0, 2, 1)
+    job = _Backward(xp, gy, x if need_weight else None,
+                    xp.ascontiguousarray(w_in).reshape(c, 1, k_vol * mult), gx, lay, mult)
+    common: dict[str, Any] = dict(scratch=functools.partial(_Buffers, xp, gy.dtype, sizes),
+                                  per_worker_bytes=sum(sizes.values()) * itemsize,
+                                  arrays=tuple(a for a in (gy, x, weight) if a is not None))
     if not need_weight:
-        executor.map_chunks(_input_chunk, starts, job, **common)
+        executor.map_chunks(_input_chunk, items, job, **common)
         return gx, None
-    total = xp.zeros((c, o // c, k_vol), dtype=gy.dtype)  # gW[c, t, k] = gW[c*mult + t, 0, k]
-    executor.reduce_chunks(_backward_chunk, starts, total, job, **common)
+    total = xp.zeros((c, mult, k_vol), dtype=gy.dtype)  # gW[c, t, k] = gW[c*mult + t, 0, k]
+    executor.reduce_chunks(_backward_chunk, items, total, job, **common)
     return gx, total.reshape(weight.shape)
-
-
-def _input_chunk(buf: _BackwardScratch, start: int, job: _Backward) -> None:
-    """gx[start:stop] alone (no grad weight to sum)."""
-    _backward_chunk(buf, start, None, job)
-
-
-def _backward_chunk(buf: _BackwardScratch, start: int, acc: Any, job: _Backward) -> Any:
-    """acc (C, mult, K) += gW of chunk [start, stop) and gx[start:stop] (those wanted)."""
-    xp, lay = job.xp, job.lay
-    stop = min(job.gy.shape[0], start + job.chunk)
-    b, c = stop - start, job.w.shape[0]
-    gy4 = lay.gy_rows(buf.gy_flat, job.gy, start, stop).reshape(b, c, -1, lay.length)
-    if job.x is not None:
-        assert buf.padder is not None
-        source = lay.source(xp, buf.padder, start, stop)
-        weight_part = _weight_flat if lay.flat else _weight_strided
-        acc = weight_part(xp, buf, gy4, source, acc, lay)
-    if job.gx is not None:
-        gx_pad = take(buf.gx_pad, (b, c) + lay.padded)
-        gx_pad[...] = 0
-        input_part = _input_flat if lay.flat else _input_strided
-        input_part(xp, buf, gy4, job.w, gx_pad, lay)
-        unpad_add(job.gx[start:stop], gx_pad, lay.geometry, accumulate=False)
-    return acc
-
-
-def _weight_flat(xp: Any, buf: _BackwardScratch, gy4: Any, xf: Any, acc: Any,
-                 lay: Layout) -> Any:
-    """acc (C, mult, K) += gW of one chunk from the columns of its flat input (b, C, P)."""
-    b, c, _, q = gy4.shape
-    cols = take(buf.cols, (b, c, len(lay.taps), q))
-    for k, off in enumerate(lay.offsets):
-        cols[:, :, k] = xf[:, :, off: off + q]
-    # gW[c, t, k] = sum_n gy[n, c, t] (mult, Q) @ cols[n, c]^T (Q, K)
-    part = xp.matmul(gy4, cols.transpose(0, 1, 3, 2)).sum(axis=0)
-    if acc is None:
-        return part
-    acc += part
-    return acc
-
-
-def _weight_strided(xp: Any, buf: _BackwardScratch, gy4: Any, view: Any, acc: Any,
-                    lay: Layout) -> Any:
-    """acc (C, mult, K) += gW of one chunk, one contraction per kernel offset."""
-    b, c, mult, _ = gy4.shape
-    if acc is None:
-        acc = xp.zeros((c, mult, len(lay.taps)), dtype=gy4.dtype)
-    for k in range(len(lay.taps)):
-        # gW[c, t, k] += sum_{n, q} gy[n, c, t, q] x_k[n, c, q]
-        acc[:, :, k] += xp.einsum("nctq,ncq->ct", gy4, lay.shifted(view, k))
-    return acc
-
-
-def _input_flat(xp: Any, buf: _BackwardScratch, gy4: Any, w: Any, gx_pad: Any,
-                lay: Layout) -> None:
-    """gx_pad (b, C, *P) += each offset's column gradient, added back at its offset."""
-    b, c, mult, q = gy4.shape
-    cols = take(buf.cols, (b, c, len(lay.taps), q))
-    w_ck = w.transpose(0, 2, 1)  # (C, K, mult)
-    # column gradient (b, C, K, Q) = w[c]^T (K, mult) @ gy[n, c] (mult, Q)
-    if mult == 1:  # an outer product: a broadcast multiply beats a k=1 matmul
-        xp.multiply(w_ck, gy4, out=cols)
-    else:
-        xp.matmul(w_ck, gy4, out=cols)
-    gxf = gx_pad.reshape(b, c, lay.volume)
-    for k, off in enumerate(lay.offsets):
-        gxf[:, :, off: off + q] += cols[:, :, k]
-
-
-def _input_strided(xp: Any, buf: _BackwardScratch, gy4: Any, w: Any, gx_pad: Any,
-                   lay: Layout) -> None:
-    """gx_pad (b, C, *P) += each offset's gradient, through its strided slice."""
-    b, c, mult, length = gy4.shape
-    tmp = take(buf.tmp, (b, c, length))
-    shape = (b, c) + lay.geometry.out_size
-    for k, tap in enumerate(lay.taps):
-        if mult == 1:
-            # (b, C, L) * (C, 1) -> (b, C, L)
-            xp.multiply(gy4[:, :, 0], w[:, 0, k, None], out=tmp)
-        else:
-            # (b, C, mult, L) . (C, mult) -> (b, C, L)
-            tmp[...] = xp.einsum("nctq,ct->ncq", gy4, w[:, :, k])
-        gx_pad[lay.target(tap)] += tmp.reshape(shape)

@@ -1,0 +1,113 @@
+"""The speed mechanisms of the fast paths give the reference's results at their edges.
+
+Reached by public names only (``algorithm=``, ``npconv.set_workspace_limit``,
+``npconv.num_threads``): the depthwise path's chunks of images and channel
+blocks (a short last chunk, one channel of one image per chunk), its phase
+images for strides and dilations, every padding mode, channel multipliers and
+complex data; and the chunk policy that keeps the weight-gradient contraction
+long on small images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import npconv
+from npconv import workspace
+from npconv.testing import assert_close
+
+
+@pytest.fixture
+def restore_limit():
+    old = npconv.get_workspace_limit()
+    yield
+    npconv.set_workspace_limit(old)
+
+
+def _arrays(rng, n, c, mult, size, kernel, dtype):
+    x = rng.standard_normal((n, c) + size)
+    w = rng.standard_normal((c * mult, 1) + kernel)
+    b = rng.standard_normal(c * mult)
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(x.shape)
+        w = w + 1j * rng.standard_normal(w.shape)
+    return x.astype(dtype), w.astype(dtype), b.astype(dtype)
+
+
+def _check_depthwise(x, w, b, kw, reduction):
+    c = x.shape[1]
+    y_ref = npconv.conv(x, w, b, groups=c, **kw, algorithm="reference")
+    gy = np.random.default_rng(1).standard_normal(y_ref.shape).astype(x.dtype)
+    g_ref = npconv.conv_backward(gy, x, w, groups=c, **kw, algorithm="reference")
+    y = npconv.conv(x, w, b, groups=c, **kw, algorithm="depthwise")
+    assert_close(y, y_ref, reduction=reduction)
+    grads = npconv.conv_backward(gy, x, w, groups=c, **kw, algorithm="depthwise")
+    for got, want in zip(grads, g_ref):
+        assert_close(got, want, reduction=reduction * x.shape[0] * y_ref[0, 0].size)
+
+
+GEOMETRIES = [
+    # (size, kernel, stride, dilation, padding, padding_mode)
+    ((13, 11), (3, 3), 1, 1, 1, "zeros"),
+    ((13, 11), (3, 3), 2, 1, 1, "zeros"),
+    ((14, 9), (3, 3), 2, 1, 1, "reflect"),
+    ((15, 12), (3, 2), (3, 2), (1, 2), (2, 1), "circular"),
+    ((12, 13), (5, 5), 2, 2, 4, "replicate"),
+    ((17,), (3,), 2, 3, 3, "zeros"),
+    ((6, 5, 7), (3, 3, 3), (2, 1, 2), 1, 1, "zeros"),
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+@pytest.mark.parametrize("limit", [None, 120_000, 400_000])
+def test_depthwise_chunks_phases_and_padding_modes(geometry, limit, restore_limit):
+    """A workspace of some 100 KiB cuts the batch into a few images and the channels into
+    blocks (the last chunk shorter): results equal the reference's."""
+    size, kernel, stride, dilation, padding, mode = geometry
+    rng = np.random.default_rng(0)
+    x, w, b = _arrays(rng, 9, 7, 2, size, kernel, "float64")
+    if limit is not None:
+        npconv.set_workspace_limit(limit)
+    kw = dict(stride=stride, dilation=dilation, padding=padding, padding_mode=mode)
+    _check_depthwise(x, w, b, kw, reduction=int(np.prod(kernel)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "complex64", "complex128"])
+@pytest.mark.parametrize("mult", [1, 3])
+def test_depthwise_dtypes_and_channel_multipliers(dtype, mult):
+    rng = np.random.default_rng(2)
+    x, w, b = _arrays(rng, 3, 6, mult, (9, 10), (3, 3), dtype)
+    for stride in (1, 2):
+        _check_depthwise(x, w, b, dict(stride=stride, padding=1), reduction=9)
+
+
+def test_depthwise_same_result_for_any_thread_count():
+    rng = np.random.default_rng(4)
+    x, w, b = _arrays(rng, 8, 96, 1, (14, 14), (3, 3), "float32")
+    gy = rng.standard_normal((8, 96, 7, 7)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        with npconv.num_threads(threads):
+            y = npconv.conv2d(x, w, b, stride=2, padding=1, groups=96, algorithm="depthwise")
+            grads = npconv.conv2d_backward(gy, x, w, stride=2, padding=1, groups=96,
+                                           algorithm="depthwise")
+        results.append((y,) + tuple(grads))
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            assert np.array_equal(a, b_)
+
+
+def test_depthwise_one_channel_of_one_image_must_fit(restore_limit):
+    x = np.ones((1, 2, 64, 64), np.float32)
+    w = np.ones((2, 1, 3, 3), np.float32)
+    npconv.set_workspace_limit(4096)
+    with pytest.raises(MemoryError, match="workspace"):
+        npconv.conv2d(x, w, padding=1, groups=2, algorithm="depthwise")
+
+
+def test_balanced_parts_of_nothing():
+    """Nothing to cut is one part of any size (was a ZeroDivisionError)."""
+    assert workspace.balanced(0, 0) == 1
+    assert workspace.balanced(0, 5) == 5
+    assert workspace.row_chunks(1024, 4, 0) == (1, 4)
