@@ -320,8 +320,9 @@ def _spectrum_bytes(lay: _Layout, channels: int) -> int:
     return channels * math.prod(lay.freqs) * lay.spectral.itemsize
 
 
-def _chunk(lay: _Layout, per_image: int, fixed: int, n: int, what: str) -> int:
-    """Images per chunk: up to TARGET_CHUNK_BYTES, at most half a batch of MIN_CHUNK_IMAGES.
+def _chunk(lay: _Layout, per_image: int, fixed: int, n: int, what: str, host: bool) -> int:
+    """Images per chunk: up to TARGET_CHUNK_BYTES, at most half a batch of MIN_CHUNK_IMAGES;
+    on a device (no ``host`` threads) one chunk up to :func:`npconv.workspace.device_target`.
 
     Raises MemoryError when one image and the ``fixed`` spectra exceed the workspace."""
     limit = workspace.get_workspace_limit()
@@ -331,6 +332,8 @@ def _chunk(lay: _Layout, per_image: int, fixed: int, n: int, what: str) -> int:
             f"spectra and the kernel's, FFT sizes {lay.sizes}), more than the workspace limit "
             f"of {limit / 2**20:.1f} MiB; raise it with npconv.set_workspace_limit() or "
             f"NPCONV_WORKSPACE_MB, or use another algorithm")
+    if not host:  # kernel launches cost per chunk on a GPU: as few chunks as fit
+        return max(1, min(n, (workspace.device_target() - fixed) // per_image))
     chunk = max(1, min(n, (limit - fixed) // per_image, TARGET_CHUNK_BYTES // per_image))
     return min(chunk, -(-n // 2)) if n >= MIN_CHUNK_IMAGES else chunk
 
@@ -346,6 +349,7 @@ class _Job:
     geometry: Any
     chunk: int
     reverse: Any  # index of -f (complex spectra) or None
+    host: bool = True  # False on a device: matmul operands contiguous (CuPy copies others)
 
 
 def _frame(job: _Job, x: Any, start: int, stop: int) -> Any:
@@ -402,10 +406,10 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     per_image = 2 * _spectrum_bytes(lay, c * s + o) + lay.work.itemsize * (
         c * s * math.prod(a.nr for a in lay.axes) + o * math.prod(lay.sizes))
     fixed = 2 * _spectrum_bytes(lay, o * (c // problem.groups) * s)
-    chunk = _chunk(lay, per_image, fixed, n, "the forward")
+    chunk = _chunk(lay, per_image, fixed, n, "the forward", problem.host_threads)
     w_spec = _kernel_spectrum(lay, weight, 1, xp)  # reflected: (F, g, C/g*S, O/g)
     bias_b = None if bias is None else bias.reshape((1, o) + (1,) * g.nd)
-    job = _Job(lay, g, chunk, None)
+    job = _Job(lay, g, chunk, None, problem.host_threads)
     starts = list(range(0, n, chunk))
     executor.map_chunks(_forward_chunk, starts, job, x, y, w_spec, bias_b,
                         per_worker_bytes=chunk * per_image, arrays=(x, weight))
@@ -433,9 +437,11 @@ def _backward_chunk(_: Any, start: int, acc: Any, job: _Job, gy: Any, x: Any, gx
         else:
             gx[start:stop] = frame
     if x is not None:
-        reflected = _reflect(lay, g_spec, job.reverse, xp)
+        reflected = _reflect(lay, g_spec, job.reverse, xp).swapaxes(-1, -2)
+        if not job.host:
+            reflected = xp.ascontiguousarray(reflected)
         # (F, g, O/g, b) @ (F, g, b, C/g*S) -> (F, g, O/g, C/g*S), summed over the lane
-        part = _batched(xp, reflected.swapaxes(-1, -2), _input_spectrum(job, x, start, stop, xp))
+        part = _batched(xp, reflected, _input_spectrum(job, x, start, stop, xp))
         if acc is None:
             return part
         acc += part
@@ -471,8 +477,8 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     # the kernel spectrum, and grad weight's total and one lane partial (executor.lanes_of
     # keeps the other lanes' partials within a quarter of the workspace)
     fixed = _spectrum_bytes(lay, o * cg * s) * (need_input + 2 * need_weight)
-    chunk = _chunk(lay, per_image, fixed, n, "the backward")
-    job = _Job(lay, geo, chunk, _reverse_index(lay, xp))
+    chunk = _chunk(lay, per_image, fixed, n, "the backward", problem.host_threads)
+    job = _Job(lay, geo, chunk, _reverse_index(lay, xp), problem.host_threads)
     gx = w_spec = None
     if need_input:
         gx = xp.empty((n, c) + geo.in_size, dtype=gy.dtype)
