@@ -375,3 +375,13 @@ def test_python_m_npconv_runs_on_the_standin(capsys):
     with npconv.use_backend("standin"):
         assert main(["--batch", "4", "--size", "8", "--repeat", "1"]) == 0
     assert "backend standin" in capsys.readouterr().out
+
+
+def test_winograd_constants_are_device_arrays_built_once_per_dtype():
+    from npconv.paths import winograd_transforms as wt
+
+    k32 = wt.constants(XP, np.dtype("float32"), 4)
+    assert wt.constants(XP, np.dtype("float32"), 4) is k32  # cached: no upload per call
+    assert wt.constants(XP, np.dtype("float64"), 4) is not k32
+    assert type(k32.b_t) is XP.ndarray and k32.b_t.dtype == np.float32
+    assert type(wt.constants(np, np.dtype("float32"), 4).b_t) is np.ndarray
