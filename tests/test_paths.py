@@ -238,7 +238,7 @@ def test_explain_names_a_path_and_a_reason_for_each_map():
     assert depthwise.forward == depthwise.grad_input == "depthwise"
 
 
-@pytest.mark.parametrize("name", ["im2col", "winograd", "direct", "phases", "flipped"])
+@pytest.mark.parametrize("name", ["im2col", "winograd", "direct", "phases", "flipped", "fft"])
 def test_a_tiny_workspace_chunks_every_path_without_changing_the_result(name):
     """The workspace limit cuts the work into many chunks (public setter, no monkeypatch)."""
     rng = np.random.default_rng(3)
