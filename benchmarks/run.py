@@ -293,7 +293,8 @@ def network_totals(summary: dict, networks: dict[str, list[Layer]], rounds: int)
         ids = [(item, f"zoo:{item.ident}") for item in layers]
         if not all(f"{jid}:{op}" in summary for _, jid in ids for op in ("forward", "backward")):
             continue  # a partial network (--only, --sections) has no total
-        row = {"layers": len(layers), "calls": sum(item.count for item in layers)}
+        row = {"layers": len(layers), "calls": sum(item.count for item in layers),
+               "rounds": rounds}
         for what, ops in (("forward", ("forward",)), ("backward", ("backward",)),
                           ("total", ("forward", "backward"))):
             sums = {lib: [] for lib in SIDES}
@@ -328,8 +329,11 @@ def must_lines(summary: dict, totals: dict, device: str, baseline: dict | None) 
     network_limit = GPU_LIMIT if device == "cuda" else NETWORK_LIMIT
     for net, row in totals.items():
         ratio = row["total"]["ratio"]
+        partial = (f"only {ratio['n']} of {row['rounds']} rounds complete"
+                   if ratio is not None and ratio["n"] < row["rounds"] else "")
         add(f"{net}: forward+backward total <= {network_limit}x torch",
-            None if ratio is None else ratio["median"] <= network_limit, fmt_ratio(ratio))
+            None if ratio is None else ratio["median"] <= network_limit, fmt_ratio(ratio),
+            partial)
     zoo_rows = [s for s in summary.values() if s["job"]["section"] == "zoo"]
     if device == "cuda":  # issue 15: forward+backward within 2x on every suite case
         for s in summary.values():
@@ -511,10 +515,17 @@ def markdown(result: dict) -> str:
         lines += [f"**Warning:** the 1-minute load average was {max(busy):.2f} before a round "
                   f"(above {LOAD_WARNING:g}): the machine was not idle, and these figures "
                   "are not reliable.", ""]
-    if bad or errors:
-        lines += ["**Warning:** " + "; ".join(
-            [f"{x['job']['id']}: results differ between npconv and torch" for x in bad]
-            + [f"{jid}: {', '.join(e)}" for jid, e in errors]), ""]
+    if bad:
+        lines += ["**Warning:** results differ between npconv and torch (fingerprints): "
+                  + ", ".join(f"`{x['job']['id']}`" for x in bad), ""]
+    if errors:
+        by_message: dict[str, list[str]] = {}
+        for jid, messages in errors:
+            for message in messages:
+                by_message.setdefault(message, []).append(jid)
+        for message, jids in by_message.items():
+            shown = ", ".join(f"`{j}`" for j in jids[:6]) + (" ..." if len(jids) > 6 else "")
+            lines += [f"**Error** in {len(jids)} job(s) ({shown}): {message}", ""]
     if totals:
         lines += [
             "## Network totals",
