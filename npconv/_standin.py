@@ -17,7 +17,8 @@ refuses what CuPy refuses, so CI catches code that would break on a GPU:
 
 It also records what would cost on a GPU, for tests to assert on:
 :data:`SYNCS` counts device-to-host synchronisations (``bool(a)``, ``float(a)``,
-``a.get()``, ``a.item()``), and :func:`allow_synchronize` (like
+``a.get()``, ``a.item()``, boolean-mask indexing, ``nonzero``/``unique`` and other
+functions whose result size depends on the data), and :func:`allow_synchronize` (like
 ``cupyx.allow_synchronize``) turns them into errors; :data:`MATMUL_COPIES` lists
 the ``matmul`` calls in which CuPy would copy an operand or compute into a
 temporary (see :func:`matmul_copies`).
@@ -135,6 +136,16 @@ def _wrap(value: Any) -> Any:
     return value
 
 
+def _boolean_index(key: Any) -> bool:
+    keys = key if isinstance(key, tuple) else (key,)
+    return any(type(k) is ndarray and k.dtype.kind == "b" for k in keys)
+
+
+# Functions whose result size depends on the data: CuPy synchronises to learn it.
+_SIZED_BY_DATA = frozenset({"nonzero", "argwhere", "flatnonzero", "unique", "extract",
+                            "compress"})
+
+
 def _call(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
@@ -157,6 +168,8 @@ class ndarray:  # noqa: N801 - named as cupy.ndarray
                                                    "setflags", "__buffer__"):
             raise AttributeError(f"stand-in device arrays have no host attribute {name!r}")
         attr = getattr(self._a, name)
+        if name in _SIZED_BY_DATA:
+            _sync()
         if callable(attr):
             return lambda *args, **kwargs: _call(attr, args, kwargs)
         return _wrap(attr)
@@ -224,6 +237,8 @@ class ndarray:  # noqa: N801 - named as cupy.ndarray
         return (_wrap(row) for row in self._a)
 
     def __getitem__(self, key: Any) -> Any:
+        if _boolean_index(key):
+            _sync()  # CuPy reads the mask's count back to size the result
         return _wrap(self._a[_unwrap(key)])
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -314,6 +329,8 @@ class _Proxy:
 
 
 def _lookup(attr: Any) -> Any:
+    if getattr(attr, "__name__", "") in _SIZED_BY_DATA:
+        return _synced(attr)
     if isinstance(attr, _host.ufunc):
         return _Ufunc(attr)
     if isinstance(attr, types.ModuleType):
@@ -321,6 +338,13 @@ def _lookup(attr: Any) -> Any:
     if isinstance(attr, type) or not callable(attr):
         return attr  # dtypes, scalar types, constants: shared with NumPy (as CuPy does)
     return lambda *args, **kwargs: _proxied(_call(attr, args, kwargs))
+
+
+def _synced(func: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        _sync()
+        return _call(func, args, kwargs)
+    return call
 
 
 def _proxied(value: Any) -> Any:

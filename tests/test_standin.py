@@ -385,3 +385,14 @@ def test_winograd_constants_are_device_arrays_built_once_per_dtype():
     assert wt.constants(XP, np.dtype("float64"), 4) is not k32
     assert type(k32.b_t) is XP.ndarray and k32.b_t.dtype == np.float32
     assert type(wt.constants(np, np.dtype("float32"), 4).b_t) is np.ndarray
+
+
+def test_the_standin_counts_syncs_that_cupy_makes():
+    x = dev(np.arange(6.0) - 2)
+    with _standin.allow_synchronize(False):
+        y = XP.where(x > 0, x, 0)  # elementwise: no sync
+        for call in (lambda: x[x > 0], lambda: XP.nonzero(x), lambda: x.nonzero(),
+                     lambda: float(x[0]), lambda: x.get()):
+            with pytest.raises(RuntimeError, match="disallowed"):
+                call()
+    np.testing.assert_array_equal(host(y), [0, 0, 0, 1, 2, 3])
