@@ -259,18 +259,46 @@ def patches(
     >>> npconv.patches(x[0], 2, stride=2).shape   # unbatched (C, H, W)
     (1, 2, 2, 2, 2)
     """
-    x = prepare_data("x", x)
+    batch, batched, geometry = _patch_setup(x, kernel_size, stride, padding, dilation,
+                                            padding_mode)
+    view = window_view(pad(batch, geometry), geometry)
+    return view if batched else view[0]
+
+
+# Checked geometries of recent calls, keyed by everything the checks look at: a
+# repeated call skips them (they cost more than the view of a small input).
+_SETUPS: dict[tuple[Any, ...], tuple[bool, ConvGeometry]] = {}
+_SETUP_LIMIT = 4096
+
+
+def _patch_setup(x: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+                 padding_mode: Any) -> tuple[Any, bool, ConvGeometry]:
+    """(x with a batch axis, whether it had one, the checked geometry) of ``patches``."""
+    key: tuple[Any, ...] | None = (type(x), getattr(x, "shape", None),
+                                   getattr(x, "dtype", None), kernel_size, stride, padding,
+                                   dilation, padding_mode)
+    try:
+        hit = _SETUPS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable argument (a list): no caching
+        hit, key = None, None
+    if hit is not None:
+        batched, geometry = hit
+        return (x if batched else x[None]), batched, geometry
+    array = prepare_data("x", x)
     nd = spatial_rank(kernel_size, 2)
-    batch, batched = _batched(x, "x", nd, f"(N, C, *spatial) or (C, *spatial) for {nd}-d",
+    batch, batched = _batched(array, "x", nd, f"(N, C, *spatial) or (C, *spatial) for {nd}-d",
                               kernel_size)
     geometry = ConvGeometry.build(
         batch.shape[2:], kernel_size, stride, padding, dilation, padding_mode, input_name="x"
     )
     if geometry.has_padding:
         check_extent(geometry.padded_size, "padding", padding,
-                     lead=math.prod(batch.shape[:2]), itemsize=x.dtype.itemsize)
-    view = window_view(pad(batch, geometry), geometry)
-    return view if batched else view[0]
+                     lead=math.prod(batch.shape[:2]), itemsize=array.dtype.itemsize)
+    if key is not None and array is x and key[1] is not None:
+        if len(_SETUPS) >= _SETUP_LIMIT:
+            _SETUPS.clear()
+        _SETUPS[key] = (batched, geometry)
+    return batch, batched, geometry
 
 
 def fold_patches(
