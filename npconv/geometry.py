@@ -11,7 +11,7 @@ import math
 import operator
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeAlias
 
 IntOrTuple: TypeAlias = int | Sequence[int]
@@ -236,6 +236,20 @@ class ConvGeometry:
     pads: tuple[tuple[int, int], ...]
     out_size: tuple[int, ...]
     padding_mode: str = "zeros"
+
+    def __hash__(self) -> int:
+        # Geometries key the plan and fold caches of every call: hash the fields once.
+        try:
+            return self.__dict__["_hash"]  # type: ignore[no-any-return]
+        except KeyError:
+            value = hash((self.in_size, self.kernel, self.stride, self.dilation, self.pads,
+                          self.out_size, self.padding_mode))
+            object.__setattr__(self, "_hash", value)
+            return value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from the fields, so a cached hash never crosses processes
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
     @property
     def nd(self) -> int:

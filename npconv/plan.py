@@ -14,7 +14,7 @@ a map for this geometry raises ``ValueError`` saying what it needs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .geometry import ConvGeometry
@@ -96,6 +96,20 @@ class Problem:
     dtype: Any  # a numpy.dtype
     backend: str = "numpy"
     host_threads: bool = True
+
+    def __hash__(self) -> int:
+        # Problems key the plan cache of every call: hash the fields once.
+        try:
+            return self.__dict__["_hash"]  # type: ignore[no-any-return]
+        except KeyError:
+            value = hash((self.geometry, self.groups, self.batch, self.in_channels,
+                          self.out_channels, self.dtype, self.backend, self.host_threads))
+            object.__setattr__(self, "_hash", value)
+            return value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from the fields, so a cached hash never crosses processes
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
     @classmethod
     def of(cls, geometry: ConvGeometry, groups: int, x_shape: tuple[int, ...],

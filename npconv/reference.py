@@ -36,13 +36,17 @@ from .geometry import ConvGeometry
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def padding_matrix(xp: Any, n: int, pads: tuple[int, int], mode: str, dtype: Any) -> Any:
-    """P (n + lo + hi, n): ``xpad = P @ x`` along one axis, for any padding mode."""
+def padding_source(xp: Any, n: int, pads: tuple[int, int], mode: str) -> Any:
+    """The input index that each padded position copies along one axis (-1: a zero)."""
     lo, hi = pads
     if mode == "zeros":
-        source = xp.concatenate([xp.full(lo, -1), xp.arange(n), xp.full(hi, -1)])
-    else:  # the input index that each padded position copies
-        source = xp.pad(xp.arange(n), (lo, hi), mode=_NUMPY_PAD_MODE[mode])
+        return xp.concatenate([xp.full(lo, -1), xp.arange(n), xp.full(hi, -1)])
+    return xp.pad(xp.arange(n), (lo, hi), mode=_NUMPY_PAD_MODE[mode])
+
+
+def padding_matrix(xp: Any, n: int, pads: tuple[int, int], mode: str, dtype: Any) -> Any:
+    """P (n + lo + hi, n): ``xpad = P @ x`` along one axis, for any padding mode."""
+    source = padding_source(xp, n, pads, mode)
     return (source[:, None] == xp.arange(n)[None, :]).astype(dtype)
 
 

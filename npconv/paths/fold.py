@@ -173,15 +173,18 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     """
     zero_padded = geometry.zero_padded
     size = geometry.in_size if zero_padded else geometry.padded_size
-    lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
-    slabs = fold_slabs(geometry, size, lows)
-    xp = backend.get_array_module(out, grad_patches)
     lead = out.shape[: out.ndim - geometry.nd]
     image = max(1, math.prod(size) * out.dtype.itemsize)
     images = math.prod(lead)
-    if images * image * len(slabs) < SMALL_FOLD_BYTES:
-        scatter_add(out, grad_patches, geometry)
+    if images * image * geometry.kernel_volume < SMALL_FOLD_BYTES:
+        if backend.backend_of(out).host_threads and backend.scalar_kind(out.dtype) in "fc":
+            count_fold(out, grad_patches, geometry)
+        else:
+            scatter_add(out, grad_patches, geometry)
         return
+    lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
+    slabs = fold_slabs(geometry, size, lows)
+    xp = backend.get_array_module(out, grad_patches)
     limit = workspace.get_workspace_limit()
     # Slabs summed per pass: as many as FOLD_BLOCK_BYTES (and the workspace limit) hold
     # for one image, at least one. This fixes the order of the sums; the thread count
@@ -226,3 +229,49 @@ def scatter_add(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
         from ..patches import unpad_add
 
         unpad_add(out, target, geometry, accumulate=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _source_index(xp: Any, geometry: ConvGeometry, images: int) -> Any:
+    """Per element of ``images`` windows (images, *k, *out), flattened: the input pixel
+    it reads, ``images * (in_volume + 1)`` bins in all (the last bin of each image
+    collects the reads of zero padding). Padding of any mode is a gather, so every
+    window element reads exactly one input pixel or a zero."""
+    from ..reference import padding_source
+
+    nd, volume = geometry.nd, math.prod(geometry.in_size)
+    index, valid = xp.zeros((1,) * 2 * nd, dtype=int), None
+    for a, (n, pads, k, d, s, m) in enumerate(zip(
+            geometry.in_size, geometry.pads, geometry.kernel, geometry.dilation,
+            geometry.stride, geometry.out_size)):
+        source = padding_source(xp, n, pads, geometry.padding_mode)
+        reads = source[xp.arange(k)[:, None] * d + xp.arange(m)[None, :] * s]  # (k, m)
+        shape = [1] * (2 * nd)
+        shape[a], shape[nd + a] = k, m
+        reads = reads.reshape(shape)
+        index = index + reads * math.prod(geometry.in_size[a + 1:])
+        valid = reads >= 0 if valid is None else valid & (reads >= 0)
+    flat = xp.where(valid, index, volume).ravel()
+    return (flat[None, :] + (volume + 1) * xp.arange(images)[:, None]).ravel()
+
+
+def count_fold(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
+    """``out[...] = fold(grad_patches)`` for small real or complex folds on the host: one
+    ``bincount`` over the cached input index of every window element (sums in float64,
+    then cast), instead of a slice-add per kernel offset."""
+    xp = backend.get_array_module(out)
+    nd = geometry.nd
+    images, volume = math.prod(out.shape[: out.ndim - nd]), math.prod(geometry.in_size)
+    index = _source_index(xp, geometry, images)
+    size = images * (volume + 1)
+    flat = grad_patches.reshape(-1)
+
+    def sums(weights: Any) -> Any:
+        return xp.bincount(index, weights=weights, minlength=size).reshape(
+            images, volume + 1)[:, :volume]
+
+    if backend.scalar_kind(out.dtype) == "c":
+        total = sums(flat.real) + 1j * sums(flat.imag)
+    else:
+        total = sums(flat)
+    out[...] = total.reshape(out.shape)
