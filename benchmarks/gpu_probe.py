@@ -25,6 +25,7 @@ pytest's doctest collection must not import it on a CPU machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -381,9 +382,13 @@ SUITE = [  # benchmarks' old suite: name, N, C, H, O, k, s, p, groups
 ]
 
 
+TIMED_ALGORITHMS = ("auto", "im2col")  # im2col: the fewest launches, for the planner's data
+
+
 def timings(dev: Device) -> list[str]:
-    """npconv (host time, device time) vs torch+cuDNN (device time), float32, TF32 off;
-    matmul calls per call; pool memory that one call adds. Markdown rows."""
+    """npconv (host time, device time) per algorithm vs torch+cuDNN (device time), float32,
+    TF32 off; the paths auto took; matmul calls per call; pool memory that one call adds.
+    Markdown rows."""
     import cupy
 
     real, calls = cupy.matmul, [0]
@@ -392,16 +397,20 @@ def timings(dev: Device) -> list[str]:
         calls[0] += 1
         return real(*args, **kwargs)
 
-    rows = ["| case | op | npconv host ms | npconv GPU ms | torch GPU ms | ratio | matmuls "
-            "| pool MiB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| case | op | algorithm (paths) | npconv host ms | npconv GPU ms | torch GPU ms "
+            "| ratio | matmuls | pool MiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for case in SUITE:
-        for op, ours, theirs in _suite_ops(dev, case):
-            rows.append(_time_op(dev, case[0], op, ours, theirs, counting, calls))
-            print(rows[-1], flush=True)
+        for op, ours, theirs, paths in _suite_ops(dev, case):
+            torch_ms = _gpu_ms(theirs)
+            for algo in TIMED_ALGORITHMS:
+                label = f"{algo} ({paths[algo]})"
+                rows.append(_time_op(dev, case[0], op, label, ours[algo], torch_ms, counting,
+                                     calls))
+                print(rows[-1], flush=True)
     return rows
 
 
-def _suite_ops(dev: Device, case: tuple) -> list[tuple[str, Any, Any]]:
+def _suite_ops(dev: Device, case: tuple) -> list[tuple[str, dict, Any, dict]]:
     import npconv
 
     torch = dev.torch
@@ -410,23 +419,33 @@ def _suite_ops(dev: Device, case: tuple) -> list[tuple[str, Any, Any]]:
     b = dev.rand((o,), "float32", 3)
     gy = dev.rand(tuple(npconv.conv2d(x, w, b, s, p, 1, g).shape), "float32", 4)
     tx, tw, tb, tgy = (torch.from_dlpack(a) for a in (x, w, b, gy))
+    plans = {a: npconv.explain(x, w, s, p, 1, g, algorithm=a) for a in TIMED_ALGORITHMS}
+    fwd = {a: functools.partial(npconv.conv2d, x, w, b, s, p, 1, g, algorithm=a)
+           for a in TIMED_ALGORITHMS}
+    bwd = {a: functools.partial(npconv.conv2d_backward, gy, x, w, s, p, 1, g, algorithm=a)
+           for a in TIMED_ALGORITHMS}
     return [
-        ("forward", lambda: npconv.conv2d(x, w, b, s, p, 1, g),
-         lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p, 1, g)),
-        ("backward", lambda: npconv.conv2d_backward(gy, x, w, s, p, 1, g),
-         lambda: torch.ops.aten.convolution_backward(
-             tgy, tx, tw, [o], [s, s], [p, p], [1, 1], False, [0, 0], g, [True, True, True])),
+        ("forward", fwd, lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p, 1, g),
+         {a: plans[a].forward for a in TIMED_ALGORITHMS}),
+        ("backward", bwd, lambda: torch.ops.aten.convolution_backward(
+            tgy, tx, tw, [o], [s, s], [p, p], [1, 1], False, [0, 0], g, [True, True, True]),
+         {a: f"{plans[a].grad_input}/{plans[a].grad_weight}" for a in TIMED_ALGORITHMS}),
     ]
 
 
-def _time_op(dev: Device, name: str, op: str, ours: Any, theirs: Any, counting: Any,
-             calls: list[int]) -> str:
+def _gpu_ms(func: Any) -> float:
+    import cupyx.profiler
+
+    return float(cupyx.profiler.benchmark(func, n_repeat=10, n_warmup=3).gpu_times.mean()) * 1e3
+
+
+def _time_op(dev: Device, name: str, op: str, label: str, ours: Any, torch_ms: float,
+             counting: Any, calls: list[int]) -> str:
     import cupy
     import cupyx.profiler
 
     pool = cupy.get_default_memory_pool()
     a = cupyx.profiler.benchmark(ours, n_repeat=10, n_warmup=3)
-    t = cupyx.profiler.benchmark(theirs, n_repeat=10, n_warmup=3)
     real = cupy.matmul
     cupy.matmul, calls[0] = counting, 0
     try:
@@ -440,9 +459,8 @@ def _time_op(dev: Device, name: str, op: str, ours: Any, theirs: Any, counting: 
         cupy.matmul = real
     del result
     cpu, gpu = a.cpu_times.mean() * 1e3, a.gpu_times.mean() * 1e3
-    tg = t.gpu_times.mean() * 1e3
-    return (f"| {name} | {op} | {cpu:.2f} | {gpu:.2f} | {tg:.3f} | {gpu / tg:.2f} "
-            f"| {calls[0]} | {extra:.1f} |")
+    return (f"| {name} | {op} | {label} | {cpu:.2f} | {gpu:.2f} | {torch_ms:.3f} "
+            f"| {gpu / torch_ms:.2f} | {calls[0]} | {extra:.1f} |")
 
 
 # --------------------------------------------------------------------------- main
@@ -509,7 +527,8 @@ def summary(dev: Device, seconds: float, rows: list[str]) -> str:
              + (": " + ", ".join(RESULTS["FAIL"][:30]) if RESULTS["FAIL"] else ""),
              f"- refusals and information: {len(RESULTS['INFO'])}", ""]
     if rows:
-        lines += ["Old suite, float32, TF32 off, `cupyx.profiler.benchmark` (mean of 10):", "",
+        lines += ["Old suite, float32, TF32 off, `cupyx.profiler.benchmark` (mean of 10; "
+                  "GPU ms is the device time, host ms the time the call held the host):", "",
                   *rows, ""]
     return "\n".join(lines)
 

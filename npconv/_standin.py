@@ -41,6 +41,9 @@ _host: Any = None  # the host array module (numpy), set by bind()
 SYNCS = [0]
 #: matmul calls so far (``a @ b`` included).
 MATMULS = [0]
+#: Array operations so far (functions, ufuncs, operators, copies into slices): about
+#: one kernel launch each on a GPU, where a launch costs 5-20 us.
+LAUNCHES = [0]
 #: One entry per matmul call in which CuPy would copy: (reason, shapes, caller file:line).
 MATMUL_COPIES: list[tuple[str, tuple[tuple[int, ...], ...], str]] = []
 _sync_allowed = [True]
@@ -147,6 +150,7 @@ _SIZED_BY_DATA = frozenset({"nonzero", "argwhere", "flatnonzero", "unique", "ext
 
 
 def _call(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    LAUNCHES[0] += 1
     return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
 
@@ -242,6 +246,7 @@ class ndarray:  # noqa: N801 - named as cupy.ndarray
         return _wrap(self._a[_unwrap(key)])
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        LAUNCHES[0] += 1
         self._a[_unwrap(key)] = _unwrap(value)
 
     def __repr__(self) -> str:
@@ -257,6 +262,7 @@ class ndarray:  # noqa: N801 - named as cupy.ndarray
 
 def _binary(name: str) -> Callable[[ndarray, Any], Any]:
     def method(self: ndarray, other: Any) -> Any:
+        LAUNCHES[0] += 1
         result = getattr(self._a, name)(_unwrap(other))
         return NotImplemented if result is NotImplemented else _wrap(result)
     method.__name__ = name
@@ -265,6 +271,7 @@ def _binary(name: str) -> Callable[[ndarray, Any], Any]:
 
 def _inplace(name: str) -> Callable[[ndarray, Any], Any]:
     def method(self: ndarray, other: Any) -> Any:
+        LAUNCHES[0] += 1
         getattr(self._a, name)(_unwrap(other))  # in place on the host array
         return self
     method.__name__ = name
@@ -416,6 +423,7 @@ def matmul(a: ndarray, b: ndarray, out: ndarray | None = None, **kwargs: Any) ->
     """``a @ b`` on the host; records in :data:`MATMUL_COPIES` what CuPy would copy."""
     ha, hb, ho = _unwrap(a), _unwrap(b), _unwrap(out)
     MATMULS[0] += 1
+    LAUNCHES[0] += 1
     reasons = matmul_copies(ha, hb, ho)
     if reasons:
         import sys
