@@ -268,6 +268,7 @@ def patches(
 # Checked geometries of recent calls, keyed by everything the checks look at: a
 # repeated call skips them (they cost more than the view of a small input).
 _SETUPS: dict[tuple[Any, ...], tuple[bool, ConvGeometry]] = {}
+_FOLD_SETUPS: dict[tuple[Any, ...], ConvGeometry] = {}
 _SETUP_LIMIT = 4096
 
 
@@ -472,6 +473,31 @@ def col2im(
            [1, 2, 1]], dtype=int32)
     """
     cols = prepare_data("cols", cols)
+    key: tuple[Any, ...] | None = ("col2im", type(cols), getattr(cols, "shape", None),
+                                   getattr(cols, "dtype", None), output_size, kernel_size,
+                                   stride, padding, dilation, padding_mode)
+    try:
+        geometry = _FOLD_SETUPS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable argument (a list): no caching
+        geometry, key = None, None
+    if geometry is None:
+        geometry = _col2im_setup(cols, output_size, kernel_size, stride, padding, dilation,
+                                 padding_mode)
+        if key is not None and key[2] is not None:
+            if len(_FOLD_SETUPS) >= _SETUP_LIMIT:
+                _FOLD_SETUPS.clear()
+            _FOLD_SETUPS[key] = geometry
+    batched = cols if cols.ndim == 3 else cols[None]
+    n, rows, length = batched.shape
+    channels = rows // geometry.kernel_volume
+    out = _fold(batched.reshape((n, channels) + geometry.kernel + geometry.out_size), geometry,
+                "output_size")
+    return out if cols.ndim == 3 else out[0]
+
+
+def _col2im_setup(cols: Any, output_size: Any, kernel_size: Any, stride: Any, padding: Any,
+                  dilation: Any, padding_mode: Any) -> ConvGeometry:
+    """The checked geometry of ``col2im`` (errors name the argument at fault)."""
     nd = spatial_rank(kernel_size, spatial_rank(output_size, 2))
     size = as_tuple(output_size, nd, "output_size", minimum=1)
     check_ndim(cols, "cols", (2, 3), "(N, C*prod(kernel_size), L) or (C*prod(kernel_size), L)")
@@ -491,7 +517,4 @@ def col2im(
             f"dilation={geometry.dilation}, padding={geometry.pads}, stride={geometry.stride} "
             f"give {geometry.out_size} = {geometry.out_volume} sliding blocks"
         )
-    channels = rows // geometry.kernel_volume
-    out = _fold(batched.reshape((n, channels) + geometry.kernel + geometry.out_size), geometry,
-                "output_size")
-    return out if cols.ndim == 3 else out[0]
+    return geometry
