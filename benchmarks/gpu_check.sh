@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
-export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$OUT/cupy-kernel-cache}
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-${TMPDIR:-/tmp}/npconv-cupy-kernel-cache}
 if [ -n "${CUPY_TF32:-}" ] && [ "${CUPY_TF32}" != "0" ]; then
     echo "gpu_check: CUPY_TF32=$CUPY_TF32 makes float32 matmuls TF32; unset it" >&2
     exit 2
