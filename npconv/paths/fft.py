@@ -4,18 +4,18 @@ Layout: x (N, C, *in), weight (O, C/g, *k), gy (N, O, *out); g groups. Each
 map is three transforms and a per-frequency channel contraction, a batched
 matmul over the frequencies ``f`` (and the groups)::
 
-    forward      Y[f]  = X[f] (g, b, C/g*S) @ conj-ish W[f] (g, C/g*S, O/g)
+    forward      Y[f]  = X[f] (g, b, C/g*S) @ W[-f] (g, C/g*S, O/g)
     grad input   GX[f] = GY[f] (g, b, O/g) @ W[f] (g, O/g, C/g*S)
-    grad weight  GW[f] = sum over chunks of GY~[f]^T (g, O/g, b) @ X[f] (g, b, C/g*S)
+    grad weight  GW[f] = sum over chunks of GY[-f]^T (g, O/g, b) @ X[f] (g, b, C/g*S)
 
-where ``X``, ``GY`` and ``W`` are ``rfftn`` (``fftn`` for complex dtypes) of
-the input, of grad output and of the (dilated) kernel over the spatial axes,
-zero-extended to a 2,3,5-smooth size per axis (:func:`next_smooth`). The
-forward is a cross-correlation: it takes the *reflected* kernel spectrum
-``W~[f] = W[-f]`` (``conj(W[f])`` for real kernels), so no flipped copy of the
-kernel is made; grad weight likewise reflects the grad-output spectrum.
-Grad weight is summed in the frequency domain over the chunks and inverted
-once. Sums over the channels are in the contraction, so the three maps cost
+where ``X`` and ``GY`` are ``rfftn`` (``fftn`` for complex dtypes) of the
+input and of grad output over the spatial axes, zero-extended to a 2,3,5-smooth
+size per axis (:func:`next_smooth`), and ``W`` is the spectrum of the (dilated)
+kernel, a direct DFT of its few taps. The forward is a cross-correlation: it
+takes the *reflected* spectrum ``W[-f]`` (``conj(W[f])`` for real kernels),
+so no flipped copy of the kernel is made; grad weight likewise reflects the
+grad-output spectrum. Grad weight is summed in the frequency domain over the
+chunks and transformed back once, at the taps only. Sums over the channels are in the contraction, so the three maps cost
 O((C + O) L log L + C O L) per image for L transformed points, whatever the
 kernel size: this path wins for large kernels with few channels.
 
@@ -23,8 +23,8 @@ Why the circular products are exact. The transforms are circular, so every
 axis is sized to keep the wrap-around away from the values that are kept:
 with the zero padding ``lo`` moved into the kernel (tap ``j`` at ``j*d - lo``,
 negative positions wrapping to the end of the kernel buffer), the FFT size
-``L >= max(n - qmin, m + qmax, qmax - qmin + 1)`` (``n`` input, ``m`` output
-length, ``q`` the tap positions) makes each kept output read only true input
+``L >= max(ceil(n/s) - qmin, m + qmax, m, qmax - qmin + 1)`` (``n`` input,
+``m`` output length, ``q`` the taps' positions in their phase) makes each kept output read only true input
 values or zeros. No padded copy of the input is made for zero padding; other
 padding modes pad the chunk first (:func:`npconv.patches.pad`) and take their
 gradient back with :func:`npconv.patches.unpad_add`.
@@ -63,6 +63,9 @@ TARGET_CHUNK_BYTES = 64 * 2**20
 # Batches of at least this many images are cut into two or more chunks for the host
 # threads (each chunk keeping >= MIN_CHUNK_IMAGES // 2 images' rows per matmul).
 MIN_CHUNK_IMAGES = 4
+# The kernel's spectrum and grad weight's read-back, left products with K = taps or
+# frequencies, run as this many column blocks on the executor.
+LEFT_BLOCKS = 8
 
 
 def next_smooth(n: int) -> int:
@@ -124,6 +127,7 @@ class _Layout:
     work: Any  # real or complex dtype the transforms run in
     spectral: Any  # complex dtype of the spectra
     groups: int
+    host: bool  # host threads (NumPy); False on a device
 
     @property
     def nd(self) -> int:
@@ -162,7 +166,7 @@ def _layout(problem: Problem, xp: Any) -> _Layout:
         work = backend.numpy_dtype("float32")  # no half-precision transforms
     spectral = xp.result_type(work, xp.complex64)
     return _Layout(axes, padded, kind == "c", backend.numpy_dtype(work),
-                   backend.numpy_dtype(spectral), problem.groups)
+                   backend.numpy_dtype(spectral), problem.groups, problem.host_threads)
 
 
 # Both directions are 'ortho' (scaled by 1/sqrt(L) each), and the kernel's spectrum is
@@ -258,11 +262,27 @@ def _wave(lay: _Layout, axis: int, sign: int, xp: Any) -> Any:
     return (xp.cos(angle) + (1j * sign) * xp.sin(angle)).astype(lay.spectral)
 
 
-def _left(m: Any, t: Any, xp: Any) -> Any:
+def _left_block(_: Any, cols: slice, m: Any, a: Any, out: Any) -> None:
+    out[:, cols] = backend.get_array_module(a).matmul(m, a[:, cols])
+
+
+def _left(lay: _Layout, m: Any, t: Any, xp: Any) -> Any:
     """``m (P, K) @ t (K, ...)``: a left product keeps the frequencies leading, so the
-    spectra come out frequency-major with no transposed copy of their full size."""
-    out = xp.matmul(m, xp.ascontiguousarray(t).reshape(m.shape[1], -1).astype(m.dtype))
-    return out.reshape(m.shape[:1] + t.shape[1:])
+    spectra come out frequency-major with no transposed copy of their full size.
+
+    On the host the columns go to the executor in LEFT_BLOCKS blocks (fixed by the
+    shape): the BLAS then runs single-threaded inside npconv's threads (OpenBLAS' own
+    two threads tripled the CPU time of these K = k products on a busy machine)."""
+    a = xp.ascontiguousarray(t).reshape(m.shape[1], -1).astype(m.dtype, copy=False)
+    shape = m.shape[:1] + t.shape[1:]
+    if not lay.host or a.shape[1] < LEFT_BLOCKS:
+        return xp.matmul(m, a).reshape(shape)
+    out = xp.empty((m.shape[0], a.shape[1]), dtype=m.dtype)
+    step = -(-a.shape[1] // LEFT_BLOCKS)
+    blocks = [slice(i, i + step) for i in range(0, a.shape[1], step)]
+    executor.map_chunks(_left_block, blocks, m, a, out, arrays=(a,),
+                        per_worker_bytes=out.nbytes // len(blocks), work_bytes=out.nbytes)
+    return out.reshape(shape)
 
 
 def _phase_index(lay: _Layout, xp: Any) -> tuple[Any, ...]:
@@ -290,7 +310,7 @@ def _kernel_spectrum(lay: _Layout, weight: Any, sign: int, xp: Any) -> Any:
     rest = (0, 2) + tuple(range(3, 3 + nd)) + (1,) if sign > 0 else tuple(range(3 + nd))
     t = split.transpose(tuple(range(3 + nd, 3 + 2 * nd)) + rest)  # (*k, *rest)
     for axis in reversed(range(nd)):  # (.., k_a, rest) -> (F_a, .., rest)
-        t = _left(_wave(lay, axis, sign, xp), xp.moveaxis(t, nd - 1, 0), xp)
+        t = _left(lay, _wave(lay, axis, sign, xp), xp.moveaxis(t, nd - 1, 0), xp)
     fv, og = math.prod(lay.freqs), o // g
     return t.reshape((fv, g, -1, og) if sign > 0 else (fv, g, og, -1))
 
@@ -311,7 +331,7 @@ def _weight_from_spectrum(lay: _Layout, total: Any, weight_shape: tuple[int, ...
             if lay.sizes[axis] % 2 == 0:
                 count[-1] = 1.0
             back = back * count.astype(lay.work)
-        t = xp.moveaxis(_left(back, t, xp), 0, -1)
+        t = xp.moveaxis(_left(lay, back, t, xp), 0, -1)
     taps = t[_phase_index(lay, xp)]
     return taps if lay.complex else taps.real
 
