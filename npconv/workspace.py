@@ -76,12 +76,16 @@ def set_workspace_limit(nbytes: int) -> None:
 
 
 def chunk_length(
-    per_item_bytes: int, count: int, what: str = "one image", target: int | None = None
+    per_item_bytes: int, count: int, what: str = "one image", target: int | None = None,
+    positions: int = 0,
 ) -> int:
     """How many batch items to process at once (at least one, at most ``count``).
 
     Chunks aim at ``target`` bytes (default :data:`TARGET_CHUNK_BYTES`) and never
     exceed the workspace limit; an item that alone exceeds it raises ``MemoryError``.
+    With ``positions`` (output positions per item: the length of a chunk's matmul side
+    that grows with it) a chunk takes at least :data:`MIN_CHUNK_POSITIONS` of them
+    where the limit allows.
     """
     if per_item_bytes > _limit:
         raise MemoryError(
@@ -92,8 +96,24 @@ def chunk_length(
     fit = _limit // max(per_item_bytes, 1)
     if _device.get():
         target = device_target()  # one chunk up to the limit: nothing is forced to split
-    want = max(1, (TARGET_CHUNK_BYTES if target is None else target) // max(per_item_bytes, 1))
+    want = max(1, (TARGET_CHUNK_BYTES if target is None else target) // max(per_item_bytes, 1),
+               least_items(positions))
     return max(1, min(count, fit, want))
+
+
+# Chunks of images hold at least this many output positions (images x positions per
+# image): a chunk's matmuls contract over them (grad weight) or have them as a side
+# (forward, grad input), and cutting a small-image batch per image left GEMMs of
+# 9-36 positions on late ResNet layers. Single-threaded sgemm (256 x 2304 and 512 x
+# 4608 weights, this machine) ran at 30-50% of its peak at 9 positions, 60-80% at 36
+# and 85-90% from 72 to 1152; below 2x this many positions a call is one chunk, and
+# the BLAS threads its matmuls itself.
+MIN_CHUNK_POSITIONS = 128
+
+
+def least_items(positions: int) -> int:
+    """Items a chunk takes at least for :data:`MIN_CHUNK_POSITIONS` positions (0: none)."""
+    return -(-MIN_CHUNK_POSITIONS // positions) if positions > 0 else 1
 
 
 # On a device (a GPU: a backend without host threads) a chunk is a Python loop of kernel
@@ -127,28 +147,34 @@ SPLIT_CHUNKS = 4
 MIN_SPLIT_BYTES = 256 * 2**10
 
 
-def balanced(total: int, most: int) -> int:
+def balanced(total: int, most: int, least: int = 1) -> int:
     """A part size of at most ``most`` that cuts ``total`` into about equal parts, their
     count rounded up to an even number (a multiple of SPLIT_CHUNKS above it), so that 2
-    or 4 threads get equal shares; chunks never depend on the thread count itself.
-    Nothing to cut (``total`` <= 0) gives ``most`` (at least one)."""
+    or 4 threads get equal shares, unless that makes parts smaller than ``least``;
+    chunks never depend on the thread count itself. Nothing to cut (``total`` <= 0)
+    gives ``most`` (at least one)."""
     if total <= 0:
         return max(1, most)
     parts = -(-total // max(1, most))
     if parts > 1:
         step = SPLIT_CHUNKS if parts > SPLIT_CHUNKS else 2
-        parts = min(total, -(-parts // step) * step)
+        even = min(total, -(-parts // step) * step)
+        if -(-total // even) >= least:
+            parts = even
     return -(-total // parts)
 
 
 def row_chunks(per_row_bytes: int, rows: int, count: int, what: str = "one image",
-               target: int | None = None) -> tuple[int, int]:
+               target: int | None = None, positions: int = 0) -> tuple[int, int]:
     """(items, rows) per chunk of a batch of ``count`` items of ``rows`` rows each.
 
     Whole items while one fits the target (as :func:`chunk_length`), otherwise one
     item cut into blocks of rows: a large image is walked in parts that stay in
-    cache, and a batch of one still splits into several chunks. Raises
-    ``MemoryError`` when a single row exceeds the workspace limit.
+    cache, and a batch of one still splits into several chunks. With ``positions``
+    (output positions per row) a block of rows keeps at least
+    :data:`MIN_CHUNK_POSITIONS` where the limit allows (each image of a chunk has its
+    own matmul, so images are not merged for it). Raises ``MemoryError`` when a
+    single row exceeds the workspace limit.
     """
     goal = TARGET_CHUNK_BYTES if target is None else target
     per_item = per_row_bytes * rows
@@ -160,10 +186,12 @@ def row_chunks(per_row_bytes: int, rows: int, count: int, what: str = "one image
             return chunk_length(per_item, count, what), rows
         most = max(1, goal // max(per_row_bytes, 1))
         return 1, -(-rows // -(-rows // most))
-    goal = min(goal, max(MIN_SPLIT_BYTES, per_item * count // SPLIT_CHUNKS), _limit)
+    least = least_items(positions)  # rows holding MIN_CHUNK_POSITIONS
+    goal = min(goal, max(MIN_SPLIT_BYTES, per_item * count // SPLIT_CHUNKS,
+                         min(least, rows) * per_row_bytes), _limit)
     if per_item <= goal:
         return balanced(count, chunk_length(per_item, count, what, target=goal)), rows
-    return 1, balanced(rows, max(1, goal // max(per_row_bytes, 1)))
+    return 1, balanced(rows, max(1, goal // max(per_row_bytes, 1)), least)
 
 
 def workers_for(chunks: int, per_worker_bytes: int, threads: int) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import threadpoolctl
 
 import npconv
 from npconv import workspace
@@ -55,6 +56,9 @@ GEOMETRIES = [
     ((15, 12), (3, 2), (3, 2), (1, 2), (2, 1), "circular"),
     ((12, 13), (5, 5), 2, 2, 4, "replicate"),
     ((17,), (3,), 2, 3, 3, "zeros"),
+    ((11, 10), (4, 2), 1, (1, 3), "same", "zeros"),  # shared zeros, asymmetric padding
+    ((9, 8), (3, 3), 1, 1, 3, "zeros"),  # padding past the span: no shared zeros
+    ((16,), (5,), 1, 2, 8, "zeros"),
     ((6, 5, 7), (3, 3, 3), (2, 1, 2), 1, 1, "zeros"),
 ]
 
@@ -87,8 +91,10 @@ def test_depthwise_same_result_for_any_thread_count():
     x, w, b = _arrays(rng, 8, 96, 1, (14, 14), (3, 3), "float32")
     gy = rng.standard_normal((8, 96, 7, 7)).astype(np.float32)
     results = []
+    # bitwise equality holds with the BLAS on one thread (OpenBLAS's results depend on its
+    # own thread count, as in test_executor)
     for threads in (1, 2, 3):
-        with npconv.num_threads(threads):
+        with npconv.num_threads(threads), threadpoolctl.threadpool_limits(1):
             y = npconv.conv2d(x, w, b, stride=2, padding=1, groups=96, algorithm="depthwise")
             grads = npconv.conv2d_backward(gy, x, w, stride=2, padding=1, groups=96,
                                            algorithm="depthwise")
@@ -111,3 +117,46 @@ def test_balanced_parts_of_nothing():
     assert workspace.balanced(0, 0) == 1
     assert workspace.balanced(0, 5) == 5
     assert workspace.row_chunks(1024, 4, 0) == (1, 4)
+
+
+def test_chunks_keep_the_contraction_long_on_small_images():
+    """Batch chunks of small images hold at least MIN_CHUNK_POSITIONS output positions
+    where the workspace allows, and row blocks of one image at least that many."""
+    least = workspace.MIN_CHUNK_POSITIONS
+    per_image = (2304 + 256) * 36 * 4  # im2col backward of a 6x6 256-channel layer
+    assert workspace.chunk_length(per_image, 4, positions=36) == 4
+    assert workspace.chunk_length(per_image, 64, positions=36) * 36 >= least
+    big = 1536 * 2**10  # 1.5 MiB per 36-position image: bytes alone take one image
+    assert workspace.chunk_length(big, 64) == 1
+    assert workspace.chunk_length(big, 64, positions=36) * 36 >= least
+    images, rows = workspace.row_chunks(4 * 64 * 9 * 4, 64, 2, positions=4)
+    assert images == 1 and rows * 4 >= least
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "direct", "flipped", "phases"])
+@pytest.mark.parametrize("size, stride", [(6, 1), (3, 1), (12, 2)])
+def test_small_images_same_result_for_any_thread_count(algorithm, size, stride):
+    """Late-ResNet-like layers (few positions, many channels): equal to the reference and
+    bitwise equal for 1, 2 and 3 threads (chunks of at least MIN_CHUNK_POSITIONS)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 32, size, size)).astype(np.float32)
+    w = rng.standard_normal((48, 32, 3, 3)).astype(np.float32)
+    kw = dict(stride=stride, padding=1)
+    if (algorithm, stride) in (("phases", 1), ("flipped", 2)):
+        algorithm = "im2col"
+    y_ref = npconv.conv2d(x.astype(np.float64), w.astype(np.float64), **kw,
+                          algorithm="reference")
+    gy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    g_ref = npconv.conv2d_backward(gy.astype(np.float64), x.astype(np.float64),
+                                   w.astype(np.float64), **kw, algorithm="reference")
+    results = []
+    for threads in (1, 2, 3):  # the BLAS on one thread, as in test_executor
+        with npconv.num_threads(threads), threadpoolctl.threadpool_limits(1):
+            results.append((npconv.conv2d(x, w, **kw, algorithm=algorithm),)
+                           + tuple(npconv.conv2d_backward(gy, x, w, **kw, algorithm=algorithm)))
+    assert_close(results[0][0], y_ref, reduction=288)
+    for got, want in zip(results[0][1:], g_ref):
+        assert_close(got, want, reduction=288 * 6 * size * size)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)

@@ -71,7 +71,8 @@ class Phases:
     """The phase images of a geometry and where each kernel tap reads them.
 
     Residue r (a tuple, one per axis) holds ``x_pad[..., r_0::s_0, r_1::s_1, ...]``
-    in a grid of ``size`` (padded size / stride, rounded up) per image; tap k reads
+    in a grid of ``size`` (padded size / stride, rounded up; at stride 1 with zero
+    padding in + max(lo, hi): consecutive blocks share their zeros) per image; tap k reads
     phase ``tap_phase[k]`` at flat shift ``tap_shift[k]``, and output position o
     (flat in the grid) reads it at ``o + tap_shift[k]``. ``order`` lists the taps
     phase by phase (``bounds[r]`` its range for phase r).
@@ -81,7 +82,17 @@ class Phases:
         g = geometry
         self.geometry = g
         self.padded = g.padded_size
-        self.size = tuple(-(-p // s) for p, s in zip(self.padded, g.stride))
+        spans = [d * (k - 1) + 1 for k, d in zip(g.kernel, g.dilation)]
+        # Stride 1 with zero padding: each image (and row) shares its trailing zeros
+        # with the next one's leading zeros (a grid of in + max(lo, hi) per axis), fewer
+        # junk positions; a window running past a block reads the next block's leading
+        # zeros, and its valid outputs stay within the block while min(lo, hi) < span.
+        self.shared = (all(s == 1 for s in g.stride) and g.zero_padded
+                       and all(min(p) < sp for p, sp in zip(g.pads, spans)))
+        if self.shared:
+            self.size = tuple(n + max(p) for n, p in zip(g.in_size, g.pads))
+        else:
+            self.size = tuple(-(-p // s) for p, s in zip(self.padded, g.stride))
         self.volume = math.prod(self.size)
         self.residues = list(itertools.product(*(range(s) for s in g.stride)))
         pitch = [math.prod(self.size[a + 1:]) for a in range(g.nd)]

@@ -111,9 +111,11 @@ class Layout:
         return ext.reshape(b, o, self.volume)[:, :, : self.q]
 
 
-def chunk_of(per_image: int, n: int, target: int | None = TARGET_CHUNK_BYTES) -> int:
-    """Images per chunk (MemoryError when one image's buffers exceed the workspace)."""
-    return workspace.chunk_length(per_image, n, target=target)
+def chunk_of(per_image: int, n: int, target: int | None = TARGET_CHUNK_BYTES,
+             positions: int = 0) -> int:
+    """Images per chunk (MemoryError when one image's buffers exceed the workspace);
+    ``positions`` per image keep a chunk's contraction long (workspace.chunk_length)."""
+    return workspace.chunk_length(per_image, n, target=target, positions=positions)
 
 
 def flat_buffer(xp: Any, size: int | None, dtype: Any, zero: bool = True) -> Any:
@@ -433,7 +435,7 @@ def _grad_weight_columns(problem: Problem, xp: Any, gy: Any, x: Any,
     # whole padded rows (of the last axes) per output row, so (n, q) merge in the matmul
     rows = (geometry.out_size[0],) + lay.padded[1:]
     per_image = ((c * k_vol + o) * math.prod(rows) + c * lay.volume) * gy.dtype.itemsize
-    chunk = chunk_of(per_image, n, target=None)
+    chunk = chunk_of(per_image, n, target=None, positions=math.prod(rows))
     total = xp.zeros((g, c // g * k_vol, o // g), dtype=gy.dtype)  # gW transposed
     job = _Columns(xp, gy, x, lay, chunk, g, rows)
     executor.reduce_chunks(_columns_chunk, range(0, n, chunk), total, job,

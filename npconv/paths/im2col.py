@@ -148,7 +148,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     out0 = geometry.out_size[0]
     rest = geometry.out_volume // out0
     itemsize = x.dtype.itemsize
-    images, rows = workspace.row_chunks(depth * rest * itemsize, out0, n)
+    images, rows = workspace.row_chunks(depth * rest * itemsize, out0, n, positions=rest)
     items = row_blocks(n, images, rows, out0)
     per_worker = (depth * rows * rest + c * math.prod(geometry.padded_size)) * images * itemsize
     bias_col = None if bias is None or fused else bias.reshape(1, g, o // g, 1)
@@ -241,7 +241,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     gx = xp.empty((n, c) + geometry.in_size, dtype=dtype) if need_input else None
     w_t = weight.reshape(g, og, cg * k_vol).transpose(0, 2, 1)  # (g, C/g*K, O/g)
     per_image = (c * k_vol + o) * length * dtype.itemsize
-    chunk = workspace.chunk_length(per_image, n)
+    chunk = workspace.chunk_length(per_image, n, positions=length)
     per_worker = chunk * per_image + c * math.prod(geometry.padded_size) * dtype.itemsize
     part_shape = (g, og, cg * k_vol) if need_weight else None
     scratch = functools.partial(_backward_buffers, gy, x, geometry, chunk,

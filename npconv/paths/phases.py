@@ -300,7 +300,8 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
         w = xp.concatenate([w[0], bias.reshape(o, 1)], axis=1)[None]  # (1, O, C*K + 1)
     depth = c * geo.kernel_volume + fused
     out0, pitch = geo.out_size[0], Phases(geo, c, 1).pitch
-    images, rows = workspace.row_chunks(depth * pitch * x.dtype.itemsize, out0, n)
+    images, rows = workspace.row_chunks(depth * pitch * x.dtype.itemsize, out0, n,
+                                        positions=pitch)
     layout = Phases(geo, c, images)
     per_worker = (layout.size + (depth + o) * rows * pitch * images) * x.dtype.itemsize
     bias_col = None if bias is None or fused else bias.reshape(1, groups, o // groups, 1)
@@ -431,7 +432,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     k_vol, dtype = geo.kernel_volume, gy.dtype
     probe = Phases(geo, c, 1)
     per_image = ((c * k_vol + o) * probe.length + probe.size) * dtype.itemsize
-    chunk = workspace.chunk_length(per_image, n)
+    chunk = workspace.chunk_length(per_image, n, positions=probe.length)
     layout = Phases(geo, c, chunk)
     w_t = weight.reshape(groups, o // groups, c // groups * k_vol).transpose(0, 2, 1)
     gx = xp.empty((n, c) + geo.in_size, dtype=dtype) if need_input else None

@@ -40,7 +40,8 @@ def _chunks(problem: Problem, itemsize: int) -> tuple[list[RowBlock], int]:
     out0 = geometry.out_size[0]
     per_row = (problem.in_channels + problem.out_channels) * (geometry.out_volume // out0
                                                               ) * itemsize
-    images, rows = workspace.row_chunks(per_row, out0, n)
+    images, rows = workspace.row_chunks(per_row, out0, n,
+                                        positions=geometry.out_volume // out0)
     return row_blocks(n, images, rows, out0), n * out0 * per_row
 
 
