@@ -15,19 +15,21 @@ kernel, a direct DFT of its few taps. The forward is a cross-correlation: it
 takes the *reflected* spectrum ``W[-f]`` (``conj(W[f])`` for real kernels),
 so no flipped copy of the kernel is made; grad weight likewise reflects the
 grad-output spectrum. Grad weight is summed in the frequency domain over the
-chunks and transformed back once, at the taps only. Sums over the channels are in the contraction, so the three maps cost
-O((C + O) L log L + C O L) per image for L transformed points, whatever the
-kernel size: this path wins for large kernels with few channels.
+chunks and transformed back once, at the taps only. Sums over the channels are
+in the contraction, so the three maps cost O((C + O) L log L + C O L) per image
+for L transformed points, whatever the kernel size: this path wins for large
+kernels with few channels.
 
 Why the circular products are exact. The transforms are circular, so every
 axis is sized to keep the wrap-around away from the values that are kept:
 with the zero padding ``lo`` moved into the kernel (tap ``j`` at ``j*d - lo``,
 negative positions wrapping to the end of the kernel buffer), the FFT size
 ``L >= max(ceil(n/s) - qmin, m + qmax, m, qmax - qmin + 1)`` (``n`` input,
-``m`` output length, ``q`` the taps' positions in their phase) makes each kept output read only true input
-values or zeros. No padded copy of the input is made for zero padding; other
-padding modes pad the chunk first (:func:`npconv.patches.pad`) and take their
-gradient back with :func:`npconv.patches.unpad_add`.
+``m`` output length, ``q`` the taps' positions in their phase) makes each kept
+output read only true input values or zeros. No padded copy of the input is
+made for zero padding; other padding modes pad the chunk first
+(:func:`npconv.patches.pad`) and take their gradient back with
+:func:`npconv.patches.unpad_add`.
 
 Stride is polyphase, not subsample-afterwards: with stride ``s`` the input is
 split into ``s`` phase images per axis (``x[..., r::s]``) and the kernel
