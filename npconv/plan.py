@@ -59,7 +59,10 @@ PHASE_MAX_JUNK = 0.125
 # Below it no map won clearly: 5x5 lost the forward (0.74-0.88) and grad weight
 # (0.60-0.97) at C4-32; grad input won 1.3-1.4 against direct at 128^2 but 0.83-1.07 at
 # 64^2 or C32; 3-d 3^3 C8 0.58, 0.98, 0.75. 1-d never won clearly (k9-31, C16-64, 1024
-# and 4096 long: 0.31-0.78, grad input 1.15 at k31), so there is no 1-d rule.
+# and 4096 long: 0.31-0.78, grad input 1.15 at k31), so there is no 1-d rule. Wall
+# clock, 2 threads, default BLAS, 21 repeats on the shared machine (load 4): 7x7 C16
+# 128^2 N4 1.33 [1.11-1.57], 2.82 [2.40-3.28], 1.76 [1.68-1.82]; 7x7 C8 1.20, 2.80, 2.27;
+# 3-d 5^3 C8 N2 2.39, 9.6, 3.05; N1 7x7 C16 0.79, 6.7, 1.03 (hence the batch rule).
 FFT_MIN_KERNEL_VOLUME = 49
 # ... for the forward and grad weight also taps x min(C, O) >= this: few channels leave the
 # transforms of x and gy unamortised (7x7 C3 -> 16 and C3 -> 32: forward 0.74 and 0.55,
@@ -273,6 +276,24 @@ def _auto_grad_weight(p: Problem, forward: str, grad_input: str) -> tuple[str, s
     return "im2col", "window columns and one matmul per chunk"
 
 
+def _device_plan(p: Problem) -> Plan:
+    """On a GPU, until timings there say otherwise: the paths with the fewest kernel
+    launches. The CPU stand-in counted, per call, 14/39 array operations (forward /
+    backward) for im2col on the suite's shapes against 69/207 for Winograd, 22/380 for
+    the phase images and 645/1971 for the depthwise sums; each is about one launch
+    (5-20 us on a GPU), which the CPU paths' cache-sized pieces multiply."""
+    if p.pointwise:
+        why = "on a device: a 1x1 layer is one matmul on the input"
+        return Plan("pointwise", "pointwise", "pointwise", dict.fromkeys(MAPS, why))
+    why = "on a device: one column matmul per map, the fewest kernel launches"
+    grad_input = "flipped" if full_correlation(p.geometry) is not None else "im2col"
+    reasons = dict.fromkeys(MAPS, why)
+    if grad_input == "flipped":
+        reasons["grad_input"] = "on a device, stride 1: an im2col convolution of gy with the " \
+                                "flipped kernel (a gather, no scatter-add)"
+    return Plan("im2col", grad_input, "im2col", reasons)
+
+
 def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS) -> Plan:
     """The paths for ``problem``: 'auto' chooses, any other name is checked for ``maps``.
 
@@ -296,6 +317,8 @@ def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS
                                  f"it needs {need}")
         reason = "requested"
         return Plan(algorithm, algorithm, algorithm, dict.fromkeys(MAPS, reason))
+    if not problem.host_threads:
+        return _device_plan(problem)
     columns = (problem.batch * problem.in_channels * problem.geometry.kernel_volume
                * problem.geometry.out_volume * problem.dtype.itemsize)
     if columns < SMALL_CALL_BYTES:
