@@ -475,7 +475,8 @@ def conv_transpose_nd(nd: int | None, x: Any, weight: Any, bias: Any, stride: An
     # x plays the convolution's grad_output; weight (C_in, C_out/g, *k) is its weight
     y, _ = _backward(problem, x, None, weight, algorithm, need_weight=False)
     if bias is not None:
-        y += bias.reshape((1, c_out) + (1,) * geometry.nd)
+        with backend.device_of(y):
+            y += bias.reshape((1, c_out) + (1,) * geometry.nd)
     return y if batched else y[0]
 
 

@@ -401,6 +401,8 @@ def copy_into(dst: Any, src: Any) -> None:
     size = dst.size * dst.dtype.itemsize
     axis = next((i for i, n in enumerate(dst.shape) if n > 1), None)
     workers = 1 if axis is None or size < THREADED_COPY_BYTES else get_num_threads()
+    if workers > 1 and not backend.backend_of(dst).host_threads:
+        workers = 1  # a device copy is one kernel; parts would only add launches
     if workers <= 1 or getattr(_worker, "busy", False):
         dst[...] = src
         return

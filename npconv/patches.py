@@ -236,7 +236,9 @@ def patches(
 
     Returns
     -------
-    view : read-only array (N, C, *kernel_size, *out_size), or (C, *kernel_size, *out_size)
+    view : array (N, C, *kernel_size, *out_size), or (C, *kernel_size, *out_size)
+        Read-only on NumPy; CuPy arrays have no read-only flag, so there the view is
+        writable (writing through it would change several windows at once).
 
     See Also
     --------
