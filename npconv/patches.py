@@ -23,7 +23,7 @@ from .geometry import (
     check_extent,
     spatial_rank,
 )
-from .paths.fold import fold_into, fold_slabs
+from .paths.fold import fold_into, scatter_add
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -147,27 +147,6 @@ def window_view(padded: Any, geometry: ConvGeometry) -> Any:
 # --------------------------------------------------------------------------- integer folds
 
 
-def _scatter_add(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
-    """``out[...] = fold(grad_patches)`` by one strided slice-add per kernel offset.
-
-    The plain form of :func:`fold_into`, for integer dtypes: every sum stays in
-    ``out``'s dtype (wrapping around on overflow, as NumPy's integer adds do). Within
-    one kernel offset no two windows reach the same pixel, so each ``+=`` is exact.
-    """
-    zero_padded = geometry.zero_padded
-    size = geometry.in_size if zero_padded else geometry.padded_size
-    lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
-    xp = backend.get_array_module(out, grad_patches)
-    lead = out.shape[: out.ndim - geometry.nd]
-    target = out if zero_padded else xp.empty(lead + size, dtype=out.dtype)
-    target[...] = 0
-    for slab in fold_slabs(geometry, size, lows):
-        for to, source in slab:
-            target[to] += grad_patches[source]
-    if not zero_padded:
-        unpad_add(out, target, geometry, accumulate=False)
-
-
 def _fold(grad_patches: Any, geometry: ConvGeometry, name: str) -> Any:
     """A new (N, C, *in_size) array: the fold of (N, C, *kernel, *out) windows, in their dtype.
 
@@ -182,11 +161,11 @@ def _fold(grad_patches: Any, geometry: ConvGeometry, name: str) -> Any:
     kind = backend.scalar_kind(grad_patches.dtype)
     if kind == "b":
         counts = xp.empty(shape, dtype=backend.numpy_dtype("intp"))
-        _scatter_add(counts, grad_patches, geometry)
+        scatter_add(counts, grad_patches, geometry)
         return counts != 0
     out = xp.empty(shape, dtype=grad_patches.dtype)
     if kind in ("i", "u"):
-        _scatter_add(out, grad_patches, geometry)
+        scatter_add(out, grad_patches, geometry)
     else:
         fold_into(out, grad_patches, geometry)
     return out

@@ -212,8 +212,9 @@ def scatter_add(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
 
     The plain form of :func:`fold_into` (as :func:`npconv.reference.fold` writes
     it), used for small folds and for integer dtypes, whose sums then stay in
-    ``out``'s dtype. Within one kernel offset no two windows reach the same pixel,
-    so each ``+=`` is exact.
+    ``out``'s dtype (wrapping around on overflow, as NumPy's integer adds do).
+    Within one kernel offset no two windows reach the same pixel, so each ``+=``
+    is exact.
     """
     zero_padded = geometry.zero_padded
     size = geometry.in_size if zero_padded else geometry.padded_size
