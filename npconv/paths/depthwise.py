@@ -44,7 +44,7 @@ from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import pad, unpad_add
 from ..plan import Problem
-from ._common import empty_grads, take
+from ._common import empty_grads, matmul, take
 
 # Buffer bytes per chunk: the column buffer (K times the input chunk) and its
 # matmul stay in a core's cache. Measured on MobileNetV2's layers and S6
@@ -167,22 +167,22 @@ def phases(geometry: ConvGeometry) -> Phases:
     return Phases(geometry)
 
 
-def _chunks(lay: Phases, n: int, c: int, per_channel: int,
-            what: str) -> tuple[int, int, list[tuple[int, int, int, int]]]:
+def _chunks(lay: Phases, n: int, c: int, per_channel: int, what: str,
+            host: bool) -> tuple[int, int, list[tuple[int, int, int, int]]]:
     """(images, channels) per chunk and the chunks (start, stop, c0, c1).
 
     Rows are long first: enough images for MIN_ROW positions per channel (a matrix-
     vector product per channel and chunk costs a call), then as many channels as fit
-    TARGET_CHUNK_BYTES; both counts balanced as :func:`npconv.workspace.row_chunks`
-    balances. Bounds depend on the shapes and the workspace limit only.
+    TARGET_CHUNK_BYTES; on the host both counts are balanced for the threads as
+    :func:`npconv.workspace.row_chunks` balances (on a device a chunk runs up to the
+    workspace limit). Bounds depend on the shapes and the workspace limit only.
     """
-    limit = workspace.get_workspace_limit()
-    if per_channel > limit:
-        workspace.chunk_length(per_channel, 1, what)  # raises MemoryError
-    goal = min(TARGET_CHUNK_BYTES, limit)
-    images = min(n, -(-MIN_ROW // lay.volume), max(1, limit // per_channel))
-    images = workspace.balanced(n, images)
-    block = workspace.balanced(c, max(1, goal // (per_channel * images)))
+    images = workspace.chunk_length(per_channel, n, what,
+                                    target=-(-MIN_ROW // lay.volume) * per_channel)
+    block = workspace.chunk_length(per_channel * images, c, what, target=TARGET_CHUNK_BYTES)
+    if host:
+        images = workspace.balanced(n, images)
+        block = workspace.balanced(c, block)
     items = [(start, min(n, start + images), c0, min(c, c0 + block))
              for start in range(0, n, images) for c0 in range(0, c, block)]
     return images, block, items
@@ -256,7 +256,7 @@ def _forward_chunk(buf: _Buffers, item: tuple[int, int, int, int], job: _Forward
     cols = _columns(buf, lay, job.x, item, ones=job.w.shape[2] > len(lay.taps))
     acc = buf.get("acc", (cb, mult, b * lay.volume))
     # y[c] (mult, bV) = w[c] (mult, K [+ 1]) @ cols[c] (K [+ 1], bV): one product per channel
-    xp.matmul(job.w[c0:c1], cols, out=acc)
+    matmul(xp, job.w[c0:c1], cols, out=acc)
     grid = acc.reshape((cb, mult, b) + lay.size)[(Ellipsis,) + lay.valid]
     out = job.y[start:stop, c0 * mult: c1 * mult].reshape((b, cb, mult) + lay.geometry.out_size)
     out[...] = xp.moveaxis(grid, 2, 0)
@@ -291,7 +291,8 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     lay = phases(geometry)
     mult, k_vol, itemsize = o // c, len(lay.taps), x.dtype.itemsize
     per_channel = (lay.count + k_vol + mult) * lay.volume * itemsize
-    images, block, items = _chunks(lay, n, c, per_channel, "one channel of one image")
+    images, block, items = _chunks(lay, n, c, per_channel, "one channel of one image",
+                                   backend.backend_of(x).host_threads)
     sizes = _sizes(lay, images, block, mult, True, False, False)
     sizes["cols"] += block * images * lay.volume  # the row of ones
     w = weight.reshape(c, mult, k_vol)
@@ -352,8 +353,8 @@ def _grad_input(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int],
             gxph[:, r] = 0
             continue
         # gx_r[c] (1, bV) = w[c] (1, K_r*mult) @ gy shifted (K_r*mult, bV)
-        xp.matmul(job.w_in[c0:c1, :, k0 * mult: k1 * mult], flat[:, k0 * mult: k1 * mult],
-                  out=gxph[:, r: r + 1])
+        matmul(xp, job.w_in[c0:c1, :, k0 * mult: k1 * mult], flat[:, k0 * mult: k1 * mult],
+               out=gxph[:, r: r + 1])
     gx_pad = None
     if not lay.geometry.zero_padded:
         gx_pad = buf.get("gx_pad", (b, cb) + lay.padded)
@@ -374,7 +375,7 @@ def _backward_chunk(buf: _Buffers, item: tuple[int, int, int, int], acc: Any,
     cols = _columns(buf, lay, job.x, item)
     gy_rows = rows[:, :, lay.margin:]  # (cb, mult, bV)
     # gW[c] (K, mult) = cols[c] (K, bV) @ gy[c]^T (bV, mult): one product per channel
-    part = xp.matmul(cols, gy_rows.transpose(0, 2, 1))
+    part = matmul(xp, cols, gy_rows.transpose(0, 2, 1))
     if acc is None:
         acc = xp.zeros((job.w_in.shape[0], job.mult, len(lay.taps)), dtype=part.dtype)
     acc[c0:c1] += part.transpose(0, 2, 1)
@@ -403,7 +404,8 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     sizes_of = functools.partial(_sizes, lay, columns=need_weight, grad=True,
                                  grad_input=need_input, mult=mult)
     per_channel = sum(sizes_of(images=1, block=1).values()) * itemsize
-    images, block, items = _chunks(lay, n, c, per_channel, "one channel of one image")
+    images, block, items = _chunks(lay, n, c, per_channel, "one channel of one image",
+                                   backend.backend_of(gy).host_threads)
     sizes = sizes_of(images=images, block=block)
     w_in = weight.reshape(c, mult, k_vol)[:, :, lay.order].transpose(0, 2, 1)
     job = _Backward(xp, gy, x if need_weight else None,
