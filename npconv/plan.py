@@ -52,28 +52,28 @@ PHASE_MAX_JUNK = 0.125
 # FFT convolution (paths/fft.py) for stride-1, zero-padded, ungrouped 2-d and 3-d layers
 # in float32/float64 on NumPy whose kernels have at least this many taps. Measured
 # against the auto choice without fft (CPU time, one thread, 11 interleaved repeats,
-# median ratio auto/fft [IQR]; N4 unless said): 2-d 7x7 C16 128^2 forward 1.65 [1.61-1.67],
-# grad input 2.84 [2.80-2.86], grad weight 2.01 [1.98-2.07]; 7x7 C64 32^2 1.50, 1.44,
-# 1.60; 7x7 C8 128^2 1.49, 2.67, 1.99; 9x9 C16 64^2 2.52, 4.43, 3.28; 7x7 float64 1.71,
-# 3.06, 1.99; 3-d 5^3 C8 32^3 (N2) 2.74, 4.77, 3.62; 4^3 C16 24^3 1.33, 2.25, 1.64.
-# Below it no map won clearly: 5x5 lost the forward (0.74-0.88) and grad weight
-# (0.60-0.97) at C4-32; grad input won 1.3-1.4 against direct at 128^2 but 0.83-1.07 at
-# 64^2 or C32; 3-d 3^3 C8 0.58, 0.98, 0.75. 1-d never won clearly (k9-31, C16-64, 1024
-# and 4096 long: 0.31-0.78, grad input 1.15 at k31), so there is no 1-d rule. Wall
+# median ratio auto/fft [IQR] for forward, grad input, grad weight; N4 unless said):
+# 2-d 7x7 C16 128^2 1.38 [1.31-1.48], 2.50 [2.39-2.55], 1.57 [1.50-1.62]; 7x7 C8 128^2
+# 1.26, 2.61, 2.18; 9x9 C16 64^2 1.91, 3.63, 2.85; 7x7 C16 float64 1.45, 2.81, 2.23;
+# 11x11 C3 -> 16 1.28, 3.02, 1.91; 3-d 5^3 C8 32^3 (N2) 2.24, 4.46, 3.89; 4^3 C16 24^3
+# (N2) 1.11 [1.03-1.24], 2.22, 1.69. Below it no map won clearly: 5x5 C16 128^2 0.66,
+# 1.22, 0.79 (C4-32 likewise); 3-d 3^3 C8 0.55, 0.96, 0.83. 1-d never won clearly (k9-31,
+# C16-64, 1024 and 4096 long: 0.31-0.78, grad input 1.15 at k31): no 1-d rule. Wall
 # clock, 2 threads, default BLAS, 21 repeats on the shared machine (load 4): 7x7 C16
 # 128^2 N4 1.33 [1.11-1.57], 2.82 [2.40-3.28], 1.76 [1.68-1.82]; 7x7 C8 1.20, 2.80, 2.27;
 # 3-d 5^3 C8 N2 2.39, 9.6, 3.05; N1 7x7 C16 0.79, 6.7, 1.03 (hence the batch rule).
 FFT_MIN_KERNEL_VOLUME = 49
 # ... for the forward and grad weight also taps x min(C, O) >= this: few channels leave the
-# transforms of x and gy unamortised (7x7 C3 -> 16 and C3 -> 32: forward 0.74 and 0.55,
-# grad weight 0.62 and 0.50; 11x11 C3 -> 16 = 363 won 1.39 and 2.05; 7x7 C8 = 392 won),
-# and a batch of >= FFT_MIN_BATCH images (N1 7x7 C16: forward 1.01, grad weight 0.84),
-# while grad input won 1.27-2.5 down to C3 and N1.
+# transforms of x and gy unamortised (7x7 C3 -> 16: forward 0.55, grad weight 0.76;
+# 11x11 C3 -> 16 = 363 taps x channels won, see above; 7x7 C8 = 392 won), and a batch
+# of >= FFT_MIN_BATCH images (N1 7x7 C16: forward 0.79, CPU and wall), while grad input
+# won down to C3 (1.18) and N1 (1.77).
 FFT_MIN_TAP_CHANNELS = 360
 FFT_MIN_BATCH = 2
-# Measured up to 64 channels per side; beyond, the kernel spectrum (C O x transform size)
-# outgrows the workspace and nothing was measured.
-FFT_MAX_CHANNELS = 64
+# ... and at most this many channels per side: at C32 the per-frequency contraction
+# dominates and no map won clearly (7x7 C32 64^2 1.11, 1.14, 1.04; 128^2 N2 0.80, 0.83,
+# 1.05; C64 32^2 1.25, 1.23, 1.03).
+FFT_MAX_CHANNELS = 16
 
 
 # Stride-1 layers with at most this many output positions per image take im2col's
