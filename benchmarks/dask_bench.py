@@ -89,6 +89,12 @@ def overhead(size: int, chunks: list[int], repeat: int) -> None:
               f"{t['threads'] * 1e3:.0f} ms | {t['threads'] / t['mem']:.2f} |")
 
 
+def process_cpu_seconds() -> float:
+    """User + system CPU time of the calling (worker) process."""
+    times = os.times()
+    return times.user + times.system
+
+
 def scaling(size: int, chunk: int, workers: list[int], repeat: int) -> None:
     import dask.array as da
     import distributed
@@ -96,9 +102,10 @@ def scaling(size: int, chunk: int, workers: list[int], repeat: int) -> None:
     import npconv.dask
 
     print(f"\n## Throughput against process workers (lazy 1 x 3 x {size}^2 float32 image, "
-          f"{chunk}^2 chunks, 3 -> 8 5x5 reflect, mean of the output)\n")
-    print("| workers x threads | time | Mpixel/s | speed-up |")
-    print("|---|---|---|---|")
+          f"{chunk}^2 chunks, 3 -> 8 5x5 reflect, mean of the output; NPCONV_NUM_THREADS=1 "
+          f"and OPENBLAS_NUM_THREADS=1 in each worker)\n")
+    print("| workers x threads | time | workers' CPU time per run | Mpixel/s | speed-up |")
+    print("|---|---|---|---|---|")
     rng = np.random.default_rng(1)
     w, b = layer(rng, 3, 8, 5, np.float32)
     x = da.random.default_rng(0).random((1, 3, size, size), dtype=np.float32,
@@ -106,12 +113,17 @@ def scaling(size: int, chunk: int, workers: list[int], repeat: int) -> None:
     y = npconv.dask.conv2d(x, w, b, padding=2, padding_mode="reflect").mean(dtype=np.float64)
     base = None
     for n in workers:
+        # One npconv thread per worker, so that n workers use n cores.
         with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                      host="127.0.0.1", dashboard_address=None) as cluster, \
-                distributed.Client(cluster):
+                                      host="127.0.0.1", dashboard_address=None,
+                                      env={"NPCONV_NUM_THREADS": "1"}) as cluster, \
+                distributed.Client(cluster) as client:
+            y.compute()
+            before = sum(client.run(process_cpu_seconds).values())
             seconds = median_time(y.compute, repeat)
+            cpu = (sum(client.run(process_cpu_seconds).values()) - before) / (repeat + 1)
         base = base or seconds
-        print(f"| {n} x 1 | {seconds:.2f} s | {size * size / seconds / 1e6:.1f} | "
+        print(f"| {n} x 1 | {seconds:.2f} s | {cpu:.2f} s | {size * size / seconds / 1e6:.1f} | "
               f"{base / seconds:.2f} |")
 
 
@@ -149,18 +161,19 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per figure (median)")
+    p.add_argument("--parts", nargs="+", default=["overhead", "scaling", "dask-image"],
+                   choices=["overhead", "scaling", "dask-image"], help="which benchmarks")
     args = p.parse_args(argv)
     load = os.getloadavg()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"on {os.cpu_count()} cores")
-    if args.quick:
-        overhead(1024, [512, 1024], args.repeat)
-        scaling(1024, 512, [1, 2], args.repeat)
-        versus_dask_image(1024, 512, args.repeat)
-    else:
-        overhead(4096, [512, 1024, 2048], args.repeat)
-        scaling(4096, 1024, [1, 2], args.repeat)
-        versus_dask_image(4096, 1024, args.repeat)
+    size, chunks = (1024, [512, 1024]) if args.quick else (4096, [512, 1024, 2048])
+    if "overhead" in args.parts:
+        overhead(size, chunks, args.repeat)
+    if "scaling" in args.parts:
+        scaling(size, chunks[1], [1, 2], args.repeat)
+    if "dask-image" in args.parts:
+        versus_dask_image(size, chunks[1], args.repeat)
     load = os.getloadavg()
     print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

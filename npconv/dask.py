@@ -15,6 +15,11 @@ adjoint of the padding at the global border; the weight gradient is a tree sum
 of per-block partials. Results equal in-memory npconv up to summation order.
 The docs page "Beyond one machine" has the geometry rules, cluster set-ups
 (distributed, dask-jobqueue, Kubernetes, dask-cuda) and measured figures.
+
+On Dask's threaded scheduler hold the BLAS to one thread while computing
+(``threadpoolctl.threadpool_limits(1, "blas")``): a multi-threaded BLAS beside
+Dask's busy threads ran ~10x slower here. ``distributed``'s process workers
+already set OPENBLAS_NUM_THREADS=1.
 """
 
 from __future__ import annotations
@@ -73,8 +78,9 @@ def _check_in_memory(value: Any, name: str) -> None:
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(value).__name__}{hint}")
 
 
-def _check_arrays(nd: int | None, x: Any, weight: Any, bias: Any, groups: Any) -> tuple[int, int]:
-    """Validate ranks, channels, dtypes and backends; return (spatial rank, groups)."""
+def _setup(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+           dilation: Any, groups: Any, padding_mode: Any) -> tuple[ConvGeometry, int]:
+    """Validate ranks, channels, dtypes and backends; return (geometry, groups)."""
     _check_dask(x, "x")
     _check_in_memory(weight, "weight")
     _check_in_memory(bias, "bias")
@@ -101,7 +107,8 @@ def _check_arrays(nd: int | None, x: Any, weight: Any, bias: Any, groups: Any) -
     if len(set(named.values())) > 1 or backend.scalar_kind(x.dtype) not in ("f", "c"):
         listing = ", ".join(f"{k} is {v}" for k, v in named.items())
         raise TypeError(f"x, weight and bias must share one floating or complex dtype ({listing})")
-    return rank, g
+    return ConvGeometry.build(x.shape[2:], tuple(weight.shape[2:]), stride, padding, dilation,
+                              padding_mode, input_name="x", single=True), g
 
 
 # --------------------------------------------------------------------------- chunk plan
@@ -209,16 +216,6 @@ def _padded(x: Any, geometry: ConvGeometry, axes: tuple[_Axis, ...], rechunk: bo
                                  mode=_PAD_MODES[geometry.padding_mode])
         x = flat.reshape((n, c) + flat.shape[1:])
     return x.rechunk((x.chunks[0], (x.shape[1],)) + tuple(a.in_chunks for a in axes))
-
-
-def _setup(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any, padding: Any,
-           dilation: Any, groups: Any, padding_mode: Any) -> tuple[ConvGeometry, int]:
-    nd, g = _check_arrays(nd, x, weight, bias, groups)
-    geometry = ConvGeometry.build(
-        x.shape[2:], tuple(weight.shape[2:]), stride, padding, dilation, padding_mode,
-        input_name="x", single=True,
-    )
-    return geometry, g
 
 
 def _meta(like: Any, ndim: int, dtype: Any) -> Any:
@@ -499,6 +496,8 @@ def conv1d(x: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
            padding_mode: str = "zeros", *, rechunk: bool = True) -> da.Array:
     """1-d :func:`conv` of a Dask array (N, C, L).
 
+    Examples
+    --------
     >>> import numpy as np, pytest; da = pytest.importorskip("dask.array"); import npconv.dask
     >>> npconv.dask.conv1d(da.ones((2, 3, 100), chunks=(1, 3, 25)), np.ones((4, 3, 3)),
     ...                    padding="same").chunks
@@ -513,6 +512,8 @@ def conv2d(x: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
            padding_mode: str = "zeros", *, rechunk: bool = True) -> da.Array:
     """2-d :func:`conv` of a Dask array (N, C, H, W).
 
+    Examples
+    --------
     >>> import numpy as np, pytest; da = pytest.importorskip("dask.array"); import npconv.dask
     >>> npconv.dask.conv2d(da.ones((1, 3, 64, 64), chunks=(1, 3, 32, 32)), np.ones((8, 3, 3, 3)),
     ...                    stride=2, padding=1).chunks[2:]
@@ -527,6 +528,8 @@ def conv3d(x: da.Array, weight: Any, bias: Any = None, stride: IntOrTuple = 1,
            padding_mode: str = "zeros", *, rechunk: bool = True) -> da.Array:
     """3-d :func:`conv` of a Dask array (N, C, D, H, W).
 
+    Examples
+    --------
     >>> import numpy as np, pytest; da = pytest.importorskip("dask.array"); import npconv.dask
     >>> y = npconv.dask.conv3d(da.ones((1, 2, 20, 20, 20), chunks=(1, 2, 10, 10, 10)),
     ...                        np.ones((4, 2, 3, 3, 3)), padding=1, padding_mode="replicate")
@@ -543,6 +546,8 @@ def conv1d_backward(grad_output: da.Array, x: da.Array, weight: Any, stride: Int
                     split_every: int | None = None) -> tuple[da.Array, da.Array, da.Array]:
     """Gradients of :func:`conv1d`: ``(grad_input, grad_weight, grad_bias)``.
 
+    Examples
+    --------
     >>> import numpy as np, pytest; da = pytest.importorskip("dask.array"); import npconv.dask
     >>> x, gy = da.ones((2, 3, 40), chunks=(1, 3, 10)), da.ones((2, 4, 38), chunks=(1, 4, 10))
     >>> gx, gw, gb = npconv.dask.conv1d_backward(gy, x, np.ones((4, 3, 3)))
@@ -559,12 +564,14 @@ def conv2d_backward(grad_output: da.Array, x: da.Array, weight: Any, stride: Int
                     split_every: int | None = None) -> tuple[da.Array, da.Array, da.Array]:
     """Gradients of :func:`conv2d`: ``(grad_input, grad_weight, grad_bias)``.
 
+    Examples
+    --------
     >>> import numpy as np, pytest; da = pytest.importorskip("dask.array"); import npconv.dask
     >>> x = da.ones((2, 3, 32, 32), chunks=(1, 3, 16, 16))
     >>> gy = da.ones((2, 4, 16, 16), chunks=(1, 4, 8, 8))
     >>> grads = npconv.dask.conv2d_backward(gy, x, np.ones((4, 3, 3, 3)), stride=2, padding=1)
-    >>> [g.shape for g in grads]
-    [(2, 3, 32, 32), (4, 3, 3, 3), (4,)]
+    >>> tuple(g.shape for g in grads)
+    ((2, 3, 32, 32), (4, 3, 3, 3), (4,))
     """
     return conv_backward(grad_output, x, weight, stride, padding, dilation, groups,
                          padding_mode, rechunk=rechunk, split_every=split_every, _nd=2)
@@ -576,6 +583,8 @@ def conv3d_backward(grad_output: da.Array, x: da.Array, weight: Any, stride: Int
                     split_every: int | None = None) -> tuple[da.Array, da.Array, da.Array]:
     """Gradients of :func:`conv3d`: ``(grad_input, grad_weight, grad_bias)``.
 
+    Examples
+    --------
     >>> import numpy as np, pytest; da = pytest.importorskip("dask.array"); import npconv.dask
     >>> x = da.ones((1, 2, 12, 12, 12), chunks=(1, 2, 6, 6, 6))
     >>> gy = da.ones((1, 4, 12, 12, 12), chunks=(1, 4, 6, 6, 6))

@@ -252,10 +252,11 @@ def test_cupy_chunks_stay_on_the_gpu(cupy):
 def test_large_image_example_runs_small():
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "dask_large_image.py"), "--size", "512",
-         "--chunk", "256", "--workers", "2", "--memory-limit", "400MiB"],
+         "--chunk", "256", "--workers", "2", "--memory-limit", "400MiB", "--check"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "mean of the output" in result.stdout
+    assert "check against in-memory npconv.conv2d" in result.stdout  # --check exits 1 on a mismatch
     mean = float(result.stdout.split("mean of the output:")[1].split()[0])
     assert math.isfinite(mean)
