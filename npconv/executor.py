@@ -17,10 +17,13 @@ after another (measured on 2-core machines).
 
 Guarantees:
 
-* **Bitwise equal results for any thread count.** Every output element is
-  written by one chunk; sums over chunks (weight gradients) are taken per
-  *lane* (a run of consecutive chunks, their count fixed by the shapes) in
-  chunk order, and the lanes are added in lane order.
+* **Bitwise equal results for any thread count**, as long as the BLAS itself
+  runs single-threaded (npconv holds it there while its threads run; with one
+  npconv thread the BLAS keeps its own count, and OpenBLAS's threading can
+  change its roundings). Every output element is written by one chunk; sums
+  over chunks (weight gradients) are taken per *lane* (a run of consecutive
+  chunks, their count fixed by the shapes) in chunk order, and the lanes are
+  added in lane order.
 * **No worker writes after a call returns or raises.** On an exception in
   one chunk the other threads stop taking new chunks, and the caller waits
   for all of them before re-raising the first error.
