@@ -260,3 +260,14 @@ def test_large_image_example_runs_small():
     assert "check against in-memory npconv.conv2d" in result.stdout  # --check exits 1 on a mismatch
     mean = float(result.stdout.split("mean of the output:")[1].split()[0])
     assert math.isfinite(mean)
+
+
+def test_without_dask_the_error_names_the_extra():
+    code = ("import sys; sys.modules['dask'] = sys.modules['dask.array'] = None\n"
+            "import numpy as np, npconv, npconv.dask\n"
+            "try:\n    npconv.dask.conv(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)))\n"
+            "except ImportError as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'npconv[dask]'" in result.stdout
