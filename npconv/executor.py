@@ -114,6 +114,11 @@ def _reset_after_fork() -> None:
     _State.pool, _State.pool_size = None, 0
     _State.lock = threading.Lock()
     _State.region = threading.Lock()
+    _BlasHold.lock = threading.Lock()
+    _BlasHold.active = 0  # the child runs none of the parent's calls
+    if _BlasHold.limiter is not None:  # nor holds the BLAS for them
+        _BlasHold.limiter.restore_original_limits()
+    _BlasHold.holders, _BlasHold.limiter = 0, None
 
 
 if hasattr(os, "register_at_fork"):
@@ -198,13 +203,41 @@ def blas_limited() -> bool:
     return _Blas.get() is not None
 
 
+class _BlasHold:
+    """One process-wide hold of the BLAS at one thread, counted: threadpoolctl's limits
+    are process-wide and not thread-safe, so every holder shares one limiter, made by
+    the first and restored by the last (under one lock)."""
+
+    lock = threading.Lock()
+    holders = 0
+    limiter: Any = None
+    active = 0  # public calls running now, in any thread
+
+
+def _hold() -> None:
+    with _BlasHold.lock:
+        _BlasHold.holders += 1
+        if _BlasHold.holders == 1:
+            controller = _Blas.get()
+            _BlasHold.limiter = None if controller is None else controller.limit(limits=1)
+
+
+def _release() -> None:
+    with _BlasHold.lock:
+        _BlasHold.holders -= 1
+        if _BlasHold.holders == 0 and _BlasHold.limiter is not None:
+            _BlasHold.limiter.restore_original_limits()
+            _BlasHold.limiter = None
+
+
 class _Call:
-    """One public call: enters the region (and the BLAS limit) at most once, lazily."""
+    """One public call: holds the BLAS at one thread while it runs threads (entered at
+    most once, lazily) or while other threads' calls overlap it."""
 
     def __init__(self) -> None:
         self.entered = False
         self.refused = False
-        self.limit: Any = None
+        self.held = False
 
     def enter(self) -> bool:
         """True if this call may run threads (it then holds the region until it ends)."""
@@ -213,17 +246,22 @@ class _Call:
         if not _State.region.acquire(blocking=False):
             self.refused = True  # another thread's call runs threaded: stay serial
             return False
-        controller = _Blas.get()
-        self.limit = None if controller is None else controller.limit(limits=1)
+        self.hold()
         self.entered = True
         return True
 
+    def hold(self) -> None:
+        if not self.held:
+            _hold()
+            self.held = True
+
     def close(self) -> None:
-        if self.entered:
-            try:
-                if self.limit is not None:
-                    self.limit.restore_original_limits()
-            finally:
+        try:
+            if self.held:
+                _release()
+                self.held = False
+        finally:
+            if self.entered:
                 self.entered = False
                 _State.region.release()
 
@@ -234,16 +272,29 @@ _current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def call() -> Iterator[None]:
-    """Wrap one public call: threaded regions inside it share one BLAS limit."""
+    """Wrap one public call: threaded regions inside it share one BLAS limit.
+
+    Calls that overlap in time (user threads, Dask's threaded scheduler) hold the
+    BLAS at one thread while they overlap: OpenBLAS's one thread pool, driven from
+    several threads at once, ran matmuls about 10x slower here (measured under
+    Dask), while single-threaded BLAS calls from several threads run side by side.
+    """
     if _current.get() is not None:
         yield  # nested: the outer call owns the region
         return
     state = _Call()
     token = _current.set(state)
+    with _BlasHold.lock:
+        _BlasHold.active += 1
+        overlapping = _BlasHold.active > 1
+    if overlapping:
+        state.hold()
     try:
         yield
     finally:
         _current.reset(token)
+        with _BlasHold.lock:
+            _BlasHold.active -= 1
         state.close()
 
 

@@ -192,3 +192,35 @@ def test_bad_environment_values_fail_at_import(value):
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert "NPCONV_NUM_THREADS" in result.stderr
+
+
+def _blas_threads():
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas"]
+
+
+def test_overlapping_calls_hold_the_blas_at_one_thread(restore_threads):
+    """Two calls at once from two threads (e.g. Dask's threaded scheduler): the BLAS
+    runs single-threaded while they overlap and gets its own count back afterwards."""
+    if not _blas_threads():
+        pytest.skip("threadpoolctl finds no BLAS to limit")
+    inside, seen = threading.Event(), {}
+    release = threading.Event()
+
+    def first():
+        with executor.call():
+            inside.set()
+            release.wait(10)
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = _blas_threads()
+        thread = threading.Thread(target=first)
+        thread.start()
+        inside.wait(10)
+        with executor.call():
+            seen["overlapping"] = _blas_threads()
+        release.set()
+        thread.join()
+        after = _blas_threads()
+    assert set(before) == {2} and set(after) == {2}
+    assert set(seen["overlapping"]) == {1}
