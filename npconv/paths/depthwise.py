@@ -116,6 +116,17 @@ class Phases:
     def count(self) -> int:
         return len(self.residues)
 
+    def taps_view(self, rows: Any, length: int, back: bool = False) -> Any:
+        """(cb, m, *kernel, length): every tap's shifted row of ``rows`` (cb, m, row) in
+        one strided view (one phase only, i.e. stride 1): ``row[shift_k + q]``, or with
+        ``back`` ``row[margin - shift_k + q]``. One copy or product over it replaces K."""
+        g, item = self.geometry, rows.itemsize
+        pitch = [math.prod(self.size[a + 1:]) for a in range(g.nd)]
+        taps = tuple((-1 if back else 1) * d * p * item for d, p in zip(g.dilation, pitch))
+        base = rows[:, :, self.margin:] if back else rows
+        return backend.as_strided_view(base, rows.shape[:2] + g.kernel + (length,),
+                                       rows.strides[:2] + taps + (item,))
+
     def spans(self, r: int) -> list[tuple[slice, slice]]:
         """Per axis, (phase-grid slice, input slice) of the input pixels in phase r."""
         g, out = self.geometry, []
@@ -236,6 +247,11 @@ def _columns(buf: _Buffers, lay: Phases, x: Any, item: tuple[int, int, int, int]
     cols = buf.get("cols", shape)
     if ones and fresh:
         cols[:, -1] = 1
+    k_vol = len(lay.taps)
+    if lay.count == 1:  # all taps in one copy (fewer calls: the chunks share the GIL)
+        cols[:, :k_vol].reshape((cb,) + lay.geometry.kernel + (length,))[...] = \
+            lay.taps_view(xph, length)[:, 0]
+        return cols
     for k, (r, shift) in enumerate(zip(lay.tap_phase, lay.tap_shift)):
         cols[:, k] = xph[:, r, shift: shift + length]
     return cols
@@ -351,9 +367,14 @@ def _grad_input(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int],
     b, cb = stop - start, c1 - c0
     length, m0 = b * lay.volume, lay.margin
     cols = buf.get("colsT", (cb, len(lay.taps), mult, length))
-    for i, k in enumerate(lay.order):
-        shift = lay.tap_shift[k]
-        cols[:, i] = rows[:, :, m0 - shift: m0 - shift + length]
+    if lay.count == 1:  # one phase: taps in their natural order, one copy
+        nd = lay.geometry.nd
+        cols.reshape((cb,) + lay.geometry.kernel + (mult, length))[...] = xp.moveaxis(
+            lay.taps_view(rows, length, back=True), 1, 1 + nd)
+    else:
+        for i, k in enumerate(lay.order):
+            shift = lay.tap_shift[k]
+            cols[:, i] = rows[:, :, m0 - shift: m0 - shift + length]
     gxph = buf.get("gxph", (cb, lay.count, length))
     flat = cols.reshape(cb, len(lay.taps) * mult, length)
     for r, (k0, k1) in enumerate(lay.bounds):
@@ -374,27 +395,39 @@ def _input_chunk(buf: _Buffers, item: tuple[int, int, int, int], job: _Backward)
     _grad_input(buf, job, item, _gy_rows(buf, job, item))
 
 
-def _backward_chunk(buf: _Buffers, item: tuple[int, int, int, int], acc: Any,
-                    job: _Backward) -> Any:
-    """acc (C, mult, K) += gW of the chunk, and its gx when wanted."""
+def _grad_weight(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int],
+                 rows: Any, acc: Any) -> None:
+    """acc (C, mult, K) += gW of the chunk, from grad_output ``rows`` (cb, mult, m + bV)."""
     xp, lay = job.xp, job.lay
     start, stop, c0, c1 = item
-    rows = _gy_rows(buf, job, item)
     gy_rows = rows[:, :, lay.margin:]  # (cb, mult, bV)
-    if acc is None:
-        acc = xp.zeros((job.w_in.shape[0], job.mult, len(lay.taps)), dtype=gy_rows.dtype)
     vecdot = getattr(xp, "vecdot", None)
     if vecdot is None:  # gW[c] (K, mult) = cols[c] (K, bV) @ gy[c]^T (bV, mult)
         part = matmul(xp, _columns(buf, lay, job.x, item), gy_rows.transpose(0, 2, 1))
         acc[c0:c1] += part.transpose(0, 2, 1)
-    else:
-        # gW[c, t, k] = <gy[c, t], x_k[c]>, x_k read in place from the phase rows: one
-        # pass over them per tap, no columns (2x faster than columns and a matrix-vector
-        # product per channel, measured); vecdot conjugates its first argument
-        xph, length = _phase_rows(buf, lay, job.x, item), (stop - start) * lay.volume
-        left = xp.conj(gy_rows) if gy_rows.dtype.kind == "c" else gy_rows
-        for k, (r, shift) in enumerate(zip(lay.tap_phase, lay.tap_shift)):
-            acc[c0:c1, :, k] += vecdot(left, xph[:, r, None, shift: shift + length])
+        return
+    # gW[c, t, k] = <gy[c, t], x_k[c]>, x_k read in place from the phase rows: no
+    # columns (2x faster than columns and a matrix-vector product per channel,
+    # measured); vecdot conjugates its first argument
+    xph, length = _phase_rows(buf, lay, job.x, item), (stop - start) * lay.volume
+    left = xp.conj(gy_rows) if gy_rows.dtype.kind == "c" else gy_rows
+    if lay.count == 1:  # all taps in one call
+        nd, mult = lay.geometry.nd, job.mult
+        part = vecdot(left.reshape(left.shape[:2] + (1,) * nd + (length,)),
+                      lay.taps_view(xph, length))
+        acc[c0:c1] += part.reshape(c1 - c0, mult, len(lay.taps))
+        return
+    for k, (r, shift) in enumerate(zip(lay.tap_phase, lay.tap_shift)):
+        acc[c0:c1, :, k] += vecdot(left, xph[:, r, None, shift: shift + length])
+
+
+def _backward_chunk(buf: _Buffers, item: tuple[int, int, int, int], acc: Any,
+                    job: _Backward) -> Any:
+    """acc (C, mult, K) += gW of the chunk, and its gx when wanted."""
+    rows = _gy_rows(buf, job, item)
+    if acc is None:
+        acc = job.xp.zeros((job.w_in.shape[0], job.mult, len(job.lay.taps)), dtype=rows.dtype)
+    _grad_weight(buf, job, item, rows, acc)
     if job.gx is not None:
         _grad_input(buf, job, item, rows)
     return acc
