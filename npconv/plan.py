@@ -79,11 +79,13 @@ FFT_MAX_CHANNELS = 16
 # Stride-1 layers with at most this many output positions per image take im2col's
 # backward for both gradients (the images of a chunk merged into one contraction, the
 # columns built once for both) instead of flipped + direct, whose per-image matmuls have
-# only as many columns as an image has positions. Measured (1 thread, min of 5, A/B in
-# one process): N4 C512 3x3 0.78x, N4 C256 6x6 0.64x, N4/N8 C256 7x7 0.70/0.79x, N4
-# C128 12x12 0.97x, N4 C128/C256 14x14 0.94/0.99x, N8 C128 16x16 0.95x of auto's time;
-# N4 C64 24x24 1.09x and N2 C64 32x32 1.04x (lost).
-IM2COL_BACKWARD_MAX_POSITIONS = 256
+# only as many columns as an image has positions. Measured, im2col's time over flipped +
+# direct's: in one process with torch (1 thread, min of 5) N4 C512 3x3 0.78x, N4 C256
+# 6x6 0.64x, N4/N8 C256 7x7 0.70/0.79x, 12x12-16x16 0.94-0.99x, C64 24x24 1.09x; in
+# separate default processes (2 threads, median of 15, after other layers ran) N4 C512
+# 3x3 0.68-0.91x, 4x4 0.85-0.93x, N4 C256 6x6 0.87x, 7x7 1.04-1.16x (N4) and 0.89-0.92x
+# (N8). Larger images tie, so they keep the per-image paths.
+IM2COL_BACKWARD_MAX_POSITIONS = 49
 # Calls whose whole column matrix is below this many bytes take im2col for every map:
 # one matmul each, with none of the chunk machinery, which costs more than the
 # arithmetic there (a 1x1x8x8 3x3 call: ~150 us through the chunked paths, measured).

@@ -166,8 +166,9 @@ def test_auto_differentiates_small_images_through_im2col():
     """Stride-1 layers of few positions per image: both gradients by im2col's backward
     (images merged into one contraction); larger images keep flipped + direct."""
     w = np.zeros((256, 256, 3, 3), np.float32)
-    for size in (3, 6, 7, 14, 16):
+    for size in (3, 6, 7):
         plan = npconv.explain(np.zeros((4, 256, size, size), np.float32), w, padding=1)
         assert (plan.grad_input, plan.grad_weight) == ("im2col", "im2col"), size
-    plan = npconv.explain(np.zeros((4, 64, 24, 24), np.float32), w[:64, :64], padding=1)
-    assert (plan.grad_input, plan.grad_weight) == ("flipped", "direct")
+    for size in (14, 24):
+        plan = npconv.explain(np.zeros((4, 256, size, size), np.float32), w, padding=1)
+        assert (plan.grad_input, plan.grad_weight) == ("flipped", "direct"), size
