@@ -84,8 +84,11 @@ FFT_MAX_CHANNELS = 16
 # 6x6 0.64x, N4/N8 C256 7x7 0.70/0.79x, 12x12-16x16 0.94-0.99x, C64 24x24 1.09x; in
 # separate default processes (2 threads, median of 15, after other layers ran) N4 C512
 # 3x3 0.68-0.91x, 4x4 0.85-0.93x, N4 C256 6x6 0.87x, 7x7 1.04-1.16x (N4) and 0.89-0.92x
-# (N8). Larger images tie, so they keep the per-image paths.
-IM2COL_BACKWARD_MAX_POSITIONS = 49
+# (N8); in benchmarks/run.py's workers (separate processes, backward ratio to torch,
+# two runs) ResNet-18 layer4 N4 C512 3x3 2.02-2.17 against 2.81-2.86, but layer3 N4
+# C256 6x6 4.04-4.06 against 2.00-2.08 (its fresh weight-gradient buffers pay page
+# faults there). So only images of <= 16 positions (3x3, 4x4) take it.
+IM2COL_BACKWARD_MAX_POSITIONS = 16
 # Calls whose whole column matrix is below this many bytes take im2col for every map:
 # one matmul each, with none of the chunk machinery, which costs more than the
 # arithmetic there (a 1x1x8x8 3x3 call: ~150 us through the chunked paths, measured).

@@ -166,9 +166,9 @@ def test_auto_differentiates_small_images_through_im2col():
     """Stride-1 layers of few positions per image: both gradients by im2col's backward
     (images merged into one contraction); larger images keep flipped + direct."""
     w = np.zeros((256, 256, 3, 3), np.float32)
-    for size in (3, 6, 7):
+    for size in (3, 4):
         plan = npconv.explain(np.zeros((4, 256, size, size), np.float32), w, padding=1)
         assert (plan.grad_input, plan.grad_weight) == ("im2col", "im2col"), size
-    for size in (14, 24):
+    for size in (6, 14, 24):
         plan = npconv.explain(np.zeros((4, 256, size, size), np.float32), w, padding=1)
         assert (plan.grad_input, plan.grad_weight) == ("flipped", "direct"), size
