@@ -363,11 +363,24 @@ def _drive(queue: _Queue, work: Callable[[Any, int, Any], None],
            scratch: Callable[[], Any] | None, workers: int) -> None:
     """Run the queue on ``workers`` threads (the caller is one); wait for all, then raise."""
     state = _current.get()
-    if workers > 1 and (state is None or not state.enter()):
-        workers = 1
-    if workers <= 1:
-        _serve(queue, work, scratch, threaded=False)
-        return
+    own = _Call() if workers > 1 and state is None else None  # a call outside conv's API
+    region = own if own is not None else state
+    try:
+        if workers > 1 and (region is None or not region.enter()):
+            workers = 1
+        if workers <= 1:
+            _serve(queue, work, scratch, threaded=False)
+        else:
+            _run_threaded(queue, work, scratch, workers)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _run_threaded(queue: _Queue, work: Callable[[Any, int, Any], None],
+                  scratch: Callable[[], Any] | None, workers: int) -> None:
+    """The caller and ``workers - 1`` pool threads serve the queue; every worker has
+    stopped before this returns or raises."""
     pool = _pool(workers - 1)
     futures: list[Future[None]] = [pool.submit(_serve, queue, work, scratch)
                                    for _ in range(workers - 1)]
