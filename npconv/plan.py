@@ -299,7 +299,8 @@ def _device_plan(p: Problem) -> Plan:
     """On a GPU, until timings there say otherwise: the paths with the fewest kernel
     launches. The CPU stand-in counted, per call, 14/39 array operations (forward /
     backward) for im2col on the suite's shapes against 69/207 for Winograd, 22/380 for
-    the phase images and 645/1971 for the depthwise sums; each is about one launch
+    the phase images and 645/1971 for the depthwise sums (counted before the depthwise
+    rewrite, which copies all taps at once); each is about one launch
     (5-20 us on a GPU), which the CPU paths' cache-sized pieces multiply."""
     if p.pointwise:
         why = "on a device: a 1x1 layer is one matmul on the input"
