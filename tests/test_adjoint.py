@@ -155,3 +155,28 @@ def test_fold_patches_counts_overlaps_in_3d():
     per_axis = np.array([1, 2, 2, 1])
     expected = per_axis[:, None, None] * per_axis[None, :, None] * per_axis[None, None, :]
     np.testing.assert_array_equal(counts[0, 0], expected)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_transposed_convolution_with_a_padding_mode_is_the_adjoint(mode, stride, nd):
+    """<conv(x), v> = <x, conv_transpose(v)> with the same padding mode (torch refuses
+    these modes for transposed convolution), and conv_transpose is conv_backward's
+    grad input."""
+    rng = np.random.default_rng(10 * nd + stride)
+    size = (7, 6, 5)[:nd]
+    x = rng.standard_normal((2, 4) + size)
+    w = rng.standard_normal((6, 2) + (3,) * nd)  # groups=2
+    kw = dict(stride=stride, padding=1, groups=2, padding_mode=mode)
+    y = npconv.conv(x, w, **kw)
+    v = rng.standard_normal(y.shape)
+    # conv_transpose's weight is (C_in of the transpose, C_out / g, *k): w as given
+    xt = npconv.conv_transpose(v, w, stride=stride, padding=1, groups=2, padding_mode=mode,
+                               output_padding=tuple(
+                                   (n + 2 - 3) % stride for n in size))
+    assert xt.shape == x.shape
+    lhs, rhs = np.vdot(y, v), np.vdot(x, xt)
+    assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
+    gx, _, _ = npconv.conv_backward(v, x, w, **kw)
+    np.testing.assert_allclose(xt, gx, rtol=1e-12, atol=1e-12)
