@@ -26,7 +26,7 @@ from .geometry import (
 )
 from .geometry import _check_mode_padding as check_mode_padding
 from .paths import get_path
-from .plan import ALGORITHMS, MAPS, Plan, Problem
+from .plan import ALGORITHMS, MAPS, SMALL_CALL_BYTES, Plan, Problem
 from .plan import plan as _make_plan
 
 __all__ = ["conv", "conv_backward", "conv_transpose", "conv_transpose_backward", "explain"]
@@ -50,7 +50,17 @@ def _problem(geometry: ConvGeometry, groups: int, batch: int, c: int, o: int,
 def _running(problem: Problem, array: Any) -> contextlib.AbstractContextManager[None]:
     """One call's region: the executor's; on a device (no host threads) also on
     ``array``'s device (scratch is allocated there) and with device-sized chunks."""
-    return executor.call() if problem.host_threads else _on_device(array)
+    if not problem.host_threads:
+        return _on_device(array)
+    if _small(problem):
+        return contextlib.nullcontext()  # never threaded: skip the region's bookkeeping
+    return executor.call()
+
+
+def _small(problem: Problem) -> bool:
+    g = problem.geometry
+    columns = problem.batch * problem.in_channels * g.kernel_volume * g.out_volume
+    return columns * problem.dtype.itemsize < SMALL_CALL_BYTES
 
 
 @contextlib.contextmanager
@@ -95,6 +105,10 @@ def _forward(problem: Problem, x: Any, weight: Any, bias: Any, algorithm: str) -
             return get_path("im2col").forward(problem, x, weight, bias)
 
 
+_BACKWARD_MAPS = {(True, True): MAPS[1:], (True, False): MAPS[1:2], (False, True): MAPS[2:],
+                  (False, False): ()}
+
+
 def _backward(problem: Problem, gy: Any, x: Any, weight: Any, algorithm: str,
               need_input: bool = True, need_weight: bool = True) -> tuple[Any, Any]:
     """(grad_input, grad_weight) of y = conv(x, weight), inputs used as given."""
@@ -104,7 +118,7 @@ def _backward(problem: Problem, gy: Any, x: Any, weight: Any, algorithm: str,
         gx = xp.zeros((0, problem.in_channels) + g.in_size, dtype=gy.dtype)
         return (gx if need_input else None,
                 xp.zeros(weight.shape, dtype=gy.dtype) if need_weight else None)
-    maps = tuple(m for m, need in zip(MAPS[1:], (need_input, need_weight)) if need)
+    maps = _BACKWARD_MAPS[need_input, need_weight]
     plan = _tuned_plan(problem, algorithm, maps)
     if plan is None:  # autotuning, first call of this problem: time every path
         with _running(problem, gy):

@@ -9,6 +9,7 @@ flattened, as in ``torch.nn.functional.unfold``/``fold``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -129,9 +130,17 @@ def _unpad_axis(xp: Any, g: Any, axis: int, n: int, lo: int, hi: int, mode: str)
 
 def window_view(padded: Any, geometry: ConvGeometry) -> Any:
     """Read-only view (N, C, *kernel, *out) of an already padded (N, C, *padded) array."""
+    shape, strides = _view_layout(geometry, padded.shape, padded.strides)
+    return backend.as_strided_view(padded, shape, strides)
+
+
+@functools.lru_cache(maxsize=1024)
+def _view_layout(geometry: ConvGeometry, padded_shape: tuple[int, ...],
+                 padded_strides: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape and byte strides of the window view (cached: small calls repeat them)."""
     nd = geometry.nd
-    lead_shape, lead_strides = padded.shape[:-nd], padded.strides[:-nd]
-    axis_strides = padded.strides[-nd:]
+    lead_shape, lead_strides = padded_shape[:-nd], padded_strides[:-nd]
+    axis_strides = padded_strides[-nd:]
     shape = lead_shape + geometry.kernel + geometry.out_size
     strides = (
         lead_strides
@@ -141,7 +150,7 @@ def window_view(padded: Any, geometry: ConvGeometry) -> Any:
     # A step along an axis of length one is never taken; a huge stride or dilation
     # there (ConvGeometry bounds them for contiguous arrays only) must not overflow.
     strides = tuple(0 if n == 1 and abs(st) > INDEX_MAX else st for n, st in zip(shape, strides))
-    return backend.as_strided_view(padded, shape, strides)
+    return shape, strides
 
 
 # --------------------------------------------------------------------------- integer folds

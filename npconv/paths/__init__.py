@@ -40,10 +40,18 @@ _MODULES = {
 }
 
 
+_LOADED: dict[str, ModuleType] = {}
+
+
 def get_path(name: str) -> ModuleType:
     """The module of path ``name`` (imported on first use)."""
+    try:
+        return _LOADED[name]
+    except KeyError:
+        pass
     try:
         module = _MODULES[name]
     except KeyError:
         raise ValueError(f"unknown path {name!r}; known: {tuple(_MODULES)}") from None
-    return importlib.import_module(module)
+    _LOADED[name] = loaded = importlib.import_module(module)
+    return loaded
