@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pathlib
 import platform
 import shlex
 import statistics
@@ -69,6 +68,7 @@ import numpy as np
 import threadpoolctl
 import torch
 import torch.nn.functional as F
+from run import earlier_runs  # the same list of saved runs as the default report
 
 import npconv
 
@@ -484,17 +484,6 @@ def markdown(rows, checks, info, command, plot_link=None, earlier=(), title="Ben
         lines += [f"- [{title}]({link})" for link, title in earlier]
     lines.append("")
     return "\n".join(lines)
-
-
-def earlier_runs(output: str) -> list[tuple[str, str]]:
-    """(file name, first heading) of the saved ``benchmarks-*.md`` beside ``output``."""
-    here = pathlib.Path(output).resolve()
-    found = []
-    for path in sorted(here.parent.glob("benchmarks-*.md")):
-        if path != here:
-            first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-            found.append((path.name, first.lstrip("# ").strip() or path.stem))
-    return found
 
 
 def plot(rows, path) -> None:

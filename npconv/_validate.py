@@ -100,3 +100,35 @@ def check_layer_dtype(layer: Any, name: str, value: Any, dtype: Any) -> Any:
             f"weight's dtype): cast {what}, {name}.astype({str(dtype)!r}){rebuild}"
         )
     return array
+
+
+class CheckedCache:
+    """Results of argument checks, keyed by everything the checks look at (array types,
+    shapes, dtypes, the other arguments): a repeated call skips the checks and the shape
+    arithmetic, which cost far more than a small call's arithmetic. Bounded: it starts
+    over when full."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.items: dict[Any, Any] = {}
+        self.limit = limit
+
+    def get(self, key: Any) -> tuple[Any, Any]:
+        """(the cached value or None, the key, or None when it is unhashable)."""
+        try:
+            return self.items.get(key), key
+        except TypeError:  # an unhashable argument (a list): no caching
+            return None, None
+
+    def put(self, key: Any, value: Any) -> None:
+        if key is None:
+            return
+        if len(self.items) >= self.limit:
+            self.items.clear()
+        self.items[key] = value
+
+
+def array_key(a: Any) -> tuple[Any, ...] | None:
+    """What the checks look at of an array argument: its type, shape and dtype."""
+    if a is None:
+        return None
+    return (type(a), getattr(a, "shape", None), getattr(a, "dtype", None))

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import autotune, backend, executor, workspace
-from ._validate import check_groups, check_ndim, check_same_dtype, prepare
+from ._validate import (
+    CheckedCache,
+    array_key,
+    check_groups,
+    check_ndim,
+    check_same_dtype,
+    prepare,
+)
 from .geometry import (
     ConvGeometry,
     IntOrTuple,
@@ -26,7 +33,7 @@ from .geometry import (
 )
 from .geometry import _check_mode_padding as check_mode_padding
 from .paths import get_path
-from .plan import ALGORITHMS, MAPS, SMALL_CALL_BYTES, Plan, Problem
+from .plan import ALGORITHMS, MAPS, Plan, Problem
 from .plan import plan as _make_plan
 
 __all__ = ["conv", "conv_backward", "conv_transpose", "conv_transpose_backward", "explain"]
@@ -52,15 +59,9 @@ def _running(problem: Problem, array: Any) -> contextlib.AbstractContextManager[
     ``array``'s device (scratch is allocated there) and with device-sized chunks."""
     if not problem.host_threads:
         return _on_device(array)
-    if _small(problem):
+    if problem.small:
         return contextlib.nullcontext()  # never threaded: skip the region's bookkeeping
     return executor.call()
-
-
-def _small(problem: Problem) -> bool:
-    g = problem.geometry
-    columns = problem.batch * problem.in_channels * g.kernel_volume * g.out_volume
-    return columns * problem.dtype.itemsize < SMALL_CALL_BYTES
 
 
 @contextlib.contextmanager
@@ -269,17 +270,8 @@ def transpose_setup(nd: int | None, x: Any, weight: Any, bias: Any, stride: Any,
 
 # --------------------------------------------------------------------------- setup cache
 
-# Checked setups of recent calls, keyed by everything the checks look at (array types,
-# shapes and dtypes, and the geometry arguments): a repeated call skips the checks and
-# the shape arithmetic, which cost far more than a tiny convolution itself.
-_SETUPS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-_SETUP_LIMIT = 4096
-
-
-def _array_key(a: Any) -> tuple[Any, ...] | None:
-    if a is None:
-        return None
-    return (type(a), getattr(a, "shape", None), getattr(a, "dtype", None))
+# Checked setups of recent calls (see CheckedCache).
+_SETUPS = CheckedCache()
 
 
 def _setup(setup: Any, nd: int | None, x: Any, weight: Any, bias: Any,
@@ -287,21 +279,15 @@ def _setup(setup: Any, nd: int | None, x: Any, weight: Any, bias: Any,
     """``setup(nd, x, weight, bias, *params)`` plus the call's Problem, from the cache
     when an identical call (same array types, shapes, dtypes and arguments) ran before.
     Only calls whose arrays were used as given (no conversion) are cached."""
-    key: tuple[Any, ...] | None = (setup, nd, _array_key(x), _array_key(weight),
-                                   _array_key(bias), params)
-    try:
-        hit = _SETUPS.get(key)  # type: ignore[arg-type]
-    except TypeError:  # an unhashable argument (a list): no caching
-        hit, key = None, None
+    hit, key = _SETUPS.get((setup, nd, array_key(x), array_key(weight), array_key(bias),
+                            params))
     if hit is not None:
         geometry, g, batched, problem = hit
         return (x if batched else x[None]), weight, bias, geometry, g, batched, problem
     xb, w, b, geometry, g, batched, problem = setup(nd, x, weight, bias, *params)
     as_given = w is weight and b is bias and (xb is x if batched else xb.base is x)
     if key is not None and as_given and None not in (key[2][1], key[3][1]):
-        if len(_SETUPS) >= _SETUP_LIMIT:
-            _SETUPS.clear()
-        _SETUPS[key] = (geometry, g, batched, problem)
+        _SETUPS.put(key, (geometry, g, batched, problem))
     return xb, w, b, geometry, g, batched, problem
 
 

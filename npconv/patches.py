@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from . import backend, executor
-from ._validate import check_ndim, prepare_data
+from ._validate import CheckedCache, array_key, check_ndim, prepare_data
 from .geometry import (
     INDEX_MAX,
     ConvGeometry,
@@ -255,23 +255,15 @@ def patches(
     return view if batched else view[0]
 
 
-# Checked geometries of recent calls, keyed by everything the checks look at: a
-# repeated call skips them (they cost more than the view of a small input).
-_SETUPS: dict[tuple[Any, ...], tuple[bool, ConvGeometry]] = {}
-_FOLD_SETUPS: dict[tuple[Any, ...], ConvGeometry] = {}
-_SETUP_LIMIT = 4096
+# Checked geometries of recent calls (see CheckedCache).
+_SETUPS = CheckedCache()
 
 
 def _patch_setup(x: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
                  padding_mode: Any) -> tuple[Any, bool, ConvGeometry]:
     """(x with a batch axis, whether it had one, the checked geometry) of ``patches``."""
-    key: tuple[Any, ...] | None = (type(x), getattr(x, "shape", None),
-                                   getattr(x, "dtype", None), kernel_size, stride, padding,
-                                   dilation, padding_mode)
-    try:
-        hit = _SETUPS.get(key)  # type: ignore[arg-type]
-    except TypeError:  # an unhashable argument (a list): no caching
-        hit, key = None, None
+    hit, key = _SETUPS.get(("patches", array_key(x), kernel_size, stride, padding, dilation,
+                            padding_mode))
     if hit is not None:
         batched, geometry = hit
         return (x if batched else x[None]), batched, geometry
@@ -285,10 +277,8 @@ def _patch_setup(x: Any, kernel_size: Any, stride: Any, padding: Any, dilation: 
     if geometry.has_padding:
         check_extent(geometry.padded_size, "padding", padding,
                      lead=math.prod(batch.shape[:2]), itemsize=array.dtype.itemsize)
-    if key is not None and array is x and key[1] is not None:
-        if len(_SETUPS) >= _SETUP_LIMIT:
-            _SETUPS.clear()
-        _SETUPS[key] = (batched, geometry)
+    if key is not None and array is x and key[1][1] is not None:
+        _SETUPS.put(key, (batched, geometry))
     return batch, batched, geometry
 
 
@@ -463,20 +453,13 @@ def col2im(
            [1, 2, 1]], dtype=int32)
     """
     cols = prepare_data("cols", cols)
-    key: tuple[Any, ...] | None = ("col2im", type(cols), getattr(cols, "shape", None),
-                                   getattr(cols, "dtype", None), output_size, kernel_size,
-                                   stride, padding, dilation, padding_mode)
-    try:
-        geometry = _FOLD_SETUPS.get(key)  # type: ignore[arg-type]
-    except TypeError:  # an unhashable argument (a list): no caching
-        geometry, key = None, None
+    geometry, key = _SETUPS.get(("col2im", array_key(cols), output_size, kernel_size, stride,
+                                 padding, dilation, padding_mode))
     if geometry is None:
         geometry = _col2im_setup(cols, output_size, kernel_size, stride, padding, dilation,
                                  padding_mode)
-        if key is not None and key[2] is not None:
-            if len(_FOLD_SETUPS) >= _SETUP_LIMIT:
-                _FOLD_SETUPS.clear()
-            _FOLD_SETUPS[key] = geometry
+        if key is not None and key[1][1] is not None:
+            _SETUPS.put(key, geometry)
     batched = cols if cols.ndim == 3 else cols[None]
     n, rows, length = batched.shape
     channels = rows // geometry.kernel_volume

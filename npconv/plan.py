@@ -158,6 +158,18 @@ class Problem:
         return all(s == 1 for s in self.geometry.stride)
 
     @property
+    def column_bytes(self) -> int:
+        """Bytes of the whole call's im2col matrix (N, C*K, L)."""
+        g = self.geometry
+        return (self.batch * self.in_channels * g.kernel_volume * g.out_volume
+                * self.dtype.itemsize)
+
+    @property
+    def small(self) -> bool:
+        """A call under SMALL_CALL_BYTES of columns: never chunked or threaded."""
+        return self.column_bytes < SMALL_CALL_BYTES
+
+    @property
     def positions(self) -> int:
         return self.batch * self.geometry.out_volume
 
@@ -339,9 +351,7 @@ def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS
         return Plan(algorithm, algorithm, algorithm, dict.fromkeys(MAPS, reason))
     if not problem.host_threads:
         return _device_plan(problem)
-    columns = (problem.batch * problem.in_channels * problem.geometry.kernel_volume
-               * problem.geometry.out_volume * problem.dtype.itemsize)
-    if columns < SMALL_CALL_BYTES:
+    if problem.small:
         why = f"a small call (columns under {SMALL_CALL_BYTES // 2**10} KiB): one matmul"
         return Plan("im2col", "im2col", "im2col", dict.fromkeys(MAPS, why))
     forward, why_f = _auto_forward(problem)

@@ -28,7 +28,7 @@ from typing import Any
 from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, fold_into, pad, window_view
-from ..plan import SMALL_CALL_BYTES, Problem
+from ..plan import Problem
 from ._common import empty_grads, image_of, matmul, out_block, row_blocks, take
 
 RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
@@ -264,10 +264,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
 def _small(problem: Problem) -> bool:
     """A call whose whole column matrix is tiny: one chunk, and none of the chunk
     machinery (row blocks, scratch, executor), which cost more than the matmul."""
-    g = problem.geometry
-    columns = problem.batch * problem.in_channels * g.kernel_volume * g.out_volume
-    nbytes = columns * problem.dtype.itemsize
-    return nbytes < SMALL_CALL_BYTES and nbytes <= workspace.get_workspace_limit()
+    return problem.small and problem.column_bytes <= workspace.get_workspace_limit()
 
 
 def _forward_small(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
