@@ -538,10 +538,12 @@ def explain(x: Any, weight: Any, stride: IntOrTuple = 1, padding: Padding = 0,
     Examples
     --------
     >>> import numpy as np, npconv
-    >>> plan = npconv.explain(np.zeros((16, 64, 56, 56), np.float32),
-    ...                       np.zeros((64, 64, 3, 3), np.float32), padding=1)
+    >>> plan = npconv.explain(np.zeros((4, 16, 64, 64), np.float32),
+    ...                       np.zeros((16, 16, 11, 11), np.float32), padding=5)
     >>> plan.forward, plan.grad_input, plan.grad_weight
-    ('winograd', 'winograd', 'winograd')
+    ('fft', 'fft', 'fft')
+    >>> plan.reasons["forward"]  # doctest: +ELLIPSIS
+    'cost model, predicted: fft ... ms, ...'
     >>> npconv.explain(np.zeros((8, 64, 28, 28)), np.zeros((32, 64, 1, 1))).forward
     'pointwise'
     >>> print(npconv.explain(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 3, 3))))

@@ -264,6 +264,10 @@ class ConvGeometry:
         return math.prod(self.out_size)
 
     @property
+    def in_volume(self) -> int:
+        return math.prod(self.in_size)
+
+    @property
     def padded_size(self) -> tuple[int, ...]:
         return tuple(n + lo + hi for n, (lo, hi) in zip(self.in_size, self.pads))
 

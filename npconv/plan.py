@@ -6,9 +6,15 @@ grad input ``gx = conv^T(gy, W)`` and grad weight ``gW = gy (x) patches(x)``.
 them from the call's :class:`Problem`, and says why. This module holds every
 selection threshold of npconv; the paths themselves only compute.
 
-With ``algorithm='auto'`` the rules below apply; any other name of
-:data:`ALGORITHMS` is used for all three maps, and a path that cannot compute
-a map for this geometry raises ``ValueError`` saying what it needs.
+With ``algorithm='auto'`` the planner takes, per map, the path of least time
+predicted by :mod:`npconv.costmodel` (fitted on measured timings), among the
+paths that can compute it; calls under :data:`SMALL_CALL_BYTES` take im2col
+without asking, and arrays on a device take :func:`_device_plan`. The
+hand-set rules that chose before the model (:func:`rule_plan`, with every
+threshold and its measurement) remain as the baseline the model's fit is
+compared with. Any other name of :data:`ALGORITHMS` is used for all three
+maps, and a path that cannot compute a map for this geometry raises
+``ValueError`` saying what it needs.
 """
 
 from __future__ import annotations
@@ -307,6 +313,50 @@ def _auto_grad_weight(p: Problem, forward: str, grad_input: str) -> tuple[str, s
     return "im2col", "window columns and one matmul per chunk"
 
 
+_FAST = tuple(a for a in ALGORITHMS if a not in ("auto", "reference"))
+
+
+def _cheapest(p: Problem, op: str, needs: tuple[str, ...],
+              table: Any) -> list[tuple[float, str]]:
+    """(predicted seconds, path) of the paths that compute ``needs``, cheapest first."""
+    from . import costmodel
+    from .paths import get_path
+
+    found = []
+    for name in _FAST:
+        if any(get_path(name).requires(p, m) is not None for m in needs):
+            continue
+        seconds = costmodel.predict(p, op, name, table)
+        if seconds is not None:
+            found.append((seconds, name))
+    return sorted(found)
+
+
+def _why(ranked: list[tuple[float, str]]) -> str:
+    text = ", ".join(f"{n} {t * 1e3:.3g} ms" for t, n in ranked[:3])
+    return f"cost model, predicted: {text}"
+
+
+def model_plan(p: Problem, table: Any = None, maps: tuple[str, ...] = MAPS) -> Plan | None:
+    """The plan of least predicted time (:mod:`npconv.costmodel`, with ``table`` or the
+    fitted coefficients), or None if a map has no fitted path. Both gradients go to one
+    path when its fused backward is predicted cheaper than the best pair."""
+    ranked = {op: _cheapest(p, op, (op,), table) for op in MAPS}
+    if not all(ranked.values()):
+        return None
+    reasons = {op: _why(ranked[op]) for op in MAPS}
+    names = {op: ranked[op][0][1] for op in MAPS}
+    if "grad_input" in maps and "grad_weight" in maps:
+        fused = _cheapest(p, "backward", MAPS[1:], table)
+        split = ranked["grad_input"][0][0] + ranked["grad_weight"][0][0]
+        if fused and fused[0][0] <= split:
+            names["grad_input"] = names["grad_weight"] = fused[0][1]
+            reasons["grad_input"] = reasons["grad_weight"] = (
+                _why(fused).replace("predicted", "both gradients in one pass predicted")
+                + f" (best separate pair {split * 1e3:.3g} ms)")
+    return Plan(names["forward"], names["grad_input"], names["grad_weight"], reasons)
+
+
 def _device_plan(p: Problem) -> Plan:
     """On a GPU, until timings there say otherwise: the paths with the fewest kernel
     launches. The CPU stand-in counted, per call, 14/39 array operations (forward /
@@ -354,6 +404,12 @@ def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS
     if problem.small:
         why = f"a small call (columns under {SMALL_CALL_BYTES // 2**10} KiB): one matmul"
         return Plan("im2col", "im2col", "im2col", dict.fromkeys(MAPS, why))
+    return model_plan(problem, maps=maps) or rule_plan(problem)
+
+
+def rule_plan(problem: Problem) -> Plan:
+    """The hand-set rules that chose paths before the cost model (and still do for a
+    map with no fitted path): kept as the baseline ``benchmarks/costfit.py`` reports."""
     forward, why_f = _auto_forward(problem)
     grad_input, why_i = _auto_grad_input(problem, forward)
     grad_weight, why_w = _auto_grad_weight(problem, forward, grad_input)

@@ -19,7 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npconv
+from npconv.geometry import ConvGeometry
 from npconv.paths import get_path
+from npconv.plan import Problem, rule_plan
 from npconv.testing import PADDING_MODES, ConvConfig, assert_close, conv_configs, random_conv_arrays
 
 FAST = [name for name in npconv.ALGORITHMS if name != "reference"]
@@ -60,13 +62,18 @@ ACCEPTED = {
 
 
 def test_auto_takes_fft_for_large_kernels_and_says_why():
-    x, w = np.zeros((4, 16, 64, 64), np.float32), np.zeros((16, 16, 7, 7), np.float32)
-    plan = npconv.explain(x, w, padding=3)
+    x, w = np.zeros((4, 16, 64, 64), np.float32), np.zeros((16, 16, 11, 11), np.float32)
+    plan = npconv.explain(x, w, padding=5)  # the cost model: FFT's work ignores the kernel
     assert (plan.forward, plan.grad_input, plan.grad_weight) == ("fft",) * 3
-    assert "FFT" in plan.reasons["forward"] and "FFT" in plan.reasons["grad_input"]
-    few = npconv.explain(x[:, :3], w[:, :3], padding=3)  # 7x7 from 3 channels
+    assert plan.reasons["forward"].startswith("cost model, predicted: fft")
+    # the hand-set rules before the model took it from 7x7 on (kept as its baseline)
+    problem = Problem(ConvGeometry.build((64, 64), (7, 7), 1, 3), 1, 4, 16, 16,
+                      np.dtype("float32"))
+    rules = rule_plan(problem)
+    assert (rules.forward, rules.grad_input, rules.grad_weight) == ("fft",) * 3
+    assert "FFT" in rules.reasons["forward"] and "FFT" in rules.reasons["grad_input"]
+    few = rule_plan(dataclasses.replace(problem, in_channels=3))  # 7x7 from 3 channels
     assert (few.forward, few.grad_input) == ("im2col", "fft")
-    assert npconv.explain(x, w[..., :5, :5], padding=2).forward != "fft"  # 5x5
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "complex64"])
@@ -229,13 +236,15 @@ def test_algorithms_lists_auto_reference_and_every_path():
 def test_explain_names_a_path_and_a_reason_for_each_map():
     x = np.zeros((16, 64, 56, 56), np.float32)
     plan = npconv.explain(x, np.zeros((64, 64, 3, 3), np.float32), padding=1)
-    assert (plan.forward, plan.grad_input, plan.grad_weight) == ("winograd",) * 3
     text = str(plan)
-    assert all(m in text for m in ("forward", "grad_input", "grad_weight", "Winograd"))
+    assert all(m in text for m in ("forward", "grad_input", "grad_weight", "cost model"))
+    for op in ("forward", "grad_input", "grad_weight"):
+        assert getattr(plan, op) in npconv.ALGORITHMS[2:]
+        assert f"predicted: {getattr(plan, op)} " in plan.reasons[op]
     small = npconv.explain(np.zeros((1, 3, 8, 8)), np.zeros((4, 3, 3, 3)), stride=2)
     assert small.forward == "im2col" and small.reasons["forward"]
     depthwise = npconv.explain(np.zeros((2, 8, 16, 16)), np.zeros((8, 1, 3, 3)), groups=8)
-    assert depthwise.forward == depthwise.grad_input == "depthwise"
+    assert depthwise.reasons["forward"].startswith("cost model, predicted: ")
 
 
 @pytest.mark.parametrize("name", ["im2col", "winograd", "direct", "phases", "flipped", "fft"])

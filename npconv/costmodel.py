@@ -1,0 +1,74 @@
+"""The cost model behind ``algorithm='auto'``: predicted seconds of each path, per map.
+
+For a convolution with batch n, C input and O output channels in g groups, K
+kernel taps, L output and I input positions per image, and itemsize b, the
+time of one path on one map is modelled as a non-negative sum
+
+    t = c0 + c1 n g + (b / 4) (c2 F + c3 n C K L + c4 n O L + c5 n C I + c6 O (C/g) K)
+
+where F = 2 n O (C/g) K L is the flop count: a per-call overhead, a per-image
+(and group) overhead, arithmetic, and the elements the path moves through its
+columns, output, input and weight. FFT convolution has features of its own
+(:data:`FFT_FEATURES`): its transforms and per-frequency products in place of
+the flops and columns. The coefficients differ per path and map
+and are fitted on timings of the benchmark's network zoo plus randomly drawn
+layers by ``benchmarks/costfit.py``, which holds a quarter of the layers out of
+the fit and reports how well the model predicts them (``docs/costmodel.md``).
+They live in :mod:`npconv._cost_table`, with the machine they were measured on;
+on another machine absolute times differ but the ranking mostly holds, and
+``npconv.set_autotune(True)`` measures instead of predicting.
+
+Maps are ``forward``, ``grad_input``, ``grad_weight`` and ``backward``: both
+gradients in one call of one path, which shares work between them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._cost_table import COEFFICIENTS
+
+MAPS = ("forward", "grad_input", "grad_weight", "backward")
+
+FEATURES = ("call", "image", "flops", "columns", "output", "input", "weight")
+# FFT convolution's work does not grow with the kernel: it transforms the n C input and
+# n O output planes and the O C/g kernels over the padded frame of V positions (V log V
+# each), and contracts channels per frequency (n O C/g V).
+FFT_FEATURES = ("call", "image", "transforms", "kernel transforms", "spectral products",
+                "output", "input")
+
+
+def feature_names(path: str) -> tuple[str, ...]:
+    return FFT_FEATURES if path == "fft" else FEATURES
+
+
+def features(problem: Any, path: str = "im2col") -> tuple[float, ...]:
+    """The model's features of a :class:`~npconv.plan.Problem` for ``path`` (the same
+    for every map of a path)."""
+    g = problem.geometry
+    n, c, o, groups = problem.batch, problem.in_channels, problem.out_channels, problem.groups
+    taps, out, inp = g.kernel_volume, g.out_volume, g.in_volume
+    scale = problem.dtype.itemsize / 4
+    cg = c // groups
+    if path == "fft":
+        frame = math.prod(g.padded_size)
+        log = math.log2(max(frame, 2))
+        return (1.0, float(n * groups), scale * n * (c + o) * frame * log,
+                scale * o * cg * frame * log, scale * n * o * cg * frame,
+                scale * n * o * out, scale * n * c * inp)
+    return (1.0, float(n * groups), scale * 2.0 * n * o * cg * taps * out,
+            scale * n * c * taps * out, scale * n * o * out, scale * n * c * inp,
+            scale * o * cg * taps)
+
+
+Table = dict[str, dict[str, tuple[float, ...]]]
+
+
+def predict(problem: Any, op: str, path: str, table: Table | None = None) -> float | None:
+    """Predicted seconds of ``path`` on map ``op`` (from ``table``, by default the
+    fitted one), or None if that path was not fitted on that map."""
+    coef = (COEFFICIENTS if table is None else table).get(path, {}).get(op)
+    if coef is None:
+        return None
+    return sum(a * b for a, b in zip(coef, features(problem, path)))
