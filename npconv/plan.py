@@ -19,6 +19,7 @@ maps, and a path that cannot compute a map for this geometry raises
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -163,14 +164,14 @@ class Problem:
     def stride_one(self) -> bool:
         return all(s == 1 for s in self.geometry.stride)
 
-    @property
+    @functools.cached_property
     def column_bytes(self) -> int:
         """Bytes of the whole call's im2col matrix (N, C*K, L)."""
         g = self.geometry
         return (self.batch * self.in_channels * g.kernel_volume * g.out_volume
                 * self.dtype.itemsize)
 
-    @property
+    @functools.cached_property
     def small(self) -> bool:
         """A call under SMALL_CALL_BYTES of columns: never chunked or threaded."""
         return self.column_bytes < SMALL_CALL_BYTES

@@ -30,6 +30,7 @@ from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, fold_into, pad, window_view
 from ..plan import Problem
 from ._common import empty_grads, image_of, matmul, out_block, row_blocks, take
+from .fold import count_fold
 
 RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
 
@@ -293,12 +294,16 @@ def _backward_small(problem: Problem, gy: Any, x: Any, weight: Any, need_input: 
     if need_weight:
         cols = window_view(pad(x, geometry), geometry).reshape(n, g, depth, length)
         # sum over N of (g, O/g, L) @ (g, L, C/g*K) -> (g, O/g, C/g*K)
-        gw = matmul(xp, gy4, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
+        gw = matmul(xp, gy4, cols.transpose(0, 1, 3, 2))
+        gw = (gw[0] if n == 1 else gw.sum(axis=0)).reshape(weight.shape)
     if need_input:
         # (g, C/g*K, O/g) @ (N, g, O/g, L) -> (N, g, C/g*K, L): the column gradient, folded
         w_t = weight.reshape(g, o // g, depth).transpose(0, 2, 1)
         cols_grad = matmul(xp, w_t, gy4).reshape(
             (n, problem.in_channels) + geometry.kernel + geometry.out_size)
         gx = xp.empty((n, problem.in_channels) + geometry.in_size, dtype=gy.dtype)
-        fold_into(gx, cols_grad, geometry)
+        if backend.on_host(xp) and backend.scalar_kind(gy.dtype) in "fc":
+            count_fold(gx, cols_grad, geometry)  # the fold of every small call
+        else:
+            fold_into(gx, cols_grad, geometry)
     return gx, gw
