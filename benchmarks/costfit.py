@@ -348,8 +348,8 @@ def write_table(path: str, table: dict, meta: dict) -> None:
         '"""Fitted coefficients of :mod:`npconv.costmodel`: generated, do not edit.\n\n'
         f"Written by ``python benchmarks/costfit.py fit`` from timings taken {meta['date']}\n"
         f"on {meta['machine']} ({meta['cpus']} CPUs, {meta['threads']} threads, BLAS kernel "
-        f"{_blas(meta)}).\nPer path and map: seconds per unit of "
-        f"{', '.join(costmodel.FEATURES)}\n(fft: {', '.join(costmodel.FFT_FEATURES)}).\n"
+        f"{_blas(meta)}).\nPer path and map: seconds per unit of each feature of\n"
+        f"npconv.costmodel.FEATURES (fft: FFT_FEATURES).\n"
         f'"""\n\nCOEFFICIENTS: dict[str, dict[str, tuple[float, ...]]] = {body}\n')
 
 

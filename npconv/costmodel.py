@@ -4,19 +4,23 @@ For a convolution with batch n, C input and O output channels in g groups, K
 kernel taps, L output and I input positions per image, and itemsize b, the
 time of one path on one map is modelled as a non-negative sum
 
-    t = c0 + c1 n g + (b / 4) (c2 F + c3 n C K L + c4 n O L + c5 n C I + c6 O (C/g) K)
+    t = c0 + c1 n g + (b / 4) (c2 F + c3 n C K L + c4 n O L + c5 n C I + c6 O (C/g) K
+                               + c7 n O K L) + c8 n g K
 
 where F = 2 n O (C/g) K L is the flop count: a per-call overhead, a per-image
 (and group) overhead, arithmetic, and the elements the path moves through its
-columns, output, input and weight. FFT convolution has features of its own
-(:data:`FFT_FEATURES`): its transforms and per-frequency products in place of
-the flops and columns. The coefficients differ per path and map
-and are fitted on timings of the benchmark's network zoo plus randomly drawn
-layers by ``benchmarks/costfit.py``, which holds a quarter of the layers out of
-the fit and reports how well the model predicts them (``docs/costmodel.md``).
-They live in :mod:`npconv._cost_table`, with the machine they were measured on;
-on another machine absolute times differ but the ranking mostly holds, and
-``npconv.set_autotune(True)`` measures instead of predicting.
+columns, output, input and weight; the last two terms are those of paths that
+work tap by tap (a pass over the output per kernel tap, a call per tap and
+image), or gather columns of grad_output (the flipped grad input). FFT
+convolution has features of its own (:data:`FFT_FEATURES`): its transforms and
+per-frequency products in place of the flops and columns. The coefficients
+differ per path and map and are fitted on timings of the benchmark's network
+zoo plus randomly drawn layers by ``benchmarks/costfit.py``, which holds a
+quarter of the layers out of the fit and reports how well the model predicts
+them (``docs/costmodel.md``). They live in :mod:`npconv._cost_table`, with the
+machine they were measured on; on another machine absolute times differ but the
+ranking mostly holds, and ``npconv.set_autotune(True)`` measures instead of
+predicting.
 
 Maps are ``forward``, ``grad_input``, ``grad_weight`` and ``backward``: both
 gradients in one call of one path, which shares work between them.
@@ -31,7 +35,8 @@ from ._cost_table import COEFFICIENTS
 
 MAPS = ("forward", "grad_input", "grad_weight", "backward")
 
-FEATURES = ("call", "image", "flops", "columns", "output", "input", "weight")
+FEATURES = ("call", "image", "flops", "columns", "output", "input", "weight", "output taps",
+            "tap calls")
 # FFT convolution's work does not grow with the kernel: it transforms the n C input and
 # n O output planes and the O C/g kernels over the padded frame of V positions (V log V
 # each), and contracts channels per frequency (n O C/g V).
@@ -59,7 +64,7 @@ def features(problem: Any, path: str = "im2col") -> tuple[float, ...]:
                 scale * n * o * out, scale * n * c * inp)
     return (1.0, float(n * groups), scale * 2.0 * n * o * cg * taps * out,
             scale * n * c * taps * out, scale * n * o * out, scale * n * c * inp,
-            scale * o * cg * taps)
+            scale * o * cg * taps, scale * n * o * taps * out, float(n * groups * taps))
 
 
 Table = dict[str, dict[str, tuple[float, ...]]]
