@@ -65,10 +65,12 @@ class NumpyBackend(Backend):
         return isinstance(array, numpy.ndarray)
 
     def as_strided(self, x: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
-        if x.flags.c_contiguous:
+        if x.flags.c_contiguous and min(strides, default=0) >= 0:
             # The ndarray constructor over x's buffer makes the same view in ~0.5 us;
             # as_strided's array-interface round trip took ~10 us (measured), which
-            # dominated small calls. NumPy checks that the view stays inside x.
+            # dominated small calls. NumPy checks that the view stays inside x's
+            # buffer from its first element on, so views that step backwards (negative
+            # strides into memory before x[0]) take as_strided.
             view = numpy.ndarray(shape, x.dtype, x, 0, strides)
             view.flags.writeable = False
             return view

@@ -114,6 +114,18 @@ def test_depthwise_one_channel_of_one_image_must_fit(restore_limit):
         npconv.conv2d(x, w, padding=1, groups=2, algorithm="depthwise")
 
 
+@pytest.mark.parametrize("kernel, padding, dilation", [(11, 5, 1), (11, 0, 2), (3, 1, 1)])
+def test_depthwise_backward_in_chunks_of_one_channel(kernel, padding, dilation, restore_limit):
+    """Chunks of one channel of one image make grad_output's rows one contiguous row;
+    the grad input's backward-stepping view of them raised ValueError there (found by
+    the cost model's random layers: 11x11 depthwise kernels on 64x64 and 128x128)."""
+    rng = np.random.default_rng(7)
+    x, w, b = _arrays(rng, 2, 3, 1, (40, 40), (kernel, kernel), "float64")
+    # about one channel of one image per chunk (its K + 3 rows of ~2500 float64 fit)
+    npconv.set_workspace_limit(int((kernel * kernel + 3) * 2600 * 8 * 1.2))
+    _check_depthwise(x, w, b, dict(padding=padding, dilation=dilation), kernel * kernel)
+
+
 def test_balanced_parts_of_nothing():
     """Nothing to cut is one part of any size (was a ZeroDivisionError)."""
     assert workspace.balanced(0, 0) == 1
