@@ -5,13 +5,14 @@ kernel taps, L output and I input positions per image, and itemsize b, the
 time of one path on one map is modelled as a non-negative sum
 
     t = c0 + c1 n g + (b / 4) (c2 F + c3 n C K L + c4 n O L + c5 n C I + c6 O (C/g) K
-                               + c7 n O K L) + c8 n g K
+                               + c7 n O K L + c9 n C K L [stride > 1]) + c8 n g K
 
 where F = 2 n O (C/g) K L is the flop count: a per-call overhead, a per-image
 (and group) overhead, arithmetic, and the elements the path moves through its
 columns, output, input and weight; the last two terms are those of paths that
 work tap by tap (a pass over the output per kernel tap, a call per tap and
-image), or gather columns of grad_output (the flipped grad input). FFT
+image), or gather columns of grad_output (the flipped grad input), and the
+columns again for strided layers, whose windows no path reads as long rows. FFT
 convolution has features of its own (:data:`FFT_FEATURES`): its transforms and
 per-frequency products in place of the flops and columns. The coefficients
 differ per path and map and are fitted on timings of the benchmark's network
@@ -36,7 +37,7 @@ from ._cost_table import COEFFICIENTS
 MAPS = ("forward", "grad_input", "grad_weight", "backward")
 
 FEATURES = ("call", "image", "flops", "columns", "output", "input", "weight", "output taps",
-            "tap calls")
+            "tap calls", "strided columns")
 # FFT convolution's work does not grow with the kernel: it transforms the n C input and
 # n O output planes and the O C/g kernels over the padded frame of V positions (V log V
 # each), and contracts channels per frequency (n O C/g V).
@@ -64,7 +65,8 @@ def features(problem: Any, path: str = "im2col") -> tuple[float, ...]:
                 scale * n * o * out, scale * n * c * inp)
     return (1.0, float(n * groups), scale * 2.0 * n * o * cg * taps * out,
             scale * n * c * taps * out, scale * n * o * out, scale * n * c * inp,
-            scale * o * cg * taps, scale * n * o * taps * out, float(n * groups * taps))
+            scale * o * cg * taps, scale * n * o * taps * out, float(n * groups * taps),
+            scale * n * c * taps * out * (max(g.stride) > 1))
 
 
 Table = dict[str, dict[str, tuple[float, ...]]]

@@ -36,7 +36,9 @@ def _costfit():
 
 def test_features_count_flops_and_elements():
     p = _problem()
-    call, image, flops, columns, output, inp, weight, out_taps, calls = costmodel.features(p)
+    call, image, flops, columns, output, inp, weight, out_taps, calls, strided = (
+        costmodel.features(p))
+    assert strided == 0 and costmodel.features(_problem(stride=2))[-1] > 0
     assert (call, image, calls) == (1.0, 4.0, 4.0 * 9)
     assert out_taps == 4 * 32 * 9 * 24 * 24
     assert flops == 2 * 4 * 32 * 16 * 9 * 24 * 24
@@ -44,13 +46,13 @@ def test_features_count_flops_and_elements():
     assert inp == 4 * 16 * 24 * 24 and weight == 32 * 16 * 9
     double = costmodel.features(_problem(dtype="float64"))
     assert double[2:] == tuple(2 * v for v in (flops, columns, output, inp, weight,
-                                                out_taps)) + (calls,)
+                                                out_taps)) + (calls, 0.0)
     assert costmodel.features(_problem(n=8))[2] == 2 * flops
 
 
 def test_predict_is_the_fitted_sum_and_none_when_not_fitted():
     p = _problem()
-    table = {"im2col": {"forward": (1e-4, 0, 1e-11, 0, 0, 0, 0, 0, 0)}}
+    table = {"im2col": {"forward": (1e-4, 0, 1e-11, 0, 0, 0, 0, 0, 0, 0)}}
     assert costmodel.predict(p, "forward", "im2col", table) == pytest.approx(
         1e-4 + 1e-11 * costmodel.features(p)[2])
     assert costmodel.predict(p, "backward", "im2col", table) is None
@@ -60,7 +62,7 @@ def test_predict_is_the_fitted_sum_and_none_when_not_fitted():
 
 
 def _flat(**per_path: float) -> dict:
-    return {name: {op: (t,) + (0,) * 8 for op in costmodel.MAPS}
+    return {name: {op: (t,) + (0,) * 9 for op in costmodel.MAPS}
             for name, t in per_path.items()}
 
 
@@ -71,18 +73,18 @@ def test_model_plan_takes_the_cheapest_path_that_can_compute_each_map():
     assert "winograd 0.5 ms" in chosen.reasons["forward"]
     strided = _problem(stride=2)  # winograd needs stride 1: the next cheapest
     assert model_plan(strided, _flat(im2col=2e-3, direct=1e-3, winograd=5e-4)).forward == "direct"
-    assert model_plan(p, {"direct": {"forward": (1e-3,) + (0,) * 8}}) is None
+    assert model_plan(p, {"direct": {"forward": (1e-3,) + (0,) * 9}}) is None
 
 
 def test_model_plan_fuses_the_gradients_only_when_predicted_cheaper():
     p = _problem()
     table = _flat(im2col=2e-3, direct=3e-3)
-    table["direct"]["grad_input"] = (1e-3,) + (0,) * 8
-    table["im2col"]["grad_weight"] = (1e-3,) + (0,) * 8
-    table["im2col"]["backward"] = (2.5e-3,) + (0,) * 8
+    table["direct"]["grad_input"] = (1e-3,) + (0,) * 9
+    table["im2col"]["grad_weight"] = (1e-3,) + (0,) * 9
+    table["im2col"]["backward"] = (2.5e-3,) + (0,) * 9
     split = model_plan(p, table)  # best pair 2 ms < fused 3 ms (direct) or 2.5 ms (im2col)
     assert (split.grad_input, split.grad_weight) == ("direct", "im2col")
-    table["im2col"]["backward"] = (1.5e-3,) + (0,) * 8
+    table["im2col"]["backward"] = (1.5e-3,) + (0,) * 9
     fused = model_plan(p, table)
     assert (fused.grad_input, fused.grad_weight) == ("im2col", "im2col")
     assert "both gradients in one pass" in fused.reasons["grad_input"]
@@ -121,7 +123,7 @@ def test_the_fit_recovers_known_coefficients():
     relative error), and the report's held-out figures come out exact."""
     pytest.importorskip("scipy")
     costfit = _costfit()
-    truth = (2e-5, 1e-6, 1e-11, 3e-10, 0.0, 2e-10, 1e-9, 5e-11, 1e-7)
+    truth = (2e-5, 1e-6, 1e-11, 3e-10, 0.0, 2e-10, 1e-9, 5e-11, 1e-7, 2e-10)
     specs = costfit.random_specs(60, seed=5)
     rows = []
     for spec in specs:
