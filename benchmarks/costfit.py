@@ -146,8 +146,9 @@ def _calls(problem, x, w, gy):
     }
 
 
-def measure_spec(spec: dict, rng: np.random.Generator) -> list[dict]:
-    """Seconds per call of every path that computes each map of ``spec``."""
+def measure_spec(spec: dict, rng: np.random.Generator, paths: tuple[str, ...] = PATHS
+                 ) -> list[dict]:
+    """Seconds per call of every path (of ``paths``) that computes each map of ``spec``."""
     x = rng.standard_normal(spec["x"]).astype(spec["dtype"])
     w = rng.standard_normal(spec["w"]).astype(spec["dtype"])
     x, w, _, _, _, _, problem = _conv_call(None, x, w, None, tuple(spec["stride"]),
@@ -159,7 +160,7 @@ def measure_spec(spec: dict, rng: np.random.Generator) -> list[dict]:
     calls, rows = _calls(problem, x, w, gy), []
     for op in MAPS:
         needs = ("grad_input", "grad_weight") if op == "backward" else (op,)
-        for name in PATHS:
+        for name in paths:
             if (name, op) in ALIASES or any(get_path(name).requires(problem, m) is not None
                                             for m in needs):
                 continue
@@ -173,12 +174,18 @@ def measure_spec(spec: dict, rng: np.random.Generator) -> list[dict]:
 
 
 def measure(args: argparse.Namespace) -> None:
-    specs = zoo_specs() + random_specs(args.random, args.seed)
+    if args.like:  # the layers of an earlier run, in its order
+        seen: dict[str, dict] = {}
+        for row in json.loads(Path(args.like).read_text())["rows"]:
+            seen.setdefault(_key(row["spec"]), row["spec"])
+        specs = list(seen.values())
+    else:
+        specs = zoo_specs() + random_specs(args.random, args.seed)
     rng = np.random.default_rng(0)
     rows: list[dict] = []
     start = time.perf_counter()
     for i, spec in enumerate(specs):
-        rows += measure_spec(spec, rng)
+        rows += measure_spec(spec, rng, tuple(args.paths))
         if i % 20 == 0:
             print(f"{i}/{len(specs)} layers, {time.perf_counter() - start:.0f} s",
                   file=sys.stderr)
@@ -324,6 +331,9 @@ def report(meta: dict, table: dict, train: dict, test: dict, counts: tuple[int, 
              "randomly drawn layers. This page is written by the fit:", "", "```",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-1.json",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-2.json",
+             "# the serial path came later: timed on the same layers, added to the data",
+             "python benchmarks/costfit.py measure --like benchmarks/costdata-1.json "
+             "--paths serial --output benchmarks/costdata-1-serial.json   # and -2",
              "python benchmarks/costfit.py fit benchmarks/costdata-*.json "
              "--table npconv/_cost_table.py --report docs/costmodel.md", "```", "",
              f"Residuals are weighted by t^-{WEIGHT} (1 would fit relative error, 0 "
@@ -334,8 +344,9 @@ def report(meta: dict, table: dict, train: dict, test: dict, counts: tuple[int, 
              "hand-set thresholds that chose before (`npconv.plan.rule_plan`).", "",
              f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs, "
              f"{meta['threads']} threads; BLAS kernel {_blas(meta)}; 1-minute load "
-             f"{meta['load']:.2f} at the end; {runs} measuring run(s), each layer's times "
-             f"averaged over them). {counts[0]} layers fitted, {counts[1]} held out "
+             f"{meta['load']:.2f} at the end of the last; {runs} data file(s), each layer's "
+             f"time per path and map averaged over those that timed it). {counts[0]} layers "
+             f"fitted, {counts[1]} held out "
              f"(one in {HOLD_OUT}, by a hash of the shape). Layers whose choice did not fit "
              "the default workspace (not timed) are left out of the choice tables.", "",
              "**Prediction error** |log(predicted / measured)| over every (layer, path) timing:",
@@ -400,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--random", type=int, default=160, help="random layers (default 160)")
     m.add_argument("--seed", type=int, default=13)
     m.add_argument("--zoo-only", action="store_true")
+    m.add_argument("--like", help="measure the layers of this earlier run's data instead")
+    m.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS,
+                   help="time only these paths (to add a path to earlier runs' data)")
     f = sub.add_parser("fit", help="fit the coefficients and report on held-out layers")
     f.add_argument("data", nargs="+", help="measure's output (several runs: all are fitted, "
                    "and each layer's times are averaged over them)")

@@ -1,6 +1,6 @@
 """Fitted coefficients of :mod:`npconv.costmodel`: generated, do not edit.
 
-Written by ``python benchmarks/costfit.py fit`` from timings taken 2026-12-02 13:10 UTC
+Written by ``python benchmarks/costfit.py fit`` from timings taken 2026-12-02 13:25 UTC
 on x86_64 (2 CPUs, 2 threads, BLAS kernel Haswell).
 Per path and map: seconds per unit of each feature of
 npconv.costmodel.FEATURES (fft: FFT_FEATURES).
@@ -72,6 +72,16 @@ COEFFICIENTS: dict[str, dict[str, tuple[float, ...]]] = {
             5.143e-10, 0.0, 7.531e-10, 0.0, 0.0, 0.0),
         "grad_weight": (6.951e-05, 2.766e-05, 8.551e-12, 6.398e-10,
             5.744e-10, 0.0, 1.842e-09, 0.0, 0.0, 0.0),
+    },
+    "serial": {
+        "backward": (1.337e-05, 0.0, 2.954e-11, 3.55e-09,
+            9.136e-10, 0.0, 6.57e-09, 2.587e-11, 1.201e-07, 3.095e-09),
+        "forward": (4.38e-05, 9.588e-08, 1.566e-11, 7.462e-10,
+            5.784e-10, 0.0, 1.66e-09, 0.0, 3.783e-08, 1.297e-09),
+        "grad_input": (2.865e-05, 5.64e-09, 1.544e-11, 1.928e-09,
+            4.919e-10, 0.0, 2.258e-09, 4.649e-12, 5.736e-08, 1.877e-09),
+        "grad_weight": (4.007e-05, 5.714e-08, 1.592e-11, 8.454e-10,
+            4.686e-10, 0.0, 3.137e-09, 5.965e-12, 4.616e-08, 1.285e-09),
     },
     "winograd": {
         "backward": (0.0005582, 1.051e-06, 9.751e-12, 0.0,

@@ -44,6 +44,7 @@ def depthwise_configs(draw: st.DrawFn) -> ConvConfig:
 # Geometries each path accepts, so that every path is exercised, not only refused.
 ACCEPTED = {
     "im2col": general,
+    "serial": general,
     "flipped": conv_configs(ndim=(1, 2, 3), max_stride=1, max_channels=4, max_batch=3,
                             allow_same=True, max_output=6),
     "pointwise": conv_configs(ndim=(1, 2, 3), min_kernel=1, max_kernel=1, max_stride=1,
@@ -221,7 +222,7 @@ def test_refusals_name_what_the_path_needs(name):
         assert name in ("pointwise", "winograd", "phases")
         assert "it needs" in str(exc) and len(str(exc)) > 60
     else:
-        assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft")
+        assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft", "serial")
 
 
 def test_algorithms_lists_auto_reference_and_every_path():

@@ -37,6 +37,7 @@ _MODULES = {
     "winograd": "npconv.paths.winograd",
     "phases": "npconv.paths.phases",
     "fft": "npconv.paths.fft",
+    "serial": "npconv.paths.serial",
 }
 
 

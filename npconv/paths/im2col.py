@@ -131,7 +131,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
         If the columns of one output row do not fit in the workspace limit.
     """
     if _small(problem):
-        return _forward_small(problem, x, weight, bias)
+        return whole_forward(problem, x, weight, bias)
     xp = backend.get_array_module(x, weight)
     geometry, g = problem.geometry, problem.groups
     n, c = x.shape[:2]
@@ -230,7 +230,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
         If the columns of one image do not fit in the workspace limit.
     """
     if _small(problem) and problem.batch > 0:
-        return _backward_small(problem, gy, x, weight, need_input, need_weight)
+        return whole_backward(problem, gy, x, weight, need_input, need_weight)
     xp = backend.get_array_module(gy, x, weight)
     geometry, g = problem.geometry, problem.groups
     n, o = gy.shape[:2]
@@ -268,8 +268,8 @@ def _small(problem: Problem) -> bool:
     return problem.small and problem.column_bytes <= workspace.get_workspace_limit()
 
 
-def _forward_small(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
-    """y = W @ cols + b for the whole (small) batch at once."""
+def whole_forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
+    """y = W @ cols + b for the whole batch at once (small calls, and the serial path)."""
     xp = backend.get_array_module(x, weight)
     geometry, g = problem.geometry, problem.groups
     n, o = x.shape[0], weight.shape[0]
@@ -282,7 +282,7 @@ def _forward_small(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     return y
 
 
-def _backward_small(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
+def whole_backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
                     need_weight: bool) -> tuple[Any, Any]:
     """gW = sum_n gy @ cols^T and gx = fold(W^T @ gy) for the whole (small) batch."""
     xp = backend.get_array_module(gy, weight)
@@ -302,7 +302,7 @@ def _backward_small(problem: Problem, gy: Any, x: Any, weight: Any, need_input: 
         cols_grad = matmul(xp, w_t, gy4).reshape(
             (n, problem.in_channels) + geometry.kernel + geometry.out_size)
         gx = xp.empty((n, problem.in_channels) + geometry.in_size, dtype=gy.dtype)
-        if backend.on_host(xp) and backend.scalar_kind(gy.dtype) in "fc":
+        if problem.small and backend.on_host(xp) and backend.scalar_kind(gy.dtype) in "fc":
             count_fold(gx, cols_grad, geometry)  # the fold of every small call
         else:
             fold_into(gx, cols_grad, geometry)
