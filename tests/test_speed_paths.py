@@ -10,6 +10,8 @@ long on small images.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import threadpoolctl
@@ -187,3 +189,24 @@ def test_rules_differentiate_small_images_through_im2col():
         plan = rule_plan(problem)
         assert (plan.grad_input, plan.grad_weight) == (
             (want, "im2col") if want == "im2col" else (want, "direct")), size
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("dtype", ["float32", "int64", "bool", "complex64"])
+def test_im2col_of_short_rows_is_the_window_view(mode, dtype):
+    """Outputs at most patches.GATHER_MAX_WIDTH wide and calls of at least
+    GATHER_MIN_ELEMENTS column elements are gathered through an index: the same columns
+    as the window view, for every padding mode and dtype, batched or not, from a
+    non-contiguous input."""
+    patches_module = importlib.import_module("npconv.patches")  # npconv.patches: the function
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((3, 130, 9, 14)) * 4).astype(dtype)[:, ::2, :, ::2]  # 65 x 9 x 7
+    kw = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 2), padding_mode=mode)
+    view = npconv.patches(x, (3, 2), **kw)
+    assert view.shape[-2:] == (5, 7) and view.shape[-1] <= patches_module.GATHER_MAX_WIDTH
+    cols = npconv.im2col(x, (3, 2), **kw)
+    assert cols.size >= patches_module.GATHER_MIN_ELEMENTS
+    assert cols.dtype == x.dtype and cols.flags.c_contiguous
+    assert np.array_equal(cols, view.reshape(cols.shape))
+    single = npconv.im2col(x[1], (3, 2), **kw)
+    assert np.array_equal(single, cols[1])

@@ -276,3 +276,21 @@ def count_fold(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     else:
         total = sums(flat)
     out[...] = total.reshape(out.shape)
+
+
+def gather_windows(x: Any, geometry: ConvGeometry) -> Any:
+    """Every window of ``x`` (N, C, *in) as a new array (N, C, *kernel, *out), padding of
+    any mode included: one ``take`` per image and channel through the cached input
+    index of one window set (:func:`count_fold`'s, for a single image), from ``x`` with
+    a zero appended per image and channel. Copying the strided window view instead
+    walks rows of out_size[-1] elements each, which costs several times more when
+    they are short (see ``npconv.patches.GATHER_MAX_WIDTH``)."""
+    xp = backend.get_array_module(x)
+    nd = geometry.nd
+    lead = x.shape[: x.ndim - nd]
+    images, volume = math.prod(lead), math.prod(geometry.in_size)
+    ext = xp.zeros((images, volume + 1), dtype=x.dtype)
+    ext[:, :volume] = x.reshape(images, volume)
+    cols = ext.take(_source_index(xp, geometry, 1), axis=1)
+    return cols.reshape(lead + geometry.kernel + geometry.out_size)
+
