@@ -30,7 +30,7 @@ from typing import Any
 from . import executor
 from ._version import __version__
 from .geometry import as_int
-from .plan import ALGORITHMS, MAPS, Plan, Problem
+from .plan import ALGORITHMS, MAPS, Plan, Problem, candidates
 from .plan import plan as make_plan
 
 # Problems remembered at most by default (least recently used ones are forgotten).
@@ -185,20 +185,6 @@ def _remember(key: tuple[Any, ...], plan: Plan) -> None:
             _write(path, repr(key), plan)
         except OSError:
             pass  # a read-only cache directory only costs re-tuning
-
-
-def candidates(problem: Problem, maps: tuple[str, ...]) -> list[str]:
-    """Every fast path that can compute all of ``maps`` for ``problem``."""
-    from .paths import get_path
-
-    names = []
-    for name in ALGORITHMS:
-        if name in ("auto", "reference"):
-            continue
-        path = get_path(name)
-        if all(path.requires(problem, m) is None for m in maps):
-            names.append(name)
-    return names
 
 
 def tune(problem: Problem, maps: tuple[str, ...],

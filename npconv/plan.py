@@ -314,28 +314,30 @@ def _auto_grad_weight(p: Problem, forward: str, grad_input: str) -> tuple[str, s
     return "im2col", "window columns and one matmul per chunk"
 
 
-_FAST = tuple(a for a in ALGORITHMS if a not in ("auto", "reference"))
+def candidates(problem: Problem, maps: tuple[str, ...]) -> list[str]:
+    """Every fast path (not 'auto' or 'reference') that can compute all of ``maps``."""
+    from .paths import get_path
+
+    return [name for name in ALGORITHMS[2:]
+            if all(get_path(name).requires(problem, m) is None for m in maps)]
 
 
 def _cheapest(p: Problem, op: str, needs: tuple[str, ...],
               table: Any) -> list[tuple[float, str]]:
     """(predicted seconds, path) of the paths that compute ``needs``, cheapest first."""
     from . import costmodel
-    from .paths import get_path
 
     found = []
-    for name in _FAST:
-        if any(get_path(name).requires(p, m) is not None for m in needs):
-            continue
+    for name in candidates(p, needs):
         seconds = costmodel.predict(p, op, name, table)
         if seconds is not None:
             found.append((seconds, name))
     return sorted(found)
 
 
-def _why(ranked: list[tuple[float, str]]) -> str:
+def _why(ranked: list[tuple[float, str]], what: str = "predicted") -> str:
     text = ", ".join(f"{n} {t * 1e3:.3g} ms" for t, n in ranked[:3])
-    return f"cost model, predicted: {text}"
+    return f"cost model, {what}: {text}"
 
 
 def model_plan(p: Problem, table: Any = None, maps: tuple[str, ...] = MAPS) -> Plan | None:
@@ -353,7 +355,7 @@ def model_plan(p: Problem, table: Any = None, maps: tuple[str, ...] = MAPS) -> P
         if fused and fused[0][0] <= split:
             names["grad_input"] = names["grad_weight"] = fused[0][1]
             reasons["grad_input"] = reasons["grad_weight"] = (
-                _why(fused).replace("predicted", "both gradients in one pass predicted")
+                _why(fused, "both gradients in one pass predicted")
                 + f" (best separate pair {split * 1e3:.3g} ms)")
     return Plan(names["forward"], names["grad_input"], names["grad_weight"], reasons)
 

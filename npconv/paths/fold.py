@@ -288,9 +288,8 @@ def gather_windows(x: Any, geometry: ConvGeometry) -> Any:
     xp = backend.get_array_module(x)
     nd = geometry.nd
     lead = x.shape[: x.ndim - nd]
-    images, volume = math.prod(lead), math.prod(geometry.in_size)
+    images, volume = math.prod(lead), geometry.in_volume
     ext = xp.zeros((images, volume + 1), dtype=x.dtype)
     ext[:, :volume] = x.reshape(images, volume)
     cols = ext.take(_source_index(xp, geometry, 1), axis=1)
     return cols.reshape(lead + geometry.kernel + geometry.out_size)
-

@@ -283,8 +283,9 @@ def whole_forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
 
 
 def whole_backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
-                    need_weight: bool) -> tuple[Any, Any]:
-    """gW = sum_n gy @ cols^T and gx = fold(W^T @ gy) for the whole (small) batch."""
+                   need_weight: bool) -> tuple[Any, Any]:
+    """gW = sum_n gy @ cols^T and gx = fold(W^T @ gy) for the whole batch at once (small
+    calls, and the serial path)."""
     xp = backend.get_array_module(gy, weight)
     geometry, g = problem.geometry, problem.groups
     n, o, k_vol = problem.batch, problem.out_channels, geometry.kernel_volume
