@@ -45,6 +45,7 @@ def depthwise_configs(draw: st.DrawFn) -> ConvConfig:
 ACCEPTED = {
     "im2col": general,
     "serial": general,
+    "stacked": general,
     "flipped": conv_configs(ndim=(1, 2, 3), max_stride=1, max_channels=4, max_batch=3,
                             allow_same=True, max_output=6),
     "pointwise": conv_configs(ndim=(1, 2, 3), min_kernel=1, max_kernel=1, max_stride=1,
@@ -222,7 +223,8 @@ def test_refusals_name_what_the_path_needs(name):
         assert name in ("pointwise", "winograd", "phases")
         assert "it needs" in str(exc) and len(str(exc)) > 60
     else:
-        assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft", "serial")
+        assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft", "serial",
+                        "stacked")
 
 
 def test_algorithms_lists_auto_reference_and_every_path():
@@ -248,13 +250,14 @@ def test_explain_names_a_path_and_a_reason_for_each_map():
     assert depthwise.reasons["forward"].startswith("cost model, predicted: ")
 
 
-@pytest.mark.parametrize("name", ["im2col", "winograd", "direct", "phases", "flipped", "fft"])
-def test_a_tiny_workspace_chunks_every_path_without_changing_the_result(name):
+@pytest.mark.parametrize("name, stride", [
+    ("im2col", 1), ("winograd", 1), ("direct", 1), ("phases", 2), ("flipped", 1), ("fft", 1),
+    ("stacked", 1), ("stacked", 2)])  # stacked: grad input by its forward, and by a fold
+def test_a_tiny_workspace_chunks_every_path_without_changing_the_result(name, stride):
     """The workspace limit cuts the work into many chunks (public setter, no monkeypatch)."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((12, 4, 33, 35))
     w = rng.standard_normal((5, 4, 3, 3))
-    stride = 2 if name == "phases" else 1
     y_ref = npconv.conv(x, w, padding=1, stride=stride, algorithm="reference")
     gy = rng.standard_normal(y_ref.shape)
     g_ref = npconv.conv_backward(gy, x, w, padding=1, stride=stride, algorithm="reference")

@@ -38,6 +38,7 @@ _MODULES = {
     "phases": "npconv.paths.phases",
     "fft": "npconv.paths.fft",
     "serial": "npconv.paths.serial",
+    "stacked": "npconv.paths.stacked",
 }
 
 

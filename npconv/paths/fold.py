@@ -256,6 +256,12 @@ def _source_index(xp: Any, geometry: ConvGeometry, images: int) -> Any:
     return (flat[None, :] + (volume + 1) * xp.arange(images)[:, None]).ravel()
 
 
+def window_index(xp: Any, geometry: ConvGeometry) -> Any:
+    """(*k, *out), flattened: the input pixel that each element of one image's windows
+    reads, or ``in_volume`` for a read of zero padding (cached)."""
+    return _source_index(xp, geometry, 1)
+
+
 def count_fold(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     """``out[...] = fold(grad_patches)`` for small real or complex folds on the host: one
     ``bincount`` over the cached input index of every window element (sums in float64,
@@ -291,5 +297,5 @@ def gather_windows(x: Any, geometry: ConvGeometry) -> Any:
     images, volume = math.prod(lead), geometry.in_volume
     ext = xp.zeros((images, volume + 1), dtype=x.dtype)
     ext[:, :volume] = x.reshape(images, volume)
-    cols = ext.take(_source_index(xp, geometry, 1), axis=1)
+    cols = ext.take(window_index(xp, geometry), axis=1)
     return cols.reshape(lead + geometry.kernel + geometry.out_size)
