@@ -146,6 +146,12 @@ def _calls(problem, x, w, gy):
     }
 
 
+def _accepts(problem: Problem, path: str, op: str) -> bool:
+    """Whether ``path`` computes ``op`` of ``problem`` ('backward': both gradients)."""
+    needs = ("grad_input", "grad_weight") if op == "backward" else (op,)
+    return all(get_path(path).requires(problem, m) is None for m in needs)
+
+
 def measure_spec(spec: dict, rng: np.random.Generator, paths: tuple[str, ...] = PATHS
                  ) -> list[dict]:
     """Seconds per call of every path (of ``paths``) that computes each map of ``spec``."""
@@ -159,10 +165,8 @@ def measure_spec(spec: dict, rng: np.random.Generator, paths: tuple[str, ...] = 
     auto = rule_plan(problem)
     calls, rows = _calls(problem, x, w, gy), []
     for op in MAPS:
-        needs = ("grad_input", "grad_weight") if op == "backward" else (op,)
         for name in paths:
-            if (name, op) in ALIASES or any(get_path(name).requires(problem, m) is not None
-                                            for m in needs):
+            if (name, op) in ALIASES or not _accepts(problem, name, op):
                 continue
             try:
                 seconds = _median_time(calls[op](name))
@@ -331,9 +335,11 @@ def report(meta: dict, table: dict, train: dict, test: dict, counts: tuple[int, 
              "randomly drawn layers. This page is written by the fit:", "", "```",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-1.json",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-2.json",
-             "# the serial path came later: timed on the same layers, added to the data",
+             "# the serial and stacked paths came later: timed on the same layers, added",
              "python benchmarks/costfit.py measure --like benchmarks/costdata-1.json "
              "--paths serial --output benchmarks/costdata-1-serial.json   # and -2",
+             "python benchmarks/costfit.py measure --like benchmarks/costdata-1.json "
+             "--paths stacked --output benchmarks/costdata-1-stacked.json   # and -2",
              "python benchmarks/costfit.py fit benchmarks/costdata-*.json "
              "--table npconv/_cost_table.py --report docs/costmodel.md", "```", "",
              f"Residuals are weighted by t^-{WEIGHT} (1 would fit relative error, 0 "
@@ -393,7 +399,10 @@ def fit(args: argparse.Namespace) -> None:
     data = dict(meta=runs[-1]["meta"], rows=[row for run in runs for row in run["rows"]])
     # Calls under SMALL_CALL_BYTES never ask the model (auto takes im2col's whole-batch
     # matmul); fitted, they made im2col's chunked path look as cheap as that one.
-    rows = [row for row in data["rows"] if not _problem(row["spec"]).small]
+    # Timings of a path on layers it no longer accepts (its domain narrowed after it was
+    # measured) neither fit it nor count as the fastest choice.
+    rows = [row for row in data["rows"] if not _problem(row["spec"]).small
+            and _accepts(_problem(row["spec"]), row["path"], row["map"])]
     train = [r for r in rows if not held_out(r["spec"])]
     test = [r for r in rows if held_out(r["spec"])]
     table = fit_table(train)

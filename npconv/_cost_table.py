@@ -1,6 +1,6 @@
 """Fitted coefficients of :mod:`npconv.costmodel`: generated, do not edit.
 
-Written by ``python benchmarks/costfit.py fit`` from timings taken 2026-12-02 13:25 UTC
+Written by ``python benchmarks/costfit.py fit`` from timings taken 2026-12-02 14:52 UTC
 on x86_64 (2 CPUs, 2 threads, BLAS kernel Haswell).
 Per path and map: seconds per unit of each feature of
 npconv.costmodel.FEATURES (fft: FFT_FEATURES).
@@ -82,6 +82,16 @@ COEFFICIENTS: dict[str, dict[str, tuple[float, ...]]] = {
             5.27e-10, 0.0, 3.3e-09, 6.008e-12, 5.843e-08, 1.901e-09),
         "grad_weight": (1.821e-05, 4.799e-08, 1.545e-11, 8.805e-10,
             5.282e-10, 0.0, 3.597e-09, 4.841e-12, 4.703e-08, 1.296e-09),
+    },
+    "stacked": {
+        "backward": (7.917e-05, 0.0, 2.283e-11, 1.893e-09,
+            2.101e-09, 8.398e-10, 3.297e-09, 0.0, 8.434e-08, 4.189e-09),
+        "forward": (4.762e-05, 0.0, 8.144e-12, 1.474e-09,
+            7.526e-10, 3.304e-10, 3.935e-10, 1.477e-11, 0.0, 6.94e-11),
+        "grad_input": (0.0001071, 0.0, 1.471e-11, 1.242e-10,
+            1.651e-09, 1.677e-10, 1.345e-09, 2.182e-12, 1.286e-07, 4.069e-09),
+        "grad_weight": (1.94e-05, 3.778e-06, 8.429e-12, 1.548e-09,
+            7.798e-10, 3.237e-10, 1.117e-09, 0.0, 0.0, 1.684e-10),
     },
     "winograd": {
         "backward": (0.001743, 6.744e-07, 6.742e-12, 0.0,

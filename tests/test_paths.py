@@ -45,7 +45,7 @@ def depthwise_configs(draw: st.DrawFn) -> ConvConfig:
 ACCEPTED = {
     "im2col": general,
     "serial": general,
-    "stacked": general,
+    "stacked": general.filter(lambda c: c.groups == 1 or c.in_channels > c.groups),
     "flipped": conv_configs(ndim=(1, 2, 3), max_stride=1, max_channels=4, max_batch=3,
                             allow_same=True, max_output=6),
     "pointwise": conv_configs(ndim=(1, 2, 3), min_kernel=1, max_kernel=1, max_stride=1,
@@ -220,11 +220,10 @@ def test_refusals_name_what_the_path_needs(name):
     try:
         npconv.conv(x, w, stride=2, padding=2, groups=2, padding_mode="reflect", algorithm=name)
     except ValueError as exc:
-        assert name in ("pointwise", "winograd", "phases")
+        assert name in ("pointwise", "winograd", "phases", "stacked")
         assert "it needs" in str(exc) and len(str(exc)) > 60
     else:
-        assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft", "serial",
-                        "stacked")
+        assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft", "serial")
 
 
 def test_algorithms_lists_auto_reference_and_every_path():
@@ -251,8 +250,7 @@ def test_explain_names_a_path_and_a_reason_for_each_map():
 
 
 @pytest.mark.parametrize("name, stride", [
-    ("im2col", 1), ("winograd", 1), ("direct", 1), ("phases", 2), ("flipped", 1), ("fft", 1),
-    ("stacked", 1), ("stacked", 2)])  # stacked: grad input by its forward, and by a fold
+    ("im2col", 1), ("winograd", 1), ("direct", 1), ("phases", 2), ("flipped", 1), ("fft", 1)])
 def test_a_tiny_workspace_chunks_every_path_without_changing_the_result(name, stride):
     """The workspace limit cuts the work into many chunks (public setter, no monkeypatch)."""
     rng = np.random.default_rng(3)
@@ -271,3 +269,30 @@ def test_a_tiny_workspace_chunks_every_path_without_changing_the_result(name, st
     assert_close(y, y_ref, reduction=36)
     for got, want in zip(grads, g_ref):
         assert_close(got, want, reduction=12 * 33 * 35)
+
+
+@pytest.mark.parametrize("stride", [1, 2])  # grad input by its forward, and by a fold
+def test_stacked_cuts_a_batch_whose_columns_outgrow_the_workspace(stride):
+    """The stacked path puts a batch in one matmul unless the workspace limit cuts it
+    into chunks of images (public setter); chunks never change the result."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((12, 4, 12, 14))
+    w = rng.standard_normal((5, 4, 3, 3))
+    b = rng.standard_normal(5)
+    kw = dict(padding=1, stride=stride)
+    y_ref = npconv.conv(x, w, b, **kw, algorithm="reference")
+    gy = rng.standard_normal(y_ref.shape)
+    g_ref = npconv.conv_backward(gy, x, w, **kw, algorithm="reference")
+    old = npconv.get_workspace_limit()
+    try:
+        npconv.set_workspace_limit(100_000)  # two images' columns (48 KiB each at stride 1)
+        y = npconv.conv(x, w, b, **kw, algorithm="stacked")
+        grads = npconv.conv_backward(gy, x, w, **kw, algorithm="stacked")
+        with pytest.raises(MemoryError, match="workspace limit"):
+            npconv.set_workspace_limit(1000)  # less than one image's columns
+            npconv.conv(x, w, **kw, algorithm="stacked")
+    finally:
+        npconv.set_workspace_limit(old)
+    assert_close(y, y_ref, reduction=36)
+    for got, want in zip(grads, g_ref):
+        assert_close(got, want, reduction=12 * 12 * 14)

@@ -36,11 +36,22 @@ from .fold import fold_into, window_index
 # Columns per chunk: every image of a batch whose columns fit this goes into one
 # matmul (the point of the path); beyond it the batch is cut into chunks of images.
 CHUNK_BYTES = 16 * 2**20
+# Outputs of at most this many positions per image: where a matmul per image is thin.
+# Timed on the cost model's 244 layers, stacking won the forward on 30 of 33 layers
+# with 8-31 positions, 20 of 64 with 64-255, 15 of 166 beyond; there a fit over all
+# sizes mispredicted it (grad input by its forward on 32³ outputs: 4x slower).
+MAX_POSITIONS = 256
 
 
 def requires(problem: Problem, op: str) -> str | None:
-    """Always None: the gather and the matmuls compute every map of every convolution."""
-    return None
+    """None for outputs of at most MAX_POSITIONS positions per image, not depthwise
+    (one matmul per group there: the depthwise path's work)."""
+    volume = problem.geometry.out_volume
+    if volume <= MAX_POSITIONS and not problem.depthwise:
+        return None
+    return (f"at most {MAX_POSITIONS} output positions per image and more than one input "
+            f"channel per group; got {volume} positions, {problem.in_channels} input "
+            f"channel(s) in {problem.groups} group(s)")
 
 
 @functools.lru_cache(maxsize=64)
