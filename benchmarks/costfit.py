@@ -335,11 +335,6 @@ def report(meta: dict, table: dict, train: dict, test: dict, counts: tuple[int, 
              "randomly drawn layers. This page is written by the fit:", "", "```",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-1.json",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-2.json",
-             "# the serial and stacked paths came later: timed on the same layers, added",
-             "python benchmarks/costfit.py measure --like benchmarks/costdata-1.json "
-             "--paths serial --output benchmarks/costdata-1-serial.json   # and -2",
-             "python benchmarks/costfit.py measure --like benchmarks/costdata-1.json "
-             "--paths stacked --output benchmarks/costdata-1-stacked.json   # and -2",
              "python benchmarks/costfit.py fit benchmarks/costdata-*.json "
              "--table npconv/_cost_table.py --report docs/costmodel.md", "```", "",
              f"Residuals are weighted by t^-{WEIGHT} (1 would fit relative error, 0 "

@@ -29,7 +29,7 @@ from .geometry import ConvGeometry
 #: Every value ``algorithm=`` accepts. 'auto' lets :func:`plan` choose;
 #: 'reference' is :mod:`npconv.reference`, the formulas as written.
 ALGORITHMS = ("auto", "reference", "im2col", "flipped", "pointwise", "direct", "depthwise",
-              "winograd", "phases", "fft", "serial", "stacked")
+              "winograd", "phases", "fft", "serial", "stacked", "shifted")
 
 MAPS = ("forward", "grad_input", "grad_weight")
 

@@ -46,6 +46,7 @@ ACCEPTED = {
     "im2col": general,
     "serial": general,
     "stacked": general.filter(lambda c: c.groups == 1 or c.in_channels > c.groups),
+    "shifted": general.filter(lambda c: c.groups == 1 or c.in_channels > c.groups),
     "flipped": conv_configs(ndim=(1, 2, 3), max_stride=1, max_channels=4, max_batch=3,
                             allow_same=True, max_output=6),
     "pointwise": conv_configs(ndim=(1, 2, 3), min_kernel=1, max_kernel=1, max_stride=1,
@@ -220,7 +221,7 @@ def test_refusals_name_what_the_path_needs(name):
     try:
         npconv.conv(x, w, stride=2, padding=2, groups=2, padding_mode="reflect", algorithm=name)
     except ValueError as exc:
-        assert name in ("pointwise", "winograd", "phases", "stacked")
+        assert name in ("pointwise", "winograd", "phases", "stacked", "shifted")
         assert "it needs" in str(exc) and len(str(exc)) > 60
     else:
         assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft", "serial")
@@ -250,7 +251,8 @@ def test_explain_names_a_path_and_a_reason_for_each_map():
 
 
 @pytest.mark.parametrize("name, stride", [
-    ("im2col", 1), ("winograd", 1), ("direct", 1), ("phases", 2), ("flipped", 1), ("fft", 1)])
+    ("im2col", 1), ("winograd", 1), ("direct", 1), ("phases", 2), ("flipped", 1), ("fft", 1),
+    ("shifted", 1), ("shifted", 2)])  # shifted: grad input by its forward, and run by run
 def test_a_tiny_workspace_chunks_every_path_without_changing_the_result(name, stride):
     """The workspace limit cuts the work into many chunks (public setter, no monkeypatch)."""
     rng = np.random.default_rng(3)

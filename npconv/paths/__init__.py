@@ -39,6 +39,7 @@ _MODULES = {
     "fft": "npconv.paths.fft",
     "serial": "npconv.paths.serial",
     "stacked": "npconv.paths.stacked",
+    "shifted": "npconv.paths.shifted",
 }
 
 

@@ -95,6 +95,25 @@ def take(flat: Any, shape: tuple[int, ...]) -> Any:
     return flat[: math.prod(shape)].reshape(shape)
 
 
+class Buffers:
+    """One worker's flat buffers, by name; ``get(name, shape)`` is a contiguous prefix view.
+    Those named in ``zeroed`` start zero-filled and stay zero where no chunk of that
+    shape writes (they are refilled with zeros when the shape changes)."""
+
+    def __init__(self, xp: Any, dtype: Any, sizes: dict[str, int], zeroed: tuple[str, ...]):
+        self.zeroed = zeroed
+        self.flat = {name: (xp.zeros if name in zeroed else xp.empty)(size, dtype=dtype)
+                     for name, size in sizes.items() if size}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> Any:
+        view = take(self.flat[name], shape)
+        if name in self.zeroed and self.shapes.get(name, shape) != shape:
+            view[...] = 0
+        self.shapes[name] = shape
+        return view
+
+
 def flipped(weight: Any, groups: int) -> Any:
     """W'[c, o] = W[o, c] flipped in space, per group: (O, C/g, *k) -> (C, O/g, *k), the
     kernel of the adjoint of a stride-1 convolution (contiguous: BLAS wants + strides)."""

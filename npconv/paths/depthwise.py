@@ -44,7 +44,7 @@ from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import pad, unpad_add
 from ..plan import Problem
-from ._common import empty_grads, matmul, take
+from ._common import Buffers, empty_grads, matmul
 
 # Buffer bytes per chunk: the column buffer (K times the input chunk) and its
 # matmul stay in a core's cache. Measured on MobileNetV2's layers and S6
@@ -202,23 +202,6 @@ def _chunks(lay: Phases, n: int, c: int, per_channel: int, what: str,
 _ZEROED = ("xph", "gy")  # buffers whose unwritten positions must read as zero
 
 
-class _Buffers:
-    """One worker's flat buffers; ``get(name, shape)`` a zero-filled prefix view that stays
-    zero where no chunk of that shape writes (refilled with zeros when the shape changes)."""
-
-    def __init__(self, xp: Any, dtype: Any, sizes: dict[str, int]):
-        self.flat = {name: (xp.zeros if name in _ZEROED else xp.empty)(size, dtype=dtype)
-                     for name, size in sizes.items() if size}
-        self.shapes: dict[str, tuple[int, ...]] = {}
-
-    def get(self, name: str, shape: tuple[int, ...]) -> Any:
-        view = take(self.flat[name], shape)
-        if name in _ZEROED and self.shapes.get(name, shape) != shape:
-            view[...] = 0
-        self.shapes[name] = shape
-        return view
-
-
 def _source(lay: Phases, x: Any, start: int, stop: int, c0: int, c1: int) -> tuple[Any, Any]:
     """(x block, padded block or None) of images start:stop, channels c0:c1."""
     block = x[start:stop, c0:c1]
@@ -227,7 +210,7 @@ def _source(lay: Phases, x: Any, start: int, stop: int, c0: int, c1: int) -> tup
     return block, pad(block, lay.geometry)
 
 
-def _phase_rows(buf: _Buffers, lay: Phases, x: Any, item: tuple[int, int, int, int]) -> Any:
+def _phase_rows(buf: Buffers, lay: Phases, x: Any, item: tuple[int, int, int, int]) -> Any:
     """xph (cb, P, b*V + margin): the phase images of the chunk, one row per channel and
     phase (a zero margin behind, for the taps' shifts)."""
     start, stop, c0, c1 = item
@@ -236,7 +219,7 @@ def _phase_rows(buf: _Buffers, lay: Phases, x: Any, item: tuple[int, int, int, i
     return xph
 
 
-def _columns(buf: _Buffers, lay: Phases, x: Any, item: tuple[int, int, int, int],
+def _columns(buf: Buffers, lay: Phases, x: Any, item: tuple[int, int, int, int],
              ones: bool = False) -> Any:
     """cols (cb, K [+ 1], b*V): x_k of every tap, from the phase images of the chunk
     (and a row of ones under them when ``ones``: the bias rides along in the matmul)."""
@@ -271,7 +254,7 @@ class _Forward:
     lay: Phases
 
 
-def _forward_chunk(buf: _Buffers, item: tuple[int, int, int, int], job: _Forward) -> None:
+def _forward_chunk(buf: Buffers, item: tuple[int, int, int, int], job: _Forward) -> None:
     """y[start:stop, channels c0:c1 (times mult)] = depthwise conv (+ bias) of one chunk."""
     xp, lay = job.xp, job.lay
     start, stop, c0, c1 = item
@@ -324,7 +307,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
         w = xp.concatenate([w, bias.reshape(c, mult, 1).astype(w.dtype, copy=False)], axis=2)
     job = _Forward(xp, x, w, y, lay)
     executor.map_chunks(_forward_chunk, items, job,
-                        scratch=functools.partial(_Buffers, xp, x.dtype, sizes),
+                        scratch=functools.partial(Buffers, xp, x.dtype, sizes, _ZEROED),
                         per_worker_bytes=sum(sizes.values()) * itemsize,
                         arrays=(x, weight))
     return y
@@ -346,7 +329,7 @@ class _Backward:
     mult: int
 
 
-def _gy_rows(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int]) -> Any:
+def _gy_rows(buf: Buffers, job: _Backward, item: tuple[int, int, int, int]) -> Any:
     """gy of the chunk as (cb, mult, margin + b*V): a zero margin, then the phase grid,
     zero at its junk positions."""
     lay, (start, stop, c0, c1) = job.lay, item
@@ -359,7 +342,7 @@ def _gy_rows(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int]) -> 
     return rows
 
 
-def _grad_input(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int],
+def _grad_input(buf: Buffers, job: _Backward, item: tuple[int, int, int, int],
                 rows: Any) -> None:
     """gx of the chunk: phase r at m gathers w_k gy[m - shift_k] over its taps k."""
     xp, lay, mult = job.xp, job.lay, job.mult
@@ -390,12 +373,12 @@ def _grad_input(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int],
     lay.unfill(job.gx[start:stop, c0:c1], gxph, gx_pad)
 
 
-def _input_chunk(buf: _Buffers, item: tuple[int, int, int, int], job: _Backward) -> None:
+def _input_chunk(buf: Buffers, item: tuple[int, int, int, int], job: _Backward) -> None:
     """gx of one chunk alone (no grad weight to sum)."""
     _grad_input(buf, job, item, _gy_rows(buf, job, item))
 
 
-def _grad_weight(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int],
+def _grad_weight(buf: Buffers, job: _Backward, item: tuple[int, int, int, int],
                  rows: Any, acc: Any) -> None:
     """acc (C, mult, K) += gW of the chunk, from grad_output ``rows`` (cb, mult, m + bV)."""
     xp, lay = job.xp, job.lay
@@ -421,7 +404,7 @@ def _grad_weight(buf: _Buffers, job: _Backward, item: tuple[int, int, int, int],
         acc[c0:c1, :, k] += vecdot(left, xph[:, r, None, shift: shift + length])
 
 
-def _backward_chunk(buf: _Buffers, item: tuple[int, int, int, int], acc: Any,
+def _backward_chunk(buf: Buffers, item: tuple[int, int, int, int], acc: Any,
                     job: _Backward) -> Any:
     """acc (C, mult, K) += gW of the chunk, and its gx when wanted."""
     rows = _gy_rows(buf, job, item)
@@ -460,7 +443,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     w_in = weight.reshape(c, mult, k_vol)[:, :, lay.order].transpose(0, 2, 1)
     job = _Backward(xp, gy, x if need_weight else None,
                     xp.ascontiguousarray(w_in).reshape(c, 1, k_vol * mult), gx, lay, mult)
-    common: dict[str, Any] = dict(scratch=functools.partial(_Buffers, xp, gy.dtype, sizes),
+    common: dict[str, Any] = dict(scratch=functools.partial(Buffers, xp, gy.dtype, sizes, _ZEROED),
                                   per_worker_bytes=sum(sizes.values()) * itemsize,
                                   arrays=tuple(a for a in (gy, x, weight) if a is not None))
     if not need_weight:
