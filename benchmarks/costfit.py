@@ -335,6 +335,8 @@ def report(meta: dict, table: dict, train: dict, test: dict, counts: tuple[int, 
              "randomly drawn layers. This page is written by the fit:", "", "```",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-1.json",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-2.json",
+             "# with two earlier runs (costdata-early-*.json: every path then existing;",
+             "# serial and stacked timed later on their layers with --like ... --paths)",
              "python benchmarks/costfit.py fit benchmarks/costdata-*.json "
              "--table npconv/_cost_table.py --report docs/costmodel.md", "```", "",
              f"Residuals are weighted by t^-{WEIGHT} (1 would fit relative error, 0 "
