@@ -43,13 +43,15 @@ def _calls(rng):
     gyd = rng.standard_normal((8, 16, 40, 40)).astype(f32)
     gy3 = rng.standard_normal((16, 8, 40, 40)).astype(f32)
     gy7 = rng.standard_normal((3, 8, 30, 75)).astype(f32)
-    cols = npconv.im2col(x, 3, padding=1, stride=2)
+    cols = npconv.im2col(x.astype(np.float64), 3, padding=1, stride=2)  # a threaded fold
     return [
         lambda: (npconv.im2col(x, 3, padding=1, stride=2),),
         lambda: (npconv.col2im(cols, (40, 40), 3, padding=1, stride=2),),
         lambda: (npconv.conv2d(x, w, padding=1, stride=2, algorithm="im2col"),),
         lambda: npconv.conv2d_backward(gy2, x, w, padding=1, stride=2, algorithm="im2col"),
         lambda: npconv.conv2d_backward(gy1, x, w, padding=1, algorithm="flipped"),
+        lambda: (npconv.conv2d(x, w, padding=1, algorithm="shifted"),),
+        lambda: npconv.conv2d_backward(gy2, x, w, padding=1, stride=2, algorithm="shifted"),
         lambda: (npconv.conv2d(x, w, padding=1, algorithm="winograd"),),
         lambda: npconv.conv2d_backward(gy1, x, w, padding=1, algorithm="winograd"),
         lambda: (npconv.conv2d(x, w1), npconv.conv2d(one, w1)),
