@@ -335,6 +335,9 @@ def report(meta: dict, table: dict, train: dict, test: dict, counts: tuple[int, 
              "randomly drawn layers. This page is written by the fit:", "", "```",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-1.json",
              "python benchmarks/costfit.py measure --output benchmarks/costdata-2.json",
+             "# shifted re-timed after its rewrite (its rows in costdata-1/2.json dropped):",
+             "python benchmarks/costfit.py measure --like benchmarks/costdata-1.json "
+             "--paths shifted --output benchmarks/costdata-1-shifted.json   # and -2",
              "# with two earlier runs (costdata-early-*.json: every path then existing;",
              "# serial and stacked timed later on their layers with --like ... --paths)",
              "python benchmarks/costfit.py fit benchmarks/costdata-*.json "
