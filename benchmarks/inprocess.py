@@ -399,36 +399,9 @@ def targets(rows) -> list[tuple[str, bool, str]]:
     return out
 
 
-def markdown(rows, checks, info, command, plot_link=None, earlier=(), title="Benchmarks",
-             note="") -> str:
-    lines = [
-        f"# {title}",
-        "",
-        *([note, ""] if note else []),
-        (f"npconv against PyTorch (CPU) and mygrad, measured in one process with the same "
-         f"thread count ({THREADS}) on both sides. Produced by:"
-         if info["device"] == "cpu" else
-         f"npconv on CuPy against PyTorch on CUDA ({info['gpu']}), in one process, each "
-         f"call followed by a device synchronisation; TF32 off on both sides. Produced by:"),
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
-        "## Machine",
-        "",
-        f"- CPU: {info['cpu']}, {info['cores']} cores, widest SIMD {info['simd']} "
-        f"({info['caches']})",
-        f"- Python {info['python']}, NumPy {info['numpy']}, torch {info['torch']}, "
-        f"mygrad {info['mygrad']}, npconv {info['npconv']}",
-        f"- NumPy BLAS (threadpoolctl): {info['blas']}",
-        "- OpenBLAS environment: "
-        + (", ".join(f"{k}={v}" for k, v in info["openblas_env"].items()) if info["openblas_env"]
-           else "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE not set"),
-        f"- Threads: {THREADS} for NumPy's BLAS, for npconv's own threads and for torch; "
-        f"load average {info['load']}",
-        f"- Allocator: `GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}`",
-        "",
+def _method_lines() -> list[str]:
+    """The report's Method section (with the spin limits this process set)."""
+    return [
         "## Method",
         "",
         "- Calls alternate A B A B (the side that goes first alternates too); each row gives",
@@ -462,6 +435,40 @@ def markdown(rows, checks, info, command, plot_link=None, earlier=(), title="Ben
         "  suite runs N times and every figure is the median across runs; the last",
         "  column lists each run's ratio.",
         "",
+    ]
+
+
+def markdown(rows, checks, info, command, plot_link=None, earlier=(), title="Benchmarks",
+             note="") -> str:
+    lines = [
+        f"# {title}",
+        "",
+        *([note, ""] if note else []),
+        (f"npconv against PyTorch (CPU) and mygrad, measured in one process with the same "
+         f"thread count ({THREADS}) on both sides. Produced by:"
+         if info["device"] == "cpu" else
+         f"npconv on CuPy against PyTorch on CUDA ({info['gpu']}), in one process, each "
+         f"call followed by a device synchronisation; TF32 off on both sides. Produced by:"),
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {info['cpu']}, {info['cores']} cores, widest SIMD {info['simd']} "
+        f"({info['caches']})",
+        f"- Python {info['python']}, NumPy {info['numpy']}, torch {info['torch']}, "
+        f"mygrad {info['mygrad']}, npconv {info['npconv']}",
+        f"- NumPy BLAS (threadpoolctl): {info['blas']}",
+        "- OpenBLAS environment: "
+        + (", ".join(f"{k}={v}" for k, v in info["openblas_env"].items()) if info["openblas_env"]
+           else "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE not set"),
+        f"- Threads: {THREADS} for NumPy's BLAS, for npconv's own threads and for torch; "
+        f"load average {info['load']}",
+        f"- Allocator: `GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')}`",
+        "",
+        *_method_lines(),
         "## Results",
         "",
         "| case | shape | op | npconv ms | peer ms | npconv/peer | npconv peak MiB | per run |",

@@ -33,13 +33,13 @@ def test_zoo_counts_and_shapes():
 
 
 def test_kept_sections():
-    run = pytest.importorskip("run")
-    old = "# Benchmarks\n\nold\n\n" + run.MARKER + "\n\n## Dask\n\nkept\n"
-    assert run.kept_sections(old).startswith(run.MARKER)
-    assert "## Dask\n\nkept" in run.kept_sections(old)
+    report = pytest.importorskip("report")
+    old = "# Benchmarks\n\nold\n\n" + report.MARKER + "\n\n## Dask\n\nkept\n"
+    assert report.kept_sections(old).startswith(report.MARKER)
+    assert "## Dask\n\nkept" in report.kept_sections(old)
     # without the marker, sections the script does not write survive
     unmarked = "# Benchmarks\n\n## Results\n\nx\n\n## Dask\n\nkept\n\n## Targets\n\ny\n"
-    kept = run.kept_sections(unmarked)
+    kept = report.kept_sections(unmarked)
     assert "## Dask" in kept and "## Results" not in kept and "## Targets" not in kept
 
 
@@ -99,6 +99,7 @@ def test_cuda_event_timing_logic():
 def test_tiny_run_end_to_end(tmp_path):
     pytest.importorskip("torch")
     run = pytest.importorskip("run")
+    report = pytest.importorskip("report")
     args = run.parse([]).parse_args(["--quick", "--networks", "unet2d", "--only", "up2.upconv",
                                      "--sections", "zoo", "unfold", "--rounds", "1"])
     settings = run.Settings(True)
@@ -127,14 +128,14 @@ def test_tiny_run_end_to_end(tmp_path):
     for device in ("cpu", "cuda"):
         musts = run.must_lines(summary, totals, device, None)
         result = {"summary": summary, "totals": totals, "musts": musts,
-                  "info": run.machine_info(out["hello"], device), "args": {"threads": 2},
+                  "info": report.machine_info(out["hello"], device), "args": {"threads": 2},
                   "rounds": 1, "gap": 0.0, "timing": settings.normal, "loads": out["loads"],
                   "elapsed_s": 1.0, "command": "python benchmarks/run.py", "date": "today"}
-        text = run.markdown(result)
+        text = report.markdown(result)
         assert "## Network totals" in text and "## Must lines" in text
-        report = tmp_path / f"{device}.md"
-        report.write_text("# Benchmarks\n\n" + run.MARKER + "\n\n## Dask\n\nkept\n")
-        run.write_report(str(report), text)
-        assert report.read_text().rstrip().endswith("## Dask\n\nkept")
-    run.plot(result, str(tmp_path / "plot.png"))
+        page = tmp_path / f"{device}.md"
+        page.write_text("# Benchmarks\n\n" + report.MARKER + "\n\n## Dask\n\nkept\n")
+        report.write_report(str(page), text)
+        assert page.read_text().rstrip().endswith("## Dask\n\nkept")
+    report.plot(result, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0
