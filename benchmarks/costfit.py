@@ -396,7 +396,10 @@ def write_table(path: str, table: dict, meta: dict) -> None:
 
 def fit(args: argparse.Namespace) -> None:
     runs = [json.loads(Path(name).read_text()) for name in args.data]
-    data = dict(meta=runs[-1]["meta"], rows=[row for run in runs for row in run["rows"]])
+    dates = sorted(run["meta"]["date"] for run in runs)
+    meta = dict(runs[-1]["meta"], date=dates[0] if dates[0] == dates[-1]
+                else f"{dates[0]} to {dates[-1]}")
+    data = dict(meta=meta, rows=[row for run in runs for row in run["rows"]])
     # Calls under SMALL_CALL_BYTES never ask the model (auto takes im2col's whole-batch
     # matmul); fitted, they made im2col's chunked path look as cheap as that one.
     # Timings of a path on layers it no longer accepts (its domain narrowed after it was
