@@ -387,7 +387,7 @@ def write_table(path: str, table: dict, meta: dict) -> None:
         + "    },\n" for name, ops in sorted(table.items())) + "}"
     Path(path).write_text(
         '"""Fitted coefficients of :mod:`npconv.costmodel`: generated, do not edit.\n\n'
-        f"Written by ``python benchmarks/costfit.py fit`` from timings taken {meta['date']}\n"
+        f"Written by ``python benchmarks/costfit.py fit`` from timings taken\n{meta['date']} "
         f"on {meta['machine']} ({meta['cpus']} CPUs, {meta['threads']} threads, BLAS kernel "
         f"{_blas(meta)}).\nPer path and map: seconds per unit of each feature of\n"
         f"npconv.costmodel.FEATURES (fft: FFT_FEATURES).\n"

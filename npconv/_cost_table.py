@@ -1,7 +1,7 @@
 """Fitted coefficients of :mod:`npconv.costmodel`: generated, do not edit.
 
-Written by ``python benchmarks/costfit.py fit`` from timings taken 2026-12-02 12:34 UTC to 2026-12-02 15:47 UTC
-on x86_64 (2 CPUs, 2 threads, BLAS kernel Haswell).
+Written by ``python benchmarks/costfit.py fit`` from timings taken
+2026-12-02 12:34 UTC to 2026-12-02 15:47 UTC on x86_64 (2 CPUs, 2 threads, BLAS kernel Haswell).
 Per path and map: seconds per unit of each feature of
 npconv.costmodel.FEATURES (fft: FFT_FEATURES).
 """

@@ -33,7 +33,7 @@ MIN_THREADED_BLOCK_BYTES = 2 * 2**20
 
 # Folds of fewer bytes of windows than this run on the calling thread: waking a thread
 # cost more than it saved (2 threads against 1, measured on ResNet-18's and U-Net's
-# folds: 72 KiB-1.3 MiB of windows ran 1.1-3.8x slower threaded, 2.6 MiB 1.5x faster).
+# folds: 72 KiB-1.3 MiB of windows ran 1.0-3.8x slower threaded, 2.6 MiB 1.5x faster).
 MIN_THREADED_FOLD_BYTES = 2 * 2**20
 
 # Below this many bytes of slabs a fold adds each kernel offset's windows in place
