@@ -154,6 +154,24 @@ def _preamble(result: dict) -> list[str]:
     return lines
 
 
+def _row(*cells: str) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table_head(title: str, text: str, columns: tuple[str, ...], align: str) -> list[str]:
+    """A section's heading, its paragraph and a table's header; ``align`` holds one
+    letter per column, l (left) or r (right)."""
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return [f"## {title}", "", text, "", _row(*columns), rule]
+
+
+def _jobs(s: dict, section: str, op: str | None = None) -> list[dict]:
+    """The summary's jobs of one section (and of one operation), in run order."""
+    return [x for x in s.values()
+            if x["job"]["section"] == section and (op is None or x["job"]["op"] == op)]
+
+
 def _network_table(totals: dict) -> list[str]:
     """The per-network totals."""
     if not totals:
@@ -198,26 +216,20 @@ def _musts_table(musts: list[dict], cuda: bool) -> list[str]:
 
 def _per_layer_table(result: dict, s: dict, cuda: bool) -> list[str]:
     """Every zoo layer: forward and backward against torch, and the paths."""
-    zoo_jobs = [x for x in s.values() if x["job"]["section"] == "zoo"]
-    if not zoo_jobs:
+    forwards = _jobs(s, "zoo", "forward")
+    if not _jobs(s, "zoo"):
         return []
-    lines = [
-        "## Per layer",
-        "",
+    lines = _table_head(
+        "Per layer",
         "Times of one call, median over rounds. *paths*: what `npconv.explain` chose for "
         "forward / grad input / grad weight (a transposed layer's forward is the grad "
         "input map of its adjoint convolution, so its column reads: forward / backward's "
         "grad input / grad weight). "
         + ("" if cuda else f"⚠ marks a ratio above the must line ({LAYER_LIMIT}x, "
            f"{DEPTHWISE_LIMIT}x for depthwise layers)."),
-        "",
-        "| network | layer | shape | count | fwd npconv ms | fwd torch ms | fwd ratio | "
-        "bwd npconv ms | bwd torch ms | bwd ratio | paths |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for x in zoo_jobs:
-        if x["job"]["op"] != "forward":
-            continue
+        ("network", "layer", "shape", "count", "fwd npconv ms", "fwd torch ms", "fwd ratio",
+         "bwd npconv ms", "bwd torch ms", "bwd ratio", "paths"), "lllrrrrrrrl")
+    for x in forwards:
         item = Layer.from_json(x["job"]["layer"])
         b = s.get(x["job"]["id"].rsplit(":", 1)[0] + ":backward")
         limit = None if cuda else DEPTHWISE_LIMIT if item.depthwise else LAYER_LIMIT
@@ -236,47 +248,35 @@ def _per_layer_table(result: dict, s: dict, cuda: bool) -> list[str]:
 
 def _unfold_table(s: dict) -> list[str]:
     """im2col and col2im against unfold and fold."""
-    unfold = [x for x in s.values() if x["job"]["section"] == "unfold"]
-    if not unfold:
+    if not _jobs(s, "unfold"):
         return []
-    lines = [
-        "## im2col and col2im",
-        "",
+    lines = _table_head(
+        "im2col and col2im",
         "`npconv.im2col` vs `F.unfold` and `npconv.col2im` vs `F.fold` on every 2-D "
         "groups=1 layer of the zoo (for a transposed layer: its adjoint convolution's "
         "input). One call, median over rounds.",
-        "",
-        "| network | layer | shape | im2col ms | unfold ms | ratio | col2im ms | fold ms | "
-        "ratio |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for x in unfold:
-        if x["job"]["op"] != "im2col":
-            continue
+        ("network", "layer", "shape", "im2col ms", "unfold ms", "ratio", "col2im ms",
+         "fold ms", "ratio"), "lllrrrrrr")
+    for x in _jobs(s, "unfold", "im2col"):
         item = Layer.from_json(x["job"]["layer"])
         c = s.get(x["job"]["id"].rsplit(":", 1)[0] + ":col2im")
-        lines.append(
-            f"| {item.net} | {item.name} | {item.describe()} | {fmt_ms(x['npconv'])} | "
-            f"{fmt_ms(x['torch'])} | {fmt_ratio(x['ratio'])} | {fmt_ms(c and c['npconv'])} | "
-            f"{fmt_ms(c and c['torch'])} | {fmt_ratio(c and c['ratio'])} |")
+        lines.append(_row(item.net, item.name, item.describe(), fmt_ms(x["npconv"]),
+                          fmt_ms(x["torch"]), fmt_ratio(x["ratio"]), fmt_ms(c and c["npconv"]),
+                          fmt_ms(c and c["torch"]), fmt_ratio(c and c["ratio"])))
     lines.append("")
     return lines
 
 
 def _tiny_table(s: dict) -> list[str]:
     """Per-call overhead of the tiny call against its budgets."""
-    tiny = [x for x in s.values() if x["job"]["section"] == "tiny"]
+    tiny = _jobs(s, "tiny")
     if not tiny:
         return []
-    lines = [
-        "## Tiny calls",
-        "",
+    lines = _table_head(
+        "Tiny calls",
         f"Per-call time of a {TINY.describe()} float32 call (x 1x1x8x8, 3x3 kernel), "
         "median of thousands of calls per round, then median over rounds (µs).",
-        "",
-        "| op | npconv µs | torch µs | ratio | budget (issue 13) |",
-        "|---|---:|---:|---:|---:|",
-    ]
+        ("op", "npconv µs", "torch µs", "ratio", "budget (issue 13)"), "lrrrr")
     for x in tiny:
         op = x["job"]["op"]
         budget = TINY_BUDGET_US.get(op)
@@ -289,29 +289,24 @@ def _tiny_table(s: dict) -> list[str]:
 
 def _suite_table(s: dict, cuda: bool) -> list[str]:
     """The old 7-shape suite, with peak memory."""
-    suite = [x for x in s.values() if x["job"]["section"] == "suite"]
+    suite = _jobs(s, "suite")
     if not suite:
         return []
     lines: list[str] = []
     mem_note = ("CuPy memory pool growth over one call; torch: "
                 "`torch.cuda.max_memory_allocated` growth" if cuda else
                 "tracemalloc peak of one npconv call, output included; torch: not measured")
-    lines += [
-        "## The 7-shape suite",
-        "",
+    lines += _table_head(
+        "The 7-shape suite",
         f"The suite used before the zoo, measured the same way. Peak MiB: {mem_note}.",
-        "",
-        "| case | shape | op | npconv ms | torch ms | ratio | npconv peak MiB | "
-        "torch peak MiB | paths |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
-    ]
+        ("case", "shape", "op", "npconv ms", "torch ms", "ratio", "npconv peak MiB",
+         "torch peak MiB", "paths"), "lllrrrrrl")
     for x in suite:
         item = Layer.from_json(x["job"]["layer"])
-        lines.append(
-            f"| {item.name} | {item.describe()} | {x['job']['op']} | "
-            f"{fmt_range_ms(x['npconv'])} | {fmt_range_ms(x['torch'])} | "
-            f"{fmt_ratio(x['ratio'])} | {fmt_mib(x['peak_mib']['npconv'])} | "
-            f"{fmt_mib(x['peak_mib']['torch'])} | {fmt_plan(x['plan'])} |")
+        lines.append(_row(item.name, item.describe(), x["job"]["op"], fmt_range_ms(x["npconv"]),
+                          fmt_range_ms(x["torch"]), fmt_ratio(x["ratio"]),
+                          fmt_mib(x["peak_mib"]["npconv"]), fmt_mib(x["peak_mib"]["torch"]),
+                          fmt_plan(x["plan"])))
     lines.append("")
     return lines
 
