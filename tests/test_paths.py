@@ -32,6 +32,9 @@ general = conv_configs(ndim=(1, 2, 3), min_batch=0, max_batch=3, max_channels=4,
                        padding_modes=PADDING_MODES, max_output=5)
 
 
+not_depthwise = general.filter(lambda c: c.groups == 1 or c.in_channels > c.groups)
+
+
 @st.composite
 def depthwise_configs(draw: st.DrawFn) -> ConvConfig:
     base = draw(conv_configs(ndim=(1, 2, 3), groups=False, max_channels=1, max_batch=3,
@@ -45,8 +48,8 @@ def depthwise_configs(draw: st.DrawFn) -> ConvConfig:
 ACCEPTED = {
     "im2col": general,
     "serial": general,
-    "stacked": general.filter(lambda c: c.groups == 1 or c.in_channels > c.groups),
-    "shifted": general.filter(lambda c: c.groups == 1 or c.in_channels > c.groups),
+    "stacked": not_depthwise,
+    "shifted": not_depthwise,
     "flipped": conv_configs(ndim=(1, 2, 3), max_stride=1, max_channels=4, max_batch=3,
                             allow_same=True, max_output=6),
     "pointwise": conv_configs(ndim=(1, 2, 3), min_kernel=1, max_kernel=1, max_stride=1,

@@ -127,6 +127,18 @@ class Phases:
         return backend.as_strided_view(base, rows.shape[:2] + g.kernel + (length,),
                                        rows.strides[:2] + taps + (item,))
 
+    def copy_taps(self, cols: Any, rows: Any, start: int = 0) -> None:
+        """cols (cb, K, length) <- every tap's run of ``rows`` (cb, P, row) from flat
+        position ``start`` on: ``cols[:, k] = rows[:, phase_k, start + shift_k:][:length]``
+        (one copy of the overlapping taps view with one phase; one per tap otherwise)."""
+        cb, length = cols.shape[0], cols.shape[-1]
+        if self.count == 1:  # all taps in one copy (fewer calls: the chunks share the GIL)
+            cols.reshape((cb,) + self.geometry.kernel + (length,))[...] = \
+                self.taps_view(rows[:, :, start:], length)[:, 0]
+            return
+        for k, (r, shift) in enumerate(zip(self.tap_phase, self.tap_shift)):
+            cols[:, k] = rows[:, r, start + shift: start + shift + length]
+
     def spans(self, r: int) -> list[tuple[slice, slice]]:
         """Per axis, (phase-grid slice, input slice) of the input pixels in phase r."""
         g, out = self.geometry, []
@@ -230,13 +242,7 @@ def _columns(buf: Buffers, lay: Phases, x: Any, item: tuple[int, int, int, int],
     cols = buf.get("cols", shape)
     if ones and fresh:
         cols[:, -1] = 1
-    k_vol = len(lay.taps)
-    if lay.count == 1:  # all taps in one copy (fewer calls: the chunks share the GIL)
-        cols[:, :k_vol].reshape((cb,) + lay.geometry.kernel + (length,))[...] = \
-            lay.taps_view(xph, length)[:, 0]
-        return cols
-    for k, (r, shift) in enumerate(zip(lay.tap_phase, lay.tap_shift)):
-        cols[:, k] = xph[:, r, shift: shift + length]
+    lay.copy_taps(cols[:, :len(lay.taps)], xph)
     return cols
 
 

@@ -273,6 +273,16 @@ def window_index(xp: Any, geometry: ConvGeometry) -> Any:
     return _source_index(xp, geometry, 1)
 
 
+def with_zero_bin(rows: Any) -> Any:
+    """``rows`` (..., V) as a new array (..., V + 1) whose last element is zero: the bin
+    that :func:`window_index` sends reads of zero padding to."""
+    xp = backend.get_array_module(rows)
+    ext = xp.empty(rows.shape[:-1] + (rows.shape[-1] + 1,), dtype=rows.dtype)
+    ext[..., -1] = 0
+    ext[..., :-1] = rows
+    return ext
+
+
 def count_fold(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     """``out[...] = fold(grad_patches)`` for small real or complex folds on the host: one
     ``bincount`` over the cached input index of every window element (sums in float64,
@@ -305,8 +315,6 @@ def gather_windows(x: Any, geometry: ConvGeometry) -> Any:
     xp = backend.get_array_module(x)
     nd = geometry.nd
     lead = x.shape[: x.ndim - nd]
-    images, volume = math.prod(lead), geometry.in_volume
-    ext = xp.zeros((images, volume + 1), dtype=x.dtype)
-    ext[:, :volume] = x.reshape(images, volume)
+    ext = with_zero_bin(x.reshape(math.prod(lead), geometry.in_volume))
     cols = ext.take(window_index(xp, geometry), axis=1)
     return cols.reshape(lead + geometry.kernel + geometry.out_size)

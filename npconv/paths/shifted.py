@@ -84,8 +84,8 @@ def _blocks(problem: Problem, lay: Phases) -> tuple[list[tuple[int, int]], int]:
     total = problem.batch * lay.volume
     per_position = problem.in_channels * len(lay.taps) * problem.dtype.itemsize
     most = workspace.chunk_length(per_position, total, "one output position",
-                                  target=CHUNK_BYTES, positions=1)
-    most = max(most, min(MIN_BLOCK, total)) if most < total else total
+                                  target=CHUNK_BYTES)
+    most = min(total, max(most, MIN_BLOCK))
     if problem.host_threads:  # an even count of equal blocks, for the threads
         most = workspace.balanced(total, most, least=min(MIN_BLOCK, total))
     return [(q, min(total, q + most)) for q in range(0, total, most)], most
@@ -115,14 +115,8 @@ def _phase_rows(xp: Any, lay: Phases, x: Any) -> Any:
 
 def _columns(buf: Buffers, lay: Phases, rows: Any, q0: int, q1: int) -> Any:
     """cols (C, K, q1 - q0): every tap's run of ``rows`` for flat positions q0:q1."""
-    c, length = rows.shape[0], q1 - q0
-    cols = buf.get("cols", (c, len(lay.taps), length))
-    if lay.count == 1:  # all taps in one copy of an overlapping view
-        cols.reshape((c,) + lay.geometry.kernel + (length,))[...] = \
-            lay.taps_view(rows[:, :, q0:], length)[:, 0]
-    else:
-        for k, (r, shift) in enumerate(zip(lay.tap_phase, lay.tap_shift)):
-            cols[:, k] = rows[:, r, q0 + shift: q1 + shift]
+    cols = buf.get("cols", (rows.shape[0], len(lay.taps), q1 - q0))
+    lay.copy_taps(cols, rows, q0)
     return cols
 
 

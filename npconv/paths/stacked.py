@@ -31,7 +31,7 @@ from .. import backend, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
 from ._common import empty_grads, grad_input_by_forward, matmul
-from .fold import fold_into, window_index
+from .fold import fold_into, window_index, with_zero_bin
 
 # Columns per chunk: every image of a batch whose columns fit this goes into one
 # matmul (the point of the path); beyond it the batch is cut into chunks of images.
@@ -69,10 +69,7 @@ def gather(x: Any, geometry: ConvGeometry, out: Any) -> Any:
     of any mode included; returns ``out``."""
     xp = backend.get_array_module(x)
     b, c = x.shape[:2]
-    volume = geometry.in_volume
-    ext = xp.empty((c, b, volume + 1), dtype=x.dtype)
-    ext[:, :, volume] = 0
-    ext[:, :, :volume] = x.reshape(b, c, volume).swapaxes(0, 1)
+    ext = with_zero_bin(x.reshape(b, c, geometry.in_volume).swapaxes(0, 1))  # (C, b, V + 1)
     index = _index(xp, geometry, b)
     flat = out.reshape(c, index.size)
     if backend.on_host(xp):  # 'clip' (indices are in range) spares take a buffered copy
