@@ -482,9 +482,12 @@ def _copy_part(_: Any, span: tuple[slice, ...], dst: Any, src: Any) -> None:
 def copy_into(dst: Any, src: Any) -> None:
     """``dst[...] = src`` (same shapes), split over threads along the first axis
     longer than one when that pays."""
-    size = dst.size * dst.dtype.itemsize
+    size = dst.nbytes
+    if size < THREADED_COPY_BYTES:
+        dst[...] = src
+        return
     axis = next((i for i, n in enumerate(dst.shape) if n > 1), None)
-    workers = 1 if axis is None or size < THREADED_COPY_BYTES else get_num_threads()
+    workers = 1 if axis is None else get_num_threads()
     if workers > 1 and not backend.backend_of(dst).host_threads:
         workers = 1  # a device copy is one kernel; parts would only add launches
     if workers <= 1 or getattr(_worker, "busy", False):

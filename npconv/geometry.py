@@ -7,6 +7,7 @@ and ``im2col`` all build a :class:`ConvGeometry` here.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import sys
@@ -251,31 +252,34 @@ class ConvGeometry:
         # rebuilt from the fields, so a cached hash never crosses processes
         return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
-    @property
+    # The derived sizes below are computed once per geometry: every call reads several
+    # of them, and geometries are cached with the checked arguments of a call.
+
+    @functools.cached_property
     def nd(self) -> int:
         return len(self.kernel)
 
-    @property
+    @functools.cached_property
     def kernel_volume(self) -> int:
         return math.prod(self.kernel)
 
-    @property
+    @functools.cached_property
     def out_volume(self) -> int:
         return math.prod(self.out_size)
 
-    @property
+    @functools.cached_property
     def in_volume(self) -> int:
         return math.prod(self.in_size)
 
-    @property
+    @functools.cached_property
     def padded_size(self) -> tuple[int, ...]:
         return tuple(n + lo + hi for n, (lo, hi) in zip(self.in_size, self.pads))
 
-    @property
+    @functools.cached_property
     def has_padding(self) -> bool:
         return any(lo or hi for lo, hi in self.pads)
 
-    @property
+    @functools.cached_property
     def zero_padded(self) -> bool:
         """Padding (if any) is zeros: the border reads 0 and its gradient is dropped."""
         return self.padding_mode == "zeros" or not self.has_padding

@@ -142,25 +142,25 @@ class Problem:
         return cls(geometry, groups, x_shape[0], x_shape[1], weight_shape[0], dtype, backend,
                    host_threads)
 
-    @property
+    @functools.cached_property
     def cg(self) -> int:
         return self.in_channels // self.groups
 
-    @property
+    @functools.cached_property
     def og(self) -> int:
         return self.out_channels // self.groups
 
-    @property
+    @functools.cached_property
     def depthwise(self) -> bool:
         return self.groups > 1 and self.cg == 1
 
-    @property
+    @functools.cached_property
     def pointwise(self) -> bool:
         g = self.geometry
         return (g.kernel_volume == 1 and all(s == 1 for s in g.stride)
                 and not g.has_padding and g.in_size == g.out_size)
 
-    @property
+    @functools.cached_property
     def stride_one(self) -> bool:
         return all(s == 1 for s in self.geometry.stride)
 
@@ -176,7 +176,7 @@ class Problem:
         """A call under SMALL_CALL_BYTES of columns: never chunked or threaded."""
         return self.column_bytes < SMALL_CALL_BYTES
 
-    @property
+    @functools.cached_property
     def positions(self) -> int:
         return self.batch * self.geometry.out_volume
 

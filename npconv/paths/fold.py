@@ -182,10 +182,7 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     image = max(1, math.prod(size) * out.dtype.itemsize)
     images = math.prod(lead)
     if images * image * geometry.kernel_volume < SMALL_FOLD_BYTES:
-        if backend.backend_of(out).host_threads and backend.scalar_kind(out.dtype) in "fc":
-            count_fold(out, grad_patches, geometry)
-        else:
-            scatter_add(out, grad_patches, geometry)
+        small_fold(out, grad_patches, geometry, backend.backend_of(out).host_threads)
         return
     lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
     slabs = fold_slabs(geometry, size, lows)
@@ -216,6 +213,17 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
                         scratch=functools.partial(_scratch, xp, fold, out.dtype),
                         per_worker_bytes=per_worker, arrays=(out,),
                         work_bytes=images * image)
+
+
+def small_fold(out: Any, grad_patches: Any, geometry: ConvGeometry, host: bool) -> None:
+    """``out[...] = fold(grad_patches)`` for a fold under SMALL_FOLD_BYTES: on the host,
+    floating and complex windows of several kernel offsets take :func:`count_fold`;
+    1x1 kernels (one slice-add, 4-5x faster than the bincount on ResNet-18's and
+    MobileNetV2's 1x1 folds), integers and devices take :func:`scatter_add`."""
+    if host and geometry.kernel_volume > 1 and backend.scalar_kind(out.dtype) in "fc":
+        count_fold(out, grad_patches, geometry)
+    else:
+        scatter_add(out, grad_patches, geometry)
 
 
 def scatter_add(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
@@ -288,21 +296,21 @@ def count_fold(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     ``bincount`` over the cached input index of every window element (sums in float64,
     then cast), instead of a slice-add per kernel offset."""
     xp = backend.get_array_module(out)
-    nd = geometry.nd
-    images, volume = math.prod(out.shape[: out.ndim - nd]), math.prod(geometry.in_size)
+    images = math.prod(out.shape[: out.ndim - geometry.nd])
     index = _source_index(xp, geometry, images)
-    size = images * (volume + 1)
     flat = grad_patches.reshape(-1)
-
-    def sums(weights: Any) -> Any:
-        return xp.bincount(index, weights=weights, minlength=size).reshape(
-            images, volume + 1)[:, :volume]
-
-    if backend.scalar_kind(out.dtype) == "c":
-        total = sums(flat.real) + 1j * sums(flat.imag)
+    if flat.dtype.kind == "c":
+        total = (_bin_sums(xp, index, flat.real, images, geometry.in_volume)
+                 + 1j * _bin_sums(xp, index, flat.imag, images, geometry.in_volume))
     else:
-        total = sums(flat)
+        total = _bin_sums(xp, index, flat, images, geometry.in_volume)
     out[...] = total.reshape(out.shape)
+
+
+def _bin_sums(xp: Any, index: Any, weights: Any, images: int, volume: int) -> Any:
+    """(images, volume): the sums of ``weights`` per bin of ``index``, zero bins dropped."""
+    return xp.bincount(index, weights=weights, minlength=images * (volume + 1)).reshape(
+        images, volume + 1)[:, :volume]
 
 
 def gather_windows(x: Any, geometry: ConvGeometry) -> Any:

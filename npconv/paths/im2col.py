@@ -23,14 +23,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, fold_into, pad, window_view
 from ..plan import Problem
 from ._common import empty_grads, image_of, matmul, out_block, row_blocks, take
-from .fold import count_fold
+from .fold import small_fold
 
 RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
 
@@ -268,17 +268,37 @@ def _small(problem: Problem) -> bool:
     return problem.small and problem.column_bytes <= workspace.get_workspace_limit()
 
 
+class _Whole(NamedTuple):
+    """The shapes of a whole-batch call, computed once per problem (small calls repeat)."""
+
+    cols: tuple[int, ...]  # (N, g, C/g*K, L)
+    weight: tuple[int, ...]  # (g, O/g, C/g*K)
+    y: tuple[int, ...]  # (N, O, *out)
+    bias: tuple[int, ...]  # (1, O, 1, ...)
+    gy: tuple[int, ...]  # (N, g, O/g, L)
+    cols_grad: tuple[int, ...]  # (N, C, *k, *out)
+    gx: tuple[int, ...]  # (N, C, *in)
+
+
+@functools.lru_cache(maxsize=256)
+def _whole(problem: Problem) -> _Whole:
+    geometry, g, n = problem.geometry, problem.groups, problem.batch
+    c, o, length = problem.in_channels, problem.out_channels, geometry.out_volume
+    depth = problem.cg * geometry.kernel_volume
+    return _Whole((n, g, depth, length), (g, o // g, depth), (n, o) + geometry.out_size,
+                  (1, o) + (1,) * geometry.nd, (n, g, o // g, length),
+                  (n, c) + geometry.kernel + geometry.out_size, (n, c) + geometry.in_size)
+
+
 def whole_forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     """y = W @ cols + b for the whole batch at once (small calls, and the serial path)."""
     xp = backend.get_array_module(x, weight)
-    geometry, g = problem.geometry, problem.groups
-    n, o = x.shape[0], weight.shape[0]
-    depth = problem.cg * geometry.kernel_volume
-    cols = window_view(pad(x, geometry), geometry).reshape(n, g, depth, geometry.out_volume)
+    geometry, shapes = problem.geometry, _whole(problem)
+    cols = window_view(pad(x, geometry), geometry).reshape(shapes.cols)
     # (g, O/g, C/g*K) @ (N, g, C/g*K, L) -> (N, g, O/g, L)
-    y = matmul(xp, weight.reshape(g, o // g, depth), cols).reshape((n, o) + geometry.out_size)
+    y = matmul(xp, weight.reshape(shapes.weight), cols).reshape(shapes.y)
     if bias is not None:
-        y += bias.reshape((1, o) + (1,) * geometry.nd)
+        y += bias.reshape(shapes.bias)
     return y
 
 
@@ -287,24 +307,21 @@ def whole_backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: b
     """gW = sum_n gy @ cols^T and gx = fold(W^T @ gy) for the whole batch at once (small
     calls, and the serial path)."""
     xp = backend.get_array_module(gy, weight)
-    geometry, g = problem.geometry, problem.groups
-    n, o, k_vol = problem.batch, problem.out_channels, geometry.kernel_volume
-    depth, length = problem.cg * k_vol, geometry.out_volume
-    gy4 = gy.reshape(n, g, o // g, length)
+    geometry, shapes = problem.geometry, _whole(problem)
+    gy4 = gy.reshape(shapes.gy)
     gx = gw = None
     if need_weight:
-        cols = window_view(pad(x, geometry), geometry).reshape(n, g, depth, length)
+        cols = window_view(pad(x, geometry), geometry).reshape(shapes.cols)
         # sum over N of (g, O/g, L) @ (g, L, C/g*K) -> (g, O/g, C/g*K)
         gw = matmul(xp, gy4, cols.transpose(0, 1, 3, 2))
-        gw = (gw[0] if n == 1 else gw.sum(axis=0)).reshape(weight.shape)
+        gw = (gw[0] if problem.batch == 1 else gw.sum(axis=0)).reshape(weight.shape)
     if need_input:
         # (g, C/g*K, O/g) @ (N, g, O/g, L) -> (N, g, C/g*K, L): the column gradient, folded
-        w_t = weight.reshape(g, o // g, depth).transpose(0, 2, 1)
-        cols_grad = matmul(xp, w_t, gy4).reshape(
-            (n, problem.in_channels) + geometry.kernel + geometry.out_size)
-        gx = xp.empty((n, problem.in_channels) + geometry.in_size, dtype=gy.dtype)
-        if problem.small and backend.on_host(xp) and backend.scalar_kind(gy.dtype) in "fc":
-            count_fold(gx, cols_grad, geometry)  # the fold of every small call
+        w_t = weight.reshape(shapes.weight).transpose(0, 2, 1)
+        cols_grad = matmul(xp, w_t, gy4).reshape(shapes.cols_grad)
+        gx = xp.empty(shapes.gx, dtype=gy.dtype)
+        if problem.small:  # fold_into's choice for small folds, without its checks
+            small_fold(gx, cols_grad, geometry, problem.host_threads)
         else:
             fold_into(gx, cols_grad, geometry)
     return gx, gw
