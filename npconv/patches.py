@@ -270,10 +270,11 @@ GATHER_MIN_ELEMENTS = 2**14
 
 
 def _patch_setup(x: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
-                 padding_mode: Any) -> tuple[Any, bool, ConvGeometry]:
-    """(x with a batch axis, whether it had one, the checked geometry) of ``patches``."""
-    hit, key = _SETUPS.get(("patches", array_key(x), kernel_size, stride, padding, dilation,
-                            padding_mode))
+                 padding_mode: Any, columns: bool = False) -> tuple[Any, bool, ConvGeometry]:
+    """(x with a batch axis, whether it had one, the checked geometry) of ``patches``;
+    with ``columns``, also checked that ``im2col``'s columns can be indexed."""
+    hit, key = _SETUPS.get(("im2col" if columns else "patches", array_key(x), kernel_size,
+                            stride, padding, dilation, padding_mode))
     if hit is not None:
         batched, geometry = hit
         return (x if batched else x[None]), batched, geometry
@@ -284,9 +285,13 @@ def _patch_setup(x: Any, kernel_size: Any, stride: Any, padding: Any, dilation: 
     geometry = ConvGeometry.build(
         batch.shape[2:], kernel_size, stride, padding, dilation, padding_mode, input_name="x"
     )
+    lead = math.prod(batch.shape[:2])
     if geometry.has_padding:
-        check_extent(geometry.padded_size, "padding", padding,
-                     lead=math.prod(batch.shape[:2]), itemsize=array.dtype.itemsize)
+        check_extent(geometry.padded_size, "padding", padding, lead=lead,
+                     itemsize=array.dtype.itemsize)
+    if columns:
+        check_extent(geometry.kernel + geometry.out_size, "kernel_size", kernel_size,
+                     lead=lead, itemsize=array.dtype.itemsize)
     if key is not None and array is x and key[1][1] is not None:
         _SETUPS.put(key, (batched, geometry))
     return batch, batched, geometry
@@ -403,14 +408,12 @@ def im2col(
     array([0, 1, 4, 5])
     """
     batch, batched, geometry = _patch_setup(x, kernel_size, stride, padding, dilation,
-                                            padding_mode)
+                                            padding_mode, columns=True)
     n, c = batch.shape[:2]
     shape = (n, c) + geometry.kernel + geometry.out_size
-    check_extent(shape[2:], "kernel_size", kernel_size, lead=n * c,
-                 itemsize=batch.dtype.itemsize)
     xp = backend.get_array_module(batch)
     if (backend.on_host(xp) and geometry.out_size[-1] <= GATHER_MAX_WIDTH
-            and math.prod(shape) >= GATHER_MIN_ELEMENTS):
+            and n * c * geometry.kernel_volume * geometry.out_volume >= GATHER_MIN_ELEMENTS):
         cols = gather_windows(batch, geometry)
     else:
         cols = xp.empty(shape, dtype=batch.dtype)  # a copy even where the view is contiguous
