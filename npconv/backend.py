@@ -72,7 +72,7 @@ class NumpyBackend(Backend):
         # views stepping backwards (negative strides) do; those take as_strided.
         try:
             view = numpy.ndarray(shape, x.dtype, x, 0, strides)
-        except (ValueError, TypeError):  # TypeError: object arrays export no buffer
+        except ValueError:
             return numpy.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
         view.setflags(write=False)  # half the time of flags.writeable = False
         return view

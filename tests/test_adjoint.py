@@ -139,6 +139,30 @@ def test_patches_without_padding_share_memory(cfg, seed):
     np.testing.assert_array_equal(valid, view)
 
 
+LAYOUTS = {
+    "contiguous": lambda a: a,
+    "fortran": np.asfortranarray,
+    "reversed": lambda a: a[:, :, ::-1, ::-1],  # negative strides
+    "every other column": lambda a: np.repeat(a, 2, axis=-1)[..., ::2],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
+def test_patches_of_any_memory_layout_read_the_right_pixels(layout, stride, dilation):
+    # NumPy's sliding_window_view, windows of the dilated extent, is the independent oracle
+    x = LAYOUTS[layout](np.arange(2 * 3 * 7 * 6, dtype=np.float64).reshape(2, 3, 7, 6))
+    k = (3, 2)
+    extent = tuple(dilation * (n - 1) + 1 for n in k)
+    windows = np.lib.stride_tricks.sliding_window_view(x, extent, axis=(2, 3))
+    expected = windows[:, :, ::stride, ::stride, ::dilation, ::dilation].transpose(
+        0, 1, 4, 5, 2, 3)
+    view = npconv.patches(x, k, stride=stride, dilation=dilation)
+    assert view.dtype == x.dtype and not view.flags.writeable
+    np.testing.assert_array_equal(view, expected)
+    assert np.shares_memory(view, x)
+
+
 def test_patches_with_padding_do_not_touch_the_input():
     x = np.arange(2 * 3 * 5 * 4, dtype=np.float64).reshape(2, 3, 5, 4)
     before = x.copy()
