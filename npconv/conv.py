@@ -148,8 +148,12 @@ def _run_backward(problem: Problem, plan: Plan, gy: Any, x: Any, weight: Any,
 
 # grad_output of at most this many elements sums its bias gradient with sum, not einsum
 _SUM_MAX_SIZE = 256
-# ... over the batch and spatial axes, by rank
-_SUMMED_AXES = {ndim: (0,) + tuple(range(2, ndim)) for ndim in range(3, 35)}
+
+
+@functools.cache
+def _summed_axes(ndim: int) -> tuple[int, ...]:
+    """The batch and spatial axes of an array of rank ``ndim``."""
+    return (0,) + tuple(range(2, ndim))
 
 
 def _sum_bias(grad_output: Any) -> Any:
@@ -157,7 +161,7 @@ def _sum_bias(grad_output: Any) -> Any:
     # 8x64x32x32 and 1.5x on 2x64x4x4; on 256 elements or fewer its setup costs more
     # than the sum (1x4x8x8: 2.3 against 1.6 us)
     if grad_output.size <= _SUM_MAX_SIZE:
-        return grad_output.sum(axis=_SUMMED_AXES[grad_output.ndim])
+        return grad_output.sum(axis=_summed_axes(grad_output.ndim))
     xp = backend.get_array_module(grad_output)
     spatial = "abcdefghijklm"[: grad_output.ndim - 2]
     return xp.einsum(f"no{spatial}->o", grad_output)

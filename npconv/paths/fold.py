@@ -181,23 +181,23 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     lead = out.shape[: out.ndim - geometry.nd]
     image = max(1, math.prod(size) * out.dtype.itemsize)
     images = math.prod(lead)
+    host = backend.backend_of(out).host_threads
     if images * image * geometry.kernel_volume < SMALL_FOLD_BYTES:
-        small_fold(out, grad_patches, geometry, backend.backend_of(out).host_threads)
+        small_fold(out, grad_patches, geometry, host)
         return
     lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
     slabs = fold_slabs(geometry, size, lows)
     xp = backend.get_array_module(out, grad_patches)
     limit = workspace.get_workspace_limit()
-    # Slabs summed per pass: as many as FOLD_BLOCK_BYTES (and the workspace limit) hold
-    # for one image, at least one. This fixes the order of the sums; the thread count
-    # only changes how images are blocked.
-    host = backend.backend_of(out).host_threads
     # On a device (no host threads) one block up to the workspace limit: each block and
     # pass is a loop of kernel launches, and cache-sized blocks gain nothing there.
     block_bytes = FOLD_BLOCK_BYTES if host else workspace.device_target()
+    # Slabs summed per pass: as many as FOLD_BLOCK_BYTES (and the workspace limit) hold
+    # for one image, at least one. This fixes the order of the sums; the thread count
+    # only changes how images are blocked.
     per_pass = max(1, min(len(slabs), min(block_bytes, limit) // image))
     stack_bytes = image * per_pass
-    threaded = host and grad_patches.size * grad_patches.itemsize >= MIN_THREADED_FOLD_BYTES
+    threaded = host and grad_patches.nbytes >= MIN_THREADED_FOLD_BYTES
     workers = max(1, min(executor.get_num_threads(), limit // stack_bytes)) if threaded else 1
     blocks = _blocks(lead, _per_block(images, stack_bytes, limit, workers, block_bytes))
     first = out[blocks[0]]  # the largest block
