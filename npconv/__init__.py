@@ -18,7 +18,7 @@ from ._version import __version__
 from .autotune import clear_autotune, get_autotune, set_autotune
 from .backend import asarray, get_array_module, get_backend, set_backend, use_backend
 from .conv import conv, conv_backward, conv_transpose, conv_transpose_backward, explain
-from .executor import get_num_threads, num_threads, set_num_threads
+from .executor import get_min_work_bytes, get_num_threads, num_threads, set_num_threads
 from .fixed_rank import (
     conv1d,
     conv1d_backward,
@@ -90,6 +90,7 @@ __all__ = [
     "get_array_module",
     "get_autotune",
     "get_backend",
+    "get_min_work_bytes",
     "get_num_threads",
     "get_workspace_limit",
     "im2col",

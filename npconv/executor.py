@@ -31,8 +31,9 @@ Guarantees:
   pool is dropped in a forked child (``os.register_at_fork``), and the BLAS
   limit is entered at most once per public call (:func:`call`), lazily, so
   tiny calls never pay for it.
-* Work below :data:`TINY_WORK_BYTES`, nested calls, GPU backends and
-  processes whose BLAS cannot be limited run serially in the calling thread.
+* Work below ``min_work_bytes`` (default :data:`TINY_WORK_BYTES`), nested
+  calls, GPU backends and processes whose BLAS cannot be limited run serially
+  in the calling thread.
 
 The thread count comes from ``NPCONV_NUM_THREADS`` (default: the CPUs this
 process may use), :func:`set_num_threads`, or per call and per context with
@@ -53,17 +54,22 @@ from typing import Any
 from . import backend, workspace
 from .geometry import as_int
 
-# Below this many bytes of buffers per call, threads cost more than they save
-# (waking a parked thread took 50-200 us on these virtual machines, measured).
-TINY_WORK_BYTES = 256 * 2**10
+# Below this many bytes of buffers per call, npconv's threads cost more than they
+# save, and the BLAS's own threads do better. A threaded region cost 90-130 us on
+# these 2-core virtual machines (waking parked threads, limiting the BLAS), and
+# alternating A/B runs over the network zoo (docs/performance.md, 2026-12-03) put
+# whole networks at 0.66-1.05x the time of a 256 KiB threshold with 16 MiB.
+TINY_WORK_BYTES = 16 * 2**20
 # After its own share, the calling thread polls this long for the workers' results
 # before it blocks: waking a thread whose CPU went idle took 50-200 us (measured).
 POLL_SECONDS = 0.002
 # Weight gradients are summed in at most this many lanes (partial sums added in
 # lane order): a count fixed by the shapes, so results do not depend on threads.
 LANES = 8
-# Below this many bytes a copy is not worth splitting across threads.
-THREADED_COPY_BYTES = 512 * 2**10
+# A copy has no BLAS to limit and no per-chunk setup: split over threads, im2col's
+# copy won from 4-9 MiB (measured), so copies thread from this fraction of the
+# work threshold.
+COPY_FRACTION = 0.5
 
 
 def _available_cpus() -> int:
@@ -93,10 +99,18 @@ def _check_count(count: object) -> int:
     return value
 
 
+def _check_bytes(value: object) -> int:
+    out = as_int(value, "min_work_bytes")
+    if out < 0:
+        raise ValueError(f"min_work_bytes must be a non-negative integer, got {value!r}")
+    return out
+
+
 class _State:
-    """Process-wide state: the default thread count and the pool."""
+    """Process-wide state: the default thread count and threshold, and the pool."""
 
     threads = _from_environment()
+    min_work_bytes = TINY_WORK_BYTES
     pool: ThreadPoolExecutor | None = None
     pool_size = 0
     lock = threading.Lock()  # guards pool creation
@@ -106,6 +120,8 @@ class _State:
 
 _override: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "npconv_threads", default=None)
+_min_override: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "npconv_min_work_bytes", default=None)
 _worker = threading.local()  # .busy: this thread runs chunks for a threaded region
 
 
@@ -138,12 +154,35 @@ def get_num_threads() -> int:
     return _State.threads if override is None else override
 
 
-def set_num_threads(count: int) -> None:
+def get_min_work_bytes() -> int:
+    """Bytes of buffers below which a call runs serially (in this context).
+
+    Examples
+    --------
+    >>> import npconv
+    >>> npconv.get_min_work_bytes() >= 0
+    True
+    """
+    override = _min_override.get()
+    return _State.min_work_bytes if override is None else override
+
+
+def set_num_threads(count: int, *, min_work_bytes: int | None = None) -> None:
     """Use ``count`` threads for npconv's own CPU loops (the process default).
 
     Batch chunks of a convolution then run on up to ``count`` threads, each
-    calling the BLAS single-threaded. With ``count == 1`` the chunks run one
-    after another and the BLAS keeps its own thread count.
+    calling the BLAS single-threaded. With ``count == 1``, or for calls whose
+    buffers total less than ``min_work_bytes``, the chunks run one after
+    another and the BLAS keeps its own thread count.
+
+    Parameters
+    ----------
+    count : int
+        Threads, at least 1.
+    min_work_bytes : int, optional
+        The threshold below which calls stay serial (default 16 MiB, measured
+        on 2-core virtual machines; machines that wake threads faster may gain
+        from a lower one). ``None`` keeps the current value.
 
     Examples
     --------
@@ -154,15 +193,19 @@ def set_num_threads(count: int) -> None:
     1
     >>> npconv.set_num_threads(old)
     """
-    _State.threads = _check_count(count)
+    threads = _check_count(count)
+    if min_work_bytes is not None:
+        _State.min_work_bytes = _check_bytes(min_work_bytes)
+    _State.threads = threads
 
 
 @contextlib.contextmanager
-def num_threads(count: int) -> Iterator[None]:
+def num_threads(count: int, *, min_work_bytes: int | None = None) -> Iterator[None]:
     """Context manager: npconv uses ``count`` threads in this context only.
 
     Like ``scipy.fft``'s ``workers``, it is local to the current thread (and
     asyncio task), so two user threads may use different counts.
+    ``min_work_bytes`` is as in :func:`set_num_threads`, for this context.
 
     Examples
     --------
@@ -170,11 +213,19 @@ def num_threads(count: int) -> Iterator[None]:
     >>> with npconv.num_threads(1):
     ...     npconv.get_num_threads()
     1
+    >>> with npconv.num_threads(2, min_work_bytes=0):  # thread even small calls
+    ...     npconv.get_min_work_bytes()
+    0
     """
-    token = _override.set(_check_count(count))
+    threads = _check_count(count)
+    limit = None if min_work_bytes is None else _check_bytes(min_work_bytes)
+    token = _override.set(threads)
+    min_token = _min_override.set(limit) if limit is not None else None
     try:
         yield
     finally:
+        if min_token is not None:
+            _min_override.reset(min_token)
         _override.reset(token)
 
 
@@ -323,7 +374,7 @@ def workers_for(count: int, per_worker_bytes: int, arrays: Sequence[Any],
     if not backend.backend_of(*arrays).host_threads:
         return 1  # a GPU backend: one stream of work
     total = count * per_worker_bytes if work_bytes is None else work_bytes
-    if total < TINY_WORK_BYTES or not blas_limited():
+    if total < get_min_work_bytes() or not blas_limited():
         return 1
     return workspace.workers_for(count, per_worker_bytes, get_num_threads())
 
@@ -483,7 +534,7 @@ def copy_into(dst: Any, src: Any) -> None:
     """``dst[...] = src`` (same shapes), split over threads along the first axis
     longer than one when that pays."""
     size = dst.nbytes
-    if size < THREADED_COPY_BYTES:
+    if size < get_min_work_bytes() * COPY_FRACTION:
         dst[...] = src
         return
     axis = next((i for i, n in enumerate(dst.shape) if n > 1), None)

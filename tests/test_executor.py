@@ -21,13 +21,13 @@ from npconv import executor
 
 @pytest.fixture
 def restore_threads():
-    old = npconv.get_num_threads()
+    old, old_bytes = npconv.get_num_threads(), npconv.get_min_work_bytes()
     yield
-    npconv.set_num_threads(old)
+    npconv.set_num_threads(old, min_work_bytes=old_bytes)
 
 
 def _calls(rng):
-    """One call per threaded path, each large enough to be split over threads."""
+    """One call per threaded path, each split over threads under ``min_work_bytes=0``."""
     f32 = np.float32
     x = rng.standard_normal((8, 16, 40, 40)).astype(f32)
     w = rng.standard_normal((8, 16, 3, 3)).astype(f32)
@@ -84,7 +84,7 @@ def test_results_do_not_depend_on_the_thread_count(restore_threads):
         with npconv.num_threads(1):
             serial = _run_all(calls)
         for count in (2, 3, 4):
-            with npconv.num_threads(count):
+            with npconv.num_threads(count, min_work_bytes=0):
                 _assert_bitwise(_run_all(calls), serial)
 
 
@@ -93,7 +93,7 @@ def test_eight_user_threads_making_mixed_calls_agree_with_serial(restore_threads
     with threadpoolctl.threadpool_limits(1):
         with npconv.num_threads(1):
             serial = _run_all(calls)
-        npconv.set_num_threads(2)
+        npconv.set_num_threads(2, min_work_bytes=0)
         order = [(i * 7 + j) % len(calls) for i in range(8) for j in range(len(calls))]
         with ThreadPoolExecutor(8) as users:
             results = list(users.map(lambda i: (i, calls[i]()), order))
@@ -127,7 +127,7 @@ def _child_conv(queue):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_computes_correctly(restore_threads):
-    npconv.set_num_threads(2)
+    npconv.set_num_threads(2, min_work_bytes=0)
     _child_conv(multiprocessing.Queue())  # the parent's pool exists and has run
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
@@ -185,6 +185,48 @@ def test_set_num_threads_rejects_bad_counts(bad, exc, restore_threads):
     with pytest.raises(exc, match="count"):
         with npconv.num_threads(bad):
             pass
+
+
+@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (0.5, TypeError), ("1", TypeError)])
+def test_min_work_bytes_rejects_bad_values(bad, exc, restore_threads):
+    npconv.set_num_threads(3)
+    old = npconv.get_min_work_bytes()
+    with pytest.raises(exc, match="min_work_bytes"):
+        npconv.set_num_threads(2, min_work_bytes=bad)
+    with pytest.raises(exc, match="min_work_bytes"):
+        with npconv.num_threads(2, min_work_bytes=bad):
+            pass
+    assert npconv.get_min_work_bytes() == old  # a refused value changes nothing
+    assert npconv.get_num_threads() == 3
+
+
+def _chunk_threads(work_bytes):
+    """Names of the threads that ran 4 chunks of ``work_bytes`` of work."""
+    names, lock = set(), threading.Lock()
+
+    def kernel(_, item):
+        time.sleep(0.02)  # long enough for a parked worker to wake and take a chunk
+        with lock:
+            names.add(threading.current_thread().name)
+
+    with executor.call():
+        executor.map_chunks(kernel, list(range(4)), arrays=(np.zeros(1),),
+                            work_bytes=work_bytes)
+    return names
+
+
+def test_min_work_bytes_decides_which_calls_use_threads(restore_threads):
+    if not executor.blas_limited():
+        pytest.skip("threadpoolctl finds no BLAS to limit: every call is serial")
+    main = threading.current_thread().name
+    with npconv.num_threads(2, min_work_bytes=1000):
+        assert npconv.get_min_work_bytes() == 1000
+        assert _chunk_threads(999) == {main}
+        assert any(name.startswith("npconv") for name in _chunk_threads(1000))
+    npconv.set_num_threads(2, min_work_bytes=2**40)
+    assert _chunk_threads(2**30) == {main}
+    with npconv.num_threads(2):  # the count alone keeps the process's threshold
+        assert npconv.get_min_work_bytes() == 2**40
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])

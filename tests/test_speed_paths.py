@@ -98,7 +98,7 @@ def test_depthwise_same_result_for_any_thread_count():
     # bitwise equality holds with the BLAS on one thread (OpenBLAS's results depend on its
     # own thread count, as in test_executor)
     for threads in (1, 2, 3):
-        with npconv.num_threads(threads), threadpoolctl.threadpool_limits(1):
+        with npconv.num_threads(threads, min_work_bytes=0), threadpoolctl.threadpool_limits(1):
             y = npconv.conv2d(x, w, b, stride=2, padding=1, groups=96, algorithm="depthwise")
             grads = npconv.conv2d_backward(gy, x, w, stride=2, padding=1, groups=96,
                                            algorithm="depthwise")
@@ -167,7 +167,7 @@ def test_small_images_same_result_for_any_thread_count(algorithm, size, stride):
                                    w.astype(np.float64), **kw, algorithm="reference")
     results = []
     for threads in (1, 2, 3):  # the BLAS on one thread, as in test_executor
-        with npconv.num_threads(threads), threadpoolctl.threadpool_limits(1):
+        with npconv.num_threads(threads, min_work_bytes=0), threadpoolctl.threadpool_limits(1):
             results.append((npconv.conv2d(x, w, **kw, algorithm=algorithm),)
                            + tuple(npconv.conv2d_backward(gy, x, w, **kw, algorithm=algorithm)))
     assert_close(results[0][0], y_ref, reduction=288)
