@@ -152,7 +152,8 @@ def _write(path: pathlib.Path, text_key: str, plan: Plan) -> None:
 
 
 def _key(problem: Problem, maps: tuple[str, ...]) -> tuple[Any, ...]:
-    return (problem, maps, executor.get_num_threads())
+    # The threshold too: it decides whether the timed call ran threaded.
+    return (problem, maps, executor.get_num_threads(), executor.get_min_work_bytes())
 
 
 def cached(problem: Problem, maps: tuple[str, ...]) -> Plan | None:
