@@ -266,6 +266,10 @@ class NpconvSide(Side):
         ]
         out = {"npconv": self.npconv.__version__, "numpy": self.np.__version__,
                "npconv_threads": self.npconv.get_num_threads(), "blas": blas,
+               # getattr: benchmarks/ab.py may run this worker on an older tree
+               "npconv_min_work_bytes": getattr(self.npconv, "get_min_work_bytes",
+                                                lambda: None)(),
+               "npconv_file": self.npconv.__file__,
                "backend": self.npconv.get_backend()}
         if self.device == "cuda":
             out.update(cupy_info(self.xp))

@@ -37,7 +37,8 @@ Guarantees:
 
 The thread count comes from ``NPCONV_NUM_THREADS`` (default: the CPUs this
 process may use), :func:`set_num_threads`, or per call and per context with
-:func:`num_threads`.
+:func:`num_threads`; the serial threshold likewise from ``NPCONV_MIN_WORK_BYTES``
+or their ``min_work_bytes``.
 """
 
 from __future__ import annotations
@@ -54,22 +55,20 @@ from typing import Any
 from . import backend, workspace
 from .geometry import as_int
 
-# Below this many bytes of buffers per call, npconv's threads cost more than they
-# save, and the BLAS's own threads do better. A threaded region cost 90-130 us on
-# these 2-core virtual machines (waking parked threads, limiting the BLAS), and
-# alternating A/B runs over the network zoo (docs/performance.md, 2026-12-03) put
-# whole networks at 0.66-1.05x the time of a 256 KiB threshold with 16 MiB.
-TINY_WORK_BYTES = 16 * 2**20
+# Below this many bytes of buffers per call (copies included), npconv's threads cost
+# more than they save, and the BLAS's own threads do better. A threaded region cost
+# 90-130 us on these 2-core virtual machines (waking parked threads, limiting the
+# BLAS); split over threads, im2col's copy won from 4-9 MiB. Alternating runs over
+# the network zoo (benchmarks/ab.py; docs/performance.md, 2026-12-03): 4 MiB against
+# 16 MiB: 0.96-1.02x on six networks, 0.80x on the float64 one (whose direct path's
+# per-tap matmuls are too small for the BLAS to thread).
+TINY_WORK_BYTES = 4 * 2**20
 # After its own share, the calling thread polls this long for the workers' results
 # before it blocks: waking a thread whose CPU went idle took 50-200 us (measured).
 POLL_SECONDS = 0.002
 # Weight gradients are summed in at most this many lanes (partial sums added in
 # lane order): a count fixed by the shapes, so results do not depend on threads.
 LANES = 8
-# A copy has no BLAS to limit and no per-chunk setup: split over threads, im2col's
-# copy won from 4-9 MiB (measured), so copies thread from this fraction of the
-# work threshold.
-COPY_FRACTION = 0.5
 
 
 def _available_cpus() -> int:
@@ -106,11 +105,24 @@ def _check_bytes(value: object) -> int:
     return out
 
 
+def _min_bytes_from_environment() -> int:
+    raw = os.environ.get("NPCONV_MIN_WORK_BYTES", "").strip()
+    if not raw:
+        return TINY_WORK_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"NPCONV_MIN_WORK_BYTES must be a non-negative integer, got {raw!r}")
+    return value
+
+
 class _State:
     """Process-wide state: the default thread count and threshold, and the pool."""
 
     threads = _from_environment()
-    min_work_bytes = TINY_WORK_BYTES
+    min_work_bytes = _min_bytes_from_environment()
     pool: ThreadPoolExecutor | None = None
     pool_size = 0
     lock = threading.Lock()  # guards pool creation
@@ -180,9 +192,10 @@ def set_num_threads(count: int, *, min_work_bytes: int | None = None) -> None:
     count : int
         Threads, at least 1.
     min_work_bytes : int, optional
-        The threshold below which calls stay serial (default 16 MiB, measured
-        on 2-core virtual machines; machines that wake threads faster may gain
-        from a lower one). ``None`` keeps the current value.
+        The threshold below which calls stay serial (default
+        ``NPCONV_MIN_WORK_BYTES``, else 4 MiB, measured on 2-core virtual
+        machines; machines that wake threads faster may gain from a lower
+        one). ``None`` keeps the current value.
 
     Examples
     --------
@@ -534,7 +547,7 @@ def copy_into(dst: Any, src: Any) -> None:
     """``dst[...] = src`` (same shapes), split over threads along the first axis
     longer than one when that pays."""
     size = dst.nbytes
-    if size < get_min_work_bytes() * COPY_FRACTION:
+    if size < get_min_work_bytes():
         dst[...] = src
         return
     axis = next((i for i, n in enumerate(dst.shape) if n > 1), None)

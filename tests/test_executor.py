@@ -229,13 +229,25 @@ def test_min_work_bytes_decides_which_calls_use_threads(restore_threads):
         assert npconv.get_min_work_bytes() == 2**40
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "two"])
-def test_bad_environment_values_fail_at_import(value):
-    env = dict(os.environ, NPCONV_NUM_THREADS=value)
+@pytest.mark.parametrize("name, value", [("NPCONV_NUM_THREADS", "0"),
+                                         ("NPCONV_NUM_THREADS", "-1"),
+                                         ("NPCONV_NUM_THREADS", "two"),
+                                         ("NPCONV_MIN_WORK_BYTES", "-1"),
+                                         ("NPCONV_MIN_WORK_BYTES", "1.5")])
+def test_bad_environment_values_fail_at_import(name, value):
+    env = dict(os.environ, **{name: value})
     result = subprocess.run([sys.executable, "-c", "import npconv"], env=env,
                             capture_output=True, text=True)
     assert result.returncode != 0
-    assert "NPCONV_NUM_THREADS" in result.stderr
+    assert name in result.stderr and repr(value) in result.stderr
+
+
+def test_min_work_bytes_from_the_environment():
+    env = dict(os.environ, NPCONV_MIN_WORK_BYTES="4096")
+    result = subprocess.run([sys.executable, "-c",
+                             "import npconv; print(npconv.get_min_work_bytes())"],
+                            env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "4096"
 
 
 def _blas_threads():
