@@ -139,3 +139,21 @@ def test_tiny_run_end_to_end(tmp_path):
         assert page.read_text().rstrip().endswith("## Dask\n\nkept")
     report.plot(result, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_ab_runs_two_settings_against_each_other(capsys):
+    """benchmarks/ab.py: two worker processes, one per side, each with its environment."""
+    ab = pytest.importorskip("ab")
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        ab.side_env(None, ["NPCONV_MIN_WORK_BYTES"])
+    assert ab.main(["--networks", "science-f64", "--rounds", "1", "--top", "2",
+                    "--a-env", "NPCONV_MIN_WORK_BYTES=1048576",
+                    "--b-env", "NPCONV_MIN_WORK_BYTES=0"]) == 0
+    out = capsys.readouterr().out
+    assert "A: " in out and "min_work_bytes 1048576" in out
+    assert "B: " in out and "min_work_bytes 0 " in out
+    row = next(line for line in out.splitlines() if line.startswith("| science-f64 |"))
+    a_ms, b_ms, ratio = row.split("|")[2:5]
+    assert float(a_ms) > 0 and float(b_ms) > 0
+    assert float(ratio.split("**")[1]) == pytest.approx(float(b_ms) / float(a_ms), rel=0.05)
+    assert sum(line.startswith("| science-f64/") for line in out.splitlines()) == 2
