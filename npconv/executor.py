@@ -78,16 +78,18 @@ def _available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _from_environment() -> int:
-    raw = os.environ.get("NPCONV_NUM_THREADS", "").strip()
+def _environment_int(name: str, default: int, least: int) -> int:
+    """The integer in environment variable ``name`` (at least ``least``), else ``default``."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return _available_cpus()
+        return default
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"NPCONV_NUM_THREADS must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"NPCONV_NUM_THREADS must be a positive integer, got {raw!r}")
+        value = least - 1
+    if value < least:
+        kind = "a positive" if least == 1 else "a non-negative"
+        raise ValueError(f"{name} must be {kind} integer, got {raw!r}")
     return value
 
 
@@ -105,24 +107,11 @@ def _check_bytes(value: object) -> int:
     return out
 
 
-def _min_bytes_from_environment() -> int:
-    raw = os.environ.get("NPCONV_MIN_WORK_BYTES", "").strip()
-    if not raw:
-        return TINY_WORK_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(f"NPCONV_MIN_WORK_BYTES must be a non-negative integer, got {raw!r}")
-    return value
-
-
 class _State:
     """Process-wide state: the default thread count and threshold, and the pool."""
 
-    threads = _from_environment()
-    min_work_bytes = _min_bytes_from_environment()
+    threads = _environment_int("NPCONV_NUM_THREADS", _available_cpus(), 1)
+    min_work_bytes = _environment_int("NPCONV_MIN_WORK_BYTES", TINY_WORK_BYTES, 0)
     pool: ThreadPoolExecutor | None = None
     pool_size = 0
     lock = threading.Lock()  # guards pool creation
