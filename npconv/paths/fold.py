@@ -182,7 +182,10 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     image = max(1, math.prod(size) * out.dtype.itemsize)
     images = math.prod(lead)
     host = backend.backend_of(out).host_threads
-    if images * image * geometry.kernel_volume < SMALL_FOLD_BYTES:
+    # A 1x1 kernel's windows never overlap: below the threaded size its fold is a
+    # zero fill and one strided copy (N4 256@6x6 s2: 28 against 40 us, measured).
+    alone = geometry.kernel_volume == 1 and grad_patches.nbytes < MIN_THREADED_FOLD_BYTES
+    if alone or images * image * geometry.kernel_volume < SMALL_FOLD_BYTES:
         small_fold(out, grad_patches, geometry, host)
         return
     lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
@@ -242,9 +245,13 @@ def scatter_add(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     lead = out.shape[: out.ndim - geometry.nd]
     target = out if zero_padded else xp.empty(lead + size, dtype=out.dtype)
     target[...] = 0
+    alone = geometry.kernel_volume == 1  # windows never overlap: copy, nothing to add
     for slab in fold_slabs(geometry, size, lows):
         for to, source in slab:
-            target[to] += grad_patches[source]
+            if alone:
+                target[to] = grad_patches[source]
+            else:
+                target[to] += grad_patches[source]
     if not zero_padded:
         from ..patches import unpad_add
 
