@@ -25,6 +25,7 @@ from .geometry import (
     spatial_rank,
 )
 from .paths.fold import fold_into, gather_windows, scatter_add
+from .paths.windows import copy_windows, takes_planes
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -258,7 +259,8 @@ def patches(
 # Checked geometries of recent calls (see CheckedCache).
 _SETUPS = CheckedCache()
 
-# im2col gathers windows whose output rows are at most this long through an index
+# im2col gathers windows whose output rows are at most this long (and that
+# ``paths.windows.takes_planes`` leaves to it) through an index
 # (``paths.fold.gather_windows``) instead of copying the strided window view, whose
 # copy walks rows of that many elements. Measured (N4, 2 threads, im2col / gather):
 # 512@3x3 k3 0.78 / 0.27 ms, 256@6x6 k3 s2 0.44 / 0.14; 128@12x12 k3 0.83 / 1.02,
@@ -414,9 +416,13 @@ def im2col(
     n, c = batch.shape[:2]
     shape = (n, c) + geometry.kernel + geometry.out_size
     xp = backend.get_array_module(batch)
-    if (backend.on_host(xp) and geometry.kernel_volume > 1
-            and geometry.out_size[-1] <= GATHER_MAX_WIDTH
-            and n * c * geometry.kernel_volume * geometry.out_volume >= GATHER_MIN_ELEMENTS):
+    elements = n * c * geometry.kernel_volume * geometry.out_volume
+    host = backend.on_host(xp)
+    if host and takes_planes(geometry, elements):
+        cols = xp.empty(shape, dtype=batch.dtype)
+        copy_windows(cols, batch, geometry)
+    elif (host and geometry.kernel_volume > 1 and geometry.out_size[-1] <= GATHER_MAX_WIDTH
+            and elements >= GATHER_MIN_ELEMENTS):
         cols = gather_windows(batch, geometry)
     else:
         cols = xp.empty(shape, dtype=batch.dtype)  # a copy even where the view is contiguous

@@ -210,3 +210,62 @@ def test_im2col_of_short_rows_is_the_window_view(mode, dtype):
     assert np.array_equal(cols, view.reshape(cols.shape))
     single = npconv.im2col(x[1], (3, 2), **kw)
     assert np.array_equal(single, cols[1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64", "bool", "complex64"])
+@pytest.mark.parametrize("case", [
+    # (input (N, C, *in), kernel, padding, dilation): unit strides, outputs 8-48 wide
+    ((2, 70, 10, 12), (3, 3), 1, 1),
+    ((3, 70, 9, 14), (2, 3), "same", (2, 1)),    # asymmetric padding, dilated rows
+    ((1, 50, 5, 6, 11), (2, 3, 2), (1, 0, 1), 1),  # 3-d
+    ((2, 20, 40, 48), (3, 1), (0, 0), 1),        # no padding, no horizontal taps
+])
+def test_im2col_by_output_planes_is_the_window_view(dtype, case):
+    """Unit-stride kernels with outputs paths.windows.MIN_WIDTH to MAX_WIDTH wide and at
+    least MIN_ELEMENTS column elements are copied by whole output planes: the same
+    columns as the window view, from a non-contiguous input, batched or not, with one
+    thread or two."""
+    windows = importlib.import_module("npconv.paths.windows")
+    shape, kernel, padding, dilation = case
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape[:-1] + (2 * shape[-1],)) * 4).astype(dtype)[..., ::2]
+    kw = dict(padding=padding, dilation=dilation)
+    view = npconv.patches(x, kernel, **kw)
+    nd = len(kernel)
+    assert windows.MIN_WIDTH <= view.shape[-1] <= windows.MAX_WIDTH
+    assert view.size >= windows.MIN_ELEMENTS
+    with npconv.num_threads(1):
+        cols = npconv.im2col(x, kernel, **kw)
+    assert cols.dtype == x.dtype and cols.flags.c_contiguous
+    assert np.array_equal(cols, view.reshape(cols.shape))
+    with npconv.num_threads(2, min_work_bytes=0):
+        assert np.array_equal(npconv.im2col(x, kernel, **kw), cols)
+    assert np.array_equal(npconv.im2col(x[1 % shape[0]], kernel, **kw), cols[1 % shape[0]])
+    assert view.shape[2:2 + nd] == kernel
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "stacked"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_paths_copying_output_planes_equal_the_reference(algorithm, threads):
+    """The stacked path builds its columns by output planes on unit-stride layers of
+    8-48 wide outputs, and so does the im2col path where a chunk holds whole images
+    (here its backward's columns for grad weight): the reference's results, on one
+    thread and on two."""
+    windows = importlib.import_module("npconv.paths.windows")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 96, 12, 9)).astype("float64")
+    w = rng.standard_normal((5, 96, 3, 2)).astype("float64")
+    b = rng.standard_normal(5)
+    kw = dict(padding=(1, 1), dilation=(1, 2))
+    geometry = ConvGeometry.build((12, 9), (3, 2), 1, (1, 1), (1, 2))
+    assert windows.takes_planes(geometry, x.shape[0] * x.shape[1] * 6 * geometry.out_volume)
+    y_ref = npconv.conv(x, w, b, **kw, algorithm="reference")
+    gy = rng.standard_normal(y_ref.shape)
+    g_ref = npconv.conv_backward(gy, x, w, **kw, algorithm="reference")
+    with npconv.num_threads(threads, min_work_bytes=0):
+        y = npconv.conv(x, w, b, **kw, algorithm=algorithm)
+        grads = npconv.conv_backward(gy, x, w, **kw, algorithm=algorithm)
+    depth = 96 * 3 * 2  # the forward's contraction: C * K
+    assert_close(y, y_ref, reduction=depth)
+    for got, want in zip(grads, g_ref):
+        assert_close(got, want, reduction=depth * gy.shape[0] * gy[0, 0].size)

@@ -31,6 +31,7 @@ from ..patches import ChunkPadder, fold_into, pad, window_view
 from ..plan import Problem
 from ._common import empty_grads, image_of, matmul, out_block, row_blocks, take
 from .fold import small_fold
+from .windows import copy_windows, takes_planes
 
 RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
 
@@ -63,6 +64,21 @@ class _Windows:
             self.padded = self.padder(start, stop)
             self.last = (start, stop)
         return window_view(self.padded, self.geometry)
+
+    def copy(self, dst: Any, start: int, stop: int, rows: slice | None = None) -> None:
+        """``dst`` (b, C, *k, *out[rows]) <- the windows of images ``start:stop`` (at the
+        first output axis' ``rows``): by whole output planes where every row is wanted
+        and that pays (:func:`npconv.paths.windows.takes_planes`), else from the view."""
+        g = self.geometry
+        whole = rows is None or (rows.start, rows.stop) == (0, g.out_size[0])
+        if whole and backend.on_host(backend.get_array_module(dst)) and takes_planes(
+                g, dst.size):
+            copy_windows(dst, self.padder.x[start:stop], g)
+            return
+        view = self(start, stop)
+        if rows is not None:
+            view = view[(slice(None),) * (2 + g.nd) + (rows,)]
+        executor.copy_into(dst, view)
 
 
 def _shares(items: list[RowBlock], per_worker: int, arrays: tuple[Any, ...]) -> list[Any]:
@@ -107,13 +123,12 @@ def _forward_chunk(buffers: _ForwardBuffers, share: tuple[RowBlock, ...], y: Any
     geometry, c = buffers.windows.geometry, channels
     depth = buffers.flat.shape[1]
     rest = geometry.out_volume // geometry.out_size[0]
-    lead = (slice(None),) * (2 + geometry.nd)
     for start, stop, rows in share:
         b, count = stop - start, rows.stop - rows.start
         block = buffers.flat[:b, :, : count * rest]
         cols = block[:, : c * geometry.kernel_volume].reshape(
             (b, c) + geometry.kernel + (count,) + geometry.out_size[1:])
-        executor.copy_into(cols, buffers.windows(start, stop)[lead + (rows,)])
+        buffers.windows.copy(cols, start, stop, rows)
         out = out_block(y, start, stop, rows, groups)
         # (g, O/g, C/g*K [+1]) @ (b, g, C/g*K [+1], rows) -> (b, g, O/g, rows), in NCHW
         matmul(xp, w, block.reshape(b, groups, depth // groups, count * rest), out=out)
@@ -201,7 +216,7 @@ def _backward_chunk(buffers: _BackwardBuffers, start: int, acc: Any, gy: Any, gx
     gy_c[...] = xp.moveaxis(gy[start:stop], 0, 1)
     gy_2d = gy_c.reshape(g, o // g, b * length)
     if buffers.windows is not None:
-        executor.copy_into(xp.moveaxis(cols, 1 + nd, 0), buffers.windows(start, stop))
+        buffers.windows.copy(xp.moveaxis(cols, 1 + nd, 0), start, stop)
         cols_t = cols_2d.transpose(0, 2, 1)
         # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over the lane
         if acc is None:

@@ -13,13 +13,15 @@ Here the windows of a chunk of b images are gathered channel-major, (C, *k, b,
                  :func:`npconv.plan.full_correlation`), else
                  fold(W^T (g, C/g*K, O/g) @ gy (g, O/g, bL))
 
-The gather is one ``take`` per chunk through a cached index of every window element
-(padding of any mode included, :func:`npconv.paths.fold.window_index`), from the
-chunk laid out (C, b, in + 1) with a zero behind each image: no strided copy of
-short window rows. Chunks run in order on the calling thread and the BLAS brings
-its own threads to each matmul. Measured before this path (2 cores, OpenBLAS):
-N4 512@3x3 -> 512, 3x3: 2.1 ms against im2col's 4.7; N2 64@8x8 -> 128: 0.34 ms
-against 0.82; at 24x24 outputs and above im2col was as fast or faster.
+The gather is :func:`npconv.paths.windows.copy_windows` where that pays (unit
+strides, outputs 8-48 wide), else one ``take`` per chunk through a cached index of
+every window element (padding of any mode included,
+:func:`npconv.paths.fold.window_index`), from the chunk laid out (C, b, in + 1) with
+a zero behind each image: no strided copy of short window rows. Chunks run in order
+on the calling thread and the BLAS brings its own threads to each matmul. Measured
+before this path (2 cores, OpenBLAS): N4 512@3x3 -> 512, 3x3: 2.1 ms against
+im2col's 4.7; N2 64@8x8 -> 128: 0.34 ms against 0.82; at 24x24 outputs and above
+im2col was as fast or faster.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
 from ._common import empty_grads, grad_input_by_forward, matmul
 from .fold import fold_into, window_index, with_zero_bin
+from .windows import copy_windows, takes_planes
 
 # Columns per chunk: every image of a batch whose columns fit this goes into one
 # matmul (the point of the path); beyond it the batch is cut into chunks of images.
@@ -69,6 +72,11 @@ def gather(x: Any, geometry: ConvGeometry, out: Any) -> Any:
     of any mode included; returns ``out``."""
     xp = backend.get_array_module(x)
     b, c = x.shape[:2]
+    if backend.on_host(xp) and takes_planes(geometry, out.size):
+        # (C, *k, b, *out) seen as (b, C, *k, *out)
+        copy_windows(xp.moveaxis(out.reshape((c,) + geometry.kernel + (b,) + geometry.out_size),
+                                 1 + geometry.nd, 0), x, geometry)
+        return out
     ext = with_zero_bin(x.reshape(b, c, geometry.in_volume).swapaxes(0, 1))  # (C, b, V + 1)
     index = _index(xp, geometry, b)
     flat = out.reshape(c, index.size)
