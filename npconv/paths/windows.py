@@ -13,9 +13,10 @@ rows are exactly ``out[-1]`` long:
 The first step is ``kw`` copies over the padded rows ``p`` (and zeros at the
 padding); in the second, ``rows[n, c, j]`` has the row pitch of the output, so
 each offset's last two output axes are one contiguous run. For 3x3 kernels on
-ResNet's and VGG's 8-32 pixel images this roughly halves im2col's copy; at 64
-pixels the rows are long already and the extra pass costs more than it saves,
-and for outputs narrower than 8 :func:`npconv.paths.fold.gather_windows` is faster.
+ResNet's, VGG's and U-Net's 8-48 pixel images this takes a quarter to a half off
+im2col's copy (docs/performance.md); at 64 pixels the rows are long already and
+the extra pass costs as much as it saves, and for outputs narrower than 8
+:func:`npconv.paths.fold.gather_windows` is faster.
 """
 
 from __future__ import annotations
