@@ -48,19 +48,22 @@ class _Windows:
     """Window views (b, C, *k, *out) of batch chunks, each chunk padded on the fly.
 
     One instance per worker thread: it owns the padding buffer (a
-    :class:`~npconv.patches.ChunkPadder`) and keeps the last chunk it padded,
-    so the row blocks of one image pad it once.
+    :class:`~npconv.patches.ChunkPadder`, made on first use: copies by output
+    planes never pad) and keeps the last chunk it padded, so the row blocks of
+    one image pad it once.
     """
 
     def __init__(self, x: Any, geometry: ConvGeometry, chunk: int):
-        self.geometry = geometry
-        self.padder = ChunkPadder(x, geometry, chunk)
+        self.x, self.geometry, self.chunk = x, geometry, chunk
+        self.padder: ChunkPadder | None = None
         self.last: tuple[int, int] | None = None
         self.padded: Any = None
 
     def __call__(self, start: int, stop: int) -> Any:
         """The read-only window view of images ``start:stop`` (b, C, *k, *out)."""
         if self.last != (start, stop):
+            if self.padder is None:
+                self.padder = ChunkPadder(self.x, self.geometry, self.chunk)
             self.padded = self.padder(start, stop)
             self.last = (start, stop)
         return window_view(self.padded, self.geometry)
@@ -73,7 +76,7 @@ class _Windows:
         whole = rows is None or (rows.start, rows.stop) == (0, g.out_size[0])
         if whole and backend.on_host(backend.get_array_module(dst)) and takes_planes(
                 g, dst.size):
-            copy_windows(dst, self.padder.x[start:stop], g)
+            copy_windows(dst, self.x[start:stop], g)
             return
         view = self(start, stop)
         if rows is not None:
