@@ -54,8 +54,8 @@ def copy_windows(cols: Any, x: Any, geometry: ConvGeometry) -> None:
     view of that shape (the stacked path passes a channel-major buffer's).
 
     Always on the calling thread: split by channels over two threads it ran slower in
-    the benchmark's worker processes (VGG-11 N4 128@16x16: 0.49 against 0.35 ms; U-Net
-    N2 64@32x32: 0.42 against 0.27), where each thread's buffer came fresh, and a path
+    the benchmark's worker processes (VGG-11 N4 128@16x16: 0.49 against 0.37 ms; U-Net
+    N2 64@32x32: 0.42 against 0.36), where each thread's buffer came fresh, and a path
     that leaves its matmuls to the BLAS's threads must not start npconv's (they hold
     the BLAS at one thread for the rest of the call).
     """
