@@ -417,12 +417,11 @@ def im2col(
     shape = (n, c) + geometry.kernel + geometry.out_size
     xp = backend.get_array_module(batch)
     elements = n * c * geometry.kernel_volume * geometry.out_volume
-    host = backend.on_host(xp)
-    if host and takes_planes(geometry, elements):
+    if takes_planes(xp, geometry, elements):
         cols = xp.empty(shape, dtype=batch.dtype)
         copy_windows(cols, batch, geometry)
-    elif (host and geometry.kernel_volume > 1 and geometry.out_size[-1] <= GATHER_MAX_WIDTH
-            and elements >= GATHER_MIN_ELEMENTS):
+    elif (backend.on_host(xp) and geometry.kernel_volume > 1
+            and geometry.out_size[-1] <= GATHER_MAX_WIDTH and elements >= GATHER_MIN_ELEMENTS):
         cols = gather_windows(batch, geometry)
     else:
         cols = xp.empty(shape, dtype=batch.dtype)  # a copy even where the view is contiguous

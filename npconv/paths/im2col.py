@@ -74,8 +74,7 @@ class _Windows:
         and that pays (:func:`npconv.paths.windows.takes_planes`), else from the view."""
         g = self.geometry
         whole = rows is None or (rows.start, rows.stop) == (0, g.out_size[0])
-        if whole and backend.on_host(backend.get_array_module(dst)) and takes_planes(
-                g, dst.size):
+        if whole and takes_planes(backend.get_array_module(dst), g, dst.size):
             copy_windows(dst, self.x[start:stop], g)
             return
         view = self(start, stop)

@@ -37,12 +37,13 @@ MIN_WIDTH = 8
 MIN_ELEMENTS = 2**17
 
 
-def takes_planes(geometry: ConvGeometry, elements: int) -> bool:
+def takes_planes(xp: Any, geometry: ConvGeometry, elements: int) -> bool:
     """Whether :func:`copy_windows` copies ``elements`` window elements of ``geometry``
-    faster than the window view: unit strides, zero padding, two or more spatial axes
-    with a kernel longer than one on some leading axis, an output width from MIN_WIDTH
-    to MAX_WIDTH, and at least MIN_ELEMENTS elements."""
-    return (geometry.nd >= 2 and all(s == 1 for s in geometry.stride)
+    faster than the window view: on the host (array module ``xp``; timed there only),
+    unit strides, zero padding, two or more spatial axes with a kernel longer than one
+    on some leading axis, an output width from MIN_WIDTH to MAX_WIDTH, and at least
+    MIN_ELEMENTS elements."""
+    return (backend.on_host(xp) and geometry.nd >= 2 and all(s == 1 for s in geometry.stride)
             and geometry.zero_padded and math.prod(geometry.kernel[:-1]) > 1
             and MIN_WIDTH <= geometry.out_size[-1] <= MAX_WIDTH
             and elements >= MIN_ELEMENTS)
