@@ -42,11 +42,12 @@ def takes_planes(xp: Any, geometry: ConvGeometry, elements: int) -> bool:
     faster than the window view: on the host (array module ``xp``; timed there only),
     unit strides, zero padding, two or more spatial axes with a kernel longer than one
     on some leading axis, an output width from MIN_WIDTH to MAX_WIDTH, and at least
-    MIN_ELEMENTS elements."""
-    return (backend.on_host(xp) and geometry.nd >= 2 and all(s == 1 for s in geometry.stride)
+    MIN_ELEMENTS elements. The cheapest tests come first: small calls, whose overhead
+    counts, are turned away by the first one."""
+    return (elements >= MIN_ELEMENTS and MIN_WIDTH <= geometry.out_size[-1] <= MAX_WIDTH
+            and geometry.nd >= 2 and geometry.stride == (1,) * geometry.nd
             and geometry.zero_padded and math.prod(geometry.kernel[:-1]) > 1
-            and MIN_WIDTH <= geometry.out_size[-1] <= MAX_WIDTH
-            and elements >= MIN_ELEMENTS)
+            and backend.on_host(xp))
 
 
 def copy_windows(cols: Any, x: Any, geometry: ConvGeometry) -> None:
