@@ -29,7 +29,7 @@ from .geometry import ConvGeometry
 #: Every value ``algorithm=`` accepts. 'auto' lets :func:`plan` choose;
 #: 'reference' is :mod:`npconv.reference`, the formulas as written.
 ALGORITHMS = ("auto", "reference", "im2col", "flipped", "pointwise", "direct", "depthwise",
-              "winograd", "phases", "fft", "serial", "stacked", "shifted")
+              "winograd", "phases", "fft", "serial", "stacked", "shifted", "depthwise_jit")
 
 MAPS = ("forward", "grad_input", "grad_weight")
 
@@ -407,7 +407,21 @@ def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS
     if problem.small:
         why = f"a small call (columns under {SMALL_CALL_BYTES // 2**10} KiB): one matmul"
         return Plan("im2col", "im2col", "im2col", dict.fromkeys(MAPS, why))
+    if problem.depthwise and _compiled_depthwise(problem, maps):
+        why = "depthwise, numba installed: compiled multiply-adds per channel plane"
+        return Plan("depthwise_jit", "depthwise_jit", "depthwise_jit", dict.fromkeys(MAPS, why))
     return model_plan(problem, maps=maps) or rule_plan(problem)
+
+
+def _compiled_depthwise(problem: Problem, maps: tuple[str, ...]) -> bool:
+    """Whether the compiled depthwise path computes every map here. Ahead of the cost
+    model (not fitted on it): on MobileNetV2's depthwise layers it ran forward and
+    backward 1.3-2.5x torch's time, against 3-5x for the NumPy depthwise path, the
+    model's choice (docs/performance.md, 2026-12-03, compiled depthwise)."""
+    from .paths import get_path
+
+    path = get_path("depthwise_jit")
+    return all(path.requires(problem, m) is None for m in maps)
 
 
 def rule_plan(problem: Problem) -> Plan:

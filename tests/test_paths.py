@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import npconv
 from npconv.geometry import ConvGeometry
-from npconv.paths import get_path
+from npconv.paths import depthwise_jit, get_path
 from npconv.plan import Problem, rule_plan
 from npconv.testing import PADDING_MODES, ConvConfig, assert_close, conv_configs, random_conv_arrays
 
@@ -36,9 +36,9 @@ not_depthwise = general.filter(lambda c: c.groups == 1 or c.in_channels > c.grou
 
 
 @st.composite
-def depthwise_configs(draw: st.DrawFn) -> ConvConfig:
-    base = draw(conv_configs(ndim=(1, 2, 3), groups=False, max_channels=1, max_batch=3,
-                             padding_modes=PADDING_MODES, max_output=6))
+def depthwise_configs(draw: st.DrawFn, ndim=(1, 2, 3), modes=PADDING_MODES) -> ConvConfig:
+    base = draw(conv_configs(ndim=ndim, groups=False, max_channels=1, max_batch=3,
+                             padding_modes=modes, max_output=6))
     channels, mult = draw(st.integers(2, 5)), draw(st.integers(1, 2))
     return dataclasses.replace(base, in_channels=channels, out_channels=channels * mult,
                                groups=channels)
@@ -56,6 +56,7 @@ ACCEPTED = {
                               max_padding=0, allow_same=False, max_channels=5, max_output=6),
     "direct": general,
     "depthwise": depthwise_configs(),
+    "depthwise_jit": depthwise_configs(ndim=(1, 2), modes=("zeros",)),
     "winograd": conv_configs(ndim=2, min_kernel=3, max_kernel=3, max_stride=1,
                              max_dilation=1, max_channels=6, max_batch=3, max_output=13),
     "phases": conv_configs(ndim=(1, 2, 3), max_stride=3, max_kernel=5, max_channels=4,
@@ -189,7 +190,8 @@ def test_every_path_equals_the_reference_or_refuses(name, config, dtype, layout)
 @given(data=st.data(), layout=st.sampled_from(LAYOUTS))
 def test_each_path_on_the_geometries_it_accepts(name, data, layout):
     config = data.draw(ACCEPTED[name], label="config")
-    dtypes = ["float64", "float32"] if name == "winograd" else ["float64", "float32", "complex64"]
+    real_only = name in ("winograd", "depthwise_jit")
+    dtypes = ["float64", "float32"] if real_only else ["float64", "float32", "complex64"]
     _check_conv(name, config, data.draw(st.sampled_from(dtypes), label="dtype"), layout)
 
 
@@ -224,7 +226,8 @@ def test_refusals_name_what_the_path_needs(name):
     try:
         npconv.conv(x, w, stride=2, padding=2, groups=2, padding_mode="reflect", algorithm=name)
     except ValueError as exc:
-        assert name in ("pointwise", "winograd", "phases", "stacked", "shifted")
+        assert name in ("pointwise", "winograd", "phases", "stacked", "shifted",
+                        "depthwise_jit")
         assert "it needs" in str(exc) and len(str(exc)) > 60
     else:
         assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft", "serial")
@@ -250,7 +253,13 @@ def test_explain_names_a_path_and_a_reason_for_each_map():
     small = npconv.explain(np.zeros((1, 3, 8, 8)), np.zeros((4, 3, 3, 3)), stride=2)
     assert small.forward == "im2col" and small.reasons["forward"]
     depthwise = npconv.explain(np.zeros((2, 8, 16, 16)), np.zeros((8, 1, 3, 3)), groups=8)
-    assert depthwise.reasons["forward"].startswith("cost model, predicted: ")
+    if depthwise_jit.available():  # compiled kernels: ahead of the model
+        assert depthwise.forward == depthwise.grad_weight == "depthwise_jit"
+        assert "numba installed" in depthwise.reasons["forward"]
+    else:
+        assert depthwise.reasons["forward"].startswith("cost model, predicted: ")
+    volume = npconv.explain(np.zeros((2, 8, 8, 8, 8)), np.zeros((8, 1, 3, 3, 3)), groups=8)
+    assert volume.forward != "depthwise_jit"  # 3-d: the model chooses
 
 
 @pytest.mark.parametrize("name, stride", [

@@ -34,6 +34,7 @@ _MODULES = {
     "pointwise": "npconv.paths.pointwise",
     "direct": "npconv.paths.direct",
     "depthwise": "npconv.paths.depthwise",
+    "depthwise_jit": "npconv.paths.depthwise_jit",
     "winograd": "npconv.paths.winograd",
     "phases": "npconv.paths.phases",
     "fft": "npconv.paths.fft",
