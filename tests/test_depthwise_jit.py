@@ -68,6 +68,24 @@ def test_equals_the_reference(geometry, mult, dtype):
     _check(x, w, b, dict(stride=stride, dilation=dilation, padding=padding))
 
 
+@pytest.mark.parametrize("n, size, kernel, stride, padding, per_block", [
+    (5, (30, 30), 3, 1, 1, 4), (20, (30, 29), 3, 2, 1, 16), (60, (70,), 3, 1, 1, 56),
+    (2, (70, 66), 3, 1, 1, 1),
+    (7, (12, 11), 2, 1, "same", 7),  # no zero row in front: image blocks must not overlap
+])
+def test_blocks_of_images_with_a_short_last_one(n, size, kernel, stride, padding, per_block):
+    """Small images are stacked in blocks of a few per task (the last block shorter);
+    images of 4096+ grid elements go one per task."""
+    from npconv.geometry import ConvGeometry
+    from npconv.paths.depthwise_jit import layout
+
+    kernel = (kernel,) * len(size)
+    geometry = ConvGeometry.build(size, kernel, stride, padding)
+    assert layout(geometry).images(n) == per_block
+    x, w, b = _arrays(np.random.default_rng(6), n, 2, 2, size, kernel, "float32")
+    _check(x, w, b, dict(stride=stride, padding=padding))
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_same_bits_for_any_thread_count(stride):
     """Hundreds of planes in many chunks, threaded even though small (min_work_bytes=0):

@@ -31,8 +31,11 @@ from ..geometry import ConvGeometry
 from ..plan import Problem
 from ._common import empty_grads
 
-# Input and output bytes per chunk of planes: a few per thread, each plane in cache.
-TARGET_CHUNK_BYTES = 2**20
+# Input and output bytes per chunk of tasks: a few chunks per thread.
+TARGET_CHUNK_BYTES = 2**17
+# Grid elements of a task's block of images: small images are stacked until about this
+# many, so that a tap's multiply-add is long, while the block stays in L1/L2.
+BLOCK_ELEMENTS = 4096
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,10 +70,11 @@ def requires(problem: Problem, op: str) -> str | None:
 
 @dataclass(frozen=True)
 class Layout:
-    """A geometry as the kernels see it: 2-d (a 1-d layer has one row), the phase
-    grid's shape, and the integer arguments every kernel takes."""
+    """A geometry as the kernels see it: 2-d (a 1-d layer has one row), each image's
+    rows of the phase grid, and the integer arguments every kernel takes."""
 
-    phase_shape: tuple[int, int, int, int]  # (s0, s1, hr, wt)
+    rows: int  # hb: grid rows per image
+    width: int  # wt: grid columns
     params: tuple[int, ...]  # (s0, s1, d0, d1, p0, p1)
     in2: tuple[int, int]
     out2: tuple[int, int]
@@ -85,18 +89,23 @@ class Layout:
         stride = (1,) * lead + g.stride
         dilation = (1,) * lead + g.dilation
         front = (0,) * lead + tuple(lo for lo, _ in g.pads)
-        # the grid holds every tap's reads (a row more for the flat runs' overhang)
-        # and every input pixel (grad input merges them back)
+        # an image's rows hold its windows' reads and every input pixel (grad input
+        # merges them back)
         shift = [(k - 1) * d // s for k, d, s in zip(kernel, dilation, stride)]
         cover = [-(-(n + p) // s) for n, p, s in zip(size, front, stride)]
-        hr = max(out[0] + shift[0] + 1, cover[0])
-        wt = max(out[1] + shift[1], cover[1])
-        return cls((stride[0], stride[1], hr, wt), stride + dilation + front,
-                   (size[0], size[1]), (out[0], out[1]), (kernel[0], kernel[1]))
+        return cls(max(out[0] + shift[0], cover[0]), max(out[1] + shift[1], cover[1]),
+                   stride + dilation + front, (size[0], size[1]), (out[0], out[1]),
+                   (kernel[0], kernel[1]))
 
-    @property
-    def accumulator(self) -> int:
-        return self.out2[0] * self.phase_shape[3]
+    def images(self, n: int) -> int:
+        """Images per task: their grid about BLOCK_ELEMENTS (a long multiply-add per
+        tap however small the images)."""
+        return max(1, min(n, BLOCK_ELEMENTS // (self.rows * self.width)))
+
+    def phase_shape(self, nb: int) -> tuple[int, int, int, int]:
+        """(s0, s1, rows, wt) of a block of nb images (a row of zeros under it: the
+        last taps' runs overhang by up to a row)."""
+        return self.params[0], self.params[1], nb * self.rows + 1, self.width
 
 
 @functools.lru_cache(maxsize=256)
@@ -104,26 +113,27 @@ def layout(geometry: ConvGeometry) -> Layout:
     return Layout.of(geometry)
 
 
-def _items(lay: Layout, planes: int, mult: int, itemsize: int) -> list[tuple[int, int]]:
-    """Chunks (start, stop) of planes: about TARGET_CHUNK_BYTES of input and output
+def _items(lay: Layout, tasks: int, nb: int, mult: int,
+           itemsize: int) -> list[tuple[int, int]]:
+    """Chunks (start, stop) of tasks: about TARGET_CHUNK_BYTES of input and output
     each, cut into an even count (equal shares for 2 or 4 threads)."""
-    per_plane = (math.prod(lay.in2) + mult * math.prod(lay.out2)) * itemsize
-    most = workspace.balanced(planes, max(1, TARGET_CHUNK_BYTES // max(per_plane, 1)))
-    return [(s, min(planes, s + most)) for s in range(0, planes, most)]
+    per_task = nb * (math.prod(lay.in2) + mult * math.prod(lay.out2)) * itemsize
+    most = workspace.balanced(tasks, max(1, TARGET_CHUNK_BYTES // max(per_task, 1)))
+    return [(s, min(tasks, s + most)) for s in range(0, tasks, most)]
 
 
-def _work_bytes(lay: Layout, planes: int, mult: int, itemsize: int) -> int:
+def _work_bytes(lay: Layout, n: int, c: int, mult: int, itemsize: int) -> int:
     """Bytes the kernels pass over: a multiply-add over the grid per tap and output
     plane (what decides, against the executor's serial threshold, whether to thread)."""
-    return planes * mult * math.prod(lay.kernel2) * lay.accumulator * itemsize
+    return n * c * mult * math.prod(lay.kernel2) * lay.rows * lay.width * itemsize
 
 
 class _Scratch:
-    """One worker's phase grid and accumulator."""
+    """One worker's phase grid and accumulator for blocks of ``nb`` images."""
 
-    def __init__(self, xp: Any, dtype: Any, lay: Layout):
-        self.ph = xp.empty(lay.phase_shape, dtype=dtype)
-        self.acc = xp.empty(lay.accumulator, dtype=dtype)
+    def __init__(self, xp: Any, dtype: Any, lay: Layout, nb: int):
+        self.ph = xp.empty(lay.phase_shape(nb), dtype=dtype)
+        self.acc = xp.empty(nb * lay.rows * lay.width, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -136,12 +146,30 @@ class _Job:
     w: Any  # (C, mult, kh, kw)
     bias: Any  # (O,) (forward only)
     x: Any  # x (grad weight only)
-    params: tuple[int, ...]
+    params: tuple[int, ...]  # (nb, s0, s1, d0, d1, p0, p1)
 
 
-def _as4(a: Any, lay: Layout, size: tuple[int, int], xp: Any) -> Any:
+def _as4(a: Any, size: tuple[int, int], xp: Any) -> Any:
     """a (N, C, *size) as a C-contiguous (N, C, *size2)."""
     return xp.ascontiguousarray(a).reshape(a.shape[:2] + size)
+
+
+def _run(kernel: Any, reduce: Any, lay: Layout, job: _Job, n: int, c: int, mult: int,
+         xp: Any, dtype: Any, arrays: tuple[Any, ...]) -> None:
+    """``kernel`` over every task (image block, channel) in chunks on the executor's
+    threads; with ``reduce`` (the total) each lane's partial sums are added to it."""
+    nb, itemsize = job.params[0], dtype.itemsize
+    tasks = -(-n // nb) * c
+    common: dict[str, Any] = dict(
+        scratch=functools.partial(_Scratch, xp, dtype, lay, nb),
+        per_worker_bytes=(math.prod(lay.phase_shape(nb)) + nb * lay.rows * lay.width)
+        * itemsize,
+        arrays=arrays, work_bytes=_work_bytes(lay, n, c, mult, itemsize))
+    items = _items(lay, tasks, nb, mult, itemsize)
+    if reduce is None:
+        executor.map_chunks(kernel, items, job, **common)
+    else:
+        executor.reduce_chunks(kernel, items, reduce, job, **common)
 
 
 def _forward_chunk(buf: _Scratch, item: tuple[int, int], job: _Job) -> None:
@@ -150,7 +178,7 @@ def _forward_chunk(buf: _Scratch, item: tuple[int, int], job: _Job) -> None:
 
 
 def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
-    """y (N, O, *out) = depthwise conv(x, weight) + bias, plane by plane."""
+    """y (N, O, *out) = depthwise conv(x, weight) + bias, block by block."""
     from . import depthwise_kernels as kernels
 
     xp = backend.get_array_module(x, weight)
@@ -159,16 +187,11 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     y = xp.empty((n, o) + g.out_size, dtype=x.dtype)
     if y.size == 0 or c == 0:
         return y
-    mult, itemsize = o // c, x.dtype.itemsize
     b = xp.zeros(o, dtype=x.dtype) if bias is None else xp.ascontiguousarray(bias, dtype=x.dtype)
-    job = _Job(kernels, y.reshape((n, o) + lay.out2), _as4(x, lay, lay.in2, xp),
-               _as4(weight.reshape((c, mult) + g.kernel), lay, lay.kernel2, xp), b, None,
-               lay.params)
-    executor.map_chunks(_forward_chunk, _items(lay, n * c, mult, itemsize), job,
-                        scratch=functools.partial(_Scratch, xp, x.dtype, lay),
-                        per_worker_bytes=(math.prod(lay.phase_shape) + lay.accumulator)
-                        * itemsize, arrays=(x, weight),
-                        work_bytes=_work_bytes(lay, n * c, mult, itemsize))
+    job = _Job(kernels, y.reshape((n, o) + lay.out2), _as4(x, lay.in2, xp),
+               _as4(weight.reshape((c, o // c) + g.kernel), lay.kernel2, xp), b, None,
+               (lay.images(n),) + lay.params)
+    _run(_forward_chunk, None, lay, job, n, c, o // c, xp, x.dtype, (x, weight))
     return y
 
 
@@ -195,23 +218,17 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     if gy.size == 0 or c == 0 or not (need_input or need_weight):
         return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
     n, o = gy.shape[:2]
-    mult, itemsize = o // c, gy.dtype.itemsize
-    w = _as4(weight.reshape((c, mult) + g.kernel), lay, lay.kernel2, xp)
-    gy4 = _as4(gy, lay, lay.out2, xp)
-    common: dict[str, Any] = dict(
-        scratch=functools.partial(_Scratch, xp, gy.dtype, lay),
-        per_worker_bytes=(math.prod(lay.phase_shape) + lay.accumulator) * itemsize,
-        arrays=tuple(a for a in (gy, x, weight) if a is not None),
-        work_bytes=_work_bytes(lay, n * c, mult, itemsize))
-    items = _items(lay, n * c, mult, itemsize)
+    w = _as4(weight.reshape((c, o // c) + g.kernel), lay.kernel2, xp)
+    gy4, params = _as4(gy, lay.out2, xp), (lay.images(n),) + lay.params
+    arrays = tuple(a for a in (gy, x, weight) if a is not None)
     gx = gw = None
     if need_input:
         gx = xp.empty((n, c) + g.in_size, dtype=gy.dtype)
-        job = _Job(kernels, gx.reshape((n, c) + lay.in2), gy4, w, None, None, lay.params)
-        executor.map_chunks(_input_chunk, items, job, **common)
+        job = _Job(kernels, gx.reshape((n, c) + lay.in2), gy4, w, None, None, params)
+        _run(_input_chunk, None, lay, job, n, c, o // c, xp, gy.dtype, arrays)
     if need_weight:
         total = xp.zeros(w.shape, dtype=gy.dtype)
-        job = _Job(kernels, None, gy4, w, None, _as4(x, lay, lay.in2, xp), lay.params)
-        executor.reduce_chunks(_weight_chunk, items, total, job, **common)
+        job = _Job(kernels, None, gy4, w, None, _as4(x, lay.in2, xp), params)
+        _run(_weight_chunk, total, lay, job, n, c, o // c, xp, gy.dtype, arrays)
         gw = total.reshape(weight.shape)
     return gx, gw
