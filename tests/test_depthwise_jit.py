@@ -1,6 +1,7 @@
 """The compiled depthwise path (``algorithm='depthwise_jit'``) at its edges.
 
-Reached by its public name: phase grids for strides and dilations, asymmetric
+Reached by its public name, on both of its layouts (planes of phase grids; channels
+last for small images with 16+ output channels): strides and dilations, asymmetric
 padding, channel multipliers, 1-d layers, many chunks on several threads (the
 same bits for any thread count), and non-finite pixels that only the grid's
 junk columns read. The hypothesis tests of tests/test_paths.py draw its
@@ -61,10 +62,11 @@ def _check(x, w, b, kw, gy=None):
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
 @pytest.mark.parametrize("mult", [1, 3])
+@pytest.mark.parametrize("channels", [5, 16])  # 16+ outputs on small images: channels last
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_equals_the_reference(geometry, mult, dtype):
+def test_equals_the_reference(geometry, mult, channels, dtype):
     size, kernel, stride, dilation, padding = geometry
-    x, w, b = _arrays(np.random.default_rng(0), 3, 5, mult, size, kernel, dtype)
+    x, w, b = _arrays(np.random.default_rng(0), 3, channels, mult, size, kernel, dtype)
     _check(x, w, b, dict(stride=stride, dilation=dilation, padding=padding))
 
 

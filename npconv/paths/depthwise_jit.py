@@ -33,6 +33,12 @@ from ._common import empty_grads
 
 # Input and output bytes per chunk of tasks: a few chunks per thread.
 TARGET_CHUNK_BYTES = 2**17
+# Channels last (vectorized over the channels of a pixel) for images whose grid has at
+# most this many elements and at least this many output channels: on MobileNetV2's
+# 12x12 to 3x3 layers 2-8x faster than the planes, which won at 24x24 and up and with
+# few channels (one thread, measured: docs/performance.md, 2026-12-03).
+LAST_MAX_GRID = 256
+LAST_MIN_CHANNELS = 16
 # Grid elements of a task's block of images: small images are stacked until about this
 # many, so that a tap's multiply-add is long, while the block stays in L1/L2.
 BLOCK_ELEMENTS = 4096
@@ -113,72 +119,116 @@ def layout(geometry: ConvGeometry) -> Layout:
     return Layout.of(geometry)
 
 
-def _items(lay: Layout, tasks: int, nb: int, mult: int,
-           itemsize: int) -> list[tuple[int, int]]:
+def _items(tasks: int, per_task: int) -> list[tuple[int, int]]:
     """Chunks (start, stop) of tasks: about TARGET_CHUNK_BYTES of input and output
-    each, cut into an even count (equal shares for 2 or 4 threads)."""
-    per_task = nb * (math.prod(lay.in2) + mult * math.prod(lay.out2)) * itemsize
+    each (``per_task`` bytes per task), cut into an even count (equal shares for 2 or
+    4 threads)."""
     most = workspace.balanced(tasks, max(1, TARGET_CHUNK_BYTES // max(per_task, 1)))
     return [(s, min(tasks, s + most)) for s in range(0, tasks, most)]
 
 
-def _work_bytes(lay: Layout, n: int, c: int, mult: int, itemsize: int) -> int:
-    """Bytes the kernels pass over: a multiply-add over the grid per tap and output
-    plane (what decides, against the executor's serial threshold, whether to thread)."""
-    return n * c * mult * math.prod(lay.kernel2) * lay.rows * lay.width * itemsize
-
-
-class _Scratch:
+def _planes_scratch(xp: Any, dtype: Any, lay: Layout, nb: int) -> tuple[Any, Any]:
     """One worker's phase grid and accumulator for blocks of ``nb`` images."""
-
-    def __init__(self, xp: Any, dtype: Any, lay: Layout, nb: int):
-        self.ph = xp.empty(lay.phase_shape(nb), dtype=dtype)
-        self.acc = xp.empty(nb * lay.rows * lay.width, dtype=dtype)
+    return (xp.empty(lay.phase_shape(nb), dtype=dtype),
+            xp.empty(nb * lay.rows * lay.width, dtype=dtype))
 
 
 @dataclass(frozen=True)
 class _Job:
-    """The 4-d arrays a call's chunks read and write, and the kernels' integers."""
+    """One kernel's call over chunks of tasks: its arrays (after the partial sum of a
+    reduction), then the worker's scratch, the chunk's (start, stop), the integers."""
 
-    kernels: Any  # the module of compiled kernels
-    out: Any  # y (forward), gx (grad input) or None
-    src: Any  # x (forward) or gy
-    w: Any  # (C, mult, kh, kw)
-    bias: Any  # (O,) (forward only)
-    x: Any  # x (grad weight only)
-    params: tuple[int, ...]  # (nb, s0, s1, d0, d1, p0, p1)
+    kernel: Any
+    arrays: tuple[Any, ...]
+    params: tuple[int, ...]
+    partial: Any = None  # makes a reduction's zero partial sum
 
 
-def _as4(a: Any, size: tuple[int, int], xp: Any) -> Any:
+def _map_chunk(scratch: tuple[Any, ...], item: tuple[int, int], job: _Job) -> None:
+    job.kernel(*job.arrays, *scratch, *item, *job.params)
+
+
+def _sum_chunk(scratch: tuple[Any, ...], item: tuple[int, int], acc: Any, job: _Job) -> Any:
+    if acc is None:
+        acc = job.partial()
+    job.kernel(acc, *job.arrays, *scratch, *item, *job.params)
+    return acc
+
+
+@dataclass(frozen=True)
+class _Call:
+    """How one call runs its kernels: planes (with scratch) or channels last."""
+
+    lay: Layout
+    n: int
+    c: int
+    mult: int
+    dtype: Any
+    last: bool
+    scratch: Any  # () -> one worker's scratch tuple
+    scratch_bytes: int
+    arrays: tuple[Any, ...]  # the call's inputs (which backend, for the executor)
+
+    @classmethod
+    def of(cls, problem: Problem, xp: Any, dtype: Any, n: int, o: int,
+           arrays: tuple[Any, ...]) -> _Call:
+        lay, c = layout(problem.geometry), problem.in_channels
+        last = lay.rows * lay.width <= LAST_MAX_GRID and o >= LAST_MIN_CHANNELS
+        if last:
+            return cls(lay, n, c, o // c, dtype, True, tuple, 0, arrays)
+        nb = lay.images(n)
+        scratch = functools.partial(_planes_scratch, xp, dtype, lay, nb)
+        size = math.prod(lay.phase_shape(nb)) + nb * lay.rows * lay.width
+        return cls(lay, n, c, o // c, dtype, False, scratch, size * dtype.itemsize, arrays)
+
+    def run(self, kernel: Any, arrays: tuple[Any, ...], params: tuple[int, ...],
+            rows: int = 0, total: Any = None) -> None:
+        """``kernel`` over every task, in chunks on the executor's threads: blocks of
+        images and channels, or (channels last) ``rows`` rows of every image. With
+        ``total``, each lane's partial sums are added to it."""
+        lay, itemsize, o = self.lay, self.dtype.itemsize, self.c * self.mult
+        per_image = (math.prod(lay.in2) * self.c + math.prod(lay.out2) * o) * itemsize
+        if self.last:
+            tasks, per_task = self.n * rows, per_image // rows
+        else:
+            tasks = -(-self.n // params[0]) * self.c
+            per_task = params[0] * per_image // self.c
+        partial = None
+        if total is not None:
+            partial = functools.partial(backend.get_array_module(total).zeros, total.shape,
+                                        dtype=total.dtype)
+        job = _Job(kernel, arrays, params, partial)
+        common: dict[str, Any] = dict(
+            scratch=self.scratch, per_worker_bytes=self.scratch_bytes, arrays=self.arrays,
+            # the bytes the kernels pass over (a multiply-add per tap and output plane):
+            # what decides, against the executor's serial threshold, whether to thread
+            work_bytes=self.n * o * math.prod(lay.kernel2) * lay.rows * lay.width * itemsize)
+        if total is None:
+            executor.map_chunks(_map_chunk, _items(tasks, per_task), job, **common)
+        else:
+            executor.reduce_chunks(_sum_chunk, _items(tasks, per_task), total, job, **common)
+
+
+def _planar(a: Any, size: tuple[int, int], xp: Any) -> Any:
     """a (N, C, *size) as a C-contiguous (N, C, *size2)."""
     return xp.ascontiguousarray(a).reshape(a.shape[:2] + size)
 
 
-def _run(kernel: Any, reduce: Any, lay: Layout, job: _Job, n: int, c: int, mult: int,
-         xp: Any, dtype: Any, arrays: tuple[Any, ...]) -> None:
-    """``kernel`` over every task (image block, channel) in chunks on the executor's
-    threads; with ``reduce`` (the total) each lane's partial sums are added to it."""
-    nb, itemsize = job.params[0], dtype.itemsize
-    tasks = -(-n // nb) * c
-    common: dict[str, Any] = dict(
-        scratch=functools.partial(_Scratch, xp, dtype, lay, nb),
-        per_worker_bytes=(math.prod(lay.phase_shape(nb)) + nb * lay.rows * lay.width)
-        * itemsize,
-        arrays=arrays, work_bytes=_work_bytes(lay, n, c, mult, itemsize))
-    items = _items(lay, tasks, nb, mult, itemsize)
-    if reduce is None:
-        executor.map_chunks(kernel, items, job, **common)
-    else:
-        executor.reduce_chunks(kernel, items, reduce, job, **common)
+def _last(a: Any, size: tuple[int, int], xp: Any, repeat: int = 1) -> Any:
+    """a (N, C, *size) channels last: a contiguous (N, *size2, C * repeat), each
+    channel ``repeat`` times in a row."""
+    moved = xp.moveaxis(a.reshape(a.shape[:2] + size), 1, 3)
+    return xp.ascontiguousarray(moved if repeat == 1 else xp.repeat(moved, repeat, axis=3))
 
 
-def _forward_chunk(buf: _Scratch, item: tuple[int, int], job: _Job) -> None:
-    job.kernels.forward_planes(job.out, job.src, job.w, job.bias, buf.ph, buf.acc, *item,
-                               *job.params)
+def _taps_last(weight: Any, lay: Layout, xp: Any) -> Any:
+    """weight (O, 1, *k) as a contiguous (kh, kw, O)."""
+    return xp.ascontiguousarray(xp.moveaxis(weight.reshape((weight.shape[0],) + lay.kernel2),
+                                            0, 2))
 
 
 def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
-    """y (N, O, *out) = depthwise conv(x, weight) + bias, block by block."""
+    """y (N, O, *out) = depthwise conv(x, weight) + bias."""
     from . import depthwise_kernels as kernels
 
     xp = backend.get_array_module(x, weight)
@@ -188,23 +238,40 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     if y.size == 0 or c == 0:
         return y
     b = xp.zeros(o, dtype=x.dtype) if bias is None else xp.ascontiguousarray(bias, dtype=x.dtype)
-    job = _Job(kernels, y.reshape((n, o) + lay.out2), _as4(x, lay.in2, xp),
-               _as4(weight.reshape((c, o // c) + g.kernel), lay.kernel2, xp), b, None,
-               (lay.images(n),) + lay.params)
-    _run(_forward_chunk, None, lay, job, n, c, o // c, xp, x.dtype, (x, weight))
+    call = _Call.of(problem, xp, x.dtype, n, o, (x, weight))
+    if call.last:
+        yt = xp.empty((n,) + lay.out2 + (o,), dtype=x.dtype)
+        call.run(kernels.forward_last, (yt, _last(x, lay.in2, xp, o // c),
+                                        _taps_last(weight, lay, xp), b),
+                 lay.params, rows=lay.out2[0])
+        y.reshape((n, o) + lay.out2)[...] = xp.moveaxis(yt, 3, 1)
+        return y
+    w = _planar(weight.reshape((c, o // c) + g.kernel), lay.kernel2, xp)
+    call.run(kernels.forward_planes, (y.reshape((n, o) + lay.out2), _planar(x, lay.in2, xp),
+                                      w, b), (lay.images(n),) + lay.params)
     return y
 
 
-def _input_chunk(buf: _Scratch, item: tuple[int, int], job: _Job) -> None:
-    job.kernels.grad_input_planes(job.out, job.src, job.w, buf.ph, buf.acc, *item,
-                                  *job.params)
+def _backward_last(call: _Call, gy: Any, x: Any, weight: Any, need_input: bool,
+                   need_weight: bool, xp: Any, in_size: tuple[int, ...]) -> tuple[Any, Any]:
+    """(gx, gw) channels last: gx summed over the repeated channels, gw (O, 1, *k)."""
+    from . import depthwise_kernels as kernels
 
-
-def _weight_chunk(buf: _Scratch, item: tuple[int, int], acc: Any, job: _Job) -> Any:
-    if acc is None:
-        acc = backend.get_array_module(job.w).zeros(job.w.shape, dtype=job.w.dtype)
-    job.kernels.grad_weight_planes(acc, job.src, job.x, buf.ph, buf.acc, *item, *job.params)
-    return acc
+    lay, (n, o), c = call.lay, gy.shape[:2], call.c
+    gyt, wt = _last(gy, lay.out2, xp), _taps_last(weight, lay, xp)
+    gx = gw = None
+    if need_input:
+        gxt = xp.empty((n,) + lay.in2 + (o,), dtype=gy.dtype)
+        call.run(kernels.grad_input_last, (gxt, gyt, wt), lay.params, rows=lay.in2[0])
+        if call.mult > 1:
+            gxt = gxt.reshape((n,) + lay.in2 + (c, call.mult)).sum(axis=-1)
+        gx = xp.ascontiguousarray(xp.moveaxis(gxt, 3, 1)).reshape((n, c) + in_size)
+    if need_weight:
+        total = xp.zeros(lay.kernel2 + (o,), dtype=gy.dtype)
+        call.run(kernels.grad_weight_last, (gyt, _last(x, lay.in2, xp, call.mult)),
+                 lay.params, rows=lay.out2[0], total=total)
+        gw = xp.ascontiguousarray(xp.moveaxis(total, 2, 0)).reshape(weight.shape)
+    return gx, gw
 
 
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
@@ -218,17 +285,19 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     if gy.size == 0 or c == 0 or not (need_input or need_weight):
         return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
     n, o = gy.shape[:2]
-    w = _as4(weight.reshape((c, o // c) + g.kernel), lay.kernel2, xp)
-    gy4, params = _as4(gy, lay.out2, xp), (lay.images(n),) + lay.params
-    arrays = tuple(a for a in (gy, x, weight) if a is not None)
+    call = _Call.of(problem, xp, gy.dtype, n, o,
+                    tuple(a for a in (gy, x, weight) if a is not None))
+    if call.last:
+        return _backward_last(call, gy, x, weight, need_input, need_weight, xp, g.in_size)
+    w = _planar(weight.reshape((c, o // c) + g.kernel), lay.kernel2, xp)
+    gy4, params = _planar(gy, lay.out2, xp), (lay.images(n),) + lay.params
     gx = gw = None
     if need_input:
         gx = xp.empty((n, c) + g.in_size, dtype=gy.dtype)
-        job = _Job(kernels, gx.reshape((n, c) + lay.in2), gy4, w, None, None, params)
-        _run(_input_chunk, None, lay, job, n, c, o // c, xp, gy.dtype, arrays)
+        call.run(kernels.grad_input_planes, (gx.reshape((n, c) + lay.in2), gy4, w), params)
     if need_weight:
         total = xp.zeros(w.shape, dtype=gy.dtype)
-        job = _Job(kernels, None, gy4, w, None, _as4(x, lay.in2, xp), params)
-        _run(_weight_chunk, total, lay, job, n, c, o // c, xp, gy.dtype, arrays)
+        call.run(kernels.grad_weight_planes, (gy4, _planar(x, lay.in2, xp)), params,
+                 total=total)
         gw = total.reshape(weight.shape)
     return gx, gw

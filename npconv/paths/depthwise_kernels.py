@@ -219,3 +219,90 @@ def grad_weight_planes(gw: Any, gy: Any, x: Any, ph: Any, acc: Any, start: int, 
                     if total != total:
                         total = _dot_rows(gy, o, n0, count, base, off, hb, wt)
                     gw[ch, m, i, j] += total
+
+
+# --------------------------------------------------------------------------- channels last
+# Images of a few dozen pixels leave a plane's runs too short to pay for their loops.
+# There the kernels below take the arrays channels-last, (N, rows, columns, O) with the
+# input's channels repeated mult times, and vectorize over the O channels of one pixel:
+#
+#     forward      y[n, a, b]   = bias + sum_ij w[i, j] x[n, r_ai, q_bj]
+#     grad input   gx[n, r, q]  = sum over the (i, j, a, b) with r_ai = r, q_bj = q of
+#                                 w[i, j] gy[n, a, b]
+#     grad weight  gw[i, j]    += sum_ab gy[n, a, b] x[n, r_ai, q_bj]
+#
+# with r_ai = a s0 + i d0 - p0 and q_bj = b s1 + j d1 - p1, each term a vector over
+# the channels (taps that fall on the padding are skipped). A task is one output row
+# (forward, grad weight) or one input row (grad input, which gathers: no two tasks
+# write alike).
+
+
+@_jit
+def _axpy(acc: Any, wv: Any, src: Any) -> None:
+    for c in range(acc.shape[0]):
+        acc[c] += wv[c] * src[c]
+
+
+@_jit
+def forward_last(y: Any, x: Any, w: Any, bias: Any, start: int, stop: int, s0: int,
+                 s1: int, d0: int, d1: int, p0: int, p1: int) -> None:
+    """y (N, oh, ow, O) rows start:stop (task t: image t // oh, row t % oh) from
+    x (N, h, w, O) and w (kh, kw, O)."""
+    oh, ow, h, wd = y.shape[1], y.shape[2], x.shape[1], x.shape[2]
+    kh, kw = w.shape[0], w.shape[1]
+    for t in range(start, stop):
+        n, a = t // oh, t % oh
+        for b in range(ow):
+            acc = y[n, a, b]
+            _copy(acc, bias)
+            for i in range(kh):
+                r = a * s0 + i * d0 - p0
+                if 0 <= r < h:
+                    for j in range(kw):
+                        q = b * s1 + j * d1 - p1
+                        if 0 <= q < wd:
+                            _axpy(acc, w[i, j], x[n, r, q])
+
+
+@_jit
+def grad_input_last(gx: Any, gy: Any, w: Any, start: int, stop: int, s0: int, s1: int,
+                    d0: int, d1: int, p0: int, p1: int) -> None:
+    """gx (N, h, w, O) rows start:stop (task t: image t // h, row t % h), gathered from
+    gy (N, oh, ow, O) and w (kh, kw, O)."""
+    h, wd, oh, ow = gx.shape[1], gx.shape[2], gy.shape[1], gy.shape[2]
+    kh, kw = w.shape[0], w.shape[1]
+    for t in range(start, stop):
+        n, r = t // h, t % h
+        for q in range(wd):
+            acc = gx[n, r, q]
+            acc[:] = 0
+            for i in range(kh):
+                num = r + p0 - i * d0
+                if num < 0 or num % s0 != 0 or num // s0 >= oh:
+                    continue
+                for j in range(kw):
+                    num1 = q + p1 - j * d1
+                    if num1 < 0 or num1 % s1 != 0 or num1 // s1 >= ow:
+                        continue
+                    _axpy(acc, w[i, j], gy[n, num // s0, num1 // s1])
+
+
+@_jit
+def grad_weight_last(gw: Any, gy: Any, x: Any, start: int, stop: int, s0: int, s1: int,
+                     d0: int, d1: int, p0: int, p1: int) -> None:
+    """gw (kh, kw, O) += the products of output rows start:stop (task t: image t // oh,
+    row t % oh) of gy (N, oh, ow, O) with their windows of x (N, h, w, O)."""
+    oh, ow, h, wd = gy.shape[1], gy.shape[2], x.shape[1], x.shape[2]
+    kh, kw = gw.shape[0], gw.shape[1]
+    for t in range(start, stop):
+        n, a = t // oh, t % oh
+        for i in range(kh):
+            r = a * s0 + i * d0 - p0
+            if r < 0 or r >= h:
+                continue
+            for j in range(kw):
+                dst = gw[i, j]
+                for b in range(ow):
+                    q = b * s1 + j * d1 - p1
+                    if 0 <= q < wd:
+                        _axpy(dst, gy[n, a, b], x[n, r, q])
