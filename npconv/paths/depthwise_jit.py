@@ -200,9 +200,11 @@ class _Call:
         job = _Job(kernel, arrays, params, partial)
         common: dict[str, Any] = dict(
             scratch=self.scratch, per_worker_bytes=self.scratch_bytes, arrays=self.arrays,
-            # the bytes the kernels pass over (a multiply-add per tap and output plane):
-            # what decides, against the executor's serial threshold, whether to thread
-            work_bytes=self.n * o * math.prod(lay.kernel2) * lay.rows * lay.width * itemsize)
+            # the bytes the kernels pass over, a multiply-add per tap over each output
+            # plane (planes: over its grid): what decides, against the executor's
+            # serial threshold, whether to thread
+            work_bytes=self.n * o * math.prod(lay.kernel2) * itemsize
+            * (math.prod(lay.out2) if self.last else lay.rows * lay.width))
         if total is None:
             executor.map_chunks(_map_chunk, _items(tasks, per_task), job, **common)
         else:
