@@ -31,6 +31,7 @@ GEOMETRIES = [
     ((16,), (5,), 1, 2, 8),
     ((7, 9), (3, 3), 3, 1, 0),  # pixels no window reads
     ((5, 6), (7, 7), 1, 1, 3),  # a kernel larger than the input
+    ((1, 8), (1, 3), 3, 1, 0),  # residues of the stride with no pixel
 ]
 
 

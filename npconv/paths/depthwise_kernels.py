@@ -58,20 +58,17 @@ def _copy(dst: Any, src: Any) -> None:
 def _split(ph: Any, plane: Any, row0: int, hb: int, s0: int, s1: int, p0: int,
            p1: int) -> None:
     """Rows row0:row0 + hb of the zeroed grid ph (s0, s1, rows, wt) <- the phase grid
-    of ``plane`` (h, w), zero-padded."""
+    of ``plane`` (h, w), zero-padded: one 2-d slice copy per residue."""
     wt = ph.shape[3]
     h, w = plane.shape
     for u in range(s0):
         r0, r1 = _span(hb, s0, u - p0, h)
+        a0 = r0 * s0 + u - p0
         for v in range(s1):
             q0, q1 = _span(wt, s1, v - p1, w)
             c0 = q0 * s1 + v - p1
-            for r in range(r0, r1):
-                dst = ph[u, v, row0 + r, q0:q1]
-                if s1 == 1:  # a contiguous run: the copy vectorizes
-                    _copy(dst, plane[r * s0 + u - p0, c0:c0 + q1 - q0])
-                else:
-                    _copy(dst, plane[r * s0 + u - p0, c0::s1])
+            ph[u, v, row0 + r0:row0 + r1, q0:q1] = plane[a0:a0 + (r1 - r0 - 1) * s0 + 1:s0,
+                                                         c0:c0 + (q1 - q0 - 1) * s1 + 1:s1]
 
 
 @_jit
@@ -83,15 +80,12 @@ def _merge(plane: Any, ph: Any, row0: int, hb: int, s0: int, s1: int, p0: int,
     h, w = plane.shape
     for u in range(s0):
         r0, r1 = _span(hb, s0, u - p0, h)
+        a0 = r0 * s0 + u - p0
         for v in range(s1):
             q0, q1 = _span(wt, s1, v - p1, w)
             c0 = q0 * s1 + v - p1
-            for r in range(r0, r1):
-                src = ph[u, v, row0 + r, q0:q1]
-                if s1 == 1:
-                    _copy(plane[r * s0 + u - p0, c0:c0 + q1 - q0], src)
-                else:
-                    _copy(plane[r * s0 + u - p0, c0::s1], src)
+            plane[a0:a0 + (r1 - r0 - 1) * s0 + 1:s0,
+                  c0:c0 + (q1 - q0 - 1) * s1 + 1:s1] = ph[u, v, row0 + r0:row0 + r1, q0:q1]
 
 
 @_jit
