@@ -128,8 +128,9 @@ def _items(tasks: int, per_task: int) -> list[tuple[int, int]]:
 
 
 def _planes_scratch(xp: Any, dtype: Any, lay: Layout, nb: int) -> tuple[Any, Any]:
-    """One worker's phase grid and accumulator for blocks of ``nb`` images."""
-    return (xp.empty(lay.phase_shape(nb), dtype=dtype),
+    """One worker's phase grid (zero: see depthwise_kernels._fill) and accumulator
+    for blocks of ``nb`` images."""
+    return (xp.zeros(lay.phase_shape(nb), dtype=dtype),
             xp.empty(nb * lay.rows * lay.width, dtype=dtype))
 
 

@@ -41,51 +41,80 @@ _jit_sum = numba.njit(nogil=True, cache=True, error_model="numpy",
 
 
 @_jit
-def _span(count: int, step: int, offset: int, size: int) -> tuple[int, int]:
-    """[lo, hi): the a in [0, count) with 0 <= a * step + offset < size."""
-    lo = 0 if offset >= 0 else (step - 1 - offset) // step
-    hi = min(count, (size - offset + step - 1) // step) if size > offset else 0
-    return lo, max(lo, hi)
-
-
-@_jit
 def _copy(dst: Any, src: Any) -> None:
     for q in range(dst.shape[0]):
         dst[q] = src[q]
 
 
 @_jit
-def _split(ph: Any, plane: Any, row0: int, hb: int, s0: int, s1: int, p0: int,
-           p1: int) -> None:
-    """Rows row0:row0 + hb of the zeroed grid ph (s0, s1, rows, wt) <- the phase grid
-    of ``plane`` (h, w), zero-padded: one 2-d slice copy per residue."""
-    wt = ph.shape[3]
-    h, w = plane.shape
-    for u in range(s0):
-        r0, r1 = _span(hb, s0, u - p0, h)
-        a0 = r0 * s0 + u - p0
-        for v in range(s1):
-            q0, q1 = _span(wt, s1, v - p1, w)
-            c0 = q0 * s1 + v - p1
-            ph[u, v, row0 + r0:row0 + r1, q0:q1] = plane[a0:a0 + (r1 - r0 - 1) * s0 + 1:s0,
-                                                         c0:c0 + (q1 - q0 - 1) * s1 + 1:s1]
+def _columns(w: int, s1: int, p1: int, v: int) -> tuple[int, int, int]:
+    """(first input column, count, first grid column) of column residue v."""
+    first = (v - p1) % s1
+    return first, max(0, -(-(w - first) // s1)), (first + p1) // s1
 
 
 @_jit
-def _merge(plane: Any, ph: Any, row0: int, hb: int, s0: int, s1: int, p0: int,
-           p1: int) -> None:
-    """plane (h, w) <- its pixels of rows row0:row0 + hb of the grid: the adjoint of
-    :func:`_split` (each pixel lies in one residue, as the grid covers the input)."""
-    wt = ph.shape[3]
+def _split(ph: Any, plane: Any, row0: int, s0: int, s1: int, p0: int, p1: int) -> None:
+    """The phase grid ph (s0, s1, rows, wt) from row row0 on <- ``plane`` (h, w),
+    input row r to residue ((r + p0) % s0) at row (r + p0) // s0 (the padding is
+    left as it is). Stride 1 and 2 columns go row by row (2: both residues of a row
+    at once, which vectorizes); wider strides as one 2-d slice per residue."""
     h, w = plane.shape
-    for u in range(s0):
-        r0, r1 = _span(hb, s0, u - p0, h)
-        a0 = r0 * s0 + u - p0
-        for v in range(s1):
-            q0, q1 = _span(wt, s1, v - p1, w)
-            c0 = q0 * s1 + v - p1
-            plane[a0:a0 + (r1 - r0 - 1) * s0 + 1:s0,
-                  c0:c0 + (q1 - q0 - 1) * s1 + 1:s1] = ph[u, v, row0 + r0:row0 + r1, q0:q1]
+    if s1 > 2:
+        for r in range(h):
+            for v in range(s1):
+                first, count, t0 = _columns(w, s1, p1, v)
+                ph[(r + p0) % s0, v, row0 + (r + p0) // s0, t0:t0 + count] = \
+                    plane[r, first::s1]
+        return
+    a0, n0, t0 = _columns(w, s1, p1, 0)
+    a1, n1, t1 = _columns(w, s1, p1, 1 % s1)
+    for r in range(h):
+        src = plane[r]
+        u, row = (r + p0) % s0, row0 + (r + p0) // s0
+        if s1 == 1:
+            _copy(ph[u, 0, row, t0:t0 + w], src)
+            continue
+        d0, d1 = ph[u, 0, row, t0:t0 + n0], ph[u, 1, row, t1:t1 + n1]
+        e0, e1 = src[a0:], src[a1:]  # (indices from 0: see the module's note)
+        for q in range(min(n0, n1)):
+            d0[q] = e0[2 * q]
+            d1[q] = e1[2 * q]
+        if n0 > n1:
+            d0[n1] = e0[2 * n1]
+        elif n1 > n0:
+            d1[n0] = e1[2 * n0]
+
+
+@_jit
+def _merge(plane: Any, ph: Any, row0: int, s0: int, s1: int, p0: int, p1: int) -> None:
+    """plane (h, w) <- its pixels of the phase grid from row row0 on: the adjoint of
+    :func:`_split` (each pixel lies in one residue, as the grid covers the input)."""
+    h, w = plane.shape
+    if s1 > 2:
+        for r in range(h):
+            for v in range(s1):
+                first, count, t0 = _columns(w, s1, p1, v)
+                plane[r, first::s1] = \
+                    ph[(r + p0) % s0, v, row0 + (r + p0) // s0, t0:t0 + count]
+        return
+    a0, n0, t0 = _columns(w, s1, p1, 0)
+    a1, n1, t1 = _columns(w, s1, p1, 1 % s1)
+    for r in range(h):
+        dst = plane[r]
+        u, row = (r + p0) % s0, row0 + (r + p0) // s0
+        if s1 == 1:
+            _copy(dst, ph[u, 0, row, t0:t0 + w])
+            continue
+        g0, g1 = ph[u, 0, row, t0:t0 + n0], ph[u, 1, row, t1:t1 + n1]
+        e0, e1 = dst[a0:], dst[a1:]
+        for q in range(min(n0, n1)):
+            e0[2 * q] = g0[q]
+            e1[2 * q] = g1[q]
+        if n0 > n1:
+            e0[2 * n1] = g0[n1]
+        elif n1 > n0:
+            e1[2 * n0] = g1[n0]
 
 
 @_jit
@@ -98,10 +127,12 @@ def _block(t: int, c: int, n: int, nb: int) -> tuple[int, int, int]:
 @_jit
 def _fill(ph: Any, x: Any, ch: int, n0: int, count: int, hb: int, s0: int, s1: int,
           p0: int, p1: int) -> None:
-    """ph <- the phase grids of x[n0:n0 + count, ch], image k at rows k hb."""
-    ph[:] = 0
+    """ph <- the phase grids of x[n0:n0 + count, ch], image k at rows k hb. The grid
+    is zero when its worker gets it, and fills write the same pixel positions every
+    time: its padding stays zero. Rows past the last image of a short block keep an
+    earlier block's pixels, which only junk positions read."""
     for k in range(count):
-        _split(ph, x[n0 + k, ch], k * hb, hb, s0, s1, p0, p1)
+        _split(ph, x[n0 + k, ch], k * hb, s0, s1, p0, p1)
 
 
 @_jit
@@ -168,7 +199,7 @@ def grad_input_planes(gx: Any, gy: Any, w: Any, ph: Any, acc: Any, start: int, s
                     for e in range(q):
                         dst[e] += wv * acc[e]
         for k in range(count):
-            _merge(gx[n0 + k, ch], ph, k * hb, hb, s0, s1, p0, p1)
+            _merge(gx[n0 + k, ch], ph, k * hb, s0, s1, p0, p1)
 
 
 @_jit_sum
