@@ -67,23 +67,21 @@ def _split(ph: Any, plane: Any, row0: int, s0: int, s1: int, p0: int, p1: int) -
                 ph[(r + p0) % s0, v, row0 + (r + p0) // s0, t0:t0 + count] = \
                     plane[r, first::s1]
         return
-    a0, n0, t0 = _columns(w, s1, p1, 0)
-    a1, n1, t1 = _columns(w, s1, p1, 1 % s1)
+    ne, no = w - w // 2, w // 2  # even and odd input columns (stride 2)
+    ve, vo = p1 % s1, (1 + p1) % s1  # their residues, at grid columns q + te and q + to
+    te, to = p1 // s1, (1 + p1) // s1
     for r in range(h):
         src = plane[r]
         u, row = (r + p0) % s0, row0 + (r + p0) // s0
         if s1 == 1:
-            _copy(ph[u, 0, row, t0:t0 + w], src)
+            _copy(ph[u, 0, row, te:te + w], src)
             continue
-        d0, d1 = ph[u, 0, row, t0:t0 + n0], ph[u, 1, row, t1:t1 + n1]
-        e0, e1 = src[a0:], src[a1:]  # (indices from 0: see the module's note)
-        for q in range(min(n0, n1)):
-            d0[q] = e0[2 * q]
-            d1[q] = e1[2 * q]
-        if n0 > n1:
-            d0[n1] = e0[2 * n1]
-        elif n1 > n0:
-            d1[n0] = e1[2 * n0]
+        even, odd = ph[u, ve, row, te:te + ne], ph[u, vo, row, to:to + no]
+        for q in range(no):  # one source, constant stride: an interleaved load
+            even[q] = src[2 * q]
+            odd[q] = src[2 * q + 1]
+        if ne > no:
+            even[no] = src[2 * no]
 
 
 @_jit
@@ -98,23 +96,21 @@ def _merge(plane: Any, ph: Any, row0: int, s0: int, s1: int, p0: int, p1: int) -
                 plane[r, first::s1] = \
                     ph[(r + p0) % s0, v, row0 + (r + p0) // s0, t0:t0 + count]
         return
-    a0, n0, t0 = _columns(w, s1, p1, 0)
-    a1, n1, t1 = _columns(w, s1, p1, 1 % s1)
+    ne, no = w - w // 2, w // 2
+    ve, vo = p1 % s1, (1 + p1) % s1
+    te, to = p1 // s1, (1 + p1) // s1
     for r in range(h):
         dst = plane[r]
         u, row = (r + p0) % s0, row0 + (r + p0) // s0
         if s1 == 1:
-            _copy(dst, ph[u, 0, row, t0:t0 + w])
+            _copy(dst, ph[u, 0, row, te:te + w])
             continue
-        g0, g1 = ph[u, 0, row, t0:t0 + n0], ph[u, 1, row, t1:t1 + n1]
-        e0, e1 = dst[a0:], dst[a1:]
-        for q in range(min(n0, n1)):
-            e0[2 * q] = g0[q]
-            e1[2 * q] = g1[q]
-        if n0 > n1:
-            e0[2 * n1] = g0[n1]
-        elif n1 > n0:
-            e1[2 * n0] = g1[n0]
+        even, odd = ph[u, ve, row, te:te + ne], ph[u, vo, row, to:to + no]
+        for q in range(no):
+            dst[2 * q] = even[q]
+            dst[2 * q + 1] = odd[q]
+        if ne > no:
+            dst[2 * no] = even[no]
 
 
 @_jit
