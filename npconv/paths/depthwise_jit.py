@@ -32,7 +32,7 @@ from ..plan import Problem
 from ._common import empty_grads
 
 # Input and output bytes per chunk of tasks: a few chunks per thread.
-TARGET_CHUNK_BYTES = 2**17
+TARGET_CHUNK_BYTES = 2**19
 # Channels last (vectorized over the channels of a pixel) for images whose grid has at
 # most this many elements and at least this many output channels: on MobileNetV2's
 # 12x12 to 3x3 layers 2-8x faster than the planes, which won at 24x24 and up and with
