@@ -360,7 +360,8 @@ def machine_section(result: dict) -> list[str]:
         f"- CPU: {info['cpu']}, {info['cores']} cores, widest SIMD {info['simd']} "
         f"({info['caches']})",
         f"- Python {info['python']}, NumPy {nph.get('numpy', '?')}, torch {th.get('torch', '?')}"
-        f", npconv {nph.get('npconv', '?')}",
+        f", npconv {nph.get('npconv', '?')}, numba "
+        + (nph.get("numba") or "not installed (no depthwise_jit path)"),
         f"- NumPy's BLAS in the npconv worker (threadpoolctl): {blas_line(hello)}",
         "- OpenBLAS variables the workers saw: "
         + (", ".join(f"`{k}={v}`" for k, v in blas_env.items()) if blas_env else

@@ -270,7 +270,7 @@ class NpconvSide(Side):
                "npconv_min_work_bytes": getattr(self.npconv, "get_min_work_bytes",
                                                 lambda: None)(),
                "npconv_file": self.npconv.__file__,
-               "backend": self.npconv.get_backend()}
+               "backend": self.npconv.get_backend(), "numba": numba_version()}
         if self.device == "cuda":
             out.update(cupy_info(self.xp))
         return out
@@ -302,6 +302,16 @@ def cupy_pool_peak(cupy, f, sync) -> int:
     peak = pool.total_bytes() - base
     del result
     return peak
+
+
+def numba_version() -> str | None:
+    """numba's version, or None where it is not installed (npconv's depthwise_jit path
+    runs only with it)."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    return str(numba.__version__)
 
 
 def cupy_info(cupy) -> dict:
