@@ -114,10 +114,27 @@ def _merge(plane: Any, ph: Any, row0: int, s0: int, s1: int, p0: int, p1: int) -
 
 
 @_jit
-def _block(t: int, c: int, n: int, nb: int) -> tuple[int, int, int]:
-    """(channel, first image, images) of task t."""
+def _grid(ph: Any, nb: int) -> tuple[int, int, Any]:
+    """(rows per image hb, columns wt, the grid as (s0, s1, rows * wt)) of a task's
+    phase grid ph for blocks of nb images."""
+    s0, s1, rows, wt = ph.shape
+    return (rows - 1) // nb, wt, ph.reshape(s0, s1, rows * wt)
+
+
+@_jit
+def _block(t: int, c: int, n: int, nb: int, hb: int, oh: int,
+           wt: int) -> tuple[int, int, int, int]:
+    """(channel, first image, images, accumulator length) of task t."""
     n0 = (t // c) * nb
-    return t % c, n0, min(n, n0 + nb) - n0
+    count = min(n, n0 + nb) - n0
+    return t % c, n0, count, ((count - 1) * hb + oh) * wt
+
+
+@_jit
+def _tap(flat: Any, i: int, j: int, s0: int, s1: int, d0: int, d1: int,
+         wt: int) -> tuple[Any, int]:
+    """(the residue's grid row, the flat shift) that tap (i, j) reads."""
+    return flat[i * d0 % s0, j * d1 % s1], (i * d0 // s0) * wt + j * d1 // s1
 
 
 @_jit
@@ -143,6 +160,28 @@ def _grid_gy(acc: Any, gy: Any, o: int, n0: int, count: int, hb: int, wt: int) -
 
 
 @_jit
+def _scaled_add(dst: Any, wv: Any, src: Any) -> None:
+    for e in range(dst.shape[0]):
+        dst[e] += wv * src[e]
+
+
+@_jit
+def _all_taps(acc: Any, flat: Any, wcm: Any, wt: int, s0: int, s1: int, d0: int, d1: int,
+              back: bool) -> None:
+    """Every tap (i, j) of one output channel's weights wcm (kh, kw): the forward's
+    acc += w_ij run_ij, or with ``back`` grad input's run_ij += w_ij acc (run_ij: the
+    tap's shifted run of the grid, as long as acc)."""
+    q = acc.shape[0]
+    for i in range(wcm.shape[0]):
+        for j in range(wcm.shape[1]):
+            base, off = _tap(flat, i, j, s0, s1, d0, d1, wt)
+            if back:
+                _scaled_add(base[off:off + q], wcm[i, j], acc)
+            else:
+                _scaled_add(acc, wcm[i, j], base[off:off + q])
+
+
+@_jit
 def forward_planes(y: Any, x: Any, w: Any, bias: Any, ph: Any, acc: Any, start: int,
                    stop: int, nb: int, s0: int, s1: int, d0: int, d1: int, p0: int,
                    p1: int) -> None:
@@ -150,22 +189,14 @@ def forward_planes(y: Any, x: Any, w: Any, bias: Any, ph: Any, acc: Any, start: 
     start:stop; x (N, C, h, w), w (C, mult, kh, kw), ph and acc scratch."""
     c, mult, kh, kw = w.shape
     n, oh, ow = y.shape[0], y.shape[2], y.shape[3]
-    hb, wt = (ph.shape[2] - 1) // nb, ph.shape[3]
-    flat = ph.reshape(s0, s1, ph.shape[2] * wt)
+    hb, wt, flat = _grid(ph, nb)
     for t in range(start, stop):
-        ch, n0, count = _block(t, c, n, nb)
+        ch, n0, count, q = _block(t, c, n, nb, hb, oh, wt)
         _fill(ph, x, ch, n0, count, hb, s0, s1, p0, p1)
-        q = ((count - 1) * hb + oh) * wt
         for m in range(mult):
             o = ch * mult + m
             acc[:q] = bias[o]
-            for i in range(kh):
-                for j in range(kw):
-                    off = (i * d0 // s0) * wt + j * d1 // s1
-                    src = flat[i * d0 % s0, j * d1 % s1, off:off + q]
-                    wv = w[ch, m, i, j]
-                    for e in range(q):
-                        acc[e] += wv * src[e]
+            _all_taps(acc[:q], flat, w[ch, m], wt, s0, s1, d0, d1, False)
             for k in range(count):
                 for a in range(oh):
                     e = (k * hb + a) * wt
@@ -179,21 +210,13 @@ def grad_input_planes(gx: Any, gy: Any, w: Any, ph: Any, acc: Any, start: int, s
     tap (i, j), for tasks start:stop; ph and acc are scratch as in the forward."""
     c, mult, kh, kw = w.shape
     n, oh = gy.shape[0], gy.shape[2]
-    hb, wt = (ph.shape[2] - 1) // nb, ph.shape[3]
-    flat = ph.reshape(s0, s1, ph.shape[2] * wt)
+    hb, wt, flat = _grid(ph, nb)
     for t in range(start, stop):
-        ch, n0, count = _block(t, c, n, nb)
-        q = ((count - 1) * hb + oh) * wt
+        ch, n0, count, q = _block(t, c, n, nb, hb, oh, wt)
         ph[:] = 0
         for m in range(mult):
             _grid_gy(acc, gy, ch * mult + m, n0, count, hb, wt)
-            for i in range(kh):
-                for j in range(kw):
-                    off = (i * d0 // s0) * wt + j * d1 // s1
-                    dst = flat[i * d0 % s0, j * d1 % s1, off:off + q]
-                    wv = w[ch, m, i, j]
-                    for e in range(q):
-                        dst[e] += wv * acc[e]
+            _all_taps(acc[:q], flat, w[ch, m], wt, s0, s1, d0, d1, True)
         for k in range(count):
             _merge(gx[n0 + k, ch], ph, k * hb, s0, s1, p0, p1)
 
@@ -220,19 +243,16 @@ def grad_weight_planes(gw: Any, gy: Any, x: Any, ph: Any, acc: Any, start: int, 
     tap (i, j)'s windows of x_pad[n, c]; ph and acc are scratch as in the forward."""
     c, mult, kh, kw = gw.shape
     n, oh = gy.shape[0], gy.shape[2]
-    hb, wt = (ph.shape[2] - 1) // nb, ph.shape[3]
-    flat = ph.reshape(s0, s1, ph.shape[2] * wt)
+    hb, wt, flat = _grid(ph, nb)
     for t in range(start, stop):
-        ch, n0, count = _block(t, c, n, nb)
+        ch, n0, count, q = _block(t, c, n, nb, hb, oh, wt)
         _fill(ph, x, ch, n0, count, hb, s0, s1, p0, p1)
-        q = ((count - 1) * hb + oh) * wt
         for m in range(mult):
             o = ch * mult + m
             _grid_gy(acc, gy, o, n0, count, hb, wt)
             for i in range(kh):
                 for j in range(kw):
-                    base = flat[i * d0 % s0, j * d1 % s1]
-                    off = (i * d0 // s0) * wt + j * d1 // s1
+                    base, off = _tap(flat, i, j, s0, s1, d0, d1, wt)
                     src = base[off:off + q]
                     total = acc[0] * 0
                     for e in range(q):
