@@ -165,7 +165,7 @@ class _Call:
     c: int
     mult: int
     dtype: Any
-    last: bool
+    nb: int  # images per task of the planes; 0: channels last
     scratch: Any  # () -> one worker's scratch tuple
     scratch_bytes: int
     arrays: tuple[Any, ...]  # the call's inputs (which backend, for the executor)
@@ -174,13 +174,21 @@ class _Call:
     def of(cls, problem: Problem, xp: Any, dtype: Any, n: int, o: int,
            arrays: tuple[Any, ...]) -> _Call:
         lay, c = layout(problem.geometry), problem.in_channels
-        last = lay.rows * lay.width <= LAST_MAX_GRID and o >= LAST_MIN_CHANNELS
-        if last:
-            return cls(lay, n, c, o // c, dtype, True, tuple, 0, arrays)
+        if lay.rows * lay.width <= LAST_MAX_GRID and o >= LAST_MIN_CHANNELS:
+            return cls(lay, n, c, o // c, dtype, 0, tuple, 0, arrays)
         nb = lay.images(n)
         scratch = functools.partial(_planes_scratch, xp, dtype, lay, nb)
         size = math.prod(lay.phase_shape(nb)) + nb * lay.rows * lay.width
-        return cls(lay, n, c, o // c, dtype, False, scratch, size * dtype.itemsize, arrays)
+        return cls(lay, n, c, o // c, dtype, nb, scratch, size * dtype.itemsize, arrays)
+
+    @property
+    def last(self) -> bool:
+        return self.nb == 0
+
+    @property
+    def planes_params(self) -> tuple[int, ...]:
+        """The planes kernels' integers: (nb, s0, s1, d0, d1, p0, p1)."""
+        return (self.nb,) + self.lay.params
 
     def run(self, kernel: Any, arrays: tuple[Any, ...], params: tuple[int, ...],
             rows: int = 0, total: Any = None) -> None:
@@ -192,8 +200,8 @@ class _Call:
         if self.last:
             tasks, per_task = self.n * rows, per_image // rows
         else:
-            tasks = -(-self.n // params[0]) * self.c
-            per_task = params[0] * per_image // self.c
+            tasks = -(-self.n // self.nb) * self.c
+            per_task = self.nb * per_image // self.c
         partial = None
         if total is not None:
             partial = functools.partial(backend.get_array_module(total).zeros, total.shape,
@@ -224,6 +232,11 @@ def _last(a: Any, size: tuple[int, int], xp: Any, repeat: int = 1) -> Any:
     return xp.ascontiguousarray(moved if repeat == 1 else xp.repeat(moved, repeat, axis=3))
 
 
+def _taps_planar(weight: Any, lay: Layout, xp: Any, c: int) -> Any:
+    """weight (O, 1, *k) as a contiguous (C, mult, kh, kw)."""
+    return xp.ascontiguousarray(weight).reshape((c, weight.shape[0] // c) + lay.kernel2)
+
+
 def _taps_last(weight: Any, lay: Layout, xp: Any) -> Any:
     """weight (O, 1, *k) as a contiguous (kh, kw, O)."""
     return xp.ascontiguousarray(xp.moveaxis(weight.reshape((weight.shape[0],) + lay.kernel2),
@@ -249,9 +262,8 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
                  lay.params, rows=lay.out2[0])
         y.reshape((n, o) + lay.out2)[...] = xp.moveaxis(yt, 3, 1)
         return y
-    w = _planar(weight.reshape((c, o // c) + g.kernel), lay.kernel2, xp)
     call.run(kernels.forward_planes, (y.reshape((n, o) + lay.out2), _planar(x, lay.in2, xp),
-                                      w, b), (lay.images(n),) + lay.params)
+                                      _taps_planar(weight, lay, xp, c), b), call.planes_params)
     return y
 
 
@@ -283,8 +295,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     from . import depthwise_kernels as kernels
 
     xp = backend.get_array_module(gy, x, weight)
-    g, lay = problem.geometry, layout(problem.geometry)
-    c = problem.in_channels
+    g, c = problem.geometry, problem.in_channels
     if gy.size == 0 or c == 0 or not (need_input or need_weight):
         return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
     n, o = gy.shape[:2]
@@ -292,8 +303,8 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
                     tuple(a for a in (gy, x, weight) if a is not None))
     if call.last:
         return _backward_last(call, gy, x, weight, need_input, need_weight, xp, g.in_size)
-    w = _planar(weight.reshape((c, o // c) + g.kernel), lay.kernel2, xp)
-    gy4, params = _planar(gy, lay.out2, xp), (lay.images(n),) + lay.params
+    lay, w = call.lay, _taps_planar(weight, call.lay, xp, c)
+    gy4, params = _planar(gy, lay.out2, xp), call.planes_params
     gx = gw = None
     if need_input:
         gx = xp.empty((n, c) + g.in_size, dtype=gy.dtype)
