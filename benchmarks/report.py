@@ -1,8 +1,8 @@
-"""The benchmark's report: formatting, the markdown page, the machine section, the plot.
+"""The benchmark's report: statistics, formatting, the markdown page, the machine section.
 
 ``benchmarks/run.py`` measures; this module turns its result into
 ``docs/benchmarks.md`` (the sections after ``MARKER`` in an existing report are kept)
-and the figure, and holds the limits of the 'Must' lines both use.
+and holds the limits of the 'Must' lines both use.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
+import statistics
 import subprocess
 
 from zoo import NETWORK_INPUTS, TINY, TINY_BUDGET_US, Layer
 
+SIDES = ("npconv", "torch")
 MARKER = "<!-- sections below are kept by benchmarks/run.py -->"
 # variables that change a library's threads or allocator: recorded, and warned about
 TUNING_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "GLIBC_TUNABLES", "MALLOC_",
@@ -30,6 +32,24 @@ LOAD_WARNING = 1.0  # 1-minute load average before a round above this: figures u
 
 
 # --------------------------------------------------------------------------- formatting
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def spread(values) -> dict | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def ratio_or_none(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
 
 
 def fmt_time(seconds) -> str:
@@ -201,6 +221,45 @@ def _network_table(totals: dict) -> list[str]:
     return lines
 
 
+def matmul_rates(hello: dict) -> dict[str, float | None]:
+    """Each side's float32 matmul GFLOP/s, measured in its worker (None if not recorded)."""
+    return {lib: hello.get(lib, {}).get("matmul_gflops") for lib in ("npconv", "torch")}
+
+
+def _rate(flops: float, seconds: dict | None) -> str:
+    return "?" if not seconds else f"{flops / seconds['median'] / 1e9:.3g}"
+
+
+def _rates_table(totals: dict, hello: dict) -> list[str]:
+    """Arithmetic rates of each network's convolutions beside each library's matmul rate."""
+    rows = [(net, row) for net, row in totals.items() if "flops" in row]
+    if not rows:
+        return []
+    mm = matmul_rates(hello)
+    shown = {lib: "not recorded" if v is None else f"{v:.0f} GFLOP/s" for lib, v in mm.items()}
+    lines = [
+        "## Arithmetic rates",
+        "",
+        "Multiply-adds x 2 of every layer (count-weighted; the backward counts grad input and "
+        "grad weight, each the forward's), over the medians of the totals above, in GFLOP/s. "
+        "For scale, one float32 2048x2048 matmul in each worker ran at: NumPy "
+        f"{shown['npconv']}, torch {shown['torch']}. Where torch's convolutions run faster "
+        "than NumPy's own matmul, no path that does the same multiply-adds through NumPy's "
+        "matmul can match them; only fewer multiply-adds (Winograd, FFT) can.",
+        "",
+        "| network | GFLOP fwd+bwd | npconv GFLOP/s | torch GFLOP/s | torch / NumPy matmul |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for net, row in rows:
+        flops, t = row["flops"]["total"], row["total"]
+        torch_rate = flops / t["torch"]["median"] / 1e9 if t["torch"] else None
+        versus = (f"{torch_rate / mm['npconv']:.2f}" if torch_rate and mm["npconv"] else "?")
+        lines.append(f"| {net} | {flops / 1e9:.2f} | {_rate(flops, t['npconv'])} | "
+                     f"{_rate(flops, t['torch'])} | {versus} |")
+    lines.append("")
+    return lines
+
+
 def _musts_table(musts: list[dict], cuda: bool) -> list[str]:
     """The 'Must' lines and whether each holds."""
     if not musts:
@@ -329,6 +388,7 @@ def markdown(result: dict) -> str:
     lines = _preamble(result)
     lines += _network_table(result["totals"])
     lines += _musts_table(result["musts"], cuda)
+    lines += _rates_table(result["totals"], result["info"]["hello"])
     lines += _per_layer_table(result, s, cuda)
     lines += _unfold_table(s)
     lines += _tiny_table(s)
@@ -437,86 +497,13 @@ def _method(result: dict) -> list[str]:
 
 
 
-# --------------------------------------------------------------------------- the plot
-
-
-def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    totals, s = result["totals"], result["summary"]
-    zoo_fwd = [x for x in s.values() if x["job"]["section"] == "zoo" and x["job"]["op"] ==
-               "forward"]
-    if totals:
-        fig, axes = plt.subplots(2, 1, figsize=(14, 9), height_ratios=[1, 2])
-    else:  # a partial run: layers only
-        fig, ax = plt.subplots(figsize=(14, 6))
-        axes = [None, ax]
-    nets = list(totals)
-    ax = axes[0] if totals else None
-    width = 0.27
-    for i, (what, color) in enumerate((("forward", "tab:blue"), ("backward", "tab:orange"),
-                                       ("total", "tab:green"))):
-        ys, lo, hi = [], [], []
-        for net in nets:
-            v = totals[net][what]["ratio"]
-            ys.append(v["median"] if v else float("nan"))
-            lo.append(v["median"] - v["min"] if v else 0)
-            hi.append(v["max"] - v["median"] if v else 0)
-        xs = [j + (i - 1) * width for j in range(len(nets))]
-        if ax is None:
-            break
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=color,
-               label="forward+backward" if what == "total" else what)
-    if ax is not None:
-        ax.axhline(1.0, color="black", linewidth=1)
-        ax.axhline(NETWORK_LIMIT, color="red", linewidth=1, linestyle="--",
-                   label=f"must: {NETWORK_LIMIT}x")
-        ax.set_xticks(range(len(nets)), nets)
-        ax.set_yscale("log")
-        ax.set_ylabel("npconv / torch (log)")
-        ax.set_title("Network totals (count-weighted), median over rounds, bars: min–max")
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", which="both", alpha=0.3)
-
-    ax = axes[1]
-    labels, fw, bw, colors = [], [], [], []
-    palette = plt.get_cmap("tab10")
-    nets_seen = list(dict.fromkeys(x["job"]["layer"]["net"] for x in zoo_fwd))
-    for x in zoo_fwd:
-        item = Layer.from_json(x["job"]["layer"])
-        b = s.get(x["job"]["id"].rsplit(":", 1)[0] + ":backward")
-        labels.append(f"{item.net[:6]}/{item.name}")
-        fw.append(x["ratio"]["median"] if x["ratio"] else float("nan"))
-        bw.append(b["ratio"]["median"] if b and b["ratio"] else float("nan"))
-        colors.append(palette(nets_seen.index(item.net) % 10))
-    xs = range(len(labels))
-    ax.scatter(xs, fw, marker="o", c=colors, label="forward", s=18)
-    ax.scatter(xs, bw, marker="x", c=colors, label="backward", s=22)
-    ax.axhline(1.0, color="black", linewidth=1)
-    ax.axhline(LAYER_LIMIT, color="red", linewidth=1, linestyle="--",
-               label=f"must: {LAYER_LIMIT}x ({DEPTHWISE_LIMIT}x depthwise)")
-    ax.set_yscale("log")
-    ax.set_xticks(list(xs), labels, rotation=90, fontsize=6)
-    ax.set_ylabel("npconv / torch (log)")
-    ax.set_title("Per layer (o forward, x backward; colour: network)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # --------------------------------------------------------------------------- files
 
 
-GENERATED_HEADINGS = ("# Benchmarks", "## Network totals", "## Must lines", "## Per layer",
-                      "## im2col and col2im", "## Tiny calls", "## The 7-shape suite",
-                      "## Command", "## Machine", "## Method", "## Other runs", "## Results",
-                      "## Targets")
+GENERATED_HEADINGS = ("# Benchmarks", "## Network totals", "## Must lines", "## Arithmetic rates",
+                      "## Per layer", "## im2col and col2im", "## Tiny calls",
+                      "## The 7-shape suite", "## Command", "## Machine", "## Method",
+                      "## Other runs", "## Results", "## Targets")
 
 
 def kept_sections(old: str) -> str:

@@ -37,7 +37,6 @@ import math
 import os
 import pathlib
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -47,31 +46,25 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import zoo  # noqa: E402
+from figure import plot  # noqa: E402
+from musts import must_lines  # noqa: E402
 from report import (  # noqa: E402
-    COL2IM_LIMIT,
-    DEPTHWISE_LIMIT,
-    GPU_LIMIT,
-    GUARD_TOLERANCE,
-    IM2COL_LIMIT,
-    LAYER_LIMIT,
-    NETWORK_LIMIT,
-    S1_MEMORY_MIB,
+    SIDES,
     TUNING_PREFIXES,
     compact,
     earlier_runs,
-    fmt_mib,
-    fmt_ratio,
     fmt_time,
     machine_info,
     markdown,
-    plot,
+    median,
     print_summary,
+    ratio_or_none,
+    spread,
     write_report,
 )
 from worker import PREFIX, gpu_environment  # noqa: E402
-from zoo import GUARDED, NETWORK_INPUTS, SUITE, TINY, TINY_BUDGET_US, Layer  # noqa: E402
+from zoo import NETWORK_INPUTS, SUITE, TINY, Layer  # noqa: E402
 
-SIDES = ("npconv", "torch")
 SECTIONS = ("zoo", "unfold", "tiny", "suite")
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -232,23 +225,6 @@ def progress_line(job: dict, answers: dict) -> str:
 # --------------------------------------------------------------------------- statistics
 
 
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def spread(values) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values)}
-
-
-def ratio_or_none(a, b):
-    return a / b if a is not None and b not in (None, 0) else None
-
-
 def fingerprints_match(fa, fb, dtype: str) -> bool:
     tol = 1e-3 if dtype in ("float32", "float16") else 1e-8
     if fa is None or fb is None or len(fa) != len(fb):
@@ -299,8 +275,12 @@ def network_totals(summary: dict, networks: dict[str, list[Layer]], rounds: int)
         ids = [(item, f"zoo:{item.ident}") for item in layers]
         if not all(f"{jid}:{op}" in summary for _, jid in ids for op in ("forward", "backward")):
             continue  # a partial network (--only, --sections) has no total
+        forward_flops = sum(item.count * item.flops for item in layers)
         row = {"layers": len(layers), "calls": sum(item.count for item in layers),
-               "rounds": rounds}
+               "rounds": rounds,
+               # grad input and grad weight each cost the forward's multiply-adds
+               "flops": {"forward": forward_flops, "backward": 2 * forward_flops,
+                         "total": 3 * forward_flops}}
         for what, ops in (("forward", ("forward",)), ("backward", ("backward",)),
                           ("total", ("forward", "backward"))):
             sums = {lib: [] for lib in SIDES}
@@ -316,138 +296,6 @@ def network_totals(summary: dict, networks: dict[str, list[Layer]], rounds: int)
                 [ratio_or_none(a, b) for a, b in zip(sums["npconv"], sums["torch"])])
         totals[net] = row
     return totals
-
-
-# --------------------------------------------------------------------------- must lines
-
-
-class _Musts:
-    """The rows of the 'Must' lines being built: name, PASS/FAIL (or n/a), value, note."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-
-    def add(self, name, ok, value, note=""):
-        status = "n/a" if ok is None else ("PASS" if ok else "FAIL")
-        self.rows.append({"name": name, "status": status, "value": value, "note": note})
-
-
-def _median(v):
-    return None if v is None else v["median"]
-
-
-def _network_musts(musts: _Musts, totals: dict, device: str) -> None:
-    """Each network's forward+backward total within its limit."""
-    add = musts.add
-    network_limit = GPU_LIMIT if device == "cuda" else NETWORK_LIMIT
-    for net, row in totals.items():
-        ratio = row["total"]["ratio"]
-        partial = (f"only {ratio['n']} of {row['rounds']} rounds complete"
-                   if ratio is not None and ratio["n"] < row["rounds"] else "")
-        add(f"{net}: forward+backward total <= {network_limit}x torch",
-            None if ratio is None else ratio["median"] <= network_limit, fmt_ratio(ratio),
-            partial)
-
-
-def _gpu_suite_musts(musts: _Musts, summary: dict) -> None:
-    """Issue 15: forward+backward within GPU_LIMIT of torch on every suite case."""
-    add = musts.add
-    for s in summary.values():
-        job = s["job"]
-        if job["section"] != "suite" or job["op"] != "forward":
-            continue
-        b = summary.get(job["id"].rsplit(":", 1)[0] + ":backward")
-        v = None
-        if b is not None:
-            sums = {lib: [None if f is None or g is None else f + g for f, g in
-                          zip(s["per_round"][lib], b["per_round"][lib])] for lib in SIDES}
-            v = spread([ratio_or_none(a, c) for a, c in zip(sums["npconv"], sums["torch"])])
-        add(f"suite {job['layer']['name']}: forward+backward <= {GPU_LIMIT}x torch",
-            None if v is None else v["median"] <= GPU_LIMIT, fmt_ratio(v))
-
-
-def _layer_musts(musts: _Musts, summary: dict) -> None:
-    """No zoo layer (depthwise or not) over its limit, forward or backward."""
-    add, r = musts.add, _median
-    zoo_rows = [s for s in summary.values() if s["job"]["section"] == "zoo"]
-    if not zoo_rows:
-        return
-    for op in ("forward", "backward"):
-        for dw, limit in ((False, LAYER_LIMIT), (True, DEPTHWISE_LIMIT)):
-            got = [(s["job"]["layer"], r(s["ratio"])) for s in zoo_rows
-                   if s["job"]["op"] == op
-                   and Layer.from_json(s["job"]["layer"]).depthwise == dw
-                   and r(s["ratio"]) is not None]
-            if not got:
-                continue
-            worst = max(got, key=lambda kv: kv[1])
-            kind = "depthwise layer" if dw else "layer (not depthwise)"
-            add(f"no {kind} worse than {limit}x torch, {op}", worst[1] <= limit,
-                f"worst {worst[0]['net']}/{worst[0]['name']} {worst[1]:.2f}",
-                f"{sum(v > limit for _, v in got)} of {len(got)} over")
-
-
-def _call_musts(musts: _Musts, summary: dict, device: str) -> None:
-    """im2col and col2im against unfold and fold, the tiny-call budgets, S1's memory."""
-    add, r = musts.add, _median
-    for op, limit, peer in (("im2col", IM2COL_LIMIT, "F.unfold"), ("col2im", COL2IM_LIMIT,
-                                                                   "F.fold")):
-        got = [(s["job"]["layer"], r(s["ratio"])) for s in summary.values()
-               if s["job"]["section"] == "unfold" and s["job"]["op"] == op
-               and r(s["ratio"]) is not None]
-        if got and device == "cpu":
-            worst = max(got, key=lambda kv: kv[1])
-            add(f"{op} <= {limit}x {peer} on every 2-D groups=1 zoo layer", worst[1] <= limit,
-                f"worst {worst[0]['net']}/{worst[0]['name']} {worst[1]:.2f}",
-                f"{sum(v > limit for _, v in got)} of {len(got)} over")
-    for op, budget in TINY_BUDGET_US.items():
-        s = summary.get(f"tiny:{TINY.ident}:{op}")
-        if s and s["npconv"] and device == "cpu":
-            us = s["npconv"]["median"] * 1e6
-            add(f"tiny call {op} <= {budget:g} us (npconv median)", us <= budget,
-                f"{us:.1f} us (torch {s['torch']['median'] * 1e6:.1f} us)")
-    s1 = summary.get("suite:suite/S1:forward")
-    if s1 is not None:
-        mem = s1["peak_mib"]["npconv"]
-        if device == "cpu":
-            add(f"S1 forward peak extra memory <= {S1_MEMORY_MIB:g} MiB (tracemalloc)",
-                None if mem is None else mem <= S1_MEMORY_MIB,
-                "not measured" if mem is None else f"{mem:.1f} MiB")
-        else:
-            add("S1 forward GPU pool growth (recorded)", None,
-                "not measured" if mem is None else f"{mem:.1f} MiB (torch "
-                + fmt_mib(s1["peak_mib"]["torch"]) + ")")
-
-
-def _guard_musts(musts: _Musts, totals: dict, device: str, baseline: dict | None) -> None:
-    """'Not slower than before' on the layers where npconv led."""
-    add = musts.add
-    if device == "cpu":
-        for net, reference in GUARDED.items():
-            if net not in totals:
-                continue
-            now = totals[net]["total"]["ratio"]
-            before = (baseline or {}).get("totals", {}).get(net)
-            if before is not None:
-                ref, source = before, "the previous run (docs/benchmarks.json)"
-            else:
-                ref, source = reference, "issue 13's measurement (no earlier zoo run recorded)"
-            add(f"{net}: not slower than before (fwd+bwd ratio <= {GUARD_TOLERANCE:.2f} x "
-                f"earlier)", None if now is None else now["median"] <= ref * GUARD_TOLERANCE,
-                f"{fmt_ratio(now)} vs {ref:.2f}", f"earlier figure from {source}")
-
-
-def must_lines(summary: dict, totals: dict, device: str, baseline: dict | None) -> list[dict]:
-    """Issue 13's 'Must' lines (issue 15's on CUDA): name, limit, value, PASS/FAIL."""
-    musts = _Musts()
-    _network_musts(musts, totals, device)
-    if device == "cuda":
-        _gpu_suite_musts(musts, summary)
-    else:
-        _layer_musts(musts, summary)
-    _call_musts(musts, summary, device)
-    _guard_musts(musts, totals, device, baseline)
-    return musts.rows
 
 
 # --------------------------------------------------------------------------- files
@@ -553,8 +401,8 @@ def main(argv=None) -> int:
     summary = summarize(jobs, run["raw"])
     networks = zoo.zoo(args.networks) if args.networks != ["none"] else {}
     totals = network_totals(summary, networks, settings.rounds)
-    musts = must_lines(summary, totals, args.device, baseline)
     info = machine_info(run["hello"], args.device)
+    musts = must_lines(summary, totals, args.device, baseline, info)
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "summary": summary, "totals": totals, "musts": musts, "info": info,

@@ -270,7 +270,9 @@ class NpconvSide(Side):
                "npconv_min_work_bytes": getattr(self.npconv, "get_min_work_bytes",
                                                 lambda: None)(),
                "npconv_file": self.npconv.__file__,
-               "backend": self.npconv.get_backend(), "numba": numba_version()}
+               "backend": self.npconv.get_backend(), "numba": numba_version(),
+               "matmul_gflops": matmul_rate(lambda shape: self.xp.ones(shape, self.xp.float32),
+                                            self.sync)}
         if self.device == "cuda":
             out.update(cupy_info(self.xp))
         return out
@@ -302,6 +304,25 @@ def cupy_pool_peak(cupy, f, sync) -> int:
     peak = pool.total_bytes() - base
     del result
     return peak
+
+
+MATMUL_SIZE = 2048  # the float32 matmul whose rate bounds what a GEMM-based path can reach
+
+
+def matmul_rate(ones, sync) -> float:
+    """GFLOP/s of one float32 MATMUL_SIZE^2 matmul in this process (best of 3 after a
+    warm-up): the library's own GEMM ceiling, under the same thread limit as the jobs."""
+    n = MATMUL_SIZE
+    a, b = ones((n, n)), ones((n, n))
+    a @ b  # warm-up: thread pools started, buffers allocated
+    best = math.inf
+    for _ in range(3):
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 def numba_version() -> str | None:
@@ -371,7 +392,9 @@ class TorchSide(Side):
                                                lambda: "?")(),
                "torch_parallel": [line.strip() for line in
                                   torch.__config__.parallel_info().splitlines()
-                                  if line.strip() and "Environment" not in line][:8]}
+                                  if line.strip() and "Environment" not in line][:8],
+               "matmul_gflops": matmul_rate(lambda shape: torch.ones(shape, device=self.tdev),
+                                            self.sync)}
         if self.device == "cuda":
             out.update({"gpu": torch.cuda.get_device_name(), "torch_cuda": torch.version.cuda,
                         "cudnn": torch.backends.cudnn.version(), "tf32": self.tf32})

@@ -100,6 +100,8 @@ def test_tiny_run_end_to_end(tmp_path):
     pytest.importorskip("torch")
     run = pytest.importorskip("run")
     report = pytest.importorskip("report")
+    musts_module = pytest.importorskip("musts")
+    figure = pytest.importorskip("figure")
     args = run.parse([]).parse_args(["--quick", "--networks", "unet2d", "--only", "up2.upconv",
                                      "--sections", "zoo", "unfold", "--rounds", "1"])
     settings = run.Settings(True)
@@ -125,19 +127,28 @@ def test_tiny_run_end_to_end(tmp_path):
     # the report survives missing figures (None) on either device
     summary["zoo:t/t1d:forward"]["ratio"] = None
     summary["zoo:t/t1d:forward"]["peak_mib"] = {"npconv": None, "torch": None}
+    for side in ("npconv", "torch"):  # each worker measured its own matmul rate
+        assert out["hello"][side]["matmul_gflops"] > 0
+    assert totals["t"]["flops"] == {"forward": tiny.flops, "backward": 2 * tiny.flops,
+                                    "total": 3 * tiny.flops}
     for device in ("cpu", "cuda"):
-        musts = run.must_lines(summary, totals, device, None)
+        info = report.machine_info(out["hello"], device)
+        musts = musts_module.must_lines(summary, totals, device, None, info)
         result = {"summary": summary, "totals": totals, "musts": musts,
-                  "info": report.machine_info(out["hello"], device), "args": {"threads": 2},
+                  "info": info, "args": {"threads": 2},
                   "rounds": 1, "gap": 0.0, "timing": settings.normal, "loads": out["loads"],
                   "elapsed_s": 1.0, "command": "python benchmarks/run.py", "date": "today"}
         text = report.markdown(result)
         assert "## Network totals" in text and "## Must lines" in text
+        rates = text.split("## Arithmetic rates")[1].split("\n## ")[0]
+        row = next(line for line in rates.splitlines() if line.startswith("| t |"))
+        npconv_rate, torch_rate = (float(cell) for cell in row.split("|")[3:5])
+        assert npconv_rate > 0 and torch_rate > 0
         page = tmp_path / f"{device}.md"
         page.write_text("# Benchmarks\n\n" + report.MARKER + "\n\n## Dask\n\nkept\n")
         report.write_report(str(page), text)
         assert page.read_text().rstrip().endswith("## Dask\n\nkept")
-    report.plot(result, str(tmp_path / "plot.png"))
+    figure.plot(result, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
@@ -157,3 +168,31 @@ def test_ab_runs_two_settings_against_each_other(capsys):
     assert float(a_ms) > 0 and float(b_ms) > 0
     assert float(ratio.split("**")[1]) == pytest.approx(float(b_ms) / float(a_ms), rel=0.05)
     assert sum(line.startswith("| science-f64/") for line in out.splitlines()) == 2
+
+
+def test_guard_is_not_compared_across_machines():
+    """'Not slower than before' compares ratios only with an earlier run on the same CPU,
+    SIMD width and BLAS kernel: ratios move with the machine."""
+    musts = pytest.importorskip("musts")
+    hello = {"npconv": {"blas": [{"architecture": "SkylakeX"}]}}
+    info = {"cpu": "Xeon A", "simd": "AVX-512", "hello": hello}
+    same = {"machine": dict(info), "totals": {"unet3d": 1.0}}
+    other = {"machine": {"cpu": "Xeon B", "simd": "AVX2",
+                         "hello": {"npconv": {"blas": [{"architecture": "Haswell"}]}}},
+             "totals": {"unet3d": 1.0}}
+    assert musts.baseline_machine_differs(same, info) is None
+    assert musts.baseline_machine_differs(other, info) == (
+        "CPU Xeon B then, Xeon A now; SIMD AVX2 then, AVX-512 now; "
+        "BLAS kernel Haswell then, SkylakeX now")
+    def guard_rows(ratio, baseline):
+        totals = {"unet3d": {"rounds": 3, "total": {"ratio": {"median": ratio, "min": ratio,
+                                                              "max": ratio, "n": 3}}}}
+        rows = musts.must_lines({}, totals, "cpu", baseline, info)
+        return [row for row in rows if "not slower than before" in row["name"]]
+
+    (kept,) = guard_rows(1.05, same)
+    assert kept["status"] == "PASS" and "previous run" in kept["note"]
+    (skipped,) = guard_rows(1.05, other)
+    assert skipped["status"] == "n/a" and "another machine" in skipped["note"]
+    (slower,) = guard_rows(1.2, same)
+    assert slower["status"] == "FAIL"
