@@ -269,3 +269,41 @@ def test_paths_copying_output_planes_equal_the_reference(algorithm, threads):
     assert_close(y, y_ref, reduction=depth)
     for got, want in zip(grads, g_ref):
         assert_close(got, want, reduction=depth * gy.shape[0] * gy[0, 0].size)
+
+
+@pytest.mark.parametrize("shape", [(16, 4096, 432), (2, 3, 16, 2048, 72), (64, 4096, 65),
+                                   (65, 4096, 432), (16, 2047, 432), (16, 4096, 8)])
+def test_matmul_tall_is_a_matmul(shape):
+    """Weight gradients' long products, swapped on the host when the result is short
+    and wide (at most 64 rows, more columns, a contraction of 2048 or more) and made
+    as given otherwise: either way ``a @ b``, into ``out`` or a new array."""
+    common = importlib.import_module("npconv.paths._common")
+    rng = np.random.default_rng(9)
+    *batch, m, k, n = shape
+    a = rng.standard_normal((*batch, m, k))
+    b = rng.standard_normal((*batch, n, k)).swapaxes(-1, -2)  # a layout the paths pass
+    want = np.matmul(a, b)
+    np.testing.assert_allclose(common.matmul_tall(np, a, b), want, rtol=1e-12, atol=1e-10)
+    out = np.full(want.shape, np.nan)
+    assert common.matmul_tall(np, a, b, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("algorithm, kernel, stride", [
+    ("im2col", 3, 1), ("serial", 3, 1), ("shifted", 3, 1),
+    ("direct", 3, 1), ("flipped", 3, 1), ("winograd", 3, 1), ("pointwise", 1, 1),
+    ("phases", 7, 2), ("im2col", 5, 2)])
+def test_long_weight_gradients_equal_the_reference(algorithm, kernel, stride):
+    """Few output channels over 64x64 images: each path's weight-gradient products are
+    long (4096 positions an image) and short and wide (4 rows), the shape in which the
+    host computes them swapped. Their gradients equal the reference's."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 8, 64, 64))
+    w = rng.standard_normal((4, 8, kernel, kernel))
+    kw = dict(stride=stride, padding=kernel // 2)
+    gy = rng.standard_normal(npconv.conv(x, w, **kw, algorithm="reference").shape)
+    want = npconv.conv_backward(gy, x, w, **kw, algorithm="reference")
+    got = npconv.conv_backward(gy, x, w, **kw, algorithm=algorithm)
+    reduction = 2 * gy[0, 0].size
+    for g, r in zip(got, want):
+        assert_close(g, r, reduction=reduction)

@@ -44,7 +44,7 @@ from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import pad, unpad_add
 from ..plan import Problem
-from ._common import Buffers, empty_grads, matmul
+from ._common import Buffers, empty_grads, matmul, matmul_tall
 
 # Buffer bytes per chunk: the column buffer (K times the input chunk) and its
 # matmul stay in a core's cache. Measured on MobileNetV2's layers and S6
@@ -392,7 +392,7 @@ def _grad_weight(buf: Buffers, job: _Backward, item: tuple[int, int, int, int],
     gy_rows = rows[:, :, lay.margin:]  # (cb, mult, bV)
     vecdot = getattr(xp, "vecdot", None)
     if vecdot is None:  # gW[c] (K, mult) = cols[c] (K, bV) @ gy[c]^T (bV, mult)
-        part = matmul(xp, _columns(buf, lay, job.x, item), gy_rows.transpose(0, 2, 1))
+        part = matmul_tall(xp, _columns(buf, lay, job.x, item), gy_rows.transpose(0, 2, 1))
         acc[c0:c1] += part.transpose(0, 2, 1)
         return
     # gW[c, t, k] = <gy[c, t], x_k[c]>, x_k read in place from the phase rows: no

@@ -35,7 +35,7 @@ from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, unpad_add, window_view
 from ..plan import Problem
-from ._common import empty_grads, matmul, take
+from ._common import empty_grads, matmul, matmul_tall, take
 
 # Chunks this small keep the shifted operands of a depthwise layer in L2.
 TARGET_CHUNK_BYTES = 1 * 2**20
@@ -345,12 +345,12 @@ def _shifted_weight(buf: _FlatScratch, start: int, stop: int, gys: Any, acc: Any
         for k, off in enumerate(lay.offsets):
             cols[:, :, k] = xf[..., off: off + q]
         # sum_n gy (b, g, O/g, Q) @ cols^T (b, g, Q, K*C/g) -> (g, O/g, K, C/g)
-        part = matmul(xp, gys, cols.reshape(b, g, k_vol * cg, q).transpose(0, 1, 3, 2))
+        part = matmul_tall(xp, gys, cols.reshape(b, g, k_vol * cg, q).transpose(0, 1, 3, 2))
         acc += part.sum(axis=0).reshape(g, og, k_vol, cg).transpose(0, 1, 3, 2)
         return acc
     for k, off in enumerate(lay.offsets):
         # sum_n (b, g, O/g, Q) @ (b, g, Q, C/g) -> (g, O/g, C/g)
-        acc[..., k] += matmul(xp, gys, xf[..., off: off + q].transpose(0, 1, 3, 2)).sum(axis=0)
+        acc[..., k] += matmul_tall(xp, gys, xf[..., off: off + q].transpose(0, 1, 3, 2)).sum(axis=0)
     return acc
 
 
@@ -468,8 +468,8 @@ def _columns_chunk(buf: _ColumnsScratch, start: int, acc: Any, job: _Columns) ->
     cols = buf.cols[:, :, :, :b].reshape(g, cg * len(lay.taps), b * span)
     gy_t = buf.gy_buf[:, :b].reshape(g, o // g, b * span).transpose(0, 2, 1)
     if acc is None:
-        return matmul(xp, cols, gy_t)
-    matmul(xp, cols, gy_t, out=buf.partial)
+        return matmul_tall(xp, cols, gy_t)
+    matmul_tall(xp, cols, gy_t, out=buf.partial)
     acc += buf.partial
     return acc
 
@@ -574,5 +574,5 @@ def _grad_weight_chunk(buf: _StridedScratch, start: int, acc: Any, job: _Strided
     for k in range(len(lay.taps)):
         xs = lay.shifted(source, k).reshape(b, g, cg, length)
         # sum_n (b, g, O/g, L) @ (b, g, L, C/g) -> (g, O/g, C/g)
-        acc[..., k] += matmul(xp, gys, xs.transpose(0, 1, 3, 2)).sum(axis=0)
+        acc[..., k] += matmul_tall(xp, gys, xs.transpose(0, 1, 3, 2)).sum(axis=0)
     return acc

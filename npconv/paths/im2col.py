@@ -29,7 +29,7 @@ from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, fold_into, pad, window_view
 from ..plan import Problem
-from ._common import empty_grads, image_of, matmul, out_block, row_blocks, take
+from ._common import empty_grads, image_of, matmul, matmul_tall, out_block, row_blocks, take
 from .fold import small_fold
 from .windows import copy_windows, takes_planes
 
@@ -222,9 +222,9 @@ def _backward_chunk(buffers: _BackwardBuffers, start: int, acc: Any, gy: Any, gx
         cols_t = cols_2d.transpose(0, 2, 1)
         # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over the lane
         if acc is None:
-            acc = matmul(xp, gy_2d, cols_t)
+            acc = matmul_tall(xp, gy_2d, cols_t)
         else:
-            matmul(xp, gy_2d, cols_t, out=buffers.part)
+            matmul_tall(xp, gy_2d, cols_t, out=buffers.part)
             acc += buffers.part
     if gx is not None:
         # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL): the column gradient, then fold
@@ -330,7 +330,7 @@ def whole_backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: b
     if need_weight:
         cols = window_view(pad(x, geometry), geometry).reshape(shapes.cols)
         # sum over N of (g, O/g, L) @ (g, L, C/g*K) -> (g, O/g, C/g*K)
-        gw = matmul(xp, gy4, cols.transpose(0, 1, 3, 2))
+        gw = matmul_tall(xp, gy4, cols.transpose(0, 1, 3, 2))
         gw = (gw[0] if problem.batch == 1 else gw.sum(axis=0)).reshape(weight.shape)
     if need_input:
         # (g, C/g*K, O/g) @ (N, g, O/g, L) -> (N, g, C/g*K, L): the column gradient, folded

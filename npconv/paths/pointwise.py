@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import backend, executor, workspace
 from ..plan import Problem
-from ._common import empty_grads, matmul, out_block, row_blocks
+from ._common import empty_grads, matmul, matmul_tall, out_block, row_blocks
 
 RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
 
@@ -97,9 +97,9 @@ def _backward_chunk(part: Any, item: RowBlock, acc: Any, gy: Any, x: Any, w_t: A
         for i in range(stop - start):
             # (g, O/g, L') @ (g, L', C/g) -> (g, O/g, C/g), summed over the lane
             if acc is None:
-                acc = matmul(xp, gy_b[i], x_b[i].transpose(0, 2, 1))
+                acc = matmul_tall(xp, gy_b[i], x_b[i].transpose(0, 2, 1))
             else:
-                matmul(xp, gy_b[i], x_b[i].transpose(0, 2, 1), out=part)
+                matmul_tall(xp, gy_b[i], x_b[i].transpose(0, 2, 1), out=part)
                 acc += part
     if gx is not None:
         # (g, C/g, O/g) @ (b, g, O/g, L') -> (b, g, C/g, L')

@@ -377,10 +377,10 @@ def _grad_weight_chunk(s: _Scratch, item: tuple[int, int, int, int], acc: Any, x
         hat6 = hat.reshape(a, a, b, groups, og, tiles)
         v6 = v.reshape(a, a, b, groups, cg, (nt + 1) * q)[..., :tiles]
         for i in range(b):
-            _common.matmul(xp, hat6[:, :, i], v6[:, :, i].transpose(0, 1, 2, 4, 3), out=part)
+            _common.matmul_tall(xp, hat6[:, :, i], v6[:, :, i].transpose(0, 1, 2, 4, 3), out=part)
             acc += part
     else:
-        _common.matmul(xp, hat.reshape(a, a, groups, og, b * tiles),
+        _common.matmul_tall(xp, hat.reshape(a, a, groups, og, b * tiles),
                   v.reshape(a, a, groups, cg, b * tiles).transpose(0, 1, 2, 4, 3), out=part)
         acc += part
     return acc
