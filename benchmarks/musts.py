@@ -141,6 +141,7 @@ def _guard_musts(musts: _Musts, totals: dict, device: str, baseline: dict | None
     """'Not slower than before' on the layers where npconv led."""
     add = musts.add
     if device == "cpu":
+        other = None if baseline is None else baseline_machine_differs(baseline, info)
         for net, reference in GUARDED.items():
             if net not in totals:
                 continue
@@ -148,8 +149,8 @@ def _guard_musts(musts: _Musts, totals: dict, device: str, baseline: dict | None
             name = (f"{net}: not slower than before (fwd+bwd ratio <= {GUARD_TOLERANCE:.2f} x "
                     "earlier)")
             before = (baseline or {}).get("totals", {}).get(net)
-            other = baseline_machine_differs(baseline, info) if before is not None else None
-            if other:  # ratios move with the machine: a guard across machines means nothing
+            # ratios move with the machine: a guard across machines means nothing
+            if other and before is not None:
                 add(name, None, f"{fmt_ratio(now)} vs {before:.2f}",
                     f"not compared: the earlier run was on another machine ({other})")
                 continue

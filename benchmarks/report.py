@@ -51,7 +51,6 @@ def ratio_or_none(a, b):
     return a / b if a is not None and b not in (None, 0) else None
 
 
-
 def fmt_time(seconds) -> str:
     if seconds is None:
         return "n/a"
@@ -223,11 +222,11 @@ def _network_table(totals: dict) -> list[str]:
 
 def matmul_rates(hello: dict) -> dict[str, float | None]:
     """Each side's float32 matmul GFLOP/s, measured in its worker (None if not recorded)."""
-    return {lib: hello.get(lib, {}).get("matmul_gflops") for lib in ("npconv", "torch")}
+    return {lib: hello.get(lib, {}).get("matmul_gflops") for lib in SIDES}
 
 
-def _rate(flops: float, seconds: dict | None) -> str:
-    return "?" if not seconds else f"{flops / seconds['median'] / 1e9:.3g}"
+def _gflops(flops: float, seconds: dict | None) -> float | None:
+    return None if not seconds else flops / seconds["median"] / 1e9
 
 
 def _rates_table(totals: dict, hello: dict) -> list[str]:
@@ -251,11 +250,13 @@ def _rates_table(totals: dict, hello: dict) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for net, row in rows:
-        flops, t = row["flops"]["total"], row["total"]
-        torch_rate = flops / t["torch"]["median"] / 1e9 if t["torch"] else None
-        versus = (f"{torch_rate / mm['npconv']:.2f}" if torch_rate and mm["npconv"] else "?")
-        lines.append(f"| {net} | {flops / 1e9:.2f} | {_rate(flops, t['npconv'])} | "
-                     f"{_rate(flops, t['torch'])} | {versus} |")
+        flops = row["flops"]["total"]
+        rate = {lib: _gflops(flops, row["total"][lib]) for lib in SIDES}
+        shown_rate = {lib: "?" if v is None else f"{v:.3g}" for lib, v in rate.items()}
+        versus = (f"{rate['torch'] / mm['npconv']:.2f}" if rate["torch"] and mm["npconv"]
+                  else "?")
+        lines.append(f"| {net} | {flops / 1e9:.2f} | {shown_rate['npconv']} | "
+                     f"{shown_rate['torch']} | {versus} |")
     lines.append("")
     return lines
 

@@ -184,6 +184,7 @@ def test_guard_is_not_compared_across_machines():
     assert musts.baseline_machine_differs(other, info) == (
         "CPU Xeon B then, Xeon A now; SIMD AVX2 then, AVX-512 now; "
         "BLAS kernel Haswell then, SkylakeX now")
+
     def guard_rows(ratio, baseline):
         totals = {"unet3d": {"rounds": 3, "total": {"ratio": {"median": ratio, "min": ratio,
                                                               "max": ratio, "n": 3}}}}
