@@ -307,3 +307,25 @@ def test_long_weight_gradients_equal_the_reference(algorithm, kernel, stride):
     reduction = 2 * gy[0, 0].size
     for g, r in zip(got, want):
         assert_close(g, r, reduction=reduction)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("c, o", [(8, 4), (8, 8), (4, 8), (4, 24)])
+@pytest.mark.parametrize("dtype", ["float32", "complex128"])
+def test_pointwise_bias_folded_or_added_equals_the_reference(c, o, groups, dtype):
+    """The pointwise forward adds the bias after its matmul when the output has fewer
+    than twice the input's channels, and folds it in as a row of ones otherwise; both
+    equal the reference, with the inputs left as they were."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, c, 5, 7)).astype(dtype)
+    w = rng.standard_normal((o, c // groups, 1, 1)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    if dtype.startswith("complex"):
+        x = x + 1j * rng.standard_normal(x.shape)
+        b = b - 2j * rng.standard_normal(b.shape)
+    before = x.copy(), w.copy(), b.copy()
+    want = npconv.conv(x, w, b, groups=groups, algorithm="reference")
+    got = npconv.conv(x, w, b, groups=groups, algorithm="pointwise")
+    assert_close(got, want, reduction=c)
+    for arg, kept in zip((x, w, b), before):
+        np.testing.assert_array_equal(arg, kept)
