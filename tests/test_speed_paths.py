@@ -329,3 +329,22 @@ def test_pointwise_bias_folded_or_added_equals_the_reference(c, o, groups, dtype
     assert_close(got, want, reduction=c)
     for arg, kept in zip((x, w, b), before):
         np.testing.assert_array_equal(arg, kept)
+
+
+@pytest.mark.parametrize("limit", [None, 1600, 100])  # all images, two a block, one a block
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_gradients_in_blocks_of_images_equal_the_reference(limit, groups,
+                                                                      restore_limit):
+    """The pointwise weight gradient sums its per-image products in blocks of images
+    (as many as a quarter of the workspace limit holds, at least one); any blocking
+    gives the reference's gradients."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((5, 6, 7, 3))
+    w = rng.standard_normal((4, 6 // groups, 1, 1))
+    gy = rng.standard_normal((5, 4, 7, 3))
+    want = npconv.conv_backward(gy, x, w, groups=groups, algorithm="reference")
+    if limit is not None:
+        npconv.set_workspace_limit(limit)
+    got = npconv.conv_backward(gy, x, w, groups=groups, algorithm="pointwise")
+    for g, r in zip(got, want):
+        assert_close(g, r, reduction=x.shape[0] * 21)

@@ -7,27 +7,28 @@ The input already is its im2col matrix: per image, x[n] reshaped to
     grad weight  gW    = sum_n gy[n] (g, O/g, L) @ x[n]^T (g, L, C/g)
     grad input   gx[n] = W^T (g, C/g, O/g) @ gy[n] (g, O/g, L)
 
-The forward is one matmul over the whole batch, on the calling thread with the
-BLAS's own threads, writing straight into the NCHW output. Where the output is
-at least as large as the input, the bias rides in that matmul: a row of ones
-under the input and the bias as an extra weight column cost a copy of the
-input, and save a pass over the (larger) output.
-
-The backward walks the batch in chunks of images, or of output rows of one
-image (a large image stays in cache and a batch of one still splits), on
-npconv's threads.
+Each map is one matmul over the whole batch (grad weight: over blocks of
+images, their products summed in image order), on the calling thread with the
+BLAS's own threads, writing straight into the NCHW result. npconv's threads
+are not used: these matmuls are long and the BLAS threads them well, while
+cutting them into chunks for npconv's threads ran 1.2-1.7x slower (MobileNetV2's
+and WaveNet's 1x1 layers, measured). Where the output has at least twice the
+input's channels, the bias rides in the forward's matmul: a row of ones under
+the input and the bias as an extra weight column cost a copy of the input, and
+save a pass over the (larger) output.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, workspace
 from ..plan import Problem
-from ._common import empty_grads, matmul, matmul_tall, out_block, row_blocks
+from ._common import empty_grads, matmul, matmul_tall
 
-RowBlock = tuple[int, int, slice]  # images (start, stop) and the first output axis' rows
+# Weight-gradient products of a block of images are summed after their matmul: a block
+# holds at most this many bytes of them (one image a block at least).
+PARTIAL_BYTES = 2**20
 
 
 def requires(problem: Problem, op: str) -> str | None:
@@ -38,17 +39,6 @@ def requires(problem: Problem, op: str) -> str | None:
     return (f"a 1x1 kernel (every spatial axis of size 1) with stride 1 and no padding; got "
             f"kernel {g.kernel}, stride {g.stride}, padding {g.pads}, input size {g.in_size} "
             f"and output size {g.out_size}")
-
-
-def _chunks(problem: Problem, itemsize: int) -> tuple[list[RowBlock], int]:
-    """The row blocks of the batch, and their in + out bytes together."""
-    geometry, n = problem.geometry, problem.batch
-    out0 = geometry.out_size[0]
-    per_row = (problem.in_channels + problem.out_channels) * (geometry.out_volume // out0
-                                                              ) * itemsize
-    images, rows = workspace.row_chunks(per_row, out0, n,
-                                        positions=geometry.out_volume // out0)
-    return row_blocks(n, images, rows, out0), n * out0 * per_row
 
 
 # The bias is folded into the matmul when the output has at least this many times the
@@ -94,62 +84,40 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     return y
 
 
-def _empty(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
-    return xp.empty(shape, dtype=dtype)
-
-
-def _backward_chunk(part: Any, item: RowBlock, acc: Any, gy: Any, x: Any, w_t: Any,
-                    gx: Any, groups: int) -> Any:
-    """One row block: its grad-weight partial added to ``acc`` (a new array when
-    ``acc`` is None; skipped when ``x`` is None) and returned, and its grad input
-    written into ``gx`` (skipped when ``gx`` is None). ``part`` is a scratch
-    (g, O/g, C/g)."""
-    xp = backend.get_array_module(gy)
-    start, stop, rows = item
-    gy_b = out_block(gy, start, stop, rows, groups)  # (b, g, O/g, L')
-    if x is not None:
-        x_b = out_block(x, start, stop, rows, groups)  # (b, g, C/g, L')
-        for i in range(stop - start):
-            # (g, O/g, L') @ (g, L', C/g) -> (g, O/g, C/g), summed over the lane
-            if acc is None:
-                acc = matmul_tall(xp, gy_b[i], x_b[i].transpose(0, 2, 1))
-            else:
-                matmul_tall(xp, gy_b[i], x_b[i].transpose(0, 2, 1), out=part)
-                acc += part
-    if gx is not None:
-        # (g, C/g, O/g) @ (b, g, O/g, L') -> (b, g, C/g, L')
-        matmul(xp, w_t, gy_b, out=out_block(gx, start, stop, rows, groups))
-    return acc
+def _grad_weight(xp: Any, gy4: Any, x4: Any, itemsize: int) -> Any:
+    """sum_n gy4[n] (g, O/g, L) @ x4[n]^T (g, L, C/g), in blocks of images whose
+    products fit PARTIAL_BYTES, summed in image order."""
+    n, g, og = gy4.shape[:3]
+    cg = x4.shape[2]
+    per_image = g * og * cg * itemsize
+    block = max(1, min(PARTIAL_BYTES, workspace.get_workspace_limit() // 4) // per_image)
+    total = xp.zeros((g, og, cg), dtype=gy4.dtype)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        # (b, g, O/g, L) @ (b, g, L, C/g) -> (b, g, O/g, C/g), summed over the block
+        parts = matmul_tall(xp, gy4[start:stop], x4[start:stop].swapaxes(-1, -2))
+        total += parts.sum(axis=0)
+    return total
 
 
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
              need_weight: bool) -> tuple[Any, Any]:
     """(grad input (N, C, *in), grad weight (O, C/g, 1, ...)), either None when not
-    needed, both in one pass over the row blocks. ``x`` may be None without
-    ``need_weight``.
-
-    Raises
-    ------
-    MemoryError
-        If one row of input and output does not fit in the workspace limit.
-    """
+    needed. ``x`` may be None without ``need_weight``."""
     xp = backend.get_array_module(gy, x, weight)
     geometry, g = problem.geometry, problem.groups
     n, o = gy.shape[:2]
-    c = problem.in_channels
-    if n == 0 or geometry.out_volume == 0 or not (need_input or need_weight):
+    c, length = problem.in_channels, geometry.out_volume
+    if n == 0 or length == 0 or not (need_input or need_weight):
         return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
-    dtype = gy.dtype
-    # every element of grad input is written by exactly one row block's matmul
-    gx = xp.empty((n, c) + geometry.in_size, dtype=dtype) if need_input else None
-    w_t = weight.reshape(g, o // g, c // g).transpose(0, 2, 1)  # (g, C/g, O/g)
-    items, total_bytes = _chunks(problem, dtype.itemsize)
-    if not need_weight:
-        executor.map_chunks(_backward_chunk, items, None, gy, None, w_t, gx, g,
-                            arrays=(gy,), work_bytes=total_bytes)
-        return gx, None
-    total = xp.zeros((g, o // g, c // g), dtype=dtype)
-    scratch = functools.partial(_empty, xp, total.shape, dtype)
-    executor.reduce_chunks(_backward_chunk, items, total, gy, x, w_t, gx, g, scratch=scratch,
-                           arrays=(gy, x), work_bytes=total_bytes)
-    return gx, total.reshape(weight.shape)
+    gy4 = gy.reshape(n, g, o // g, length)  # (N, g, O/g, L)
+    gx = gw = None
+    if need_input:
+        gx = xp.empty((n, c) + geometry.in_size, dtype=gy.dtype)
+        w_t = weight.reshape(g, o // g, c // g).swapaxes(1, 2)  # (g, C/g, O/g)
+        # (g, C/g, O/g) @ (N, g, O/g, L) -> (N, g, C/g, L), into gx
+        matmul(xp, w_t, gy4, out=gx.reshape(n, g, c // g, length))
+    if need_weight:
+        x4 = x.reshape(n, g, c // g, length)  # (N, g, C/g, L)
+        gw = _grad_weight(xp, gy4, x4, gy.dtype.itemsize).reshape(weight.shape)
+    return gx, gw
