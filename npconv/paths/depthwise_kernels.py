@@ -312,16 +312,40 @@ def forward_last(y: Any, x: Any, w: Any, bias: Any, start: int, stop: int, s0: i
 
 
 @_jit
+def _gather9(out: Any, w: Any, g0: Any, g1: Any, g2: Any, b: int, d1: int) -> None:
+    """out = sum_ij w[i, j] g_i[b - j d1]: the nine taps that reach an input pixel of a
+    stride-1 3x3 layer inside the output, g_i the grad_output row of tap row i (w, O)
+    (one pass over the channels, as :func:`_window9`)."""
+    a0, a1, a2 = g0[b], g0[b - d1], g0[b - 2 * d1]
+    b0, b1, b2 = g1[b], g1[b - d1], g1[b - 2 * d1]
+    c0, c1, c2 = g2[b], g2[b - d1], g2[b - 2 * d1]
+    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+    for c in range(out.shape[0]):
+        out[c] = (w00[c] * a0[c] + w01[c] * a1[c] + w02[c] * a2[c]
+                  + w10[c] * b0[c] + w11[c] * b1[c] + w12[c] * b2[c]
+                  + w20[c] * c0[c] + w21[c] * c1[c] + w22[c] * c2[c])
+
+
+@_jit
 def grad_input_last(gx: Any, gy: Any, w: Any, start: int, stop: int, s0: int, s1: int,
                     d0: int, d1: int, p0: int, p1: int) -> None:
     """gx (N, h, w, O) rows start:stop (task t: image t // h, row t % h), gathered from
-    gy (N, oh, ow, O) and w (kh, kw, O)."""
+    gy (N, oh, ow, O) and w (kh, kw, O); with stride 1, a 3x3 kernel's nine taps of a
+    pixel inside the output in one pass."""
     h, wd, oh, ow = gx.shape[1], gx.shape[2], gy.shape[1], gy.shape[2]
     kh, kw = w.shape[0], w.shape[1]
+    nine = kh == 3 and kw == 3 and s0 == 1 and s1 == 1
     for t in range(start, stop):
         n, r = t // h, t % h
+        top = r + p0  # the grad_output row that tap row 0 reads back from (stride 1)
+        rows_inside = nine and top - 2 * d0 >= 0 and top < oh
         for q in range(wd):
             acc = gx[n, r, q]
+            if rows_inside and q + p1 - 2 * d1 >= 0 and q + p1 < ow:
+                _gather9(acc, w, gy[n, top], gy[n, top - d0], gy[n, top - 2 * d0], q + p1, d1)
+                continue
             acc[:] = 0
             for i in range(kh):
                 num = r + p0 - i * d0
