@@ -165,6 +165,40 @@ def _all_taps(acc: Any, flat: Any, wcm: Any, wt: int, s0: int, s1: int, d0: int,
 
 
 @_jit
+def _nine_taps(acc: Any, flat: Any, w: Any, bias: Any, wt: int, s0: int, s1: int, d0: int,
+               d1: int) -> None:
+    """acc = bias + sum_ij w[i, j] run_ij for a 3x3 kernel: the nine taps' runs of the
+    grid in one pass (nine passes, each reading and writing acc, took 1.5-2x as long
+    on MobileNetV2's 24x24 and 48x48 layers; measured on one thread)."""
+    q = acc.shape[0]
+    g, o = _tap(flat, 0, 0, s0, s1, d0, d1, wt)
+    a0 = g[o:o + q]
+    g, o = _tap(flat, 0, 1, s0, s1, d0, d1, wt)
+    a1 = g[o:o + q]
+    g, o = _tap(flat, 0, 2, s0, s1, d0, d1, wt)
+    a2 = g[o:o + q]
+    g, o = _tap(flat, 1, 0, s0, s1, d0, d1, wt)
+    b0 = g[o:o + q]
+    g, o = _tap(flat, 1, 1, s0, s1, d0, d1, wt)
+    b1 = g[o:o + q]
+    g, o = _tap(flat, 1, 2, s0, s1, d0, d1, wt)
+    b2 = g[o:o + q]
+    g, o = _tap(flat, 2, 0, s0, s1, d0, d1, wt)
+    c0 = g[o:o + q]
+    g, o = _tap(flat, 2, 1, s0, s1, d0, d1, wt)
+    c1 = g[o:o + q]
+    g, o = _tap(flat, 2, 2, s0, s1, d0, d1, wt)
+    c2 = g[o:o + q]
+    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+    for e in range(q):
+        acc[e] = (bias + w00 * a0[e] + w01 * a1[e] + w02 * a2[e]
+                  + w10 * b0[e] + w11 * b1[e] + w12 * b2[e]
+                  + w20 * c0[e] + w21 * c1[e] + w22 * c2[e])
+
+
+@_jit
 def forward_planes(y: Any, x: Any, w: Any, bias: Any, ph: Any, acc: Any, start: int,
                    stop: int, nb: int, s0: int, s1: int, d0: int, d1: int, p0: int,
                    p1: int) -> None:
@@ -178,8 +212,11 @@ def forward_planes(y: Any, x: Any, w: Any, bias: Any, ph: Any, acc: Any, start: 
         _fill(ph, x, ch, n0, count, hb, s0, s1, p0, p1)
         for m in range(mult):
             o = ch * mult + m
-            acc[:q] = bias[o]
-            _all_taps(acc[:q], flat, w[ch, m], wt, s0, s1, d0, d1, False)
+            if kh == 3 and kw == 3:
+                _nine_taps(acc[:q], flat, w[ch, m], bias[o], wt, s0, s1, d0, d1)
+            else:
+                acc[:q] = bias[o]
+                _all_taps(acc[:q], flat, w[ch, m], wt, s0, s1, d0, d1, False)
             rows = acc[:count * hb * wt].reshape(count * hb, wt)
             for k in range(count):
                 _copy_block(y[n0 + k, o], rows[k * hb:k * hb + oh, :ow])
