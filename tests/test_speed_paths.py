@@ -348,3 +348,33 @@ def test_pointwise_gradients_in_blocks_of_images_equal_the_reference(limit, grou
     got = npconv.conv_backward(gy, x, w, groups=groups, algorithm="pointwise")
     for g, r in zip(got, want):
         assert_close(g, r, reduction=x.shape[0] * 21)
+
+
+@pytest.mark.parametrize("x_shape, kernel, kw", [
+    ((4, 256, 6, 6), (3, 3), dict(stride=2, padding=1)),  # ResNet-18's layer4.0.conv1
+    ((4, 512, 3, 3), (3, 3), dict(padding=1)),
+    ((2, 300, 5, 7), (2, 3), dict(stride=(1, 2), padding=(1, 0), dilation=(2, 1))),
+    ((64, 40, 30), (3,), dict(stride=2, padding=2)),  # 1-d, 30 pixels
+    ((3, 40, 3, 3, 4), (2, 2, 2), dict(padding=1)),  # 3-d, 36 pixels
+    ((2, 128, 8, 8), (3, 3), dict(padding=1)),  # 64 pixels: by slabs
+])
+@pytest.mark.parametrize("limit", [None, 4096])  # whole, or a few planes a block
+def test_folds_of_tiny_images_equal_the_reference(x_shape, kernel, kw, limit, restore_limit):
+    """Zero-padded folds of images of at most 36 pixels add every kernel offset's windows
+    over all planes at once (planes last), in blocks of planes under the workspace
+    limit; they equal the reference's fold, and their windows are left as they were."""
+    from npconv.reference import fold
+
+    x = np.zeros(x_shape)
+    geometry = ConvGeometry.build(x_shape[2:], kernel, kw.get("stride", 1),
+                                  kw.get("padding", 0), kw.get("dilation", 1))
+    windows = np.random.default_rng(14).standard_normal(
+        x_shape[:2] + kernel + geometry.out_size).astype(np.float32)
+    kept = windows.copy()
+    if limit is not None:
+        npconv.set_workspace_limit(limit)
+    got = npconv.fold_patches(windows, x_shape[2:], kernel, **kw)
+    assert got.shape == x.shape and got.dtype == np.float32
+    assert_close(got, fold(windows.astype(np.float64), geometry),
+                 reduction=int(np.prod(kernel)))
+    np.testing.assert_array_equal(windows, kept)
