@@ -73,10 +73,10 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     out = y.reshape(n, g, o // g, length)  # (N, g, O/g, L), a view of y
     if bias is not None and _bias_in_matmul(problem, x.dtype.itemsize):
         w = xp.concatenate([w, bias.reshape(g, o // g, 1)], axis=2)  # (g, O/g, C/g + 1)
-        ones = xp.empty((n, g, c // g + 1, length), dtype=x.dtype)
-        ones[:, :, :-1] = x_cols
-        ones[:, :, -1] = 1
-        x_cols, bias = ones, None
+        with_ones = xp.empty((n, g, c // g + 1, length), dtype=x.dtype)
+        with_ones[:, :, :-1] = x_cols
+        with_ones[:, :, -1] = 1
+        x_cols, bias = with_ones, None
     # (g, O/g, C/g) @ (N, g, C/g, L) -> (N, g, O/g, L)
     matmul(xp, w, x_cols, out=out)
     if bias is not None:
@@ -84,12 +84,12 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     return y
 
 
-def _grad_weight(xp: Any, gy4: Any, x4: Any, itemsize: int) -> Any:
+def _grad_weight(xp: Any, gy4: Any, x4: Any) -> Any:
     """sum_n gy4[n] (g, O/g, L) @ x4[n]^T (g, L, C/g), in blocks of images whose
     products fit PARTIAL_BYTES, summed in image order."""
     n, g, og = gy4.shape[:3]
     cg = x4.shape[2]
-    per_image = g * og * cg * itemsize
+    per_image = g * og * cg * gy4.dtype.itemsize
     block = max(1, min(PARTIAL_BYTES, workspace.get_workspace_limit() // 4) // per_image)
     total = xp.zeros((g, og, cg), dtype=gy4.dtype)
     for start in range(0, n, block):
@@ -119,5 +119,5 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
         matmul(xp, w_t, gy4, out=gx.reshape(n, g, c // g, length))
     if need_weight:
         x4 = x.reshape(n, g, c // g, length)  # (N, g, C/g, L)
-        gw = _grad_weight(xp, gy4, x4, gy.dtype.itemsize).reshape(weight.shape)
+        gw = _grad_weight(xp, gy4, x4).reshape(weight.shape)
     return gx, gw
