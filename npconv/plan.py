@@ -29,7 +29,8 @@ from .geometry import ConvGeometry
 #: Every value ``algorithm=`` accepts. 'auto' lets :func:`plan` choose;
 #: 'reference' is :mod:`npconv.reference`, the formulas as written.
 ALGORITHMS = ("auto", "reference", "im2col", "flipped", "pointwise", "direct", "depthwise",
-              "winograd", "phases", "fft", "serial", "stacked", "shifted", "depthwise_jit")
+              "winograd", "phases", "fft", "serial", "stacked", "shifted", "depthwise_jit",
+              "blocked")
 
 MAPS = ("forward", "grad_input", "grad_weight")
 
@@ -96,6 +97,24 @@ FFT_MAX_CHANNELS = 16
 # C256 6x6 4.04-4.06 against 2.00-2.08 (its fresh weight-gradient buffers pay page
 # faults there). So only images of <= 16 positions (3x3, 4x4) take it.
 IM2COL_BACKWARD_MAX_POSITIONS = 16
+# The compiled direct path (paths/blocked.py, with numba) for a map when its contraction
+# has at least BLOCKED_MIN_CHANNELS channels per tap (forward: C, grad input: O; below,
+# its per-block overhead dominates: U-Net's 3 -> 16 forward 1.7-2.8x 'auto's time), at
+# least BLOCKED_MIN_FILL of the positions it computes are outputs (the rest are the
+# padded frame's edges and whole vector blocks: a 3x3 image in a 5x5 frame is 18% fill,
+# 8x8 67%), and, with more than BLOCKED_WIDE_CHANNELS channels on both sides, images of at
+# least BLOCKED_WIDE_POSITIONS positions, where BLAS's long matmuls (and Winograd) caught
+# up: 'auto' time / blocked, forward and backward, 2 threads, medians of 7, this machine:
+# U-Net 16 -> 16 64x64 2.1, 1.7; 3-D 16 -> 16 32^3 2.5, 2.6; 32 -> 16 32^3 2.3, 2.6;
+# ResNet-18 64 -> 64 24x24 1.33, 1.35; VGG-11 64 -> 128 32x32 1.06, 1.48; 64 -> 64 16x16
+# 0.99, 0.94; 128 -> 256 16x16 0.93, 0.75; 128 -> 128 12x12 0.67, 0.37.
+# Only float32 kernels of at most BLOCKED_MAX_TAPS taps were measured (larger kernels go
+# to FFT; float64 ran at 36-64 GFLOP/s a thread, against 80-145 for float32).
+BLOCKED_MIN_CHANNELS = 8
+BLOCKED_MAX_TAPS = 27
+BLOCKED_MIN_FILL = 0.8
+BLOCKED_WIDE_CHANNELS = 32
+BLOCKED_WIDE_POSITIONS = 512
 # Calls whose whole column matrix is below this many bytes take im2col for every map:
 # one matmul each, with none of the chunk machinery, which costs more than the
 # arithmetic there (a 1x1x8x8 3x3 call: ~150 us through the chunked paths, measured).
@@ -410,7 +429,37 @@ def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS
     if problem.depthwise and _compiled_depthwise(problem, maps):
         why = "depthwise, numba installed: compiled multiply-adds per channel plane"
         return Plan("depthwise_jit", "depthwise_jit", "depthwise_jit", dict.fromkeys(MAPS, why))
-    return model_plan(problem, maps=maps) or rule_plan(problem)
+    chosen = model_plan(problem, maps=maps) or rule_plan(problem)
+    blocked = _blocked_maps(problem, maps)
+    return _with_blocked(chosen, blocked) if blocked else chosen
+
+
+def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
+    """The maps that 'auto' gives the compiled direct path (see BLOCKED_MIN_CHANNELS)."""
+    from .paths import get_path
+
+    path = get_path("blocked")
+    supported = [m for m in maps if path.requires(problem, m) is None]
+    g = problem.geometry
+    if (not supported or problem.dtype.itemsize != 4 or g.kernel_volume > BLOCKED_MAX_TAPS
+            or (min(problem.cg, problem.og) > BLOCKED_WIDE_CHANNELS
+                and g.out_volume < BLOCKED_WIDE_POSITIONS)):
+        return ()
+    if path.fill(problem) < BLOCKED_MIN_FILL:
+        return ()
+    contracted = {"forward": problem.cg, "grad_input": problem.og,
+                  "grad_weight": BLOCKED_MIN_CHANNELS}
+    return tuple(m for m in supported if contracted[m] >= BLOCKED_MIN_CHANNELS)
+
+
+def _with_blocked(plan: Plan, maps: tuple[str, ...]) -> Plan:
+    why = "compiled direct convolution (numba): registers hold a block of outputs over " \
+          "the whole sum, no columns"
+    names = {m: getattr(plan, m) for m in MAPS}
+    reasons = dict(plan.reasons)
+    for m in maps:
+        names[m], reasons[m] = "blocked", why
+    return Plan(names["forward"], names["grad_input"], names["grad_weight"], reasons)
 
 
 def _compiled_depthwise(problem: Problem, maps: tuple[str, ...]) -> bool:

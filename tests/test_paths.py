@@ -57,6 +57,10 @@ ACCEPTED = {
     "direct": general,
     "depthwise": depthwise_configs(),
     "depthwise_jit": depthwise_configs(ndim=(1, 2), modes=("zeros",)),
+    # channels across the kernels' blocks of 4 and 8; padding past the kernel's span
+    # refuses grad input, which the check accepts
+    "blocked": conv_configs(ndim=(1, 2, 3), groups=False, max_stride=1, max_channels=12,
+                            max_batch=3, max_padding=3, max_output=9),
     "winograd": conv_configs(ndim=2, min_kernel=3, max_kernel=3, max_stride=1,
                              max_dilation=1, max_channels=6, max_batch=3, max_output=13),
     "phases": conv_configs(ndim=(1, 2, 3), max_stride=3, max_kernel=5, max_channels=4,
@@ -190,7 +194,7 @@ def test_every_path_equals_the_reference_or_refuses(name, config, dtype, layout)
 @given(data=st.data(), layout=st.sampled_from(LAYOUTS))
 def test_each_path_on_the_geometries_it_accepts(name, data, layout):
     config = data.draw(ACCEPTED[name], label="config")
-    real_only = name in ("winograd", "depthwise_jit")
+    real_only = name in ("winograd", "depthwise_jit", "blocked")
     dtypes = ["float64", "float32"] if real_only else ["float64", "float32", "complex64"]
     _check_conv(name, config, data.draw(st.sampled_from(dtypes), label="dtype"), layout)
 
@@ -227,7 +231,7 @@ def test_refusals_name_what_the_path_needs(name):
         npconv.conv(x, w, stride=2, padding=2, groups=2, padding_mode="reflect", algorithm=name)
     except ValueError as exc:
         assert name in ("pointwise", "winograd", "phases", "stacked", "shifted",
-                        "depthwise_jit")
+                        "depthwise_jit", "blocked")
         assert "it needs" in str(exc) and len(str(exc)) > 60
     else:
         assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft", "serial")
@@ -243,8 +247,9 @@ def test_algorithms_lists_auto_reference_and_every_path():
 
 
 def test_explain_names_a_path_and_a_reason_for_each_map():
-    x = np.zeros((16, 64, 56, 56), np.float32)
-    plan = npconv.explain(x, np.zeros((64, 64, 3, 3), np.float32), padding=1)
+    # wide channels on small images: no compiled direct path, the cost model decides
+    x = np.zeros((16, 128, 8, 8), np.float32)
+    plan = npconv.explain(x, np.zeros((128, 128, 3, 3), np.float32), padding=1)
     text = str(plan)
     assert all(m in text for m in ("forward", "grad_input", "grad_weight", "cost model"))
     for op in ("forward", "grad_input", "grad_weight"):
@@ -252,6 +257,13 @@ def test_explain_names_a_path_and_a_reason_for_each_map():
         assert f"predicted: {getattr(plan, op)} " in plan.reasons[op]
     small = npconv.explain(np.zeros((1, 3, 8, 8)), np.zeros((4, 3, 3, 3)), stride=2)
     assert small.forward == "im2col" and small.reasons["forward"]
+    thin = npconv.explain(np.zeros((2, 16, 64, 64), np.float32),
+                          np.zeros((16, 16, 3, 3), np.float32), padding=1)
+    if depthwise_jit.available():  # compiled direct convolution: ahead of the model
+        assert (thin.forward, thin.grad_input, thin.grad_weight) == ("blocked",) * 3
+        assert "compiled direct" in thin.reasons["forward"]
+    else:
+        assert thin.reasons["forward"].startswith("cost model, predicted: ")
     depthwise = npconv.explain(np.zeros((2, 8, 16, 16)), np.zeros((8, 1, 3, 3)), groups=8)
     if depthwise_jit.available():  # compiled kernels: ahead of the model
         assert depthwise.forward == depthwise.grad_weight == "depthwise_jit"

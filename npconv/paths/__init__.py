@@ -35,6 +35,7 @@ _MODULES = {
     "direct": "npconv.paths.direct",
     "depthwise": "npconv.paths.depthwise",
     "depthwise_jit": "npconv.paths.depthwise_jit",
+    "blocked": "npconv.paths.blocked",
     "winograd": "npconv.paths.winograd",
     "phases": "npconv.paths.phases",
     "fft": "npconv.paths.fft",

@@ -1,0 +1,305 @@
+"""The blocked path: compiled direct convolution, register-blocked, on padded planes.
+
+A stride-1 convolution of a zero-padded image is a sum over kernel taps of
+shifts of its flattened padded frame (:mod:`npconv.paths.blocked_kernels`).
+The output is cut into *tiles* of consecutive planes along the leading
+spatial axis; a tile's *slab* holds the padded frame's planes its windows
+read, each channel flattened, and for tile position ``p`` (a position of the
+frame)
+
+    forward      out[o, p]   = sum_t sum_c W[o, c, t] slab[c, p + off[t]]
+    grad weight  gW[o, c, t] = sum_p gy[o, p] slab[c, p + off[t]]
+    grad input   gx          = the forward of gy with the flipped, channel-swapped kernel
+
+where ``off[t]`` is tap t's flat shift in the frame. Positions at the frame's
+far edges are junk (their windows wrap around): the forward drops them, grad
+weight reads ``gy`` there as zeros. No columns are built: the kernels hold a
+block of output channels times positions (grad weight: of output times input
+channels) in vector registers over the whole sum, which a BLAS matmul on
+columns cannot do for 16-64 channels, where the columns are 9-27x the input.
+
+It takes groups=1, stride 1, zero padding, float32 or float64 on NumPy, when
+numba is installed (``pip install "npconv[jit]"``). Tiles run on the
+executor's threads, each worker with its own slab and tile; grad weight's
+partial sums are added in a fixed order.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .. import backend, executor, workspace
+from ..geometry import ConvGeometry
+from ..plan import Problem
+from ._common import empty_grads, grad_input_by_forward
+from .depthwise_jit import available
+
+# Scratch bytes a thread keeps between calls (see _held).
+HELD_BYTES = 8 * 2**20
+# Frame positions of a tile: its slab and output stay in L2 (a few tiles a thread on a
+# 32x32x32 image).
+TILE_POSITIONS = 8192
+
+
+def requires(problem: Problem, op: str) -> str | None:
+    """None for a groups=1, stride-1, zero-padded float layer on NumPy with numba."""
+    g = problem.geometry
+    if problem.groups != 1:
+        return f"groups=1; got {problem.groups}"
+    if not problem.stride_one:
+        return f"stride 1; got {g.stride}"
+    if not g.zero_padded or any(lo < 0 or hi < 0 for lo, hi in g.pads):
+        return f"zero padding ('zeros' mode, none negative); got {g.padding_mode!r}, {g.pads}"
+    if op == "grad_input" and any(lo > d * (k - 1) or hi > d * (k - 1)
+                                  for (lo, hi), k, d in zip(g.pads, g.kernel, g.dilation)):
+        return f"padding of at most dilation * (kernel - 1) for grad input; got {g.pads}"
+    if problem.backend != "numpy":
+        return f"NumPy arrays; got {problem.backend}"
+    dtype = problem.dtype
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or not dtype.isnative:
+        return f"float32 or float64 (native byte order); got {dtype}"
+    if not available():
+        return "numba, which is not installed here (pip install 'npconv[jit]')"
+    return None
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """A geometry's frame, tap shifts and tiles (of leading-axis output planes)."""
+
+    frame: tuple[int, ...]  # the padded size
+    plane: int  # positions of one leading-axis plane of the frame
+    offsets: tuple[int, ...]  # flat shift of each tap, in the kernel's C order
+    planes: int  # output planes of a tile (the last tile may have fewer)
+    step: int  # positions of a kernel block (a tile's positions are a multiple)
+
+    @classmethod
+    def of(cls, g: ConvGeometry, step: int) -> Tiling:
+        frame = g.padded_size
+        strides = [math.prod(frame[i + 1:]) for i in range(g.nd)]
+        offsets = tuple(sum(k * d * s for k, d, s in zip(tap, g.dilation, strides))
+                        for tap in itertools.product(*(range(k) for k in g.kernel)))
+        lead = g.out_size[0]
+        planes = workspace.balanced(lead, max(1, TILE_POSITIONS // strides[0]))
+        return cls(frame, strides[0], offsets, planes, step)
+
+    def tiles(self, n: int, lead: int) -> list[tuple[int, int, int]]:
+        """(image, first plane, stop plane) of every tile."""
+        return [(i, a, min(lead, a + self.planes)) for i in range(n)
+                for a in range(0, lead, self.planes)]
+
+    def positions(self, planes: int) -> int:
+        """Kernel positions of a tile of ``planes`` planes (whole blocks)."""
+        return -(-planes * self.plane // self.step) * self.step
+
+    @property
+    def slab_length(self) -> int:
+        """Positions of a slab: its tile's reads, the planes they span and zeros after."""
+        return self.positions(self.planes) + self.offsets[-1]
+
+
+@functools.lru_cache(maxsize=256)
+def _tiling(geometry: ConvGeometry, step: int) -> Tiling:
+    return Tiling.of(geometry, step)
+
+
+def _zero_outside(planes: Any, inner: tuple[slice, ...]) -> None:
+    """Zero every position of ``planes`` (C, count, *frame[1:]) outside ``inner`` along
+    the frame's other axes (each border slab once)."""
+    for axis, keep in enumerate(inner, start=2):
+        lead = (slice(None),) * axis
+        planes[lead + (slice(0, keep.start),)] = 0
+        planes[lead + (slice(keep.stop, None),)] = 0
+
+
+def fill(problem: Problem) -> float:
+    """The fraction of the positions the kernels compute that are outputs (the rest:
+    the frame's edges and the last vector block of each tile)."""
+    from . import blocked_kernels as kernels
+
+    g = problem.geometry
+    tiling = _tiling(g, kernels.VECTORS * kernels.lanes_of(problem.dtype.itemsize))
+    computed = sum(tiling.positions(b - a) for _, a, b in tiling.tiles(1, g.out_size[0]))
+    return g.out_volume / max(computed, 1)
+
+
+def _fill_slab(slab: Any, x: Any, item: tuple[int, int, int], g: ConvGeometry,
+               tiling: Tiling) -> None:
+    """slab[:C] (C, >= length) <- the padded frame's planes [a, b + span) of image n of
+    x (N, C, *in) and zeros after them. Rows from C on (grad weight's channels padded
+    to its block) keep whatever they held: they only reach sums that are dropped."""
+    n, a, b = item
+    c, lo = x.shape[1], g.pads[0][0]
+    count = b - a + (tiling.frame[0] - g.out_size[0])  # the planes the tile's windows read
+    used = count * tiling.plane
+    planes = slab[:c, :used].reshape((c, count) + tiling.frame[1:])
+    first, last = max(a, lo), min(a + count, lo + g.in_size[0])  # frame planes with input
+    planes[:, : max(0, first - a)] = 0
+    planes[:, max(0, last - a):] = 0
+    if first < last:
+        inner = tuple(slice(p, p + s) for (p, _), s in zip(g.pads[1:], g.in_size[1:]))
+        window = planes[:, first - a:last - a]
+        _zero_outside(window, inner)
+        window[(slice(None), slice(None)) + inner] = x[n, :, first - lo:last - lo]
+    slab[:c, used:tiling.slab_length] = 0
+
+
+def _valid(tile: Any, count: int, g: ConvGeometry, tiling: Tiling, o: int) -> Any:
+    """The view (O, count, *out[1:]) of a tile's valid positions."""
+    planes = tile[:o, : count * tiling.plane].reshape((o, count) + tiling.frame[1:])
+    return planes[(slice(None), slice(None)) + tuple(slice(0, s) for s in g.out_size[1:])]
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """One forward call's arrays and geometry, shared by its tiles."""
+
+    y: Any
+    x: Any
+    w: Any  # (B, T, C, J)
+    off: Any
+    bias: Any  # (O, 1, ...) or None
+    g: ConvGeometry
+    tiling: Tiling
+
+
+def _forward_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], job: _Forward) -> None:
+    from . import blocked_kernels as kernels
+
+    slab, tile = scratch
+    n, a, b = item
+    _fill_slab(slab, job.x, item, job.g, job.tiling)
+    kernels.forward_tile(tile, slab, job.w, job.off, job.tiling.positions(b - a),
+                         job.tiling.step)
+    valid = _valid(tile, b - a, job.g, job.tiling, job.y.shape[1])
+    if job.bias is None:
+        job.y[n, :, a:b] = valid
+    else:
+        backend.get_array_module(valid).add(valid, job.bias, out=job.y[n, :, a:b])
+
+
+def _blocked_weight(xp: Any, weight: Any, block: int) -> Any:
+    """weight (O, C, *k) as (B, T, C, J), O padded with zero rows to B J."""
+    o, c = weight.shape[:2]
+    taps = math.prod(weight.shape[2:])
+    blocks = -(-o // block)
+    w = xp.zeros((blocks * block, c, taps), dtype=weight.dtype)
+    w[:o] = weight.reshape(o, c, taps)
+    # (B J, C, T) -> (B, T, C, J)
+    return xp.ascontiguousarray(w.reshape(blocks, block, c, taps).transpose(0, 3, 2, 1))
+
+
+def _scratch(xp: Any, dtype: Any, channels: int, rows: int, tiling: Tiling) -> tuple[Any, Any]:
+    """A worker's slab (channels, slab length) and tile (rows, tile positions), in this
+    thread's reused buffer."""
+    slab = channels * tiling.slab_length
+    tile = rows * tiling.positions(tiling.planes)
+    flat = _held(xp, dtype, slab + tile)
+    return (flat[:slab].reshape(channels, tiling.slab_length),
+            flat[slab:].reshape(rows, tiling.positions(tiling.planes)))
+
+
+_HELD = threading.local()
+
+
+def _held(xp: Any, dtype: Any, size: int) -> Any:
+    """A flat buffer of ``size`` elements: a prefix of this thread's kept buffer of
+    ``dtype``, which is kept up to HELD_BYTES. A fresh buffer's pages fault on first
+    touch (about 3 us a page here), which for a 16-channel 64x64 layer cost more than
+    its arithmetic; the contents are garbage, and every task writes all it reads."""
+    held = _HELD.__dict__.setdefault("buffers", {})
+    buffer = held.get(dtype)
+    if buffer is None or buffer.size < size:
+        buffer = xp.empty(size, dtype=dtype)
+        if size * buffer.itemsize <= HELD_BYTES:
+            held[dtype] = buffer
+    return buffer[:size]
+
+
+def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
+    """y (N, O, *out) = conv(x, weight) + bias, stride 1, zero padding, groups=1."""
+    from . import blocked_kernels as kernels
+
+    xp = backend.get_array_module(x, weight)
+    g = problem.geometry
+    n, c, o = x.shape[0], x.shape[1], weight.shape[0]
+    y = xp.empty((n, o) + g.out_size, dtype=x.dtype)
+    if y.size == 0 or c == 0:
+        y[...] = 0 if bias is None else bias.reshape((1, o) + (1,) * g.nd)
+        return y
+    tiling = _tiling(g, kernels.VECTORS * kernels.lanes_of(x.dtype.itemsize))
+    w = _blocked_weight(xp, weight, kernels.OUT_BLOCK)
+    b = None if bias is None else bias.reshape((o,) + (1,) * g.nd)
+    job = _Forward(y, x, w, xp.asarray(tiling.offsets, dtype=xp.int64), b, g, tiling)
+    rows = w.shape[0] * kernels.OUT_BLOCK
+    scratch = functools.partial(_scratch, xp, x.dtype, c, rows, tiling)
+    per_worker = (c * tiling.slab_length + rows * tiling.positions(tiling.planes)) * x.itemsize
+    executor.map_chunks(_forward_tile, tiling.tiles(n, g.out_size[0]), job, scratch=scratch,
+                        per_worker_bytes=per_worker, arrays=(x,),
+                        work_bytes=y.nbytes * len(tiling.offsets))
+    return y
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """One grad-weight call's arrays and geometry, shared by its tiles."""
+
+    gy: Any
+    x: Any
+    off: Any
+    shape: tuple[int, int, int]  # (O', C', T) of the padded partial sums
+    g: ConvGeometry
+    tiling: Tiling
+
+
+def _weight_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], acc: Any,
+                 job: _Weight) -> Any:
+    from . import blocked_kernels as kernels
+
+    slab, tile = scratch
+    n, a, b = item
+    if acc is None:
+        acc = backend.get_array_module(slab).zeros(job.shape, dtype=slab.dtype)
+    _fill_slab(slab, job.x, item, job.g, job.tiling)
+    o, t = job.gy.shape[1], job.tiling
+    stop, used = t.positions(b - a), (b - a) * t.plane
+    planes = tile[:o, :used].reshape((o, b - a) + t.frame[1:])
+    _zero_outside(planes, tuple(slice(0, size) for size in job.g.out_size[1:]))
+    _valid(tile, b - a, job.g, t, o)[...] = job.gy[n, :, a:b]
+    tile[:o, used:stop] = 0  # rows from O on: as the slab's padded channels
+    kernels.grad_weight_tile(acc, tile, slab, job.off, stop)
+    return acc
+
+
+def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any:
+    from . import blocked_kernels as kernels
+
+    g, (n, o), c = problem.geometry, gy.shape[:2], x.shape[1]
+    tiling = _tiling(g, kernels.VECTORS * kernels.lanes_of(gy.dtype.itemsize))
+    block = kernels.WEIGHT_BLOCK
+    shape = (-(-o // block) * block, -(-c // block) * block, len(tiling.offsets))
+    job = _Weight(gy, x, xp.asarray(tiling.offsets, dtype=xp.int64), shape, g, tiling)
+    scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], shape[0], tiling)
+    per_worker = (shape[1] * tiling.slab_length
+                  + shape[0] * tiling.positions(tiling.planes)) * gy.itemsize
+    total = xp.zeros(shape, dtype=gy.dtype)
+    executor.reduce_chunks(_weight_tile, tiling.tiles(n, g.out_size[0]), total, job,
+                           scratch=scratch, per_worker_bytes=per_worker, arrays=(gy,),
+                           work_bytes=gy.nbytes * len(tiling.offsets) * c)
+    return xp.ascontiguousarray(total[:o, :c]).reshape(weight.shape)
+
+
+def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
+             need_weight: bool) -> tuple[Any, Any]:
+    """(grad input (N, C, *in), grad weight (O, C, *k)), either None when not needed."""
+    xp = backend.get_array_module(gy, x, weight)
+    if gy.size == 0 or problem.in_channels == 0 or not (need_input or need_weight):
+        return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
+    gx = grad_input_by_forward(problem, gy, weight, forward) if need_input else None
+    gw = _grad_weight(problem, gy, x, weight, xp) if need_weight else None
+    return gx, gw

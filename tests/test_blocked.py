@@ -1,0 +1,119 @@
+"""The compiled direct path (``algorithm='blocked'``) where its kernels cut the work.
+
+Reached by its public name: tiles of leading-axis planes (several per image, the
+last one shorter), output channels across the forward's blocks and input and
+output channels across grad weight's, a slab's planes outside the input, every
+rank, threads (the same bits for any thread count), each thread's scratch kept
+from one call to the next (a later call must not read what an earlier one left)
+and inputs that are views. The hypothesis tests of tests/test_paths.py draw its
+geometries too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import npconv
+from npconv.testing import assert_close
+
+pytest.importorskip("numba")
+
+CASES = [
+    # (x shape, kernel, padding, dilation, out channels)
+    ((2, 16, 40, 40), (3, 3), 1, 1, 16),  # one tile an image
+    ((2, 5, 9, 10, 11), (3, 3, 3), 1, 1, 13),  # 3-d, channels off the blocks
+    ((1, 9, 70, 130), (3, 3), (1, 2), (1, 2), 20),  # several tiles, the last shorter
+    ((3, 12, 2000), (4,), "same", 3, 9),  # 1-d, dilated, asymmetric padding (4, 5)
+    ((2, 3, 30, 31), (5, 3), 0, 1, 8),  # no padding: frame = input
+    ((1, 4, 6, 7, 5), (2, 3, 3), (1, 1, 2), (1, 2, 1), 3),
+]
+
+
+def _check(x, w, b, kw):
+    wide = [a.astype(np.float64) for a in (x, w, b)]
+    y_ref = npconv.conv(*wide, **kw, algorithm="reference")
+    gy = np.random.default_rng(1).standard_normal(y_ref.shape).astype(x.dtype)
+    g_ref = npconv.conv_backward(gy.astype(np.float64), wide[0], wide[1], **kw,
+                                 algorithm="reference")
+    taps = int(np.prod(w.shape[2:]))
+    before = [a.copy() for a in (x, w, b, gy)]
+    y = npconv.conv(x, w, b, **kw, algorithm="blocked")
+    assert y.dtype == x.dtype
+    assert_close(y, y_ref, reduction=taps * w.shape[1], err_msg=f"forward {kw}")
+    grads = npconv.conv_backward(gy, x, w, **kw, algorithm="blocked")
+    positions = y_ref[:, 0].size
+    for what, got, want, n in zip(("grad input", "grad weight"), grads, g_ref,
+                                  (taps * w.shape[0], positions)):
+        assert got.dtype == x.dtype
+        assert_close(got, want, reduction=n, err_msg=f"{what} {kw}")
+    for a, kept in zip((x, w, b, gy), before):
+        np.testing.assert_array_equal(a, kept)  # inputs unchanged
+    return y, grads
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES)
+def test_tiles_blocks_and_ranks_equal_the_reference(case, dtype):
+    shape, kernel, padding, dilation, o = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((o, shape[1]) + kernel).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    _check(x, w, b, dict(padding=padding, dilation=dilation))
+
+
+def test_scratch_kept_between_calls_is_never_read_stale():
+    """A large call, a small one with other padding, then the large one again: each
+    thread's kept scratch holds the previous call's values, which must not leak."""
+    rng = np.random.default_rng(2)
+    big = (rng.standard_normal((2, 8, 48, 48)).astype(np.float32),
+           rng.standard_normal((16, 8, 3, 3)).astype(np.float32),
+           rng.standard_normal(16).astype(np.float32))
+    small = (100 * rng.standard_normal((1, 3, 7, 9)).astype(np.float32),
+             rng.standard_normal((5, 3, 3, 3)).astype(np.float32),
+             rng.standard_normal(5).astype(np.float32))
+    first = _check(*big, dict(padding=1))
+    _check(*small, dict(padding=2))
+    _check(*small, dict(padding=0))
+    again = _check(*big, dict(padding=1))
+    for a, b in zip((first[0],) + tuple(first[1][:2]), (again[0],) + tuple(again[1][:2])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_same_bits_for_any_thread_count_and_views_as_inputs():
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((3, 12, 64, 70)).astype(np.float32)
+    x = base[:, :, :, ::2]  # a strided view (N, C, 64, 35)
+    w = np.asfortranarray(rng.standard_normal((24, 12, 3, 3)).astype(np.float32))
+    gy = rng.standard_normal((3, 24, 64, 35)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        with npconv.num_threads(threads, min_work_bytes=0):
+            y = npconv.conv(x, w, padding=1, algorithm="blocked")
+            gx, gw, _ = npconv.conv_backward(gy, x, w, padding=1, algorithm="blocked")
+        results.append((y, gx, gw))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    ref = npconv.conv(x.astype(np.float64), w.astype(np.float64), padding=1,
+                      algorithm="reference")
+    assert_close(results[0][0], ref, reduction=108)
+
+
+def test_auto_takes_it_only_where_it_was_measured_faster():
+    """Thin 3x3 layers on images of any size, wide ones on large images; not wide
+    layers on small images, kernels past 27 taps or float64."""
+    def plan(c, o, size, kernel=3, dtype=np.float32):
+        x = np.zeros((2, c) + size, dtype)
+        w = np.zeros((o, c) + (kernel,) * len(size), dtype)
+        return npconv.explain(x, w, padding=kernel // 2)
+
+    thin = plan(16, 16, (32, 32, 32))
+    assert (thin.forward, thin.grad_input, thin.grad_weight) == ("blocked",) * 3
+    assert plan(64, 64, (32, 32)).forward == "blocked"
+    assert plan(3, 16, (64, 64)).forward != "blocked"  # 3 channels per tap
+    assert plan(3, 16, (64, 64)).grad_input == "blocked"  # its adjoint has 16
+    assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
+    assert plan(16, 16, (64, 64), kernel=7).forward != "blocked"
+    assert plan(16, 16, (32, 32), dtype=np.float64).forward != "blocked"
