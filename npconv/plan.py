@@ -97,9 +97,11 @@ FFT_MAX_CHANNELS = 16
 # C256 6x6 4.04-4.06 against 2.00-2.08 (its fresh weight-gradient buffers pay page
 # faults there). So only images of <= 16 positions (3x3, 4x4) take it.
 IM2COL_BACKWARD_MAX_POSITIONS = 16
-# The compiled direct path (paths/blocked.py, with numba) for a map when its contraction
-# has at least BLOCKED_MIN_CHANNELS channels per tap (forward: C, grad input: O; below,
-# its per-block overhead dominates: U-Net's 3 -> 16 forward 1.7-2.8x 'auto's time), at
+# The compiled direct path (paths/blocked.py, with numba) for a map of a layer (not 1x1)
+# with at least BLOCKED_MIN_CHANNELS input and output channels (half that for grad weight:
+# below, per-block overhead and the channels padded to the kernels' blocks dominate:
+# U-Net's 3 -> 16 forward took 1.7-2.8x 'auto's time, VGG-11's 3 -> 64 backward 1.28x,
+# WaveNet's 1 -> 32 backward 2.6x), at
 # least BLOCKED_MIN_FILL of the positions it computes are outputs (the rest are the
 # padded frame's edges and whole vector blocks: a 3x3 image in a 5x5 frame is 18% fill,
 # 8x8 67%), and, with more than BLOCKED_WIDE_CHANNELS channels on both sides, images of at
@@ -441,15 +443,17 @@ def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
     path = get_path("blocked")
     supported = [m for m in maps if path.requires(problem, m) is None]
     g = problem.geometry
-    if (not supported or problem.dtype.itemsize != 4 or g.kernel_volume > BLOCKED_MAX_TAPS
+    if (not supported or problem.pointwise or problem.dtype.itemsize != 4
+            or g.kernel_volume > BLOCKED_MAX_TAPS
             or (min(problem.cg, problem.og) > BLOCKED_WIDE_CHANNELS
                 and g.out_volume < BLOCKED_WIDE_POSITIONS)):
         return ()
     if path.fill(problem) < BLOCKED_MIN_FILL:
         return ()
-    contracted = {"forward": problem.cg, "grad_input": problem.og,
-                  "grad_weight": BLOCKED_MIN_CHANNELS}
-    return tuple(m for m in supported if contracted[m] >= BLOCKED_MIN_CHANNELS)
+    c, o, least = problem.cg, problem.og, BLOCKED_MIN_CHANNELS
+    wanted = {"forward": min(c, o) >= least, "grad_input": min(c, o) >= least,
+              "grad_weight": min(c, o) >= least // 2}
+    return tuple(m for m in supported if wanted[m])
 
 
 def _with_blocked(plan: Plan, maps: tuple[str, ...]) -> Plan:

@@ -103,7 +103,8 @@ def test_same_bits_for_any_thread_count_and_views_as_inputs():
 
 def test_auto_takes_it_only_where_it_was_measured_faster():
     """Thin 3x3 layers on images of any size, wide ones on large images; not wide
-    layers on small images, kernels past 27 taps or float64."""
+    layers on small images, few channels, 1x1 kernels, kernels past 27 taps or
+    float64."""
     def plan(c, o, size, kernel=3, dtype=np.float32):
         x = np.zeros((2, c) + size, dtype)
         w = np.zeros((o, c) + (kernel,) * len(size), dtype)
@@ -112,8 +113,10 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     thin = plan(16, 16, (32, 32, 32))
     assert (thin.forward, thin.grad_input, thin.grad_weight) == ("blocked",) * 3
     assert plan(64, 64, (32, 32)).forward == "blocked"
-    assert plan(3, 16, (64, 64)).forward != "blocked"  # 3 channels per tap
-    assert plan(3, 16, (64, 64)).grad_input == "blocked"  # its adjoint has 16
+    assert "blocked" not in vars(plan(3, 16, (64, 64))).values()  # 3 input channels
+    assert plan(6, 16, (64, 64)).grad_weight == "blocked"  # grad weight: blocks of 4
+    assert plan(6, 16, (64, 64)).forward != "blocked"
+    assert "blocked" not in vars(plan(16, 16, (64, 64), kernel=1)).values()  # pointwise
     assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
     assert plan(16, 16, (64, 64), kernel=7).forward != "blocked"
     assert plan(16, 16, (32, 32), dtype=np.float64).forward != "blocked"

@@ -281,8 +281,8 @@ def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any
 
     g, (n, o), c = problem.geometry, gy.shape[:2], x.shape[1]
     tiling = _tiling(g, kernels.VECTORS * kernels.lanes_of(gy.dtype.itemsize))
-    block = kernels.WEIGHT_BLOCK
-    shape = (-(-o // block) * block, -(-c // block) * block, len(tiling.offsets))
+    jo, ki = kernels.WEIGHT_OUT, kernels.WEIGHT_IN
+    shape = (-(-o // jo) * jo, -(-c // ki) * ki, len(tiling.offsets))
     job = _Weight(gy, x, xp.asarray(tiling.offsets, dtype=xp.int64), shape, g, tiling)
     scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], shape[0], tiling)
     per_worker = (shape[1] * tiling.slab_length
