@@ -97,24 +97,27 @@ FFT_MAX_CHANNELS = 16
 # C256 6x6 4.04-4.06 against 2.00-2.08 (its fresh weight-gradient buffers pay page
 # faults there). So only images of <= 16 positions (3x3, 4x4) take it.
 IM2COL_BACKWARD_MAX_POSITIONS = 16
-# The compiled direct path (paths/blocked.py, with numba) for a map of a layer (not 1x1)
-# with at least BLOCKED_MIN_CHANNELS input and output channels (half that for grad weight:
-# below, per-block overhead and the channels padded to the kernels' blocks dominate:
-# U-Net's 3 -> 16 forward took 1.7-2.8x 'auto's time, VGG-11's 3 -> 64 backward 1.28x,
-# WaveNet's 1 -> 32 backward 2.6x), at
-# least BLOCKED_MIN_FILL of the positions it computes are outputs (the rest are the
-# padded frame's edges and whole vector blocks: a 3x3 image in a 5x5 frame is 18% fill,
-# 8x8 67%), and, with more than BLOCKED_WIDE_CHANNELS channels on both sides, images of at
-# least BLOCKED_WIDE_POSITIONS positions, where BLAS's long matmuls (and Winograd) caught
-# up: 'auto' time / blocked, forward and backward, 2 threads, medians of 7, this machine:
-# U-Net 16 -> 16 64x64 2.1, 1.7; 3-D 16 -> 16 32^3 2.5, 2.6; 32 -> 16 32^3 2.3, 2.6;
-# ResNet-18 64 -> 64 24x24 1.33, 1.35; VGG-11 64 -> 128 32x32 1.06, 1.48; 64 -> 64 16x16
-# 0.99, 0.94; 128 -> 256 16x16 0.93, 0.75; 128 -> 128 12x12 0.67, 0.37.
-# Only float32 kernels of at most BLOCKED_MAX_TAPS taps were measured (larger kernels go
-# to FFT; float64 ran at 36-64 GFLOP/s a thread, against 80-145 for float32).
-BLOCKED_MIN_CHANNELS = 8
+# The compiled direct path (paths/blocked.py, with numba) for a map of a float32 layer of
+# at most BLOCKED_MAX_TAPS taps (not 1x1) when its contraction has at least
+# BLOCKED_MIN_CONTRACTION taps x channels per output and its result at least
+# BLOCKED_MIN_CHANNELS channels (below either, a block's overhead or its channels padded
+# to the kernels' blocks dominate: U-Net's 3 -> 16 forward, 27 per output, took 1.7-2.8x
+# 'auto''s time, WaveNet's 1 -> 32 backward 2.6x; the 3-D U-Net's 4 -> 16, 108 per output,
+# took 0.53x forward, and its grad input, 4 channels, 0.34x with grad weight), when at
+# least BLOCKED_MIN_FILL of the positions it computes are outputs (the rest: the padded
+# frame's edges and whole vector blocks; a 3x3 image in its 5x5 frame is 18%, 8x8 67%,
+# 16x16x16 79%), and, with more than BLOCKED_WIDE_CHANNELS channels on both sides, on
+# images of at least BLOCKED_WIDE_POSITIONS positions, where BLAS's long matmuls (and
+# Winograd) caught up. 'auto''s time / blocked's, forward and backward, 2 threads,
+# medians of 7, this machine: U-Net 16 -> 16 64x64 2.1, 1.7; 3-D 16 -> 16 32^3 2.5, 2.6;
+# 32 -> 16 32^3 2.3, 2.6; 32 -> 32 16^3 2.6, 1.6; ResNet-18 64 -> 64 24x24 1.33, 1.35;
+# VGG-11 64 -> 128 32x32 1.06, 1.48; 64 -> 64 16x16 0.98, 0.94; 128 -> 256 16x16 0.93,
+# 0.75; 128 -> 128 12x12 0.81, 0.74. float64 ran at 36-64 GFLOP/s a thread against
+# 80-160 for float32, and larger kernels go to FFT: neither was measured here.
 BLOCKED_MAX_TAPS = 27
-BLOCKED_MIN_FILL = 0.8
+BLOCKED_MIN_CONTRACTION = 64
+BLOCKED_MIN_CHANNELS = 4
+BLOCKED_MIN_FILL = 0.7
 BLOCKED_WIDE_CHANNELS = 32
 BLOCKED_WIDE_POSITIONS = 512
 # Calls whose whole column matrix is below this many bytes take im2col for every map:
@@ -437,7 +440,7 @@ def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS
 
 
 def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
-    """The maps that 'auto' gives the compiled direct path (see BLOCKED_MIN_CHANNELS)."""
+    """The maps that 'auto' gives the compiled direct path (see BLOCKED_MAX_TAPS)."""
     from .paths import get_path
 
     path = get_path("blocked")
@@ -450,9 +453,11 @@ def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
         return ()
     if path.fill(problem) < BLOCKED_MIN_FILL:
         return ()
-    c, o, least = problem.cg, problem.og, BLOCKED_MIN_CHANNELS
-    wanted = {"forward": min(c, o) >= least, "grad_input": min(c, o) >= least,
-              "grad_weight": min(c, o) >= least // 2}
+    c, o, taps = problem.cg, problem.og, g.kernel_volume
+    least, contraction = BLOCKED_MIN_CHANNELS, BLOCKED_MIN_CONTRACTION
+    wanted = {"forward": o >= least and taps * c >= contraction,
+              "grad_input": c >= least and taps * o >= contraction,
+              "grad_weight": min(c, o) >= least}
     return tuple(m for m in supported if wanted[m])
 
 
