@@ -120,3 +120,21 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
     assert plan(16, 16, (64, 64), kernel=7).forward != "blocked"
     assert plan(16, 16, (32, 32), dtype=np.float64).forward != "blocked"
+
+
+def test_grad_weight_ignores_pixels_that_no_window_reads():
+    """With dilation 3, column 2 of a 5-wide image is in no window; the kernels' junk
+    positions (zero grad_output) still read it, and 0 * inf is nan: the weight gradient
+    must stay what the windows give, which does not depend on that column (the
+    reference, whose padding is a 0/1 matrix, reads it: it gets zeros there)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    x[:, :, :, 2] = np.inf
+    w = rng.standard_normal((6, 3, 1, 2)).astype(np.float32)
+    gy = rng.standard_normal((2, 6, 4, 2)).astype(np.float32)
+    kw = dict(dilation=(1, 3))
+    _, gw, _ = npconv.conv_backward(gy, x, w, **kw, algorithm="blocked")
+    read = np.where(np.isfinite(x), x, 0).astype(np.float64)
+    _, want, _ = npconv.conv_backward(gy.astype(np.float64), read, w.astype(np.float64),
+                                      **kw, algorithm="reference")
+    assert_close(gw, want, reduction=16)

@@ -130,9 +130,9 @@ def fill(problem: Problem) -> float:
 
 def _fill_slab(slab: Any, x: Any, item: tuple[int, int, int], g: ConvGeometry,
                tiling: Tiling) -> None:
-    """slab[:C] (C, >= length) <- the padded frame's planes [a, b + span) of image n of
-    x (N, C, *in) and zeros after them. Rows from C on (grad weight's channels padded
-    to its block) keep whatever they held: they only reach sums that are dropped."""
+    """slab (C', >= length) <- the padded frame's planes [a, b + span) of image n of x
+    (N, C, *in) and zeros after them; rows from C on (grad weight's channels padded to
+    its blocks) zero, so that no value a buffer held before is read."""
     n, a, b = item
     c, lo = x.shape[1], g.pads[0][0]
     count = b - a + (tiling.frame[0] - g.out_size[0])  # the planes the tile's windows read
@@ -147,6 +147,7 @@ def _fill_slab(slab: Any, x: Any, item: tuple[int, int, int], g: ConvGeometry,
         _zero_outside(window, inner)
         window[(slice(None), slice(None)) + inner] = x[n, :, first - lo:last - lo]
     slab[:c, used:tiling.slab_length] = 0
+    slab[c:, :tiling.slab_length] = 0
 
 
 def _valid(tile: Any, count: int, g: ConvGeometry, tiling: Tiling, o: int) -> Any:
@@ -194,14 +195,13 @@ def _blocked_weight(xp: Any, weight: Any, block: int) -> Any:
     return xp.ascontiguousarray(w.reshape(blocks, block, c, taps).transpose(0, 3, 2, 1))
 
 
-def _scratch(xp: Any, dtype: Any, channels: int, rows: int, tiling: Tiling) -> tuple[Any, Any]:
-    """A worker's slab (channels, slab length) and tile (rows, tile positions), in this
+def _scratch(xp: Any, dtype: Any, channels: int, rows: int, tiling: Tiling,
+             columns: int) -> tuple[Any, Any]:
+    """A worker's slab (channels, slab length) and tile (rows, columns), in this
     thread's reused buffer."""
     slab = channels * tiling.slab_length
-    tile = rows * tiling.positions(tiling.planes)
-    flat = _held(xp, dtype, slab + tile)
-    return (flat[:slab].reshape(channels, tiling.slab_length),
-            flat[slab:].reshape(rows, tiling.positions(tiling.planes)))
+    flat = _held(xp, dtype, slab + rows * columns)
+    return flat[:slab].reshape(channels, tiling.slab_length), flat[slab:].reshape(rows, columns)
 
 
 _HELD = threading.local()
@@ -237,7 +237,8 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     b = None if bias is None else bias.reshape((o,) + (1,) * g.nd)
     job = _Forward(y, x, w, xp.asarray(tiling.offsets, dtype=xp.int64), b, g, tiling)
     rows = w.shape[0] * kernels.OUT_BLOCK
-    scratch = functools.partial(_scratch, xp, x.dtype, c, rows, tiling)
+    scratch = functools.partial(_scratch, xp, x.dtype, c, rows, tiling,
+                                tiling.positions(tiling.planes))
     per_worker = (c * tiling.slab_length + rows * tiling.positions(tiling.planes)) * x.itemsize
     executor.map_chunks(_forward_tile, tiling.tiles(n, g.out_size[0]), job, scratch=scratch,
                         per_worker_bytes=per_worker, arrays=(x,),
@@ -252,7 +253,7 @@ class _Weight:
     gy: Any
     x: Any
     off: Any
-    shape: tuple[int, int, int]  # (O', C', T) of the padded partial sums
+    shape: tuple[int, int, int]  # (T, C', O') of the padded partial sums
     g: ConvGeometry
     tiling: Tiling
 
@@ -268,30 +269,50 @@ def _weight_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], acc: Any,
     _fill_slab(slab, job.x, item, job.g, job.tiling)
     o, t = job.gy.shape[1], job.tiling
     stop, used = t.positions(b - a), (b - a) * t.plane
-    planes = tile[:o, :used].reshape((o, b - a) + t.frame[1:])
-    _zero_outside(planes, tuple(slice(0, size) for size in job.g.out_size[1:]))
-    _valid(tile, b - a, job.g, t, o)[...] = job.gy[n, :, a:b]
-    tile[:o, used:stop] = 0  # rows from O on: as the slab's padded channels
+    # grad_output channels last, (positions, O'), zero at junk positions and from O on
+    planes = tile[:used].reshape((b - a,) + t.frame[1:] + (tile.shape[1],))[..., :o]
+    inner = tuple(slice(0, size) for size in job.g.out_size[1:])
+    _zero_outside(backend.get_array_module(tile).moveaxis(planes, -1, 0), inner)
+    planes[(slice(None),) + inner] = backend.get_array_module(tile).moveaxis(
+        job.gy[n, :, a:b], 0, -1)
+    tile[used:stop, :o] = 0
+    tile[:stop, o:] = 0
     kernels.grad_weight_tile(acc, tile, slab, job.off, stop)
     return acc
+
+
+def _weight_shape(c: int, o: int, taps: int, lanes: int) -> tuple[int, int, int]:
+    """(T, C', O'): the channels padded to grad weight's blocks."""
+    from . import blocked_kernels as kernels
+
+    rows, vectors = kernels.NARROW if o <= lanes else kernels.WIDE
+    return taps, -(-c // rows) * rows, -(-o // (vectors * lanes)) * vectors * lanes
 
 
 def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any:
     from . import blocked_kernels as kernels
 
     g, (n, o), c = problem.geometry, gy.shape[:2], x.shape[1]
-    tiling = _tiling(g, kernels.VECTORS * kernels.lanes_of(gy.dtype.itemsize))
-    jo, ki = kernels.WEIGHT_OUT, kernels.WEIGHT_IN
-    shape = (-(-o // jo) * jo, -(-c // ki) * ki, len(tiling.offsets))
+    lanes = kernels.lanes_of(gy.dtype.itemsize)
+    tiling = _tiling(g, kernels.VECTORS * lanes)
+    shape = _weight_shape(c, o, len(tiling.offsets), lanes)
     job = _Weight(gy, x, xp.asarray(tiling.offsets, dtype=xp.int64), shape, g, tiling)
-    scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], shape[0], tiling)
-    per_worker = (shape[1] * tiling.slab_length
-                  + shape[0] * tiling.positions(tiling.planes)) * gy.itemsize
+    positions = tiling.positions(tiling.planes)
+    scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], positions, tiling,
+                                shape[2])
+    per_worker = (shape[1] * tiling.slab_length + positions * shape[2]) * gy.itemsize
     total = xp.zeros(shape, dtype=gy.dtype)
     executor.reduce_chunks(_weight_tile, tiling.tiles(n, g.out_size[0]), total, job,
                            scratch=scratch, per_worker_bytes=per_worker, arrays=(gy,),
                            work_bytes=gy.nbytes * len(tiling.offsets) * c)
-    return xp.ascontiguousarray(total[:o, :c]).reshape(weight.shape)
+    if not xp.isfinite(total[:, :c, :o]).all():
+        # a junk position can read a non-finite pixel no window reads (0 * inf is nan):
+        # sum again over the windows only
+        from . import im2col
+
+        return im2col.backward(problem, gy, x, weight, False, True)[1]
+    # (T, C', O') -> (O, C, *k)
+    return xp.ascontiguousarray(total.transpose(2, 1, 0)[:o, :c]).reshape(weight.shape)
 
 
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,

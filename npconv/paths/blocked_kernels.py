@@ -38,13 +38,10 @@ LANE_BYTES = 64
 _AVX512 = bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
 OUT_BLOCK = 8 if _AVX512 else 4  # J: output channels of a forward block
 VECTORS = 3 if _AVX512 else 1  # V: position vectors of a forward block
-WEIGHT_OUT = 4 if _AVX512 else 2  # J and K of grad weight: J x K vector sums
-WEIGHT_IN = 4 if _AVX512 else 2
-# grad weight's positions per pass over its blocks (a multiple of every L): a run of
-# grad_output (every channel) and a tap's input run stay in L1 while every block reads
-# them. 3-D 16 -> 16 tile, one thread: 256: 101-103 GFLOP/s; 128: 88-90; 512: 89-92;
-# 1024: 84; whole tiles (4656) per block: 65-69 (from L2). 4 x 4 sums beat 8 x 2 (90-91);
-# 6 x 4 and 3 x 8 spilled registers (11).
+# grad weight's positions per pass over its blocks: a run of grad_output and of a tap's
+# input stays in cache while every block reads it. It matters little (one thread,
+# GFLOP/s on 64 -> 64 24x24, 16 -> 16 32^3 and 32 -> 32 32x32 tiles: 256: 169, 156, 169;
+# 128: 181, 145, 168; whole tiles: 181, 142, 168; 64: 108, 133, 160).
 CHUNK = 256
 I64 = ir.IntType(64)
 
@@ -133,75 +130,64 @@ def _forward_micro(typingctx: Any, out: Any, x: Any, w: Any, off: Any, p: Any, o
     return types.void(out, x, w, off, p, ob), _lower_forward
 
 
-def _halves(builder: Any, a: Any, b: Any, size: int, lanes: int) -> Any:
-    """Lane-pair sums of a and b in segments of ``size``: per segment s, a's and then
-    b's half-segment sums (a's lanes s size + i + size/2 added to s size + i)."""
-    half, low, high = size // 2, [], []
-    for s in range(0, lanes, size):
-        for base in (s, lanes + s):  # a's segment, then b's (b's lanes follow a's)
-            low += [base + i for i in range(half)]
-            high += [base + half + i for i in range(half)]
-    mask = ir.VectorType(ir.IntType(32), lanes)
-    return builder.fadd(builder.shuffle_vector(a, b, ir.Constant(mask, low)),
-                        builder.shuffle_vector(a, b, ir.Constant(mask, high)))
+def _weight_lowering(rows: int, vectors: int) -> Any:
+    """The lowering of a grad-weight block: ``rows`` input channels (broadcast from the
+    slab) times ``vectors`` vectors of output channels (loaded from grad_output's rows)."""
+
+    def lower(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        """gw[t, c0 + j, o0 + v L : +L] += sum over p in [start, stop) of
+        x[c0 + j, p + shift] gyt[p, o0 + v L : +L]."""
+        gw, gyt, x = _arrays(context, builder, sig, args, 3)
+        t, shift, c0, o0, start, stop = args[3:9]
+        vty = _vector(context, sig.args[0].dtype)
+        fma, lanes = _fma(builder, vty), vty.count
+        width = builder.extract_value(gyt.shape, 1)  # O'
+        x_len = builder.extract_value(x.shape, 1)
+        x_rows = [builder.gep(x.data, [builder.add(builder.mul(builder.add(c0, _const(j)),
+                                                               x_len), shift)])
+                  for j in range(rows)]
+        sums = _sums(builder, vty, rows * vectors)
+        with cgutils.for_range_slice(builder, start, stop, _const(1)) as (p, _):
+            at = builder.add(builder.mul(p, width), o0)
+            gs = [_load(builder, vty, gyt.data, builder.add(at, _const(v * lanes)))
+                  for v in range(vectors)]
+            for j in range(rows):
+                xj = _splat(builder, vty, builder.load(builder.gep(x_rows[j], [p])))
+                for v in range(vectors):
+                    acc = sums[j * vectors + v]
+                    builder.store(builder.call(fma, [xj, gs[v], builder.load(acc)]), acc)
+        channels = builder.extract_value(gw.shape, 1)
+        for j in range(rows):
+            row = builder.mul(builder.add(builder.mul(t, channels), builder.add(c0, _const(j))),
+                              width)
+            for v in range(vectors):
+                ptr = builder.bitcast(builder.gep(gw.data, [builder.add(
+                    row, builder.add(o0, _const(v * lanes)))]), vty.as_pointer())
+                total = builder.fadd(builder.load(ptr, align=_align(vty)),
+                                     builder.load(sums[j * vectors + v]))
+                builder.store(total, ptr, align=_align(vty))
+        return context.get_dummy_value()
+
+    return lower
 
 
-def _lane_sums(builder: Any, vectors: list[Any], lanes: int) -> list[tuple[Any, int]]:
-    """(sum of the lanes of vectors[i], i) for each vector: a tree of vector adds (15
-    adds and 30 shuffles for 16 vectors of 16 lanes, against 240 scalar adds), then the
-    lanes that could not pair (fewer vectors than lanes) one by one."""
-    owners = [[i] * lanes for i in range(len(vectors))]
-    size = lanes
-    while size > 1 and len(vectors) > 1 and len(vectors) % 2 == 0:
-        pairs = range(0, len(vectors), 2)
-        vectors = [_halves(builder, vectors[i], vectors[i + 1], size, lanes) for i in pairs]
-        owners = [[(owners[i] if (r // (size // 2)) % 2 == 0 else owners[i + 1])
-                   [(r // size) * size] for r in range(lanes)] for i in pairs]
-        size //= 2
-    sums = []
-    for vec, owner in zip(vectors, owners):
-        for s in range(0, lanes, size):
-            total = builder.extract_element(vec, _const(s))
-            for r in range(s + 1, s + size):
-                total = builder.fadd(total, builder.extract_element(vec, _const(r)))
-            sums.append((total, owner[s]))
-    return sums
+def _weight_intrinsic(rows: int, vectors: int) -> Any:
+    lower = _weight_lowering(rows, vectors)
+
+    def typer(typingctx: Any, gw: Any, gyt: Any, x: Any, t: Any, shift: Any, c0: Any, o0: Any,
+              start: Any, stop: Any) -> Any:
+        return types.void(gw, gyt, x, t, shift, c0, o0, start, stop), lower
+
+    return intrinsic(typer)
 
 
-def _lower_weight(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-    """gw[o0 + j, c0 + k, t] += sum over p < stop (vectors of L) of
-    gy[o0 + j, p:p+L] x[c0 + k, p + shift : p + shift + L], lanes summed at the end."""
-    gw, gy, x = _arrays(context, builder, sig, args, 3)
-    t, shift, o0, c0, start, stop = args[3:9]
-    vty = _vector(context, sig.args[0].dtype)
-    fma, lanes, block, inner = _fma(builder, vty), vty.count, WEIGHT_OUT, WEIGHT_IN
-    gy_len, x_len = builder.extract_value(gy.shape, 1), builder.extract_value(x.shape, 1)
-    channels, taps = builder.extract_value(gw.shape, 1), builder.extract_value(gw.shape, 2)
-    gy_rows = [builder.gep(gy.data, [builder.mul(builder.add(o0, _const(j)), gy_len)])
-               for j in range(block)]
-    x_rows = [builder.gep(x.data, [builder.add(builder.mul(builder.add(c0, _const(k)), x_len),
-                                               shift)]) for k in range(inner)]
-    sums = _sums(builder, vty, block * inner)
-    with cgutils.for_range_slice(builder, start, stop, _const(lanes)) as (p, _):
-        gs = [_load(builder, vty, row, p) for row in gy_rows]
-        xs = [_load(builder, vty, row, p) for row in x_rows]
-        for j in range(block):
-            for k in range(inner):
-                s = sums[j * inner + k]
-                builder.store(builder.call(fma, [gs[j], xs[k], builder.load(s)]), s)
-    for value, index in _lane_sums(builder, [builder.load(s) for s in sums], lanes):
-        j, k = divmod(index, inner)
-        row = builder.add(builder.mul(builder.add(o0, _const(j)), channels),
-                          builder.add(c0, _const(k)))
-        ptr = builder.gep(gw.data, [builder.add(builder.mul(row, taps), t)])
-        builder.store(builder.fadd(builder.load(ptr), value), ptr)
-    return context.get_dummy_value()
-
-
-@intrinsic
-def _weight_micro(typingctx: Any, gw: Any, gy: Any, x: Any, t: Any, shift: Any, o0: Any,
-                  c0: Any, start: Any, stop: Any) -> Any:
-    return types.void(gw, gy, x, t, shift, o0, c0, start, stop), _lower_weight
+# (input channels, output vectors) of grad weight's blocks: 16 x 1 for 16 output channels
+# (17 loads a 16 fused multiply-adds), 8 x 2 from 32 (10 loads a 16); a quarter of the
+# sums with AVX2.
+NARROW = (16, 1) if _AVX512 else (4, 1)
+WIDE = (8, 2) if _AVX512 else (2, 2)
+_weight_narrow = _weight_intrinsic(*NARROW)
+_weight_wide = _weight_intrinsic(*WIDE)
 
 
 @_jit
@@ -214,14 +200,19 @@ def forward_tile(out: Any, x: Any, w: Any, off: Any, stop: int, step: int) -> No
 
 
 @_jit
-def grad_weight_tile(gw: Any, gy: Any, x: Any, off: Any, stop: int) -> None:
-    """gw (O', C', T) += sum_{p < stop} gy (O', >= stop)[o, p] x (C', >= stop +
-    max(off))[c, p + off[t]], for O' and C' multiples of WEIGHT_OUT and WEIGHT_IN, stop of L,
-    in runs of CHUNK positions."""
+def grad_weight_tile(gw: Any, gyt: Any, x: Any, off: Any, stop: int) -> None:
+    """gw (T, C', O') += sum_{p < stop} x (C', >= stop + max(off))[c, p + off[t]] gyt
+    (>= stop, O')[p, o], in runs of CHUNK positions, for C' and O' multiples of a
+    block's (NARROW for O' = L, else WIDE)."""
+    taps, channels, width = gw.shape
+    lanes = LANE_BYTES // gw.itemsize
     for start in range(0, stop, CHUNK):
         end = min(stop, start + CHUNK)
-        for t in range(gw.shape[2]):
-            for c0 in range(0, gw.shape[1], WEIGHT_IN):
-                for o0 in range(0, gw.shape[0], WEIGHT_OUT):
-                    _weight_micro(gw, gy, x, t, off[t], o0, c0, start,  # type: ignore[call-arg]
-                                  end)
+        for t in range(taps):
+            if width == lanes:
+                for c0 in range(0, channels, NARROW[0]):
+                    _weight_narrow(gw, gyt, x, t, off[t], c0, 0, start, end)
+            else:
+                for c0 in range(0, channels, WIDE[0]):
+                    for o0 in range(0, width, WIDE[1] * lanes):
+                        _weight_wide(gw, gyt, x, t, off[t], c0, o0, start, end)
