@@ -138,3 +138,49 @@ def test_grad_weight_ignores_pixels_that_no_window_reads():
     _, want, _ = npconv.conv_backward(gy.astype(np.float64), read, w.astype(np.float64),
                                       **kw, algorithm="reference")
     assert_close(gw, want, reduction=16)
+
+
+STRIDED = [
+    # (x shape, kernel, stride, padding, dilation, out channels)
+    ((2, 16, 20, 20, 20), (3, 3, 3), 2, 1, 1, 32),  # the 3-D U-Net's down layer, smaller
+    ((2, 5, 17, 19), (3, 4), (2, 3), (1, 2), (1, 2), 9),  # phases of both axes
+    ((3, 8, 50), (5,), 3, 2, 2, 7),  # 1-d, dilated: taps in every phase
+    ((1, 4, 9, 9), (1, 1), 2, 0, 1, 6),  # one phase read, three never
+    ((2, 6, 13, 11), (3, 3), 2, 0, 1, 17),  # pixels past the last window
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", STRIDED)
+def test_strided_forward_and_grad_weight_equal_the_reference(case, dtype):
+    """A strided layer's forward (conv) and its weight gradient, reached as the grad
+    input and grad weight of the transposed convolution it is the adjoint of (the
+    path refuses a strided grad input: conv_backward cannot take it)."""
+    shape, kernel, stride, padding, dilation, o = case
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((o, shape[1]) + kernel).astype(dtype)
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    y = npconv.conv(x, w, **kw, algorithm="blocked")
+    wide = [a.astype(np.float64) for a in (x, w)]
+    taps = int(np.prod(kernel))
+    assert_close(y, npconv.conv(*wide, **kw, algorithm="reference"),
+                 reduction=taps * shape[1])
+    with pytest.raises(ValueError, match="stride 1 for grad input"):
+        npconv.conv_backward(rng.standard_normal(y.shape).astype(dtype), x, w, **kw,
+                             algorithm="blocked")
+    # conv_transpose(z, w) is the adjoint of conv(., w): its grad input is conv(g, w)
+    # and its grad weight the convolution's, with the roles of z and g swapped
+    z = rng.standard_normal(y.shape).astype(dtype)
+    output_padding = tuple(a - b for a, b in zip(shape[2:], npconv.conv_transpose(
+        z, w, **kw, algorithm="reference").shape[2:]))
+    tkw = dict(kw, output_padding=output_padding)
+    g = rng.standard_normal(shape).astype(dtype)
+    got = npconv.conv_transpose_backward(g, z, w, **tkw, algorithm="blocked")
+    want = npconv.conv_transpose_backward(g.astype(np.float64), z.astype(np.float64),
+                                          wide[1], **tkw, algorithm="reference")
+    positions = int(np.prod(y.shape[2:])) * shape[0]
+    for what, a, b, n in zip(("grad input", "grad weight"), got, want,
+                             (taps * shape[1], positions)):
+        assert a.dtype == x.dtype
+        assert_close(a, b, reduction=n, err_msg=f"{what} {case}")

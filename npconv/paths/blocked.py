@@ -51,8 +51,8 @@ def requires(problem: Problem, op: str) -> str | None:
     g = problem.geometry
     if problem.groups != 1:
         return f"groups=1; got {problem.groups}"
-    if not problem.stride_one:
-        return f"stride 1; got {g.stride}"
+    if op == "grad_input" and not problem.stride_one:
+        return f"stride 1 for grad input; got {g.stride}"
     if not g.zero_padded or any(lo < 0 or hi < 0 for lo, hi in g.pads):
         return f"zero padding ('zeros' mode, none negative); got {g.padding_mode!r}, {g.pads}"
     if op == "grad_input" and any(lo > d * (k - 1) or hi > d * (k - 1)
@@ -70,23 +70,36 @@ def requires(problem: Problem, op: str) -> str | None:
 
 @dataclass(frozen=True)
 class Tiling:
-    """A geometry's frame, tap shifts and tiles (of leading-axis output planes)."""
+    """A geometry on its phase grid: tap shifts in a slab, and tiles of output planes.
 
-    frame: tuple[int, ...]  # the padded size
-    plane: int  # positions of one leading-axis plane of the frame
-    offsets: tuple[int, ...]  # flat shift of each tap, in the kernel's C order
+    With stride s, padded position ``q s + r`` of an axis is position q of its phase
+    r; the grid is a phase's size, ceil(padded / s) (the padded size for stride 1).
+    A slab holds, per channel, one segment per phase that some tap reads.
+    """
+
+    grid: tuple[int, ...]
+    plane: int  # positions of one leading-axis plane of the grid
+    offsets: tuple[int, ...]  # each tap's slab shift: its phase's segment and grid shift
+    phases: tuple[tuple[int, ...], ...]  # residues of the phases in the slab, in order
+    span: int  # grid planes a tile's windows read past its last
     planes: int  # output planes of a tile (the last tile may have fewer)
     step: int  # positions of a kernel block (a tile's positions are a multiple)
 
     @classmethod
     def of(cls, g: ConvGeometry, step: int) -> Tiling:
-        frame = g.padded_size
-        strides = [math.prod(frame[i + 1:]) for i in range(g.nd)]
-        offsets = tuple(sum(k * d * s for k, d, s in zip(tap, g.dilation, strides))
-                        for tap in itertools.product(*(range(k) for k in g.kernel)))
-        lead = g.out_size[0]
-        planes = workspace.balanced(lead, max(1, TILE_POSITIONS // strides[0]))
-        return cls(frame, strides[0], offsets, planes, step)
+        grid = tuple(-(-f // s) for f, s in zip(g.padded_size, g.stride))
+        strides = [math.prod(grid[i + 1:]) for i in range(g.nd)]
+        planes = workspace.balanced(g.out_size[0], max(1, TILE_POSITIONS // strides[0]))
+        span = (g.kernel[0] - 1) * g.dilation[0] // g.stride[0]
+        taps = [tuple(k * d for k, d in zip(tap, g.dilation))
+                for tap in itertools.product(*(range(k) for k in g.kernel))]
+        residues = [tuple(e % s for e, s in zip(tap, g.stride)) for tap in taps]
+        phases = tuple(sorted(set(residues)))
+        segment = (planes + span) * strides[0]
+        offsets = tuple(phases.index(r) * segment
+                        + sum(e // s * st for e, s, st in zip(tap, g.stride, strides))
+                        for tap, r in zip(taps, residues))
+        return cls(grid, strides[0], offsets, phases, span, planes, step)
 
     def tiles(self, n: int, lead: int) -> list[tuple[int, int, int]]:
         """(image, first plane, stop plane) of every tile."""
@@ -98,23 +111,19 @@ class Tiling:
         return -(-planes * self.plane // self.step) * self.step
 
     @property
+    def segment(self) -> int:
+        return (self.planes + self.span) * self.plane
+
+    @property
     def slab_length(self) -> int:
-        """Positions of a slab: its tile's reads, the planes they span and zeros after."""
-        return self.positions(self.planes) + self.offsets[-1]
+        """Positions of a slab: its phases' segments, and what a tile's last block reads."""
+        return max(len(self.phases) * self.segment,
+                   self.positions(self.planes) + max(self.offsets))
 
 
 @functools.lru_cache(maxsize=256)
 def _tiling(geometry: ConvGeometry, step: int) -> Tiling:
     return Tiling.of(geometry, step)
-
-
-def _zero_outside(planes: Any, inner: tuple[slice, ...]) -> None:
-    """Zero every position of ``planes`` (C, count, *frame[1:]) outside ``inner`` along
-    the frame's other axes (each border slab once)."""
-    for axis, keep in enumerate(inner, start=2):
-        lead = (slice(None),) * axis
-        planes[lead + (slice(0, keep.start),)] = 0
-        planes[lead + (slice(keep.stop, None),)] = 0
 
 
 def fill(problem: Problem) -> float:
@@ -128,31 +137,45 @@ def fill(problem: Problem) -> float:
     return g.out_volume / max(computed, 1)
 
 
+def _phase_slices(residue: tuple[int, ...], g: ConvGeometry, first: int,
+                  count: int, grid: tuple[int, ...]) -> tuple[tuple[slice, ...], ...] | None:
+    """(grid slices, input slices) of the input pixels in one phase of a tile's planes
+    [first, first + count) (None if it has none): grid index q of an axis holds input
+    pixel q s + r - lo."""
+    dst, src = [], []
+    for axis, (r, s, (lo, _), size) in enumerate(zip(residue, g.stride, g.pads, g.in_size)):
+        start, stop = (first, first + count) if axis == 0 else (0, grid[axis])
+        q0 = max(start, -(-(lo - r) // s))
+        q1 = min(stop, (size - 1 + lo - r) // s + 1)
+        if q1 <= q0:
+            return None
+        dst.append(slice(q0 - start, q1 - start))
+        src.append(slice(q0 * s + r - lo, (q1 - 1) * s + r - lo + 1, s))
+    return tuple(dst), tuple(src)
+
+
 def _fill_slab(slab: Any, x: Any, item: tuple[int, int, int], g: ConvGeometry,
                tiling: Tiling) -> None:
-    """slab (C', >= length) <- the padded frame's planes [a, b + span) of image n of x
-    (N, C, *in) and zeros after them; rows from C on (grad weight's channels padded to
-    its blocks) zero, so that no value a buffer held before is read."""
+    """slab (C', >= length) <- for each phase of the tile's planes [a, b + span) of image
+    n of x (N, C, *in), its pixels in its segment, zero elsewhere (padding, the
+    channels from C on, what the last block reads past them): nothing a buffer held
+    before is read."""
     n, a, b = item
-    c, lo = x.shape[1], g.pads[0][0]
-    count = b - a + (tiling.frame[0] - g.out_size[0])  # the planes the tile's windows read
-    used = count * tiling.plane
-    planes = slab[:c, :used].reshape((c, count) + tiling.frame[1:])
-    first, last = max(a, lo), min(a + count, lo + g.in_size[0])  # frame planes with input
-    planes[:, : max(0, first - a)] = 0
-    planes[:, max(0, last - a):] = 0
-    if first < last:
-        inner = tuple(slice(p, p + s) for (p, _), s in zip(g.pads[1:], g.in_size[1:]))
-        window = planes[:, first - a:last - a]
-        _zero_outside(window, inner)
-        window[(slice(None), slice(None)) + inner] = x[n, :, first - lo:last - lo]
-    slab[:c, used:tiling.slab_length] = 0
-    slab[c:, :tiling.slab_length] = 0
+    c, count = x.shape[1], b - a + tiling.span
+    slab[:, :tiling.slab_length] = 0
+    for index, residue in enumerate(tiling.phases):
+        sliced = _phase_slices(residue, g, a, count, tiling.grid)
+        if sliced is None:
+            continue
+        base = index * tiling.segment
+        planes = slab[:c, base:base + count * tiling.plane].reshape(
+            (c, count) + tiling.grid[1:])
+        planes[(slice(None),) + sliced[0]] = x[(n, slice(None)) + sliced[1]]
 
 
 def _valid(tile: Any, count: int, g: ConvGeometry, tiling: Tiling, o: int) -> Any:
     """The view (O, count, *out[1:]) of a tile's valid positions."""
-    planes = tile[:o, : count * tiling.plane].reshape((o, count) + tiling.frame[1:])
+    planes = tile[:o, : count * tiling.plane].reshape((o, count) + tiling.grid[1:])
     return planes[(slice(None), slice(None)) + tuple(slice(0, s) for s in g.out_size[1:])]
 
 
@@ -270,13 +293,11 @@ def _weight_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], acc: Any,
     o, t = job.gy.shape[1], job.tiling
     stop, used = t.positions(b - a), (b - a) * t.plane
     # grad_output channels last, (positions, O'), zero at junk positions and from O on
-    planes = tile[:used].reshape((b - a,) + t.frame[1:] + (tile.shape[1],))[..., :o]
+    tile[:stop] = 0
+    planes = tile[:used].reshape((b - a,) + t.grid[1:] + (tile.shape[1],))
     inner = tuple(slice(0, size) for size in job.g.out_size[1:])
-    _zero_outside(backend.get_array_module(tile).moveaxis(planes, -1, 0), inner)
-    planes[(slice(None),) + inner] = backend.get_array_module(tile).moveaxis(
-        job.gy[n, :, a:b], 0, -1)
-    tile[used:stop, :o] = 0
-    tile[:stop, o:] = 0
+    planes[(slice(None),) + inner + (slice(0, o),)] = backend.get_array_module(
+        tile).moveaxis(job.gy[n, :, a:b], 0, -1)
     kernels.grad_weight_tile(acc, tile, slab, job.off, stop)
     return acc
 
