@@ -112,7 +112,10 @@ IM2COL_BACKWARD_MAX_POSITIONS = 16
 # medians of 7, this machine: U-Net 16 -> 16 64x64 2.1, 1.7; 3-D 16 -> 16 32^3 2.5, 2.6;
 # 32 -> 16 32^3 2.3, 2.6; 32 -> 32 16^3 2.6, 1.6; ResNet-18 64 -> 64 24x24 1.33, 1.35;
 # VGG-11 64 -> 128 32x32 1.06, 1.48; 64 -> 64 16x16 0.98, 0.94; 128 -> 256 16x16 0.93,
-# 0.75; 128 -> 128 12x12 0.81, 0.74. float64 ran at 36-64 GFLOP/s a thread against
+# 0.75; 128 -> 128 12x12 0.81, 0.74. Strided layers need overlapping windows (more taps
+# than the stride's phases): a 2x2 stride-2 kernel is four matmuls for BLAS, and blocked
+# took 1.56x the time of U-Net's 32 -> 16 up-convolution backward; the 3-D U-Net's 3x3x3
+# stride-2 16 -> 32 forward took 0.53x. float64 ran at 36-64 GFLOP/s a thread against
 # 80-160 for float32, and larger kernels go to FFT: neither was measured here.
 BLOCKED_MAX_TAPS = 27
 BLOCKED_MIN_CONTRACTION = 64
@@ -447,7 +450,7 @@ def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
     supported = [m for m in maps if path.requires(problem, m) is None]
     g = problem.geometry
     if (not supported or problem.pointwise or problem.dtype.itemsize != 4
-            or g.kernel_volume > BLOCKED_MAX_TAPS
+            or g.kernel_volume > BLOCKED_MAX_TAPS or g.kernel_volume <= math.prod(g.stride)
             or (min(problem.cg, problem.og) > BLOCKED_WIDE_CHANNELS
                 and g.out_volume < BLOCKED_WIDE_POSITIONS)):
         return ()

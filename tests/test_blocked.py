@@ -119,6 +119,13 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     assert "blocked" not in vars(plan(16, 16, (64, 64), kernel=1)).values()  # pointwise
     assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
     assert plan(16, 16, (64, 64), kernel=7).forward != "blocked"
+    down = npconv.explain(np.zeros((2, 16, 32, 32, 32), np.float32),
+                          np.zeros((32, 16, 3, 3, 3), np.float32), stride=2, padding=1)
+    assert (down.forward, down.grad_weight) == ("blocked", "blocked")
+    assert down.grad_input != "blocked"  # strided: no grad input
+    up = npconv.explain(np.zeros((2, 16, 64, 64), np.float32),
+                        np.zeros((32, 16, 2, 2), np.float32), stride=2)
+    assert "blocked" not in vars(up).values()  # windows that do not overlap
     assert plan(16, 16, (32, 32), dtype=np.float64).forward != "blocked"
 
 
