@@ -209,13 +209,14 @@ def _forward_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], job: _Fo
 
 def _blocked_weight(xp: Any, weight: Any, block: int) -> Any:
     """weight (O, C, *k) as (B, T, C, J), O padded with zero rows to B J."""
+    from . import blocked_kernels as kernels
+
     o, c = weight.shape[:2]
     taps = math.prod(weight.shape[2:])
-    blocks = -(-o // block)
-    w = xp.zeros((blocks * block, c, taps), dtype=weight.dtype)
-    w[:o] = weight.reshape(o, c, taps)
-    # (B J, C, T) -> (B, T, C, J)
-    return xp.ascontiguousarray(w.reshape(blocks, block, c, taps).transpose(0, 3, 2, 1))
+    shape = (-(-o // block), taps, c, block)
+    w = _held(xp, weight.dtype, math.prod(shape), "weight").reshape(shape)
+    kernels.block_weight(w, xp.ascontiguousarray(weight).reshape(o, c, taps), o)
+    return w
 
 
 def _scratch(xp: Any, dtype: Any, channels: int, rows: int, tiling: Tiling,
@@ -230,17 +231,19 @@ def _scratch(xp: Any, dtype: Any, channels: int, rows: int, tiling: Tiling,
 _HELD = threading.local()
 
 
-def _held(xp: Any, dtype: Any, size: int) -> Any:
+def _held(xp: Any, dtype: Any, size: int, use: str = "scratch") -> Any:
     """A flat buffer of ``size`` elements: a prefix of this thread's kept buffer of
-    ``dtype``, which is kept up to HELD_BYTES. A fresh buffer's pages fault on first
-    touch (about 3 us a page here), which for a 16-channel 64x64 layer cost more than
-    its arithmetic; the contents are garbage, and every task writes all it reads."""
+    ``dtype`` for ``use`` (a worker's scratch, or a call's blocked weights), which is
+    kept up to HELD_BYTES. A fresh buffer's pages fault on first touch (about 3 us a
+    page here), which for a 16-channel 64x64 layer cost more than its arithmetic,
+    and 0.9 ms for 256 x 256 3x3 weights; the contents are garbage, and whoever
+    takes the buffer writes all it reads."""
     held = _HELD.__dict__.setdefault("buffers", {})
-    buffer = held.get(dtype)
+    buffer = held.get((use, dtype))
     if buffer is None or buffer.size < size:
         buffer = xp.empty(size, dtype=dtype)
         if size * buffer.itemsize <= HELD_BYTES:
-            held[dtype] = buffer
+            held[(use, dtype)] = buffer
     return buffer[:size]
 
 

@@ -216,3 +216,21 @@ def grad_weight_tile(gw: Any, gyt: Any, x: Any, off: Any, stop: int) -> None:
                 for c0 in range(0, channels, WIDE[0]):
                     for o0 in range(0, width, WIDE[1] * lanes):
                         _weight_wide(gw, gyt, x, t, off[t], c0, o0, start, end)
+
+
+@_jit
+def block_weight(dst: Any, src: Any, count: int) -> None:
+    """dst (B, T, C, J) <- src (O, C, T)[b J + j, c, t], zero for b J + j >= count
+    (256 x 256 3x3: 0.42-0.44 ms, against 0.59 for NumPy's strided copy; a plain copy
+    of the same bytes took 0.19)."""
+    blocks, taps, channels, block = dst.shape
+    for b in range(blocks):
+        out = dst[b]
+        rows = src[b * block:min(count, (b + 1) * block)]
+        for c in range(channels):
+            for t in range(taps):
+                dst_ct = out[t, c]
+                for j in range(rows.shape[0]):
+                    dst_ct[j] = rows[j, c, t]
+                for j in range(rows.shape[0], block):
+                    dst_ct[j] = 0
