@@ -11,17 +11,23 @@ frame)
     grad weight  gW[o, c, t] = sum_p gy[o, p] slab[c, p + off[t]]
     grad input   gx          = the forward of gy with the flipped, channel-swapped kernel
 
-where ``off[t]`` is tap t's flat shift in the frame. Positions at the frame's
-far edges are junk (their windows wrap around): the forward drops them, grad
-weight reads ``gy`` there as zeros. No columns are built: the kernels hold a
-block of output channels times positions (grad weight: of output times input
-channels) in vector registers over the whole sum, which a BLAS matmul on
-columns cannot do for 16-64 channels, where the columns are 9-27x the input.
+where ``off[t]`` is tap t's flat shift in the frame. With stride s, the frame
+is split into its s-phases (padded position ``q s + r`` of an axis is position q
+of phase r) and the slab holds one segment per phase that a tap reads: a tap is
+still one shift, into its phase's segment, and tile positions are positions of
+the phase grid. Positions at the grid's far edges are junk (their windows wrap
+around): the forward drops them, grad weight reads ``gy`` there as zeros.
 
-It takes groups=1, stride 1, zero padding, float32 or float64 on NumPy, when
-numba is installed (``pip install "npconv[jit]"``). Tiles run on the
-executor's threads, each worker with its own slab and tile; grad weight's
-partial sums are added in a fixed order.
+No columns are built: the kernels hold a block of output channels times
+positions (grad weight: of input times output channels) in vector registers
+over the whole sum, which a BLAS matmul on columns cannot do for 16-64
+channels, where the columns are 9-27x the input.
+
+It takes groups=1, zero padding, float32 or float64 on NumPy, when numba is
+installed (``pip install "npconv[jit]"``); grad input needs stride 1 and padding
+of at most d(k - 1). Tiles run on the executor's threads, each worker with its
+own slab and tile (kept by the thread from call to call); grad weight's partial
+sums are added in a fixed order.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem
 from ._common import empty_grads, grad_input_by_forward
-from .depthwise_jit import available
+from .depthwise_jit import compiled_needs
 
 # Scratch bytes a thread keeps between calls (see _held).
 HELD_BYTES = 8 * 2**20
@@ -47,7 +53,8 @@ TILE_POSITIONS = 8192
 
 
 def requires(problem: Problem, op: str) -> str | None:
-    """None for a groups=1, stride-1, zero-padded float layer on NumPy with numba."""
+    """None for a groups=1, zero-padded float layer on NumPy with numba (grad input:
+    stride 1 and padding of at most dilation * (kernel - 1))."""
     g = problem.geometry
     if problem.groups != 1:
         return f"groups=1; got {problem.groups}"
@@ -58,14 +65,7 @@ def requires(problem: Problem, op: str) -> str | None:
     if op == "grad_input" and any(lo > d * (k - 1) or hi > d * (k - 1)
                                   for (lo, hi), k, d in zip(g.pads, g.kernel, g.dilation)):
         return f"padding of at most dilation * (kernel - 1) for grad input; got {g.pads}"
-    if problem.backend != "numpy":
-        return f"NumPy arrays; got {problem.backend}"
-    dtype = problem.dtype
-    if dtype.kind != "f" or dtype.itemsize not in (4, 8) or not dtype.isnative:
-        return f"float32 or float64 (native byte order); got {dtype}"
-    if not available():
-        return "numba, which is not installed here (pip install 'npconv[jit]')"
-    return None
+    return compiled_needs(problem)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,12 @@ def requires(problem: Problem, op: str) -> str | None:
         return f"a 1-d or 2-d kernel; got {g.nd}-d"
     if not g.zero_padded:
         return "zero padding ('zeros' mode)"
+    return compiled_needs(problem)
+
+
+def compiled_needs(problem: Problem) -> str | None:
+    """None for float32 or float64 NumPy arrays with numba installed (what every compiled
+    path needs), else what is missing."""
     if problem.backend != "numpy":
         return f"NumPy arrays; got {problem.backend}"
     dtype = problem.dtype
