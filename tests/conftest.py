@@ -69,6 +69,16 @@ def _fixed_seeds():
     npconv.set_backend(backend)
 
 
+@pytest.fixture
+def restore_limit():
+    """Restore the workspace limit a test sets (npconv.set_workspace_limit)."""
+    import npconv
+
+    old = npconv.get_workspace_limit()
+    yield
+    npconv.set_workspace_limit(old)
+
+
 def cupy_or_skip():
     """Return the ``cupy`` module, or skip the test without CuPy or a usable GPU."""
     cupy = pytest.importorskip("cupy")

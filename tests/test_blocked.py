@@ -191,3 +191,25 @@ def test_strided_forward_and_grad_weight_equal_the_reference(case, dtype):
                              (taps * shape[1], positions)):
         assert a.dtype == x.dtype
         assert_close(a, b, reduction=n, err_msg=f"{what} {case}")
+
+
+def test_tiles_shrink_to_the_workspace_limit_or_refuse(restore_limit):
+    """A small workspace limit cuts tiles to fewer planes (the same result); when one
+    plane's scratch does not fit, the path raises MemoryError naming the limit (on
+    which 'auto' retries with im2col)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 8, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 8, 40, 40)).astype(np.float32)
+    want = npconv.conv(x, w, padding=1, algorithm="blocked")
+    want_grads = npconv.conv_backward(gy, x, w, padding=1, algorithm="blocked")
+    npconv.set_workspace_limit(64 * 2**10)  # about 10 planes of scratch
+    assert_close(npconv.conv(x, w, padding=1, algorithm="blocked"), want, reduction=72)
+    for got, ref in zip(npconv.conv_backward(gy, x, w, padding=1, algorithm="blocked"),
+                        want_grads):
+        assert_close(got, ref, reduction=3200)
+    # 3-d: one plane of 42x42 padded positions needs about 140 KiB of scratch
+    x3 = rng.standard_normal((1, 4, 6, 40, 40)).astype(np.float32)
+    w3 = rng.standard_normal((8, 4, 3, 3, 3)).astype(np.float32)
+    with pytest.raises(MemoryError, match=r"0\.1\d MiB .* workspace limit of 0\.06 MiB"):
+        npconv.conv(x3, w3, padding=1, algorithm="blocked")

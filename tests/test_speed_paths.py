@@ -23,13 +23,6 @@ from npconv.plan import Problem, rule_plan
 from npconv.testing import assert_close
 
 
-@pytest.fixture
-def restore_limit():
-    old = npconv.get_workspace_limit()
-    yield
-    npconv.set_workspace_limit(old)
-
-
 def _arrays(rng, n, c, mult, size, kernel, dtype):
     x = rng.standard_normal((n, c) + size)
     w = rng.standard_normal((c * mult, 1) + kernel)

@@ -14,13 +14,6 @@ from npconv.paths import fold
 from npconv.testing import assert_close
 
 
-@pytest.fixture
-def restore_limit():
-    old = npconv.get_workspace_limit()
-    yield
-    npconv.set_workspace_limit(old)
-
-
 @pytest.mark.parametrize("algo", ["im2col", "direct", "winograd"])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_workspace_limit_too_small_raises(algo, groups, restore_limit):

@@ -86,10 +86,13 @@ class Tiling:
     step: int  # positions of a kernel block (a tile's positions are a multiple)
 
     @classmethod
-    def of(cls, g: ConvGeometry, step: int) -> Tiling:
+    def of(cls, g: ConvGeometry, step: int, most: int = 0) -> Tiling:
+        """The tiling of ``g`` for kernel blocks of ``step`` positions, tiles of at most
+        ``most`` planes (if not 0)."""
         grid = tuple(-(-f // s) for f, s in zip(g.padded_size, g.stride))
         strides = [math.prod(grid[i + 1:]) for i in range(g.nd)]
-        planes = workspace.balanced(g.out_size[0], max(1, TILE_POSITIONS // strides[0]))
+        planes = max(1, TILE_POSITIONS // strides[0])
+        planes = workspace.balanced(g.out_size[0], min(planes, most) if most else planes)
         span = (g.kernel[0] - 1) * g.dilation[0] // g.stride[0]
         taps = [tuple(k * d for k, d in zip(tap, g.dilation))
                 for tap in itertools.product(*(range(k) for k in g.kernel))]
@@ -122,8 +125,30 @@ class Tiling:
 
 
 @functools.lru_cache(maxsize=256)
-def _tiling(geometry: ConvGeometry, step: int) -> Tiling:
-    return Tiling.of(geometry, step)
+def _tiling(geometry: ConvGeometry, step: int, most: int = 0) -> Tiling:
+    return Tiling.of(geometry, step, most)
+
+
+def _fitted(g: ConvGeometry, step: int, channels: int, rows: int, itemsize: int) -> Tiling:
+    """The tiling whose worker scratch (a slab of ``channels`` and a tile of ``rows``)
+    fits half the workspace limit: fewer planes a tile if needed.
+
+    Raises MemoryError if one plane's does not fit."""
+    tiling, limit = _tiling(g, step), workspace.get_workspace_limit()
+
+    def scratch(t: Tiling) -> int:
+        return (channels * t.slab_length + rows * t.positions(t.planes)) * itemsize
+
+    while scratch(tiling) > limit // 2:
+        if tiling.planes == 1:
+            raise MemoryError(
+                f"the blocked path needs {scratch(tiling) / 2**20:.2f} MiB of scratch a "
+                f"thread for one plane of the frame ({tiling.plane} positions, {channels} "
+                f"input and {rows} output channels), more than half the workspace limit of "
+                f"{limit / 2**20:.2f} MiB; raise it with npconv.set_workspace_limit() or "
+                f"NPCONV_WORKSPACE_MB, or use another algorithm")
+        tiling = _tiling(g, step, max(1, tiling.planes // 2))
+    return tiling
 
 
 def fill(problem: Problem) -> float:
@@ -258,11 +283,12 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     if y.size == 0 or c == 0:
         y[...] = 0 if bias is None else bias.reshape((1, o) + (1,) * g.nd)
         return y
-    tiling = _tiling(g, kernels.VECTORS * kernels.lanes_of(x.dtype.itemsize))
+    rows = -(-o // kernels.OUT_BLOCK) * kernels.OUT_BLOCK
+    tiling = _fitted(g, kernels.VECTORS * kernels.lanes_of(x.dtype.itemsize), c, rows,
+                     x.dtype.itemsize)
     w = _blocked_weight(xp, weight, kernels.OUT_BLOCK)
     b = None if bias is None else bias.reshape((o,) + (1,) * g.nd)
     job = _Forward(y, x, w, xp.asarray(tiling.offsets, dtype=xp.int64), b, g, tiling)
-    rows = w.shape[0] * kernels.OUT_BLOCK
     scratch = functools.partial(_scratch, xp, x.dtype, c, rows, tiling,
                                 tiling.positions(tiling.planes))
     per_worker = (c * tiling.slab_length + rows * tiling.positions(tiling.planes)) * x.itemsize
@@ -318,8 +344,8 @@ def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any
 
     g, (n, o), c = problem.geometry, gy.shape[:2], x.shape[1]
     lanes = kernels.lanes_of(gy.dtype.itemsize)
-    tiling = _tiling(g, kernels.VECTORS * lanes)
-    shape = _weight_shape(c, o, len(tiling.offsets), lanes)
+    shape = _weight_shape(c, o, math.prod(g.kernel), lanes)
+    tiling = _fitted(g, kernels.VECTORS * lanes, shape[1], shape[2], gy.dtype.itemsize)
     job = _Weight(gy, x, xp.asarray(tiling.offsets, dtype=xp.int64), shape, g, tiling)
     positions = tiling.positions(tiling.planes)
     scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], positions, tiling,
