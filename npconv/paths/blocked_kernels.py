@@ -1,22 +1,23 @@
 """Compiled kernels of the ``blocked`` path (numba and llvmlite; imported only when it runs).
 
-Planes are rows of a *slab*: each channel of a few consecutive leading-axis
-planes of an image's zero-padded frame, flattened, with zeros after it. A
-stride-1 convolution reads slab position ``p + off[t]`` for tile position
-``p`` and kernel tap t (``off[t]``: the tap's flat shift in the frame). With
-vectors of ``L`` positions (64 bytes: 16 float32 or 8 float64):
+A *slab* holds, per input channel, a tile's planes of an image's zero-padded
+frame (strided layers: of each phase grid the taps read), flattened, with
+zeros after them; kernel tap t is the shift ``off[t]`` in it. With vectors of
+``L`` positions (64 bytes: 16 float32 or 8 float64):
 
     forward      out[o, p:p+L]  = sum_t sum_c w[o, c, t] x[c, p+off[t] : p+off[t]+L]
-    grad weight  gw[o, c, t]   += sum_p gy[o, p] x[c, p + off[t]]
+    grad weight  gw[t, c, o]   += sum_p x[c, p + off[t]] gyt[p, o]
 
 ``_lower_forward`` keeps J output channels times V vectors of positions in
 registers over the whole (t, c) loop: per step V vector loads, J broadcasts of
-weights and J V fused multiply-adds. ``_lower_weight`` keeps J output times K
-input channels of vector sums over a run of positions, then adds each sum's
-lanes into gw. This is the register blocking of a BLAS microkernel, written in
-LLVM IR: numba's loops keep such sums in memory (it cannot tell the arrays
-apart, so LLVM does not hold them in registers: 6-8 GFLOP/s a thread for the
-loop version against 80-145 for these, measured on 16-channel 3x3x3 layers).
+weights and J V fused multiply-adds. ``_weight_lowering`` keeps R input channels
+times V vectors of output channels (grad_output stored channels last, ``gyt``)
+over a run of positions: per position V vector loads, R broadcasts of input
+pixels, R V fused multiply-adds, and no sums across lanes. This is the register
+blocking of a BLAS microkernel, written in LLVM IR: numba's loops keep such sums
+in memory (it cannot tell the arrays apart, so LLVM does not hold them in
+registers: 6-8 GFLOP/s a thread for the loop version against 130-180 for these,
+measured on 16- to 64-channel 3x3 and 3x3x3 layers).
 """
 
 from __future__ import annotations
