@@ -46,7 +46,7 @@ from ._common import empty_grads, grad_input_by_forward
 from .depthwise_jit import compiled_needs
 
 # Multiply-adds per byte of the executor's work measure (see _work).
-WORK_PER_BYTE = 24
+WORK_PER_BYTE = 12
 # Scratch bytes a thread keeps between calls (see _held).
 HELD_BYTES = 8 * 2**20
 # Frame positions of a tile: its slab and output stay in L2 (a few tiles a thread on a
@@ -237,10 +237,11 @@ def _forward_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], job: _Fo
 def _work(problem: Problem) -> int:
     """The executor's measure of a map's work, which decides whether to thread it: its
     multiply-adds over WORK_PER_BYTE, so that the default threshold (4 MiB) falls at
-    about 100 million. 2 threads against 1, forward and grad weight, medians of 15:
-    9-38 million multiply-adds (U-Net's 2-d layers) 0.49-0.88x, ResNet-18's 85 million
-    0.76-0.83x, WaveNet's 101 million 1.25-1.29x, the 3-D U-Net's 227-453 million
-    1.29-1.75x (one run of 0.98x forward)."""
+    about 50 million. Time on 1 thread / on 2, forward and grad weight, medians of 15:
+    9-38 million multiply-adds (U-Net's 2-d layers) 0.49-0.88, ResNet-18's 85 million
+    0.76-0.83 (another run 1.0-1.08), a 1-d 101 million 1.25-1.53, the 3-D U-Net's
+    227-453 million 1.29-1.75 (one run of 0.98 forward); with the threshold at 100
+    million, WaveNet's 67-million layers took 1.31-1.48x as long backward (A/B)."""
     g = problem.geometry
     macs = problem.batch * problem.out_channels * problem.cg * g.kernel_volume * g.out_volume
     return macs // WORK_PER_BYTE
