@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .geometry import ConvGeometry
@@ -437,8 +437,10 @@ def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS
     if problem.depthwise and _compiled_depthwise(problem, maps):
         why = "depthwise, numba installed: compiled multiply-adds per channel plane"
         return Plan("depthwise_jit", "depthwise_jit", "depthwise_jit", dict.fromkeys(MAPS, why))
-    chosen = model_plan(problem, maps=maps) or rule_plan(problem)
     blocked = _blocked_maps(problem, maps)
+    if len(blocked) == len(MAPS):  # nothing left for the model to choose
+        return Plan("blocked", "blocked", "blocked", dict.fromkeys(MAPS, _BLOCKED_WHY))
+    chosen = model_plan(problem, maps=maps) or rule_plan(problem)
     return _with_blocked(chosen, blocked) if blocked else chosen
 
 
@@ -464,14 +466,14 @@ def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(m for m in supported if wanted[m])
 
 
+_BLOCKED_WHY = ("compiled direct convolution (numba): registers hold a block of outputs "
+                "over the whole sum, no columns")
+
+
 def _with_blocked(plan: Plan, maps: tuple[str, ...]) -> Plan:
-    why = "compiled direct convolution (numba): registers hold a block of outputs over " \
-          "the whole sum, no columns"
-    names = {m: getattr(plan, m) for m in MAPS}
-    reasons = dict(plan.reasons)
-    for m in maps:
-        names[m], reasons[m] = "blocked", why
-    return Plan(names["forward"], names["grad_input"], names["grad_weight"], reasons)
+    """``plan`` with ``maps`` given to the compiled direct path."""
+    return replace(plan, **dict.fromkeys(maps, "blocked"),
+                   reasons={**plan.reasons, **dict.fromkeys(maps, _BLOCKED_WHY)})
 
 
 def _compiled_depthwise(problem: Problem, maps: tuple[str, ...]) -> bool:

@@ -86,6 +86,7 @@ class Tiling:
     span: int  # grid planes a tile's windows read past its last
     planes: int  # output planes of a tile (the last tile may have fewer)
     step: int  # positions of a kernel block (a tile's positions are a multiple)
+    segment: int  # slab positions of one phase: a tile's planes and its span
 
     @classmethod
     def of(cls, g: ConvGeometry, step: int, most: int = 0) -> Tiling:
@@ -104,7 +105,7 @@ class Tiling:
         offsets = tuple(phases.index(r) * segment
                         + sum(e // s * st for e, s, st in zip(tap, g.stride, strides))
                         for tap, r in zip(taps, residues))
-        return cls(grid, strides[0], offsets, phases, span, planes, step)
+        return cls(grid, strides[0], offsets, phases, span, planes, step, segment)
 
     def tiles(self, n: int, lead: int) -> list[tuple[int, int, int]]:
         """(image, first plane, stop plane) of every tile."""
@@ -116,14 +117,18 @@ class Tiling:
         return -(-planes * self.plane // self.step) * self.step
 
     @property
-    def segment(self) -> int:
-        return (self.planes + self.span) * self.plane
+    def tile_positions(self) -> int:
+        """Kernel positions of a whole tile."""
+        return self.positions(self.planes)
 
     @property
     def slab_length(self) -> int:
         """Positions of a slab: its phases' segments, and what a tile's last block reads."""
-        return max(len(self.phases) * self.segment,
-                   self.positions(self.planes) + max(self.offsets))
+        return max(len(self.phases) * self.segment, self.tile_positions + max(self.offsets))
+
+    def scratch_bytes(self, channels: int, rows: int, itemsize: int) -> int:
+        """Bytes of a worker's scratch: a slab of ``channels`` and a tile of ``rows``."""
+        return (channels * self.slab_length + rows * self.tile_positions) * itemsize
 
 
 @functools.lru_cache(maxsize=256)
@@ -137,14 +142,10 @@ def _fitted(g: ConvGeometry, step: int, channels: int, rows: int, itemsize: int)
 
     Raises MemoryError if one plane's does not fit."""
     tiling, limit = _tiling(g, step), workspace.get_workspace_limit()
-
-    def scratch(t: Tiling) -> int:
-        return (channels * t.slab_length + rows * t.positions(t.planes)) * itemsize
-
-    while scratch(tiling) > limit // 2:
+    while (need := tiling.scratch_bytes(channels, rows, itemsize)) > limit // 2:
         if tiling.planes == 1:
             raise MemoryError(
-                f"the blocked path needs {scratch(tiling) / 2**20:.2f} MiB of scratch a "
+                f"the blocked path needs {need / 2**20:.2f} MiB of scratch a "
                 f"thread for one plane of the frame ({tiling.plane} positions, {channels} "
                 f"input and {rows} output channels), more than half the workspace limit of "
                 f"{limit / 2**20:.2f} MiB; raise it with npconv.set_workspace_limit() or "
@@ -153,13 +154,18 @@ def _fitted(g: ConvGeometry, step: int, channels: int, rows: int, itemsize: int)
     return tiling
 
 
+def _step(itemsize: int) -> int:
+    """Positions of a forward kernel block for elements of ``itemsize`` bytes."""
+    from . import blocked_kernels as kernels
+
+    return kernels.VECTORS * kernels.lanes_of(itemsize)
+
+
 def fill(problem: Problem) -> float:
     """The fraction of the positions the kernels compute that are outputs (the rest:
     the frame's edges and the last vector block of each tile)."""
-    from . import blocked_kernels as kernels
-
     g = problem.geometry
-    tiling = _tiling(g, kernels.VECTORS * kernels.lanes_of(problem.dtype.itemsize))
+    tiling = _tiling(g, _step(problem.dtype.itemsize))
     computed = sum(tiling.positions(b - a) for _, a, b in tiling.tiles(1, g.out_size[0]))
     return g.out_volume / max(computed, 1)
 
@@ -275,9 +281,8 @@ def _held(xp: Any, dtype: Any, size: int, use: str = "scratch") -> Any:
     """A flat buffer of ``size`` elements: a prefix of this thread's kept buffer of
     ``dtype`` for ``use`` (a worker's scratch, or a call's blocked weights), which is
     kept up to HELD_BYTES. A fresh buffer's pages fault on first touch (about 3 us a
-    page here), which for a 16-channel 64x64 layer cost more than its arithmetic,
-    and 0.9 ms for 256 x 256 3x3 weights; the contents are garbage, and whoever
-    takes the buffer writes all it reads."""
+    page here), which for a 16-channel 64x64 layer cost more than its arithmetic;
+    the contents are garbage, and whoever takes the buffer writes all it reads."""
     held = _HELD.__dict__.setdefault("buffers", {})
     buffer = held.get((use, dtype))
     if buffer is None or buffer.size < size:
@@ -299,16 +304,14 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
         y[...] = 0 if bias is None else bias.reshape((1, o) + (1,) * g.nd)
         return y
     rows = -(-o // kernels.OUT_BLOCK) * kernels.OUT_BLOCK
-    tiling = _fitted(g, kernels.VECTORS * kernels.lanes_of(x.dtype.itemsize), c, rows,
-                     x.dtype.itemsize)
+    tiling = _fitted(g, _step(x.dtype.itemsize), c, rows, x.dtype.itemsize)
     w = _blocked_weight(xp, weight, kernels.OUT_BLOCK)
     b = None if bias is None else bias.reshape((o,) + (1,) * g.nd)
     job = _Forward(y, x, w, xp.asarray(tiling.offsets, dtype=xp.int64), b, g, tiling)
-    scratch = functools.partial(_scratch, xp, x.dtype, c, rows, tiling,
-                                tiling.positions(tiling.planes))
-    per_worker = (c * tiling.slab_length + rows * tiling.positions(tiling.planes)) * x.itemsize
+    scratch = functools.partial(_scratch, xp, x.dtype, c, rows, tiling, tiling.tile_positions)
     executor.map_chunks(_forward_tile, tiling.tiles(n, g.out_size[0]), job, scratch=scratch,
-                        per_worker_bytes=per_worker, arrays=(x,),
+                        per_worker_bytes=tiling.scratch_bytes(c, rows, x.itemsize),
+                        arrays=(x,),
                         work_bytes=_work(problem))
     return y
 
@@ -360,15 +363,15 @@ def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any
     g, (n, o), c = problem.geometry, gy.shape[:2], x.shape[1]
     lanes = kernels.lanes_of(gy.dtype.itemsize)
     shape = _weight_shape(c, o, math.prod(g.kernel), lanes)
-    tiling = _fitted(g, kernels.VECTORS * lanes, shape[1], shape[2], gy.dtype.itemsize)
+    tiling = _fitted(g, _step(gy.dtype.itemsize), shape[1], shape[2], gy.dtype.itemsize)
     job = _Weight(gy, x, xp.asarray(tiling.offsets, dtype=xp.int64), shape, g, tiling)
-    positions = tiling.positions(tiling.planes)
-    scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], positions, tiling,
-                                shape[2])
-    per_worker = (shape[1] * tiling.slab_length + positions * shape[2]) * gy.itemsize
+    scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], tiling.tile_positions,
+                                tiling, shape[2])
     total = xp.zeros(shape, dtype=gy.dtype)
     executor.reduce_chunks(_weight_tile, tiling.tiles(n, g.out_size[0]), total, job,
-                           scratch=scratch, per_worker_bytes=per_worker, arrays=(gy,),
+                           scratch=scratch, arrays=(gy,),
+                           per_worker_bytes=tiling.scratch_bytes(shape[1], shape[2],
+                                                                 gy.itemsize),
                            work_bytes=_work(problem))
     if not xp.isfinite(total[:, :c, :o]).all():
         # a junk position can read a non-finite pixel no window reads (0 * inf is nan):
