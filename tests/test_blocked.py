@@ -27,6 +27,10 @@ CASES = [
     ((3, 12, 2000), (4,), "same", 3, 9),  # 1-d, dilated, asymmetric padding (4, 5)
     ((2, 3, 30, 31), (5, 3), 0, 1, 8),  # no padding: frame = input
     ((1, 4, 6, 7, 5), (2, 3, 3), (1, 1, 2), (1, 2, 1), 3),
+    # grad_output's channels-last copy: whole blocks of positions and channels, and edges
+    ((2, 8, 300), (2,), 0, 5, 32),  # 1-d: a tile is one run of positions
+    ((1, 4, 5, 6, 37), (3, 3, 3), 1, 1, 16),  # 3-d: runs along the last axis
+    ((2, 3, 4, 5, 4, 6), (2, 2, 2, 3), 1, 1, 5),  # 4-d: NumPy's copy
 ]
 
 

@@ -341,10 +341,17 @@ def _weight_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], acc: Any,
     stop, used = t.positions(b - a), (b - a) * t.plane
     # grad_output channels last, (positions, O'), zero at junk positions and from O on
     tile[:stop] = 0
-    planes = tile[:used].reshape((b - a,) + t.grid[1:] + (tile.shape[1],))
-    inner = tuple(slice(0, size) for size in job.g.out_size[1:])
-    planes[(slice(None),) + inner + (slice(0, o),)] = backend.get_array_module(
-        tile).moveaxis(job.gy[n, :, a:b], 0, -1)
+    out = job.g.out_size
+    if len(out) <= 3:
+        plane = math.prod(out[1:])
+        runs = (1, 1, b - a) if len(out) == 1 else (b - a, plane // out[-1], out[-1])
+        kernels.transpose_tile(tile, job.gy[n].reshape(o, -1), *runs, a * plane, plane,
+                               out[-1], t.plane, t.grid[-1])
+    else:
+        planes = tile[:used].reshape((b - a,) + t.grid[1:] + (tile.shape[1],))
+        inner = tuple(slice(0, size) for size in out[1:])
+        planes[(slice(None),) + inner + (slice(0, o),)] = backend.get_array_module(
+            tile).moveaxis(job.gy[n, :, a:b], 0, -1)
     kernels.grad_weight_tile(acc, tile, slab, job.off, stop)
     return acc
 
@@ -364,7 +371,8 @@ def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any
     lanes = kernels.lanes_of(gy.dtype.itemsize)
     shape = _weight_shape(c, o, math.prod(g.kernel), lanes)
     tiling = _fitted(g, _step(gy.dtype.itemsize), shape[1], shape[2], gy.dtype.itemsize)
-    job = _Weight(gy, x, xp.asarray(tiling.offsets, dtype=xp.int64), shape, g, tiling)
+    job = _Weight(xp.ascontiguousarray(gy), x, xp.asarray(tiling.offsets, dtype=xp.int64),
+                  shape, g, tiling)
     scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], tiling.tile_positions,
                                 tiling, shape[2])
     total = xp.zeros(shape, dtype=gy.dtype)

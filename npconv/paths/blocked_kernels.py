@@ -182,6 +182,74 @@ def _weight_intrinsic(rows: int, vectors: int) -> Any:
     return intrinsic(typer)
 
 
+def _lower_transpose(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+    """dst[d + j, c0 + i] = src[c0 + i, s + j] for i, j < L: one L x L block, by
+    log2(L) rounds of two-vector shuffles (each swaps the off-diagonal k x k blocks of
+    every 2k x 2k block, k = L/2, ..., 1)."""
+    dst, src = _arrays(context, builder, sig, args, 2)
+    d, s, c0 = args[2:5]
+    vty = _vector(context, sig.args[0].dtype)
+    lanes = vty.count
+    width = builder.extract_value(dst.shape, 1)
+    length = builder.extract_value(src.shape, 1)
+    rows = [_load(builder, vty, src.data, builder.add(builder.mul(builder.add(c0, _const(i)),
+                                                                  length), s))
+            for i in range(lanes)]
+    k = lanes // 2
+    while k:
+        low = [j if not j & k else lanes + j - k for j in range(lanes)]
+        high = [j + k if not j & k else lanes + j for j in range(lanes)]
+        for i in (i for i in range(lanes) if not i & k):
+            a, b = rows[i], rows[i + k]
+            rows[i] = builder.shuffle_vector(a, b, _mask(low))
+            rows[i + k] = builder.shuffle_vector(a, b, _mask(high))
+        k //= 2
+    for j in range(lanes):
+        at = builder.gep(dst.data, [builder.add(builder.mul(builder.add(d, _const(j)), width),
+                                                c0)])
+        builder.store(rows[j], builder.bitcast(at, vty.as_pointer()), align=_align(vty))
+    return context.get_dummy_value()
+
+
+def _mask(indices: list[int]) -> Any:
+    i32 = ir.IntType(32)
+    return ir.Constant(ir.VectorType(i32, len(indices)), [ir.Constant(i32, i) for i in indices])
+
+
+@intrinsic
+def _transpose_micro(typingctx: Any, dst: Any, src: Any, d: Any, s: Any, c0: Any) -> Any:
+    return types.void(dst, src, d, s, c0), _lower_transpose
+
+
+@_jit
+def transpose_run(dst: Any, src: Any, d: int, s: int, count: int) -> None:
+    """dst[d + p, c] = src[c, s + p] for p < count and c < src.shape[0]: dst (rows, O')
+    and src (O, P) C-contiguous, O' a multiple of L and at least O."""
+    lanes = LANE_BYTES // dst.itemsize
+    o = src.shape[0]
+    full_o, full_p = o - o % lanes, count - count % lanes
+    for p0 in range(0, full_p, lanes):
+        for c0 in range(0, full_o, lanes):
+            _transpose_micro(dst, src, d + p0, s + p0, c0)  # type: ignore[call-arg]
+    for p in range(full_p, count):
+        for c in range(full_o):
+            dst[d + p, c] = src[c, s + p]
+    for p in range(count):
+        for c in range(full_o, o):
+            dst[d + p, c] = src[c, s + p]
+
+
+@_jit
+def transpose_tile(dst: Any, src: Any, planes: int, rows: int, width: int, s0: int,
+                   s_plane: int, s_row: int, d_plane: int, d_row: int) -> None:
+    """transpose_run of ``planes`` x ``rows`` runs of ``width`` positions: run (q, r)
+    starts at s0 + q s_plane + r s_row in src and at q d_plane + r d_row in dst."""
+    for q in range(planes):
+        for r in range(rows):
+            transpose_run(dst, src, q * d_plane + r * d_row, s0 + q * s_plane + r * s_row,
+                          width)
+
+
 # (input channels, output vectors) of grad weight's blocks: 16 x 1 for 16 output channels
 # (17 loads a 16 fused multiply-adds), 8 x 2 from 32 (10 loads a 16); a quarter of the
 # sums with AVX2.
