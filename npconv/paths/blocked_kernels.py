@@ -91,9 +91,10 @@ def _arrays(context: Any, builder: Any, sig: Any, args: Any, count: int) -> list
 
 
 def _lower_forward(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-    """out[ob J + j, p + v L : +L] = sum_t sum_c w[ob, t, c, j] x[c, p + off[t] + v L : +L]."""
-    out, x, w, off = _arrays(context, builder, sig, args, 4)
-    p, ob = args[4:6]
+    """out[ob J + j, p + v L : +L] = bias[ob J + j]
+    + sum_t sum_c w[ob, t, c, j] x[c, p + off[t] + v L : +L]."""
+    out, x, w, off, bias = _arrays(context, builder, sig, args, 5)
+    p, ob = args[5:7]
     vty = _vector(context, sig.args[0].dtype)
     fma, lanes = _fma(builder, vty), vty.count
     out_len = builder.extract_value(out.shape, 1)
@@ -101,7 +102,11 @@ def _lower_forward(context: Any, builder: Any, sig: Any, args: Any) -> Any:
     taps, channels = builder.extract_value(w.shape, 1), builder.extract_value(w.shape, 2)
     w_block = builder.gep(w.data, [builder.mul(ob, builder.mul(taps, builder.mul(
         channels, _const(OUT_BLOCK))))])
-    sums = _sums(builder, vty, OUT_BLOCK * VECTORS)
+    sums = []
+    for j in range(OUT_BLOCK):
+        row = builder.add(builder.mul(ob, _const(OUT_BLOCK)), _const(j))
+        start = _splat(builder, vty, builder.load(builder.gep(bias.data, [row])))
+        sums += [cgutils.alloca_once_value(builder, start) for _ in range(VECTORS)]
     with cgutils.for_range(builder, taps) as tap:
         x_tap = builder.gep(x.data, [builder.add(p, builder.load(builder.gep(off.data,
                                                                              [tap.index])))])
@@ -127,8 +132,9 @@ def _lower_forward(context: Any, builder: Any, sig: Any, args: Any) -> Any:
 
 
 @intrinsic
-def _forward_micro(typingctx: Any, out: Any, x: Any, w: Any, off: Any, p: Any, ob: Any) -> Any:
-    return types.void(out, x, w, off, p, ob), _lower_forward
+def _forward_micro(typingctx: Any, out: Any, x: Any, w: Any, off: Any, bias: Any, p: Any,
+                   ob: Any) -> Any:
+    return types.void(out, x, w, off, bias, p, ob), _lower_forward
 
 
 def _weight_lowering(rows: int, vectors: int) -> Any:
@@ -260,12 +266,12 @@ _weight_wide = _weight_intrinsic(*WIDE)
 
 
 @_jit
-def forward_tile(out: Any, x: Any, w: Any, off: Any, stop: int, step: int) -> None:
-    """out[:, :stop] (B J, >= stop) = the convolution of the slab x (C, >= stop + max(off))
-    by w (B, T, C, J), for stop a multiple of step = V L."""
+def forward_tile(out: Any, x: Any, w: Any, off: Any, bias: Any, stop: int, step: int) -> None:
+    """out[:, :stop] (B J, >= stop) = bias (B J,) plus the convolution of the slab x
+    (C, >= stop + max(off)) by w (B, T, C, J), for stop a multiple of step = V L."""
     for p in range(0, stop, step):
         for ob in range(w.shape[0]):
-            _forward_micro(out, x, w, off, p, ob)  # type: ignore[call-arg]
+            _forward_micro(out, x, w, off, bias, p, ob)  # type: ignore[call-arg]
 
 
 @_jit
