@@ -125,8 +125,7 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     assert plan(16, 16, (64, 64), kernel=7).forward != "blocked"
     down = npconv.explain(np.zeros((2, 16, 32, 32, 32), np.float32),
                           np.zeros((32, 16, 3, 3, 3), np.float32), stride=2, padding=1)
-    assert (down.forward, down.grad_weight) == ("blocked", "blocked")
-    assert down.grad_input != "blocked"  # strided: no grad input
+    assert (down.forward, down.grad_input, down.grad_weight) == ("blocked",) * 3
     up = npconv.explain(np.zeros((2, 16, 64, 64), np.float32),
                         np.zeros((32, 16, 2, 2), np.float32), stride=2)
     assert "blocked" not in vars(up).values()  # windows that do not overlap
@@ -158,15 +157,19 @@ STRIDED = [
     ((3, 8, 50), (5,), 3, 2, 2, 7),  # 1-d, dilated: taps in every phase
     ((1, 4, 9, 9), (1, 1), 2, 0, 1, 6),  # one phase read, three never
     ((2, 6, 13, 11), (3, 3), 2, 0, 1, 17),  # pixels past the last window
+    ((2, 4, 12, 10), (3, 3), 1, (4, 3), 1, 5),  # stride 1, padding past d (k - 1)
+    ((1, 3, 11, 9, 8), (2, 3, 2), (3, 2, 2), (0, 1, 2), (2, 1, 3), 6),  # 3-d, mixed
+    ((2, 5, 30), (3,), 2, 1, 2, 6),  # dilation = stride: a phase's taps are adjacent
+    ((1, 4, 21, 19), (3, 3), (4, 2), 2, (2, 4), 5),  # dilation and stride share a factor
 ]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", STRIDED)
-def test_strided_forward_and_grad_weight_equal_the_reference(case, dtype):
-    """A strided layer's forward (conv) and its weight gradient, reached as the grad
-    input and grad weight of the transposed convolution it is the adjoint of (the
-    path refuses a strided grad input: conv_backward cannot take it)."""
+def test_strided_maps_equal_the_reference(case, dtype):
+    """A strided layer's forward and gradients (grad input: one stride-1 forward per
+    input phase), through conv and conv_backward, and as the transposed convolution
+    it is the adjoint of (whose forward is that grad input)."""
     shape, kernel, stride, padding, dilation, o = case
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape).astype(dtype)
@@ -177,15 +180,21 @@ def test_strided_forward_and_grad_weight_equal_the_reference(case, dtype):
     taps = int(np.prod(kernel))
     assert_close(y, npconv.conv(*wide, **kw, algorithm="reference"),
                  reduction=taps * shape[1])
-    with pytest.raises(ValueError, match="stride 1 for grad input"):
-        npconv.conv_backward(rng.standard_normal(y.shape).astype(dtype), x, w, **kw,
-                             algorithm="blocked")
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, _ = npconv.conv_backward(gy, x, w, **kw, algorithm="blocked")
+    want_gx, want_gw, _ = npconv.conv_backward(gy.astype(np.float64), *wide, **kw,
+                                            algorithm="reference")
+    assert_close(gx, want_gx, reduction=taps * o, err_msg=f"grad input {case}")
+    assert_close(gw, want_gw, reduction=y[:, 0].size, err_msg=f"grad weight {case}")
     # conv_transpose(z, w) is the adjoint of conv(., w): its grad input is conv(g, w)
     # and its grad weight the convolution's, with the roles of z and g swapped
     z = rng.standard_normal(y.shape).astype(dtype)
     output_padding = tuple(a - b for a, b in zip(shape[2:], npconv.conv_transpose(
         z, w, **kw, algorithm="reference").shape[2:]))
     tkw = dict(kw, output_padding=output_padding)
+    assert_close(npconv.conv_transpose(z, w, **tkw, algorithm="blocked"),
+                 npconv.conv_transpose(z.astype(np.float64), wide[1], **tkw,
+                                       algorithm="reference"), reduction=taps * o)
     g = rng.standard_normal(shape).astype(dtype)
     got = npconv.conv_transpose_backward(g, z, w, **tkw, algorithm="blocked")
     want = npconv.conv_transpose_backward(g.astype(np.float64), z.astype(np.float64),

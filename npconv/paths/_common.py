@@ -7,7 +7,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .. import backend
+from .. import backend, executor
+from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
 
 
@@ -170,6 +171,69 @@ def grad_input_by_forward(problem: Problem, gy: Any, weight: Any,
     adjoint = adjoint_problem(problem)
     assert adjoint is not None, "the caller checks full_correlation first"
     return forward(adjoint, gy, flipped(weight, problem.groups), None)
+
+
+def _phase_axis(n: int, out: int, k: int, s: int, d: int, lo: int,
+                r: int) -> tuple[list[int], int, int, tuple[int, int], int]:
+    """One axis of input phase r (pixels s m + r): gx_r[m] = sum_j gy[m + e_j] w[k_j].
+
+    Returns (taps k_j, in descending k, so that the shifts e_j = (r + lo - k_j d) / s
+    ascend by d / gcd(d, s); the first and the end of the rows of gy the phase reads;
+    the stride-1 padding (low, high) around them; the number of phase pixels)."""
+    taps = [t for t in range(k - 1, -1, -1) if (r + lo - t * d) % s == 0]
+    size = max(0, -(-(n - r) // s))
+    if not taps or size == 0:
+        return taps, 0, 0, (0, 0), size
+    first = (r + lo - taps[0] * d) // s  # e_0: gy row of phase pixel 0's first tap
+    last = first + size - 1 + (len(taps) - 1) * (d // math.gcd(d, s))
+    start, stop = max(first, 0), min(last + 1, out)
+    return taps, start, stop, (start - first, last + 1 - stop), size
+
+
+def grad_input_by_phases(problem: Problem, gy: Any, weight: Any, forward: Callable[..., Any],
+                         work_bytes: int | None = None) -> Any:
+    """grad input of a zero-padded convolution (any stride and padding, groups=1) as one
+    stride-1 forward per input phase, each computed by ``forward(problem, x, weight,
+    bias, out=view)`` into its phase's view of the result: input pixel s m + r gets gy's
+    windows through the taps k with s | r + lo - k d, which read gy at
+    m + (r + lo - k d) / s; with those taps in descending order, a correlation of
+    dilation d / gcd(d, s). The phases run on the executor's threads (``work_bytes``:
+    the whole map's work measure), each forward serial in its thread, largest first."""
+    g = problem.geometry
+    xp = backend.get_array_module(gy, weight)
+    gx = xp.empty((problem.batch, problem.in_channels) + g.in_size, dtype=gy.dtype)
+    phases: list[tuple[list[Any], tuple[int, ...]]] = [
+        ([_phase_axis(*a, lo, r) for a, (lo, _), r in zip(
+            zip(g.in_size, g.out_size, g.kernel, g.stride, g.dilation), g.pads, residue)],
+         residue) for residue in itertools.product(*(range(s) for s in g.stride))]
+    phases.sort(key=lambda phase: -math.prod(len(axis[0]) for axis in phase[0]))
+    executor.map_chunks(_phase_forward, phases, problem, gy, weight, gx, forward,
+                        arrays=(gy,), work_bytes=work_bytes)
+    return gx
+
+
+def _phase_forward(_: Any, phase: tuple[list[Any], tuple[int, ...]], problem: Problem,
+                   gy: Any, weight: Any, gx: Any, forward: Callable[..., Any]) -> None:
+    """One input phase of grad_input_by_phases: (its axes' _phase_axis, its residue)."""
+    g, (axes, residue) = problem.geometry, phase
+    xp = backend.get_array_module(gy, weight)
+    part = gx[(slice(None), slice(None)) + tuple(
+        slice(r, None, s) for r, s in zip(residue, g.stride))]
+    if part.size == 0:
+        return
+    if any(not taps or stop <= start for taps, start, stop, _, _ in axes):
+        part[...] = 0  # no window reaches these pixels
+        return
+    sub = weight[(slice(None), slice(None)) + xp.ix_(*(taps for taps, *_ in axes))]
+    geometry = ConvGeometry(
+        tuple(stop - start for _, start, stop, _, _ in axes), tuple(sub.shape[2:]),
+        (1,) * g.nd, tuple(d // math.gcd(d, s) for d, s in zip(g.dilation, g.stride)),
+        tuple(pads for *_, pads, _ in axes), tuple(size for *_, size in axes))
+    rows = gy[(slice(None), slice(None)) + tuple(slice(a, b) for _, a, b, _, _ in axes)]
+    # (C, O, *taps): the kernel of gy -> gx_r
+    forward(Problem(geometry, 1, problem.batch, problem.out_channels, problem.in_channels,
+                    problem.dtype, problem.backend, problem.host_threads),
+            rows, xp.ascontiguousarray(sub.swapaxes(0, 1)), None, out=part)
 
 
 def empty_grads(problem: Problem, xp: Any, need_input: bool, need_weight: bool,

@@ -10,6 +10,7 @@ frame)
     forward      out[o, p]   = sum_t sum_c W[o, c, t] slab[c, p + off[t]]
     grad weight  gW[o, c, t] = sum_p gy[o, p] slab[c, p + off[t]]
     grad input   gx          = the forward of gy with the flipped, channel-swapped kernel
+                               (strided: one such forward per input phase)
 
 where ``off[t]`` is tap t's flat shift in the frame. With stride s, the frame
 is split into its s-phases (padded position ``q s + r`` of an axis is position q
@@ -24,8 +25,7 @@ over the whole sum, which a BLAS matmul on columns cannot do for 16-64
 channels, where the columns are 9-27x the input.
 
 It takes groups=1, zero padding, float32 or float64 on NumPy, when numba is
-installed (``pip install "npconv[jit]"``); grad input needs stride 1 and padding
-of at most d(k - 1). Tiles run on the executor's threads, each worker with its
+installed (``pip install "npconv[jit]"``). Tiles run on the executor's threads, each worker with its
 own slab and tile (kept by the thread from call to call); grad weight's partial
 sums are added in a fixed order.
 """
@@ -41,8 +41,8 @@ from typing import Any
 
 from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
-from ..plan import Problem
-from ._common import empty_grads, grad_input_by_forward
+from ..plan import Problem, full_correlation
+from ._common import empty_grads, grad_input_by_forward, grad_input_by_phases
 from .depthwise_jit import compiled_needs
 
 # Multiply-adds per byte of the executor's work measure (see _work).
@@ -55,18 +55,12 @@ TILE_POSITIONS = 8192
 
 
 def requires(problem: Problem, op: str) -> str | None:
-    """None for a groups=1, zero-padded float layer on NumPy with numba (grad input:
-    stride 1 and padding of at most dilation * (kernel - 1))."""
+    """None for a groups=1, zero-padded float layer on NumPy with numba."""
     g = problem.geometry
     if problem.groups != 1:
         return f"groups=1; got {problem.groups}"
-    if op == "grad_input" and not problem.stride_one:
-        return f"stride 1 for grad input; got {g.stride}"
     if not g.zero_padded or any(lo < 0 or hi < 0 for lo, hi in g.pads):
         return f"zero padding ('zeros' mode, none negative); got {g.padding_mode!r}, {g.pads}"
-    if op == "grad_input" and any(lo > d * (k - 1) or hi > d * (k - 1)
-                                  for (lo, hi), k, d in zip(g.pads, g.kernel, g.dilation)):
-        return f"padding of at most dilation * (kernel - 1) for grad input; got {g.pads}"
     return compiled_needs(problem)
 
 
@@ -288,14 +282,15 @@ def _held(xp: Any, dtype: Any, size: int, use: str = "scratch") -> Any:
     return buffer[:size]
 
 
-def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
-    """y (N, O, *out) = conv(x, weight) + bias, stride 1, zero padding, groups=1."""
+def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -> Any:
+    """y (N, O, *out) = conv(x, weight) + bias, zero padding, groups=1 (written into
+    ``out``, any view of that shape, if given)."""
     from . import blocked_kernels as kernels
 
     xp = backend.get_array_module(x, weight)
     g = problem.geometry
     n, c, o = x.shape[0], x.shape[1], weight.shape[0]
-    y = xp.empty((n, o) + g.out_size, dtype=x.dtype)
+    y = xp.empty((n, o) + g.out_size, dtype=x.dtype) if out is None else out
     if y.size == 0 or c == 0:
         y[...] = 0 if bias is None else bias.reshape((1, o) + (1,) * g.nd)
         return y
@@ -397,6 +392,10 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     xp = backend.get_array_module(gy, x, weight)
     if gy.size == 0 or problem.in_channels == 0 or not (need_input or need_weight):
         return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
-    gx = grad_input_by_forward(problem, gy, weight, forward) if need_input else None
+    gx = None
+    if need_input and full_correlation(problem.geometry) is not None:
+        gx = grad_input_by_forward(problem, gy, weight, forward)
+    elif need_input:
+        gx = grad_input_by_phases(problem, gy, weight, forward, _work(problem))
     gw = _grad_weight(problem, gy, x, weight, xp) if need_weight else None
     return gx, gw
