@@ -31,6 +31,11 @@ CASES = [
     ((2, 8, 300), (2,), 0, 5, 32),  # 1-d: a tile is one run of positions
     ((1, 4, 5, 6, 37), (3, 3, 3), 1, 1, 16),  # 3-d: runs along the last axis
     ((2, 3, 4, 5, 4, 6), (2, 2, 2, 3), 1, 1, 5),  # 4-d: NumPy's copy
+    # output rows written straight by the kernel (O a multiple of its block, rows of at
+    # least 2 vectors): blocks of 1, 2 and 3 vectors, the last masked (68 = 48 + 20 in
+    # float32, 24 + 24 + 20 in float64); the 1-d case above ends in a 1-vector block
+    ((1, 8, 4, 5, 68), (3, 3, 3), 1, 1, 8),
+    ((2, 6, 9, 21), (3, 3), 1, 1, 16),  # float64 only (float32: too short, a tile)
 ]
 
 
@@ -160,6 +165,7 @@ STRIDED = [
     ((2, 4, 12, 10), (3, 3), 1, (4, 3), 1, 5),  # stride 1, padding past d (k - 1)
     ((1, 3, 11, 9, 8), (2, 3, 2), (3, 2, 2), (0, 1, 2), (2, 1, 3), 6),  # 3-d, mixed
     ((2, 5, 30), (3,), 2, 1, 2, 6),  # dilation = stride: a phase's taps are adjacent
+    ((1, 4, 23, 41), (3, 3), 2, 1, 1, 8),  # rows written straight, on the phase grid
     ((1, 4, 21, 19), (3, 3), (4, 2), 2, (2, 4), 5),  # dilation and stride share a factor
 ]
 

@@ -8,12 +8,14 @@ zeros after them; kernel tap t is the shift ``off[t]`` in it. With vectors of
     forward      out[o, p:p+L]  = sum_t sum_c w[o, c, t] x[c, p+off[t] : p+off[t]+L]
     grad weight  gw[t, c, o]   += sum_p x[c, p + off[t]] gyt[p, o]
 
-``_lower_forward`` keeps J output channels times V vectors of positions in
+``_forward_sums`` keeps J output channels times V vectors of positions in
 registers over the whole (t, c) loop: per step V vector loads, J broadcasts of
-weights and J V fused multiply-adds. ``_weight_lowering`` keeps R input channels
-times V vectors of output channels (grad_output stored channels last, ``gyt``)
-over a run of positions: per position V vector loads, R broadcasts of input
-pixels, R V fused multiply-adds, and no sums across lanes. This is the register
+weights and J V fused multiply-adds; ``_rows_lowering`` stores them into a tile
+or straight into the output's rows (masked at a row's end). ``_weight_lowering``
+keeps R input channels times V vectors of output channels (grad_output stored
+channels last, ``gyt``, by ``_lower_transpose``, an L x L block at a time) over
+a run of positions: per position V vector loads, R broadcasts of input pixels,
+R V fused multiply-adds, and no sums across lanes. This is the register
 blocking of a BLAS microkernel, written in LLVM IR: numba's loops keep such sums
 in memory (it cannot tell the arrays apart, so LLVM does not hold them in
 registers: 6-8 GFLOP/s a thread for the loop version against 130-180 for these,
@@ -90,14 +92,12 @@ def _arrays(context: Any, builder: Any, sig: Any, args: Any, count: int) -> list
     return [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:count], args)]
 
 
-def _lower_forward(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-    """out[ob J + j, p + v L : +L] = bias[ob J + j]
-    + sum_t sum_c w[ob, t, c, j] x[c, p + off[t] + v L : +L]."""
-    out, x, w, off, bias = _arrays(context, builder, sig, args, 5)
-    p, ob = args[5:7]
-    vty = _vector(context, sig.args[0].dtype)
+def _forward_sums(builder: Any, vty: Any, arrays: list[Any], p: Any, ob: Any,
+                  vectors: int) -> list[Any]:
+    """The J x V sums of a forward block (allocas, j-major): bias[ob J + j] +
+    sum_t sum_c w[ob, t, c, j] x[c, p + off[t] + v L : +L], arrays = (x, w, off, bias)."""
+    x, w, off, bias = arrays
     fma, lanes = _fma(builder, vty), vty.count
-    out_len = builder.extract_value(out.shape, 1)
     x_len = builder.extract_value(x.shape, 1)
     taps, channels = builder.extract_value(w.shape, 1), builder.extract_value(w.shape, 2)
     w_block = builder.gep(w.data, [builder.mul(ob, builder.mul(taps, builder.mul(
@@ -106,7 +106,7 @@ def _lower_forward(context: Any, builder: Any, sig: Any, args: Any) -> Any:
     for j in range(OUT_BLOCK):
         row = builder.add(builder.mul(ob, _const(OUT_BLOCK)), _const(j))
         start = _splat(builder, vty, builder.load(builder.gep(bias.data, [row])))
-        sums += [cgutils.alloca_once_value(builder, start) for _ in range(VECTORS)]
+        sums += [cgutils.alloca_once_value(builder, start) for _ in range(vectors)]
     with cgutils.for_range(builder, taps) as tap:
         x_tap = builder.gep(x.data, [builder.add(p, builder.load(builder.gep(off.data,
                                                                              [tap.index])))])
@@ -114,27 +114,14 @@ def _lower_forward(context: Any, builder: Any, sig: Any, args: Any) -> Any:
                                                                          _const(OUT_BLOCK)))])
         with cgutils.for_range(builder, channels) as ch:
             x_row = builder.gep(x_tap, [builder.mul(ch.index, x_len)])
-            xs = [_load(builder, vty, x_row, _const(v * lanes)) for v in range(VECTORS)]
+            xs = [_load(builder, vty, x_row, _const(v * lanes)) for v in range(vectors)]
             w_row = builder.gep(w_tap, [builder.mul(ch.index, _const(OUT_BLOCK))])
             for j in range(OUT_BLOCK):
                 wj = _splat(builder, vty, builder.load(builder.gep(w_row, [_const(j)])))
-                for v in range(VECTORS):
-                    s = sums[j * VECTORS + v]
+                for v in range(vectors):
+                    s = sums[j * vectors + v]
                     builder.store(builder.call(fma, [wj, xs[v], builder.load(s)]), s)
-    for j in range(OUT_BLOCK):
-        row = builder.add(builder.mul(builder.add(builder.mul(ob, _const(OUT_BLOCK)),
-                                                  _const(j)), out_len), p)
-        for v in range(VECTORS):
-            at = builder.gep(out.data, [builder.add(row, _const(v * lanes))])
-            builder.store(builder.load(sums[j * VECTORS + v]),
-                          builder.bitcast(at, vty.as_pointer()), align=_align(vty))
-    return context.get_dummy_value()
-
-
-@intrinsic
-def _forward_micro(typingctx: Any, out: Any, x: Any, w: Any, off: Any, bias: Any, p: Any,
-                   ob: Any) -> Any:
-    return types.void(out, x, w, off, bias, p, ob), _lower_forward
+    return sums
 
 
 def _weight_lowering(rows: int, vectors: int) -> Any:
@@ -186,6 +173,82 @@ def _weight_intrinsic(rows: int, vectors: int) -> Any:
         return types.void(gw, gyt, x, t, shift, c0, o0, start, stop), lower
 
     return intrinsic(typer)
+
+
+def _masked_store(builder: Any, vty: Any, value: Any, ptr: Any, valid: Any) -> None:
+    """Store the first ``valid`` lanes of ``value`` at ``ptr`` (no other memory written)."""
+    i32 = ir.IntType(32)
+    lanes = ir.Constant(ir.VectorType(I64, vty.count), list(range(vty.count)))
+    mask = builder.icmp_signed("<", lanes, _splat(builder, ir.VectorType(I64, vty.count),
+                                                  valid))
+    suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mask.type])
+    store = cgutils.get_or_insert_function(builder.module, fnty,
+                                           f"llvm.masked.store.v{vty.count}{suffix}.p0")
+    builder.call(store, [value, builder.bitcast(ptr, vty.as_pointer()),
+                         ir.Constant(i32, _align(vty)), mask])
+
+
+def _rows_lowering(vectors: int) -> Any:
+    """The lowering of a forward block written straight into the output rows."""
+
+    def lower(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        """y[ob J + j, q : q + count] = bias[ob J + j]
+        + sum_t sum_c w[ob, t, c, j] x[c, p + off[t] : + count], count <= V L."""
+        y, *arrays = _arrays(context, builder, sig, args, 5)
+        p, q, ob, count = args[5:9]
+        vty = _vector(context, sig.args[0].dtype)
+        sums = _forward_sums(builder, vty, arrays, p, ob, vectors)
+        y_len = builder.extract_value(y.shape, 1)
+        for j in range(OUT_BLOCK):
+            row = builder.add(builder.mul(builder.add(builder.mul(ob, _const(OUT_BLOCK)),
+                                                      _const(j)), y_len), q)
+            for v in range(vectors):
+                at = builder.gep(y.data, [builder.add(row, _const(v * vty.count))])
+                _masked_store(builder, vty, builder.load(sums[j * vectors + v]), at,
+                              builder.sub(count, _const(v * vty.count)))
+        return context.get_dummy_value()
+
+    return lower
+
+
+def _rows_intrinsic(vectors: int) -> Any:
+    lower = _rows_lowering(vectors)
+
+    def typer(typingctx: Any, y: Any, x: Any, w: Any, off: Any, bias: Any, p: Any, q: Any,
+              ob: Any, count: Any) -> Any:
+        return types.void(y, x, w, off, bias, p, q, ob, count), lower
+
+    return intrinsic(typer)
+
+
+_rows_1 = _rows_intrinsic(1)
+_rows_2 = _rows_intrinsic(2)
+_rows_3 = _rows_intrinsic(3)
+_rows_full = (_rows_1, _rows_2, _rows_3)[VECTORS - 1]  # a whole block (all lanes stored)
+
+
+@_jit
+def forward_rows(y: Any, x: Any, w: Any, off: Any, bias: Any, planes: int, rows: int,
+                 width: int, q0: int, q_plane: int, q_row: int, p_plane: int,
+                 p_row: int) -> None:
+    """forward_tile written straight into y (O, P), O a multiple of J: ``planes`` x
+    ``rows`` runs of ``width`` outputs, run (i, r) at q0 + i q_plane + r q_row in y and
+    at i p_plane + r p_row in the slab x; each run in blocks of up to V L positions
+    (fewer vectors for a short run's last block, no junk computed)."""
+    lanes = LANE_BYTES // y.itemsize
+    for i in range(planes):
+        for r in range(rows):
+            p, q = i * p_plane + r * p_row, q0 + i * q_plane + r * q_row
+            for start in range(0, width, VECTORS * lanes):
+                count = min(VECTORS * lanes, width - start)
+                for ob in range(w.shape[0]):
+                    if count > 2 * lanes:
+                        _rows_3(y, x, w, off, bias, p + start, q + start, ob, count)
+                    elif count > lanes:
+                        _rows_2(y, x, w, off, bias, p + start, q + start, ob, count)
+                    else:
+                        _rows_1(y, x, w, off, bias, p + start, q + start, ob, count)
 
 
 def _lower_transpose(context: Any, builder: Any, sig: Any, args: Any) -> Any:
@@ -271,7 +334,7 @@ def forward_tile(out: Any, x: Any, w: Any, off: Any, bias: Any, stop: int, step:
     (C, >= stop + max(off)) by w (B, T, C, J), for stop a multiple of step = V L."""
     for p in range(0, stop, step):
         for ob in range(w.shape[0]):
-            _forward_micro(out, x, w, off, bias, p, ob)  # type: ignore[call-arg]
+            _rows_full(out, x, w, off, bias, p, p, ob, step)
 
 
 @_jit
