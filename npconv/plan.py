@@ -123,6 +123,13 @@ BLOCKED_MIN_CHANNELS = 4
 BLOCKED_MIN_FILL = 0.7
 BLOCKED_WIDE_CHANNELS = 32
 BLOCKED_WIDE_POSITIONS = 512
+# ... or of at least BLOCKED_MID_POSITIONS where the smaller side has at most
+# BLOCKED_MID_CHANNELS: after the direct row stores (sixth session), blocked's time over
+# 'auto''s, forward and backward, interleaved medians of 15: U-Net 64 -> 64 16x16 0.76,
+# 0.75; 128 -> 64 16x16 0.73, 0.89; but 128 -> 256 16x16 1.36, 0.90; 256 -> 256 16x16
+# 1.48, 1.04; 128 -> 128 12x12 1.23, 1.41; 64 -> 128 8x8 1.06, 1.15.
+BLOCKED_MID_CHANNELS = 64
+BLOCKED_MID_POSITIONS = 256
 # Calls whose whole column matrix is below this many bytes take im2col for every map:
 # one matmul each, with none of the chunk machinery, which costs more than the
 # arithmetic there (a 1x1x8x8 3x3 call: ~150 us through the chunked paths, measured).
@@ -453,8 +460,7 @@ def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
     g = problem.geometry
     if (not supported or problem.pointwise or problem.dtype.itemsize != 4
             or g.kernel_volume > BLOCKED_MAX_TAPS or g.kernel_volume <= math.prod(g.stride)
-            or (min(problem.cg, problem.og) > BLOCKED_WIDE_CHANNELS
-                and g.out_volume < BLOCKED_WIDE_POSITIONS)):
+            or _blocked_too_wide(problem)):
         return ()
     if path.fill(problem) < BLOCKED_MIN_FILL:
         return ()
@@ -464,6 +470,15 @@ def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
               "grad_input": c >= least and taps * o >= contraction,
               "grad_weight": min(c, o) >= least}
     return tuple(m for m in supported if wanted[m])
+
+
+def _blocked_too_wide(problem: Problem) -> bool:
+    """Whether a layer is too wide for its images' size to give blocked (see
+    BLOCKED_WIDE_CHANNELS and BLOCKED_MID_CHANNELS)."""
+    narrow, positions = min(problem.cg, problem.og), problem.geometry.out_volume
+    if narrow <= BLOCKED_WIDE_CHANNELS or positions >= BLOCKED_WIDE_POSITIONS:
+        return False
+    return narrow > BLOCKED_MID_CHANNELS or positions < BLOCKED_MID_POSITIONS
 
 
 _BLOCKED_WHY = ("compiled direct convolution (numba): registers hold a block of outputs "

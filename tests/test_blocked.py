@@ -127,6 +127,8 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     assert plan(6, 16, (64, 64)).forward != "blocked"
     assert "blocked" not in vars(plan(16, 16, (64, 64), kernel=1)).values()  # pointwise
     assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
+    assert plan(64, 64, (16, 16)).forward == "blocked"  # 64 channels: from 256 positions
+    assert "blocked" not in vars(plan(128, 256, (16, 16))).values()  # wider: from 512
     assert plan(16, 16, (64, 64), kernel=7).forward != "blocked"
     down = npconv.explain(np.zeros((2, 16, 32, 32, 32), np.float32),
                           np.zeros((32, 16, 3, 3, 3), np.float32), stride=2, padding=1)
