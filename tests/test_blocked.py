@@ -122,9 +122,11 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     thin = plan(16, 16, (32, 32, 32))
     assert (thin.forward, thin.grad_input, thin.grad_weight) == ("blocked",) * 3
     assert plan(64, 64, (32, 32)).forward == "blocked"
-    assert "blocked" not in vars(plan(3, 16, (64, 64))).values()  # 3 input channels
+    stem = plan(3, 16, (64, 64))  # 3 input channels: the forward only
+    assert stem.forward == "blocked"
+    assert "blocked" not in (stem.grad_input, stem.grad_weight)
     assert plan(6, 16, (64, 64)).grad_weight == "blocked"  # grad weight: blocks of 4
-    assert plan(6, 16, (64, 64)).forward != "blocked"
+    assert plan(16, 2, (64, 64)).forward != "blocked"  # 2 output channels
     assert "blocked" not in vars(plan(16, 16, (64, 64), kernel=1)).values()  # pointwise
     assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
     assert plan(64, 64, (16, 16)).forward == "blocked"  # 64 channels: from 256 positions
