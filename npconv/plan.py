@@ -115,8 +115,13 @@ IM2COL_BACKWARD_MAX_POSITIONS = 16
 # 0.75; 128 -> 128 12x12 0.81, 0.74. Strided layers need overlapping windows (more taps
 # than the stride's phases): a 2x2 stride-2 kernel is four matmuls for BLAS, and blocked
 # took 1.56x the time of U-Net's 32 -> 16 up-convolution backward; the 3-D U-Net's 3x3x3
-# stride-2 16 -> 32 forward took 0.53x. float64 ran at 36-64 GFLOP/s a thread against
-# 80-160 for float32, and larger kernels go to FFT: neither was measured here.
+# stride-2 16 -> 32 forward took 0.53x. Larger kernels go to FFT (not measured here).
+# float64 follows the same rules (sixth session; before, float32 only): blocked's time
+# over 'auto''s, forward / grad input / grad weight, medians of 11-15: the float64
+# science layers 5x5 4 -> 16 64x64 0.41 / 0.48 / 0.58 and 16 -> 4 3x3 0.64 / 0.61 /
+# 0.61; U-Net 16 -> 16 64x64 0.47 / 0.52 / 0.55; 3-D 16 -> 16 16^3 0.33 / 0.32 / 0.38;
+# 64 -> 64 24x24 0.60 / 0.58 / 0.72; 1-d 32 -> 64 k2 0.69 / 0.58 / 0.84; but a small
+# stride-2 16 -> 32 32x32 1.01 / 1.79 / 1.08, and 64 -> 64 16x16's grad weight 1.09.
 BLOCKED_MAX_TAPS = 27
 BLOCKED_MIN_CONTRACTION = 64
 BLOCKED_MIN_CHANNELS = 4
@@ -464,7 +469,7 @@ def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
     path = get_path("blocked")
     supported = [m for m in maps if path.requires(problem, m) is None]
     g = problem.geometry
-    if (not supported or problem.pointwise or problem.dtype.itemsize != 4
+    if (not supported or problem.pointwise
             or g.kernel_volume > BLOCKED_MAX_TAPS or g.kernel_volume <= math.prod(g.stride)
             or _blocked_too_wide(problem)):
         return ()
