@@ -131,6 +131,12 @@ BLOCKED_MIN_CHANNELS = 4
 # 3 -> 32 96x96 stride 2 0.78; VGG-11's 3 -> 64 64x64 0.78; WaveNet's 1 -> 32 k2 0.58;
 # the 3-D 2 -> 8 0.45. Their grad input and grad weight still lost (1.3-4.1x).
 BLOCKED_FORWARD_MIN_CONTRACTION = 1
+# A strided grad input (one stride-1 forward per input phase, each with its own fixed
+# costs) needs this many multiply-adds: blocked / im2col time, float32 and float64, 2
+# threads, medians of 9: 2-9 million (2-d 16 -> 32 at 32x32 and 64x64, 3-d 8 -> 16
+# 16^3) 1.09-1.81; 25-113 million (1-d 32 -> 32 4096, 2-d 32 -> 64 64x64, the 3-D
+# U-Net's down layer) 0.57-0.77.
+BLOCKED_STRIDED_MIN_MACS = 20_000_000
 BLOCKED_MIN_FILL = 0.7
 BLOCKED_WIDE_CHANNELS = 32
 BLOCKED_WIDE_POSITIONS = 512
@@ -477,8 +483,10 @@ def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
         return ()
     c, o, taps = problem.cg, problem.og, g.kernel_volume
     least, contraction = BLOCKED_MIN_CHANNELS, BLOCKED_MIN_CONTRACTION
+    macs = problem.batch * c * o * taps * g.out_volume
     wanted = {"forward": o >= least and taps * c >= BLOCKED_FORWARD_MIN_CONTRACTION,
-              "grad_input": c >= least and taps * o >= contraction,
+              "grad_input": c >= least and taps * o >= contraction
+              and (problem.stride_one or macs >= BLOCKED_STRIDED_MIN_MACS),
               "grad_weight": min(c, o) >= least}
     return tuple(m for m in supported if wanted[m])
 

@@ -135,6 +135,9 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     down = npconv.explain(np.zeros((2, 16, 32, 32, 32), np.float32),
                           np.zeros((32, 16, 3, 3, 3), np.float32), stride=2, padding=1)
     assert (down.forward, down.grad_input, down.grad_weight) == ("blocked",) * 3
+    small = npconv.explain(np.zeros((2, 16, 32, 32), np.float32),
+                           np.zeros((32, 16, 3, 3), np.float32), stride=2, padding=1)
+    assert small.forward == "blocked" and small.grad_input != "blocked"  # 2 million
     up = npconv.explain(np.zeros((2, 16, 64, 64), np.float32),
                         np.zeros((32, 16, 2, 2), np.float32), stride=2)
     assert "blocked" not in vars(up).values()  # windows that do not overlap
