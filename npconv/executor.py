@@ -117,9 +117,6 @@ class _State:
     lock = threading.Lock()  # guards pool creation
     # One threaded region at a time in the process: BLAS thread counts are global.
     region = threading.Lock()
-    # Compiled parallel loops (numba's OpenMP threads) may run: not in a forked child,
-    # where GNU OpenMP, used by the parent, is not safe (numba aborts such a child).
-    compiled = True
 
 
 _override: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -134,7 +131,6 @@ def _reset_after_fork() -> None:
     _State.pool, _State.pool_size = None, 0
     _State.lock = threading.Lock()
     _State.region = threading.Lock()
-    _State.compiled = False
     _BlasHold.lock = threading.Lock()
     _BlasHold.active = 0  # the child runs none of the parent's calls
     if _BlasHold.limiter is not None:  # nor holds the BLAS for them
@@ -389,8 +385,8 @@ def compiled_workers(count: int, arrays: Sequence[Any]) -> int:
     """Threads for a compiled parallel loop (numba's) over ``count`` items: no work
     threshold, since its threads wake in microseconds (an empty parallel loop took
     2 us here, a pool thread's wake-up about 80), but 1 inside a threaded region's
-    worker, on a device, for one item, or in a forked child process."""
-    if count <= 1 or getattr(_worker, "busy", False) or not _State.compiled:
+    worker, on a device, or for one item."""
+    if count <= 1 or getattr(_worker, "busy", False):
         return 1
     if not backend.backend_of(*arrays).host_threads:
         return 1

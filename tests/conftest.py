@@ -79,16 +79,6 @@ def restore_limit():
     npconv.set_workspace_limit(old)
 
 
-@pytest.fixture
-def restore_threads():
-    """Restore the thread count and threshold a test sets (npconv.set_num_threads)."""
-    import npconv
-
-    old, old_bytes = npconv.get_num_threads(), npconv.get_min_work_bytes()
-    yield
-    npconv.set_num_threads(old, min_work_bytes=old_bytes)
-
-
 def cupy_or_skip():
     """Return the ``cupy`` module, or skip the test without CuPy or a usable GPU."""
     cupy = pytest.importorskip("cupy")

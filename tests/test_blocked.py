@@ -12,8 +12,6 @@ geometries too.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
-import os
 
 import numpy as np
 import pytest
@@ -245,28 +243,3 @@ def test_tiles_shrink_to_the_workspace_limit_or_refuse(restore_limit):
     w3 = rng.standard_normal((8, 4, 3, 3, 3)).astype(np.float32)
     with pytest.raises(MemoryError, match=r"0\.1\d MiB .* workspace limit of 0\.06 MiB"):
         npconv.conv(x3, w3, padding=1, algorithm="blocked")
-
-
-def _child_blocked(queue):
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((2, 16, 40, 40)).astype(np.float32)
-    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
-    y = npconv.conv(x, w, padding=1, algorithm="blocked")
-    ref = npconv.conv(x.astype(np.float64), w.astype(np.float64), padding=1,
-                      algorithm="reference")
-    queue.put(float(np.abs(y - ref).max()))
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_of_a_process_that_ran_numbas_threads_computes(restore_threads):
-    """numba's OpenMP threads are not safe in a forked child (numba aborts it): a child
-    runs the executor's threads instead, and gets the same results."""
-    npconv.set_num_threads(2)
-    _child_blocked(multiprocessing.Queue())  # the parent runs its frames on OpenMP
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_child_blocked, args=(queue,))
-    child.start()
-    child.join(timeout=120)
-    assert child.exitcode == 0
-    assert queue.get(timeout=5) < 1e-3

@@ -20,6 +20,13 @@ import npconv
 from npconv import executor
 
 
+@pytest.fixture
+def restore_threads():
+    old, old_bytes = npconv.get_num_threads(), npconv.get_min_work_bytes()
+    yield
+    npconv.set_num_threads(old, min_work_bytes=old_bytes)
+
+
 def _calls(rng):
     """One call per threaded path, each split over threads under ``min_work_bytes=0``."""
     f32 = np.float32

@@ -329,8 +329,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -
     rows_ok = out is None and o % kernels.OUT_BLOCK == 0 and g.nd <= 3
     direct = rows_ok and g.out_size[-1] >= DIRECT_MIN_VECTORS * kernels.lanes_of(x.itemsize)
     job = _Forward(y, x, w, xp.asarray(tiling.offsets, dtype=xp.int64), b, g, tiling, direct)
-    frames = c * (n * math.prod(g.padded_size) + tiling.step) * x.itemsize
-    if rows_ok and problem.stride_one and frames <= workspace.get_workspace_limit() // 2:
+    if rows_ok and problem.stride_one and _work(problem) < executor.get_min_work_bytes():
         # on numba's threads rows of any length are stored straight: 16-wide rows of
         # U-Net's 16x16 layers took 0.78-0.81x the time of the executor's tiles there
         tiles = tiling.tiles(n, g.out_size[0])
@@ -364,10 +363,8 @@ def _frames(x: Any, g: ConvGeometry, channels: int, margin: int, xp: Any) -> Any
 def _forward_frames(job: _Forward, tiles: list[tuple[int, int, int]], workers: int) -> None:
     """The direct forward of a stride-1 layer on numba's threads: every image's padded
     frame in one buffer (no slab per tile), each tile's output rows straight from it.
-    Time over the executor's tiles', interleaved medians of 9: layers it would leave on
-    one thread (its threads' wake-up, about 80 us, and their handing over of the GIL
-    cost more than they saved there) 0.7-0.8; ResNet-18's 64 -> 64 24x24 0.89, the 3-D
-    U-Net's layers 0.49-0.89, WaveNet's 0.35-0.92, VGG-11's 64 -> 128 32x32 0.96."""
+    For layers the executor would leave on one thread (its threads' wake-up, about 80
+    us, and their handing over of the GIL cost more than they saved there)."""
     import numba
 
     from . import blocked_kernels as kernels
@@ -477,9 +474,7 @@ def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any
     total = xp.zeros(shape, dtype=gy.dtype)
     tiles = tiling.tiles(n, g.out_size[0])
     workers = 1
-    positions = n * math.prod(g.padded_size) + tiling.step
-    if (problem.stride_one and g.nd <= 3 and positions * (shape[1] + shape[2]) * gy.itemsize
-            <= workspace.get_workspace_limit() // 2):
+    if problem.stride_one and g.nd <= 3 and _work(problem) < executor.get_min_work_bytes():
         workers = executor.compiled_workers(len(tiles), (gy,))
     with executor.region(workers) as workers:
         if workers > 1:
