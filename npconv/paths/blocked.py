@@ -326,12 +326,10 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -
     b = xp.zeros(rows, dtype=x.dtype)
     if bias is not None:
         b[:o] = bias
-    rows_ok = out is None and o % kernels.OUT_BLOCK == 0 and g.nd <= 3
-    direct = rows_ok and g.out_size[-1] >= DIRECT_MIN_VECTORS * kernels.lanes_of(x.itemsize)
+    direct = (out is None and o % kernels.OUT_BLOCK == 0 and g.nd <= 3
+              and g.out_size[-1] >= DIRECT_MIN_VECTORS * kernels.lanes_of(x.dtype.itemsize))
     job = _Forward(y, x, w, xp.asarray(tiling.offsets, dtype=xp.int64), b, g, tiling, direct)
-    if rows_ok and problem.stride_one and _work(problem) < executor.get_min_work_bytes():
-        # on numba's threads rows of any length are stored straight: 16-wide rows of
-        # U-Net's 16x16 layers took 0.78-0.81x the time of the executor's tiles there
+    if direct and problem.stride_one and _work(problem) < executor.get_min_work_bytes():
         tiles = tiling.tiles(n, g.out_size[0])
         with executor.region(executor.compiled_workers(len(tiles), (x,))) as workers:
             if workers > 1:
