@@ -343,21 +343,6 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -
     return y
 
 
-def _frames(x: Any, g: ConvGeometry, channels: int, margin: int, xp: Any) -> Any:
-    """Every image's zero-padded frame of x (N, C, *in), channel-major, in this
-    thread's kept buffer: (channels, N frame + margin), zero past C and in the margin
-    (what a last block reads past the last frame)."""
-    n, c = x.shape[:2]
-    frame = math.prod(g.padded_size)
-    frames = _held(xp, x.dtype, channels * (n * frame + margin), "frames").reshape(
-        channels, n * frame + margin)
-    frames[...] = 0
-    inner = tuple(slice(lo, lo + size) for (lo, _), size in zip(g.pads, g.in_size))
-    frames[:c, :n * frame].reshape((c, n) + g.padded_size)[(slice(None),) * 2 + inner] = (
-        x.swapaxes(0, 1))
-    return frames
-
-
 def _forward_frames(job: _Forward, tiles: list[tuple[int, int, int]], workers: int) -> None:
     """The direct forward of a stride-1 layer on numba's threads: every image's padded
     frame in one buffer (no slab per tile), each tile's output rows straight from it.
@@ -369,8 +354,14 @@ def _forward_frames(job: _Forward, tiles: list[tuple[int, int, int]], workers: i
 
     g, t, (n, c) = job.g, job.tiling, job.x.shape[:2]
     frame = math.prod(g.padded_size)
+    step = kernels.VECTORS * kernels.lanes_of(job.x.dtype.itemsize)
     xp = backend.get_array_module(job.x)
-    frames = _frames(job.x, g, c, t.step, xp)
+    flat = _held(xp, job.x.dtype, c * (n * frame + step), "frames")
+    flat[...] = 0
+    frames = flat.reshape(c, n * frame + step)
+    inner = tuple(slice(lo, lo + size) for (lo, _), size in zip(g.pads, g.in_size))
+    frames[:, :n * frame].reshape((c, n) + g.padded_size)[(slice(None),) * 2 + inner] = (
+        job.x.swapaxes(0, 1))
     runs = [_runs(g.out_size, a, b, t) for _, a, b in tiles]
     table = xp.asarray([(i, r[0], r[2], r[3], i * frame + a * t.plane)
                         for (i, a, _), r in zip(tiles, runs)], dtype=xp.int64)
@@ -417,39 +408,6 @@ def _weight_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], acc: Any,
     return acc
 
 
-def _grad_weight_frames(job: _Weight, tiles: list[tuple[int, int, int]], total: Any,
-                        workers: int) -> None:
-    """total += the tiles' grad weight on numba's threads, as reduce_chunks sums it (the
-    same lanes of tiles, each summed in order, the lanes added in order: the same
-    bits), over one buffer of every image's padded frame and one of grad_output
-    channels last on the same positions (zero at junk positions)."""
-    import numba
-
-    from . import blocked_kernels as kernels
-
-    g, t, (n, o) = job.g, job.tiling, job.gy.shape[:2]
-    xp = backend.get_array_module(job.gy)
-    frame, step = math.prod(g.padded_size), t.step
-    frames = _frames(job.x, g, job.shape[1], step, xp)
-    gyt = _held(xp, job.gy.dtype, (n * frame + step) * job.shape[2], "gyt").reshape(
-        n * frame + step, job.shape[2])
-    gyt[...] = 0
-    runs = _runs(g.out_size, 0, g.out_size[0], t)
-    for i in range(n):  # image i's outputs at their windows' corners in its frame
-        kernels.transpose_tile(gyt[i * frame:], job.gy[i].reshape(o, -1), *runs)
-    lanes = executor.lanes_of(tiles, total.nbytes)
-    bounds = list(itertools.accumulate(len(lane) for lane in lanes))
-    lane_table = xp.asarray([(b - len(lane), b) for b, lane in zip(bounds, lanes)],
-                            dtype=xp.int64)
-    tile_table = xp.asarray([(i * frame + a * t.plane, (b - a) * t.plane)
-                             for i, a, b in tiles], dtype=xp.int64)
-    partials = xp.zeros((len(lanes),) + total.shape, dtype=total.dtype)
-    numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
-    kernels.grad_weight_frames(partials, gyt, frames, job.off, lane_table, tile_table)
-    for part in partials:
-        total += part
-
-
 def _weight_shape(c: int, o: int, taps: int, lanes: int) -> tuple[int, int, int]:
     """(T, C', O'): the channels padded to grad weight's blocks."""
     from . import blocked_kernels as kernels
@@ -470,18 +428,11 @@ def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any
     scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], tiling.tile_positions,
                                 tiling, shape[2])
     total = xp.zeros(shape, dtype=gy.dtype)
-    tiles = tiling.tiles(n, g.out_size[0])
-    workers = 1
-    if problem.stride_one and g.nd <= 3 and _work(problem) < executor.get_min_work_bytes():
-        workers = executor.compiled_workers(len(tiles), (gy,))
-    with executor.region(workers) as workers:
-        if workers > 1:
-            _grad_weight_frames(job, tiles, total, workers)
-        else:
-            executor.reduce_chunks(_weight_tile, tiles, total, job, scratch=scratch,
-                                   arrays=(gy,), per_worker_bytes=tiling.scratch_bytes(
-                                       shape[1], shape[2], gy.itemsize),
-                                   work_bytes=_work(problem))
+    executor.reduce_chunks(_weight_tile, tiling.tiles(n, g.out_size[0]), total, job,
+                           scratch=scratch, arrays=(gy,),
+                           per_worker_bytes=tiling.scratch_bytes(shape[1], shape[2],
+                                                                 gy.itemsize),
+                           work_bytes=_work(problem))
     if not xp.isfinite(total[:, :c, :o]).all():
         # a junk position can read a non-finite pixel no window reads (0 * inf is nan):
         # sum again over the windows only

@@ -350,37 +350,22 @@ def forward_tile(out: Any, x: Any, w: Any, off: Any, bias: Any, stop: int, step:
 
 
 @_jit
-def grad_weight_tile(gw: Any, gyt: Any, x: Any, off: Any, stop: int, p0: int = 0) -> None:
-    """gw (T, C', O') += sum_{p < stop} x (C', >= p0 + stop + max(off))[c, p0 + p +
-    off[t]] gyt (>= stop, O')[p, o], in runs of CHUNK positions, for C' and O'
-    multiples of a block's (NARROW for O' = L, else WIDE)."""
+def grad_weight_tile(gw: Any, gyt: Any, x: Any, off: Any, stop: int) -> None:
+    """gw (T, C', O') += sum_{p < stop} x (C', >= stop + max(off))[c, p + off[t]] gyt
+    (>= stop, O')[p, o], in runs of CHUNK positions, for C' and O' multiples of a
+    block's (NARROW for O' = L, else WIDE)."""
     taps, channels, width = gw.shape
     lanes = LANE_BYTES // gw.itemsize
     for start in range(0, stop, CHUNK):
         end = min(stop, start + CHUNK)
         for t in range(taps):
-            shift = off[t] + p0
             if width == lanes:
                 for c0 in range(0, channels, NARROW[0]):
-                    _weight_narrow(gw, gyt, x, t, shift, c0, 0, start, end)
+                    _weight_narrow(gw, gyt, x, t, off[t], c0, 0, start, end)
             else:
                 for c0 in range(0, channels, WIDE[0]):
                     for o0 in range(0, width, WIDE[1] * lanes):
-                        _weight_wide(gw, gyt, x, t, shift, c0, o0, start, end)
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", parallel=True)
-def grad_weight_frames(partials: Any, gyt: Any, x: Any, off: Any, lanes: Any,
-                       tiles: Any) -> None:
-    """grad_weight_tile of every tile, in parallel (numba's threads) over the lanes of
-    tiles: partials[l] (T, C', O') = the sum of lane l's tiles [lanes[l, 0], lanes[l, 1])
-    in order, tile k (tiles[k] = first frame position, positions) reading the whole
-    batch's padded frames x (C', N frame + margin) and grad_output channels last on
-    the same positions, gyt (N frame + margin, O')."""
-    for lane in numba.prange(lanes.shape[0]):
-        for k in range(lanes[lane, 0], lanes[lane, 1]):
-            p0, stop = tiles[k, 0], tiles[k, 1]
-            grad_weight_tile(partials[lane], gyt[p0:p0 + stop], x, off, stop, p0)
+                        _weight_wide(gw, gyt, x, t, off[t], c0, o0, start, end)
 
 
 @_jit
