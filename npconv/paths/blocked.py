@@ -366,7 +366,7 @@ def _forward_frames(job: _Forward, tiles: list[tuple[int, int, int]], workers: i
     table = xp.asarray([(i, r[0], r[2], r[3], i * frame + a * t.plane)
                         for (i, a, _), r in zip(tiles, runs)], dtype=xp.int64)
     _, rows, _, _, q_plane, q_row, p_plane, p_row = runs[0]
-    numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
     kernels.forward_frames(job.y.reshape(n, job.y.shape[1], -1), frames, job.w, job.off,
                            job.bias, table, rows, q_plane, q_row, p_plane, p_row)
 
