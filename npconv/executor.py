@@ -381,18 +381,6 @@ def workers_for(count: int, per_worker_bytes: int, arrays: Sequence[Any],
     return workspace.workers_for(count, per_worker_bytes, get_num_threads())
 
 
-def compiled_workers(count: int, arrays: Sequence[Any]) -> int:
-    """Threads for a compiled parallel loop (numba's) over ``count`` items: no work
-    threshold, since its threads wake in microseconds (an empty parallel loop took
-    2 us here, a pool thread's wake-up about 80), but 1 inside a threaded region's
-    worker, on a device, or for one item."""
-    if count <= 1 or getattr(_worker, "busy", False):
-        return 1
-    if not backend.backend_of(*arrays).host_threads:
-        return 1
-    return min(count, get_num_threads())
-
-
 def _pool(size: int) -> ThreadPoolExecutor:
     with _State.lock:
         if _State.pool is None or _State.pool_size < size:
@@ -441,32 +429,22 @@ def _serve(queue: _Queue, work: Callable[[Any, int, Any], None],
         _worker.busy = busy
 
 
-@contextlib.contextmanager
-def region(workers: int) -> Iterator[int]:
-    """Hold the threaded region for ``workers`` threads while the block runs: yields
-    how many it may use (1 where another call holds the region, or ``workers`` is 1).
-    Compiled parallel loops (numba's) enter it as the executor's maps do, so that
-    overlapping calls never thread at once, and the BLAS is held at one thread."""
-    state = _current.get()
-    own = _Call() if workers > 1 and state is None else None  # a call outside conv's API
-    held = own if own is not None else state
-    try:
-        if workers > 1 and (held is None or not held.enter()):
-            workers = 1
-        yield workers
-    finally:
-        if own is not None:
-            own.close()
-
-
 def _drive(queue: _Queue, work: Callable[[Any, int, Any], None],
            scratch: Callable[[], Any] | None, workers: int) -> None:
     """Run the queue on ``workers`` threads (the caller is one); wait for all, then raise."""
-    with region(workers) as workers:
+    state = _current.get()
+    own = _Call() if workers > 1 and state is None else None  # a call outside conv's API
+    region = own if own is not None else state
+    try:
+        if workers > 1 and (region is None or not region.enter()):
+            workers = 1
         if workers <= 1:
             _serve(queue, work, scratch, threaded=False)
         else:
             _run_threaded(queue, work, scratch, workers)
+    finally:
+        if own is not None:
+            own.close()
 
 
 def _run_threaded(queue: _Queue, work: Callable[[Any, int, Any], None],

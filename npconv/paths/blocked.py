@@ -329,46 +329,12 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -
     direct = (out is None and o % kernels.OUT_BLOCK == 0 and g.nd <= 3
               and g.out_size[-1] >= DIRECT_MIN_VECTORS * kernels.lanes_of(x.dtype.itemsize))
     job = _Forward(y, x, w, xp.asarray(tiling.offsets, dtype=xp.int64), b, g, tiling, direct)
-    if direct and problem.stride_one and _work(problem) < executor.get_min_work_bytes():
-        tiles = tiling.tiles(n, g.out_size[0])
-        with executor.region(executor.compiled_workers(len(tiles), (x,))) as workers:
-            if workers > 1:
-                _forward_frames(job, tiles, workers)
-                return y
     scratch = functools.partial(_scratch, xp, x.dtype, c, rows, tiling, tiling.tile_positions)
     executor.map_chunks(_forward_tile, tiling.tiles(n, g.out_size[0]), job, scratch=scratch,
                         per_worker_bytes=tiling.scratch_bytes(c, rows, x.itemsize),
                         arrays=(x,),
                         work_bytes=_work(problem))
     return y
-
-
-def _forward_frames(job: _Forward, tiles: list[tuple[int, int, int]], workers: int) -> None:
-    """The direct forward of a stride-1 layer on numba's threads: every image's padded
-    frame in one buffer (no slab per tile), each tile's output rows straight from it.
-    For layers the executor would leave on one thread (its threads' wake-up, about 80
-    us, and their handing over of the GIL cost more than they saved there)."""
-    import numba
-
-    from . import blocked_kernels as kernels
-
-    g, t, (n, c) = job.g, job.tiling, job.x.shape[:2]
-    frame = math.prod(g.padded_size)
-    step = kernels.VECTORS * kernels.lanes_of(job.x.dtype.itemsize)
-    xp = backend.get_array_module(job.x)
-    flat = _held(xp, job.x.dtype, c * (n * frame + step), "frames")
-    flat[...] = 0
-    frames = flat.reshape(c, n * frame + step)
-    inner = tuple(slice(lo, lo + size) for (lo, _), size in zip(g.pads, g.in_size))
-    frames[:, :n * frame].reshape((c, n) + g.padded_size)[(slice(None),) * 2 + inner] = (
-        job.x.swapaxes(0, 1))
-    runs = [_runs(g.out_size, a, b, t) for _, a, b in tiles]
-    table = xp.asarray([(i, r[0], r[2], r[3], i * frame + a * t.plane)
-                        for (i, a, _), r in zip(tiles, runs)], dtype=xp.int64)
-    _, rows, _, _, q_plane, q_row, p_plane, p_row = runs[0]
-    numba.set_num_threads(min(workers, numba.config.NUMBA_NUM_THREADS))
-    kernels.forward_frames(job.y.reshape(n, job.y.shape[1], -1), frames, job.w, job.off,
-                           job.bias, table, rows, q_plane, q_row, p_plane, p_row)
 
 
 @dataclass(frozen=True)

@@ -231,15 +231,15 @@ _rows_full = (_rows_1, _rows_2, _rows_3)[VECTORS - 1]  # a whole block (all lane
 @_jit
 def forward_rows(y: Any, x: Any, w: Any, off: Any, bias: Any, planes: int, rows: int,
                  width: int, q0: int, q_plane: int, q_row: int, p_plane: int,
-                 p_row: int, p0: int = 0) -> None:
+                 p_row: int) -> None:
     """forward_tile written straight into y (O, P), O a multiple of J: ``planes`` x
     ``rows`` runs of ``width`` outputs, run (i, r) at q0 + i q_plane + r q_row in y and
-    at p0 + i p_plane + r p_row in the slab x; each run in blocks of up to V L
-    positions (fewer vectors for a short run's last block, no junk computed)."""
+    at i p_plane + r p_row in the slab x; each run in blocks of up to V L positions
+    (fewer vectors for a short run's last block, no junk computed)."""
     lanes = LANE_BYTES // y.itemsize
     for i in range(planes):
         for r in range(rows):
-            p, q = p0 + i * p_plane + r * p_row, q0 + i * q_plane + r * q_row
+            p, q = i * p_plane + r * p_row, q0 + i * q_plane + r * q_row
             for start in range(0, width, VECTORS * lanes):
                 count = min(VECTORS * lanes, width - start)
                 for ob in range(w.shape[0]):
@@ -249,18 +249,6 @@ def forward_rows(y: Any, x: Any, w: Any, off: Any, bias: Any, planes: int, rows:
                         _rows_2(y, x, w, off, bias, p + start, q + start, ob, count)
                     else:
                         _rows_1(y, x, w, off, bias, p + start, q + start, ob, count)
-
-
-@numba.njit(nogil=True, cache=True, error_model="numpy", parallel=True)
-def forward_frames(y: Any, x: Any, w: Any, off: Any, bias: Any, tiles: Any, rows: int,
-                   q_plane: int, q_row: int, p_plane: int, p_row: int) -> None:
-    """forward_rows of every tile, in parallel (numba's threads): y (N, O, P), x the
-    whole batch's padded frames (C, N frame + margin), tiles (K, 5) of (image, planes,
-    run length, first output position, first frame position)."""
-    for k in numba.prange(tiles.shape[0]):
-        n, planes, width, q0, p0 = tiles[k, 0], tiles[k, 1], tiles[k, 2], tiles[k, 3], tiles[k, 4]
-        forward_rows(y[n], x, w, off, bias, planes, rows, width, q0, q_plane, q_row, p_plane,
-                     p_row, p0)
 
 
 def _lower_transpose(context: Any, builder: Any, sig: Any, args: Any) -> Any:
