@@ -552,7 +552,7 @@ def explain(x: Any, weight: Any, stride: IntOrTuple = 1, padding: Padding = 0,
     --------
     >>> import numpy as np, npconv
     >>> plan = npconv.explain(np.zeros((4, 16, 64, 64), np.float32),
-    ...                       np.zeros((16, 16, 11, 11), np.float32), padding=5)
+    ...                       np.zeros((16, 16, 13, 13), np.float32), padding=6)
     >>> plan.forward, plan.grad_input, plan.grad_weight
     ('fft', 'fft', 'fft')
     >>> plan.reasons["forward"]  # doctest: +ELLIPSIS

@@ -115,14 +115,22 @@ IM2COL_BACKWARD_MAX_POSITIONS = 16
 # 0.75; 128 -> 128 12x12 0.81, 0.74. Strided layers need overlapping windows (more taps
 # than the stride's phases): a 2x2 stride-2 kernel is four matmuls for BLAS, and blocked
 # took 1.56x the time of U-Net's 32 -> 16 up-convolution backward; the 3-D U-Net's 3x3x3
-# stride-2 16 -> 32 forward took 0.53x. Larger kernels go to FFT (not measured here).
+# stride-2 16 -> 32 forward took 0.53x.
 # float64 follows the same rules (sixth session; before, float32 only): blocked's time
 # over 'auto''s, forward / grad input / grad weight, medians of 11-15: the float64
 # science layers 5x5 4 -> 16 64x64 0.41 / 0.48 / 0.58 and 16 -> 4 3x3 0.64 / 0.61 /
 # 0.61; U-Net 16 -> 16 64x64 0.47 / 0.52 / 0.55; 3-D 16 -> 16 16^3 0.33 / 0.32 / 0.38;
 # 64 -> 64 24x24 0.60 / 0.58 / 0.72; 1-d 32 -> 64 k2 0.69 / 0.58 / 0.84; but a small
 # stride-2 16 -> 32 32x32 1.01 / 1.79 / 1.08, and 64 -> 64 16x16's grad weight 1.09.
-BLOCKED_MAX_TAPS = 27
+# Up to 121 taps since the sixth session (before, 27): blocked's time over 'auto''s
+# choice (FFT, im2col or flipped), 2 threads, medians of 7-11, forward / grad input /
+# grad weight: 7x7 16 -> 16 64x64 0.36-0.42 / 0.39 / 0.51; 11x11 16 -> 16 0.49 / 0.37
+# / 0.78; 7x7 8 -> 8 128x128 0.20 / 0.17 / 0.72; 1-d k31 32 -> 32 0.33 / 0.48 / 0.48;
+# ResNet-18's 7x7 stride-2 3 -> 64 stem forward 0.72 (its gradients lost, 1.18-1.34,
+# and have too few channels for the rules); 9x9 3 -> 32 forward 0.53. At 13x13 (169
+# taps) 16 -> 16 64x64, batch 4, blocked and FFT took the same time forward (15.7 and
+# 15.9 ms), so larger kernels stay with the model.
+BLOCKED_MAX_TAPS = 121
 BLOCKED_MIN_CONTRACTION = 64
 BLOCKED_MIN_CHANNELS = 4
 # The forward needs no contraction since its sums start at the bias and long output rows

@@ -113,7 +113,7 @@ def test_same_bits_for_any_thread_count_and_views_as_inputs():
 def test_auto_takes_it_only_where_it_was_measured_faster():
     """Thin 3x3 layers on images of any size, wide ones on large images, in float32
     and float64; not wide layers on small images, few channels, 1x1 kernels or
-    kernels past 27 taps."""
+    kernels past 121 taps."""
     def plan(c, o, size, kernel=3, dtype=np.float32):
         x = np.zeros((2, c) + size, dtype)
         w = np.zeros((o, c) + (kernel,) * len(size), dtype)
@@ -131,7 +131,8 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
     assert plan(64, 64, (16, 16)).forward == "blocked"  # 64 channels: from 256 positions
     assert "blocked" not in vars(plan(128, 256, (16, 16))).values()  # wider: from 512
-    assert plan(16, 16, (64, 64), kernel=7).forward != "blocked"
+    assert plan(16, 16, (64, 64), kernel=7).forward == "blocked"  # ahead of FFT
+    assert plan(16, 16, (64, 64), kernel=13).forward != "blocked"
     down = npconv.explain(np.zeros((2, 16, 32, 32, 32), np.float32),
                           np.zeros((32, 16, 3, 3, 3), np.float32), stride=2, padding=1)
     assert (down.forward, down.grad_input, down.grad_weight) == ("blocked",) * 3

@@ -30,15 +30,15 @@ def test_workspace_limit_too_small_raises(algo, groups, restore_limit):
 def test_auto_falls_back_when_a_fast_path_does_not_fit(restore_limit):
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 16, 40, 40))
-    w = rng.standard_normal((16, 16, 11, 11))
-    y0 = npconv.conv2d(x, w, padding=5, algorithm="reference")
-    assert npconv.explain(x, w, padding=5).forward == "fft"  # an 11x11 kernel: FFT, by far
-    # 4 MiB: a few output rows of im2col's columns (16 x 121 x 40 float64 each) fit, the
-    # FFT path's spectra of one image and of the kernel (FFT sizes 45 x 45) do not.
+    w = rng.standard_normal((16, 16, 13, 13))
+    y0 = npconv.conv2d(x, w, padding=6, algorithm="reference")
+    assert npconv.explain(x, w, padding=6).forward == "fft"  # a 13x13 kernel: FFT
+    # 4 MiB: a few output rows of im2col's columns (16 x 169 x 40 float64 each) fit, the
+    # FFT path's spectra of one image and of the kernel do not.
     npconv.set_workspace_limit(4 * 2**20)
     with pytest.raises(MemoryError):
-        npconv.conv2d(x, w, padding=5, algorithm="fft")
-    assert_close(npconv.conv2d(x, w, padding=5), y0, reduction=16 * 121)
+        npconv.conv2d(x, w, padding=6, algorithm="fft")
+    assert_close(npconv.conv2d(x, w, padding=6), y0, reduction=16 * 169)
 
 
 def test_workspace_limit_from_environment(monkeypatch):
