@@ -97,13 +97,15 @@ FFT_MAX_CHANNELS = 16
 # C256 6x6 4.04-4.06 against 2.00-2.08 (its fresh weight-gradient buffers pay page
 # faults there). So only images of <= 16 positions (3x3, 4x4) take it.
 IM2COL_BACKWARD_MAX_POSITIONS = 16
-# The compiled direct path (paths/blocked.py, with numba) for a map of a float32 layer of
-# at most BLOCKED_MAX_TAPS taps (not 1x1) when its contraction has at least
-# BLOCKED_MIN_CONTRACTION taps x channels per output and its result at least
-# BLOCKED_MIN_CHANNELS channels (below either, a block's overhead or its channels padded
-# to the kernels' blocks dominate: U-Net's 3 -> 16 forward, 27 per output, took 1.7-2.8x
-# 'auto''s time, WaveNet's 1 -> 32 backward 2.6x; the 3-D U-Net's 4 -> 16, 108 per output,
-# took 0.53x forward, and its grad input, 4 channels, 0.34x with grad weight), when at
+# The compiled direct path (paths/blocked.py, with numba) for a map of a float layer of
+# at most BLOCKED_MAX_TAPS taps (not 1x1) when its result has at least
+# BLOCKED_MIN_CHANNELS channels and, for the gradients, its contraction at least
+# BLOCKED_MIN_CONTRACTION taps x channels per output (the fifth session's figures, for
+# float32: below either, a block's overhead or its channels padded to the kernels'
+# blocks dominated: U-Net's 3 -> 16 forward, 27 per output, took 1.7-2.8x 'auto''s time
+# (since the sixth session's changes 0.49x, see BLOCKED_FORWARD_MIN_CONTRACTION),
+# WaveNet's 1 -> 32 backward 2.6x; the 3-D U-Net's 4 -> 16, 108 per output, took 0.53x
+# forward, and its grad input, 4 channels, 0.34x with grad weight), when at
 # least BLOCKED_MIN_FILL of the positions it computes are outputs (the rest: the padded
 # frame's edges and whole vector blocks; a 3x3 image in its 5x5 frame is 18%, 8x8 67%,
 # 16x16x16 79%), and, with more than BLOCKED_WIDE_CHANNELS channels on both sides, on
