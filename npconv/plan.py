@@ -103,7 +103,7 @@ IM2COL_BACKWARD_MAX_POSITIONS = 16
 # BLOCKED_MIN_CONTRACTION taps x channels per output (the fifth session's figures, for
 # float32: below either, a block's overhead or its channels padded to the kernels'
 # blocks dominated: U-Net's 3 -> 16 forward, 27 per output, took 1.7-2.8x 'auto''s time
-# (since the sixth session's changes 0.49x, see BLOCKED_FORWARD_MIN_CONTRACTION),
+# (since the sixth session's changes 0.49x: the forward has no minimum, see below),
 # WaveNet's 1 -> 32 backward 2.6x; the 3-D U-Net's 4 -> 16, 108 per output, took 0.53x
 # forward, and its grad input, 4 channels, 0.34x with grad weight), when at
 # least BLOCKED_MIN_FILL of the positions it computes are outputs (the rest: the padded
@@ -135,12 +135,11 @@ IM2COL_BACKWARD_MAX_POSITIONS = 16
 BLOCKED_MAX_TAPS = 121
 BLOCKED_MIN_CONTRACTION = 64
 BLOCKED_MIN_CHANNELS = 4
-# The forward needs no contraction since its sums start at the bias and long output rows
-# are stored straight (sixth session): blocked / 'auto' time, forward, interleaved
+# The forward needs no minimum contraction since its sums start at the bias and long
+# output rows are stored straight (sixth session): blocked / 'auto' time, forward, interleaved
 # medians of 15: U-Net's 3 -> 16 64x64 0.49, 2 -> 16 0.52, 1 -> 16 0.79; MobileNetV2's
 # 3 -> 32 96x96 stride 2 0.78; VGG-11's 3 -> 64 64x64 0.78; WaveNet's 1 -> 32 k2 0.58;
 # the 3-D 2 -> 8 0.45. Their grad input and grad weight still lost (1.3-4.1x).
-BLOCKED_FORWARD_MIN_CONTRACTION = 1
 # A strided grad input (one stride-1 forward per input phase, each with its own fixed
 # costs) needs this many multiply-adds: blocked / im2col time, float32 and float64, 2
 # threads, medians of 9: 2-9 million (2-d 16 -> 32 at 32x32 and 64x64, 3-d 8 -> 16
@@ -240,6 +239,12 @@ class Problem:
     @functools.cached_property
     def positions(self) -> int:
         return self.batch * self.geometry.out_volume
+
+    @functools.cached_property
+    def multiply_adds(self) -> int:
+        """Multiply-adds of one map (the forward's, and each gradient's)."""
+        g = self.geometry
+        return self.positions * self.out_channels * self.cg * g.kernel_volume
 
 
 def full_correlation(geometry: ConvGeometry) -> ConvGeometry | None:
@@ -493,10 +498,9 @@ def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
         return ()
     c, o, taps = problem.cg, problem.og, g.kernel_volume
     least, contraction = BLOCKED_MIN_CHANNELS, BLOCKED_MIN_CONTRACTION
-    macs = problem.batch * c * o * taps * g.out_volume
-    wanted = {"forward": o >= least and taps * c >= BLOCKED_FORWARD_MIN_CONTRACTION,
+    wanted = {"forward": o >= least,
               "grad_input": c >= least and taps * o >= contraction
-              and (problem.stride_one or macs >= BLOCKED_STRIDED_MIN_MACS),
+              and (problem.stride_one or problem.multiply_adds >= BLOCKED_STRIDED_MIN_MACS),
               "grad_weight": min(c, o) >= least}
     return tuple(m for m in supported if wanted[m])
 

@@ -262,9 +262,7 @@ def _work(problem: Problem) -> int:
     0.76-0.83 (another run 1.0-1.08), a 1-d 101 million 1.25-1.53, the 3-D U-Net's
     227-453 million 1.29-1.75 (one run of 0.98 forward); with the threshold at 100
     million, WaveNet's 67-million layers took 1.31-1.48x as long backward (A/B)."""
-    g = problem.geometry
-    macs = problem.batch * problem.out_channels * problem.cg * g.kernel_volume * g.out_volume
-    return macs // WORK_PER_BYTE
+    return problem.multiply_adds // WORK_PER_BYTE
 
 
 def _blocked_weight(xp: Any, weight: Any, block: int) -> Any:
