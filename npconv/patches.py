@@ -417,7 +417,7 @@ def im2col(
     shape = (n, c) + geometry.kernel + geometry.out_size
     xp = backend.get_array_module(batch)
     elements = n * c * geometry.kernel_volume * geometry.out_volume
-    if takes_planes(xp, geometry, elements):
+    if takes_planes(xp, geometry, elements, batch.dtype):
         cols = xp.empty(shape, dtype=batch.dtype)
         copy_windows(cols, batch, geometry)
     elif (backend.on_host(xp) and geometry.kernel_volume > 1

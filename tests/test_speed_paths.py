@@ -251,7 +251,8 @@ def test_paths_copying_output_planes_equal_the_reference(algorithm, threads):
     b = rng.standard_normal(5)
     kw = dict(padding=(1, 1), dilation=(1, 2))
     geometry = ConvGeometry.build((12, 9), (3, 2), 1, (1, 1), (1, 2))
-    assert windows.takes_planes(np, geometry, x.shape[0] * x.shape[1] * 6 * geometry.out_volume)
+    assert windows.takes_planes(np, geometry, x.shape[0] * x.shape[1] * 6 * geometry.out_volume,
+                                x.dtype)
     y_ref = npconv.conv(x, w, b, **kw, algorithm="reference")
     gy = rng.standard_normal(y_ref.shape)
     g_ref = npconv.conv_backward(gy, x, w, **kw, algorithm="reference")

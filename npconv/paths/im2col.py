@@ -74,7 +74,7 @@ class _Windows:
         and that pays (:func:`npconv.paths.windows.takes_planes`), else from the view."""
         g = self.geometry
         whole = rows is None or (rows.start, rows.stop) == (0, g.out_size[0])
-        if whole and takes_planes(backend.get_array_module(dst), g, dst.size):
+        if whole and takes_planes(backend.get_array_module(dst), g, dst.size, dst.dtype):
             copy_windows(dst, self.x[start:stop], g)
             return
         view = self(start, stop)

@@ -72,7 +72,7 @@ def gather(x: Any, geometry: ConvGeometry, out: Any) -> Any:
     of any mode included; returns ``out``."""
     xp = backend.get_array_module(x)
     b, c = x.shape[:2]
-    if takes_planes(xp, geometry, out.size):
+    if takes_planes(xp, geometry, out.size, out.dtype):
         # (C, *k, b, *out) seen as (b, C, *k, *out)
         copy_windows(xp.moveaxis(out.reshape((c,) + geometry.kernel + (b,) + geometry.out_size),
                                  1 + geometry.nd, 0), x, geometry)

@@ -17,15 +17,25 @@ ResNet's, VGG's and U-Net's 8-48 pixel images this takes a quarter to a half off
 im2col's copy (docs/performance.md); at 64 pixels the rows are long already and
 the extra pass costs as much as it saves, and for outputs narrower than 8
 :func:`npconv.paths.fold.gather_windows` is faster.
+
+Where numba is installed, 2-d float windows with zero padding (any stride and
+dilation) are copied by a compiled kernel instead
+(:mod:`npconv.paths.windows_kernels`): each output row is one or two masked
+vector loads and a masked store, so short rows no longer cost a NumPy loop
+each. On the zoo's 2-d layers it took 0.2-0.45x torch's ``unfold`` time,
+against 0.3-1.3x for the copies above (docs/performance.md, 2026-12-04).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from typing import Any
 
 from .. import backend
 from ..geometry import ConvGeometry
+from .depthwise_jit import available
 
 # Outputs whose last axis is this wide or narrower (and at least MIN_WIDTH) take the
 # two-step copy; measured on 2-d 3x3 layers, N2-N4, 16-512 channels (see
@@ -35,15 +45,46 @@ MIN_WIDTH = 8
 # ... on copies of at least this many elements: below, the few more NumPy calls cost
 # more than the rows save (N4 16@8x8, 3x3: 37 against 32 us; N2 64@8x8: 60 against 57).
 MIN_ELEMENTS = 2**17
+# The compiled copy from this many elements: below, its call costs more than it saves.
+COMPILED_MIN_ELEMENTS = 2**12
+LANE_BYTES = 64  # the kernels' vectors (windows_kernels.LANE_BYTES)
+# How the compiled copy walks the windows (a loop of one load and one store each way;
+# one thread, docs/performance.md, 2026-12-04 (seventh session)):
+# - unit strides, outputs as wide as the input and at most TAPS_MAX_HEIGHT rows: a tap's
+#   output plane is the input plane shifted, copied a vector at a time over blocks of
+#   TAP_BLOCK channels. 512@3x3: 0.037 ms, against 0.071 by rows over blocks of channels;
+#   256@6x6 0.067 against 0.097; 128@12x12 0.16 against 0.23 by planes' rows; at 16x16
+#   the two tied, at 32x32 rows won (0.58 against 0.97);
+# - outputs at least ROWS_MIN_HEIGHT tall: a plane at a time, row after row (64@32x32:
+#   0.58 against 1.0-1.2 over blocks of channels; 128@12x12 0.23 against 0.27-0.32);
+# - shorter ones: a row at a time over blocks of CHANNEL_BLOCK channels (512@3x3 0.071
+#   against 0.57 by planes' rows; blocks of 8-128 channels: 64 best).
+TAPS_MAX_HEIGHT = 15
+TAP_BLOCK = 16
+ROWS_MIN_HEIGHT = 12
+CHANNEL_BLOCK = 64
 
 
-def takes_planes(xp: Any, geometry: ConvGeometry, elements: int) -> bool:
+def compiled(xp: Any, geometry: ConvGeometry, dtype: Any) -> bool:
+    """Whether the compiled kernel copies ``geometry``'s windows: 2-d, zero padding,
+    float32 or float64 NumPy arrays, numba installed."""
+    return (geometry.nd == 2 and geometry.zero_padded and dtype.kind == "f"
+            and dtype.itemsize in (4, 8) and dtype.isnative and backend.on_host(xp)
+            and available())
+
+
+def takes_planes(xp: Any, geometry: ConvGeometry, elements: int, dtype: Any) -> bool:
     """Whether :func:`copy_windows` copies ``elements`` window elements of ``geometry``
-    faster than the window view: on the host (array module ``xp``; timed there only),
-    unit strides, zero padding, two or more spatial axes with a kernel longer than one
-    on some leading axis, an output width from MIN_WIDTH to MAX_WIDTH, and at least
+    (of ``dtype``) faster than the window view: compiled from COMPILED_MIN_ELEMENTS
+    elements; otherwise on the host (array module ``xp``; timed there only), unit
+    strides, zero padding, two or more spatial axes with a kernel longer than one on
+    some leading axis, an output width from MIN_WIDTH to MAX_WIDTH, and at least
     MIN_ELEMENTS elements. The cheapest tests come first: small calls, whose overhead
     counts, are turned away by the first one."""
+    if elements < COMPILED_MIN_ELEMENTS:
+        return False
+    if compiled(xp, geometry, dtype):
+        return True
     return (elements >= MIN_ELEMENTS and MIN_WIDTH <= geometry.out_size[-1] <= MAX_WIDTH
             and geometry.nd >= 2 and geometry.stride == (1,) * geometry.nd
             and geometry.zero_padded and math.prod(geometry.kernel[:-1]) > 1
@@ -52,8 +93,8 @@ def takes_planes(xp: Any, geometry: ConvGeometry, elements: int) -> bool:
 
 def copy_windows(cols: Any, x: Any, geometry: ConvGeometry) -> None:
     """``cols`` (b, C, *kernel, *out) <- every window of ``x`` (b, C, *in), zero padded as
-    ``geometry`` says (unit strides: see :func:`takes_planes`). ``cols`` may be any
-    view of that shape (the stacked path passes a channel-major buffer's).
+    ``geometry`` says (unit strides unless compiled: see :func:`takes_planes`). ``cols``
+    may be any view of that shape (the stacked path passes a channel-major buffer's).
 
     Always on the calling thread: split by channels over two threads it ran slower in
     the benchmark's worker processes (VGG-11 N4 128@16x16: 0.49 against 0.37 ms; U-Net
@@ -62,6 +103,9 @@ def copy_windows(cols: Any, x: Any, geometry: ConvGeometry) -> None:
     the BLAS at one thread for the rest of the call).
     """
     xp = backend.get_array_module(cols, x)
+    if compiled(xp, geometry, x.dtype) and cols.strides[-1] == cols.itemsize:
+        _copy_compiled(xp, cols, x, geometry)
+        return
     rows = _rows(xp, x, geometry)
     nd, item = geometry.nd, rows.itemsize
     lead = rows.strides[3:3 + nd - 1]
@@ -101,3 +145,79 @@ def _rows(xp: Any, x: Any, geometry: ConvGeometry) -> Any:
             shift = j * dw - lo_w
             target[..., first:last] = x[..., first + shift:last + shift]
     return rows
+
+
+def _copy_compiled(xp: Any, cols: Any, x: Any, geometry: ConvGeometry) -> None:
+    """copy_windows by :func:`npconv.paths.windows_kernels.copy_windows_2d`."""
+    from . import windows_kernels
+
+    x = xp.ascontiguousarray(x)
+    item = cols.itemsize
+    sizes, params, columns, rows, block, taps = _kernel_args(xp, geometry, item)
+    windows_kernels.copy_windows_2d(cols, x, x.shape + sizes, params,
+                                    tuple(st // item for st in cols.strides[:5]), columns,
+                                    rows, block, taps)
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_args(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, ...]:
+    """The kernel's arguments that depend on the geometry (and item size) only:
+    (kernel + out sizes, strides + dilations + leading pads, columns, rows, block,
+    taps), with the tables as
+    read-only int64 arrays: columns (3, kw), per kernel column, the first input column
+    of its windows and the output columns [lo, hi) that read inside the input; rows
+    (2, kh), the same [lo, hi) of output rows per kernel row."""
+    tables = []
+    for axis in range(2):
+        size, out = geometry.in_size[axis], geometry.out_size[axis]
+        step, dil, lo_pad = geometry.stride[axis], geometry.dilation[axis], geometry.pads[axis][0]
+        starts = [k * dil - lo_pad for k in range(geometry.kernel[axis])]
+        lows = [min(out, (step - 1 - s) // step) if s < 0 else 0 for s in starts]
+        highs = [max(lo, min(out, (size - 1 - s) // step + 1)) if s < size else lo
+                 for s, lo in zip(starts, lows)]
+        table = xp.asarray([starts, lows, highs], dtype=xp.int64)
+        table.flags.writeable = False
+        tables.append(table)
+    params = geometry.stride + geometry.dilation + tuple(lo for lo, _ in geometry.pads)
+    order = walk(geometry)
+    taps = _taps(xp, geometry, item) if order == "taps" else xp.zeros((2, 0), dtype=xp.int64)
+    taps.flags.writeable = False
+    block = {"taps": TAP_BLOCK, "rows": 0, "channels": CHANNEL_BLOCK}[order]
+    return (geometry.kernel + geometry.out_size, params, tables[1], tables[0][1:], block,
+            taps)
+
+
+def walk(geometry: ConvGeometry) -> str:
+    """How the compiled copy walks ``geometry``'s windows: 'taps' (a tap's output plane
+    is its input plane shifted: unit strides, the output as wide as the input and at
+    most TAPS_MAX_HEIGHT rows), 'rows' (a plane at a time, outputs at least
+    ROWS_MIN_HEIGHT tall) or 'channels' (a row at a time over blocks of channels)."""
+    (oh, ow), w = geometry.out_size, geometry.in_size[1]
+    if geometry.stride == (1, 1) and ow == w and oh <= TAPS_MAX_HEIGHT:
+        return "taps"
+    return "rows" if oh >= ROWS_MIN_HEIGHT else "channels"
+
+
+def _taps(xp: Any, geometry: ConvGeometry, item: int) -> Any:
+    """(1 + vectors, K) int64: per tap, the shift of its output plane in the input
+    plane, then per vector of the output plane the bits of the lanes that read inside
+    the input (for the 'taps' walk)."""
+    (h, w), (oh, ow) = geometry.in_size, geometry.out_size
+    lanes = LANE_BYTES // item
+    vectors = -(-oh * ow // lanes)
+    table = []
+    for i, j in itertools.product(range(geometry.kernel[0]), range(geometry.kernel[1])):
+        dy = i * geometry.dilation[0] - geometry.pads[0][0]
+        dx = j * geometry.dilation[1] - geometry.pads[1][0]
+        bits = [sum(1 << lane for lane in range(lanes)
+                    if _reads_inside(v * lanes + lane, (oh, ow), (h, w), (dy, dx)))
+                for v in range(vectors)]
+        table.append([dy * w + dx] + bits)
+    return xp.asarray(table, dtype=xp.int64).T.copy()
+
+
+def _reads_inside(e: int, out: tuple[int, int], size: tuple[int, int],
+                  shift: tuple[int, int]) -> bool:
+    """Whether element e of a (unit stride) output plane reads inside the input."""
+    a, b = divmod(e, out[1])
+    return e < out[0] * out[1] and 0 <= a + shift[0] < size[0] and 0 <= b + shift[1] < size[1]

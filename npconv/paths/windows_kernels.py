@@ -1,0 +1,237 @@
+"""Compiled window copies for :func:`npconv.im2col` (numba and llvmlite; imported only
+when one runs).
+
+The columns of a 2-d (or 1-d) zero-padded window set are rows of ``out[-1]``
+elements, each a strided slice of one input row, zero where it runs into the
+padding. NumPy copies a window view one such row per inner loop, and a row of a
+small image holds 3-16 elements, so its loop overhead dominates; numba's scalar
+loops over them cost 2-4 ns an element. Here each row is one or two masked
+vector loads (a masked gather for strided windows) and a masked store: lanes in
+the padding read nothing and store zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .blocked_kernels import I64, LANE_BYTES, _align, _arrays, _masked_store, _splat, _vector
+
+_jit = numba.njit(nogil=True, cache=True, error_model="numpy")
+
+
+def _lane_mask(builder: Any, vty: Any, lo: Any, hi: Any) -> Any:
+    """The lanes l with lo <= l < hi."""
+    ity = ir.VectorType(I64, vty.count)
+    lanes = ir.Constant(ity, list(range(vty.count)))
+    return builder.and_(builder.icmp_signed(">=", lanes, _splat(builder, ity, lo)),
+                        builder.icmp_signed("<", lanes, _splat(builder, ity, hi)))
+
+
+def _masked_load(builder: Any, vty: Any, base: Any, start: Any, mask: Any) -> Any:
+    """Lanes l of mask: base[start + l]; the others zero. No other memory read."""
+    i32 = ir.IntType(32)
+    suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    fnty = ir.FunctionType(vty, [vty.as_pointer(), i32, mask.type, vty])
+    load = cgutils.get_or_insert_function(builder.module, fnty,
+                                          f"llvm.masked.load.v{vty.count}{suffix}.p0")
+    ptr = builder.bitcast(builder.gep(base, [start]), vty.as_pointer())
+    return builder.call(load, [ptr, ir.Constant(i32, _align(vty)), mask, ir.Constant(vty, None)])
+
+
+def _read_pairs(builder: Any, vty: Any, base: Any, start: Any, lo: Any, hi: Any) -> Any:
+    """Stride 2: lanes l in [lo, hi): base[start + 2 l], else zero. Two masked loads of
+    the 2 L elements (those from 2 lo to 2 hi - 2 lie inside the row), then the even
+    lanes of the pair (a two-register permute)."""
+    lanes = ir.Constant(I64, vty.count)
+    first, last = builder.add(lo, lo), builder.sub(builder.add(hi, hi), ir.Constant(I64, 1))
+    low = _masked_load(builder, vty, base, start, _lane_mask(builder, vty, first, last))
+    high = _masked_load(builder, vty, base, builder.add(start, lanes), _lane_mask(
+        builder, vty, builder.sub(first, lanes), builder.sub(last, lanes)))
+    even = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), list(range(0, 2 * vty.count, 2)))
+    return builder.shuffle_vector(low, high, even)
+
+
+def _gather(builder: Any, vty: Any, base: Any, start: Any, step: Any, mask: Any) -> Any:
+    """Lanes l of mask: base[start + l step]; the others zero."""
+    i32 = ir.IntType(32)
+    suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    ity = ir.VectorType(I64, vty.count)
+    index = builder.add(_splat(builder, ity, start), builder.mul(
+        ir.Constant(ity, list(range(vty.count))), _splat(builder, ity, step)))
+    size = _splat(builder, ity, ir.Constant(I64, _align(vty)))  # the item size
+    ptrs = builder.inttoptr(builder.add(_splat(builder, ity, builder.ptrtoint(base, I64)),
+                                        builder.mul(index, size)),
+                            ir.VectorType(vty.element.as_pointer(), vty.count))
+    fnty = ir.FunctionType(vty, [ptrs.type, i32, mask.type, vty])
+    gather = cgutils.get_or_insert_function(builder.module, fnty,
+                                            f"llvm.masked.gather.v{vty.count}{suffix}"
+                                            f".v{vty.count}p0")
+    return builder.call(gather, [ptrs, ir.Constant(i32, _align(vty)), mask,
+                                 ir.Constant(vty, None)])
+
+
+def _segment_intrinsic(step: int) -> Any:
+    """dst[d0 + l] = src[s0 + l step] if lo <= l < hi else 0, for l < count <= L: one
+    masked load for step 1, two and a permute for step 2, a gather for any other step
+    (``step`` 0 here: the kernel passes the step)."""
+
+    def lower(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        dst, src = _arrays(context, builder, sig, args, 2)
+        d0, s0, count, lo, hi, stride = args[2:8]
+        vty = _vector(context, sig.args[0].dtype)
+        if step == 1:
+            value = _masked_load(builder, vty, src.data, s0, _lane_mask(builder, vty, lo, hi))
+        elif step == 2:
+            value = _read_pairs(builder, vty, src.data, s0, lo, hi)
+        else:
+            value = _gather(builder, vty, src.data, s0, stride,
+                            _lane_mask(builder, vty, lo, hi))
+        _masked_store(builder, vty, value, builder.gep(dst.data, [d0]), count)
+        return context.get_dummy_value()
+
+    def typer(typingctx: Any, dst: Any, src: Any, d0: Any, s0: Any, count: Any, lo: Any,
+              hi: Any, stride: Any) -> Any:
+        return types.void(dst, src, d0, s0, count, lo, hi, stride), lower
+
+    return intrinsic(typer)
+
+
+_unit = _segment_intrinsic(1)
+_pairs = _segment_intrinsic(2)
+_strided = _segment_intrinsic(0)
+
+
+def _lower_shifted(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+    """dst[d0 + l] = src[s0 + l] for the lanes l whose bit is set in ``bits``, else 0,
+    for l < count <= L."""
+    dst, src = _arrays(context, builder, sig, args, 2)
+    d0, s0, count, bits = args[2:6]
+    vty = _vector(context, sig.args[0].dtype)
+    word = builder.trunc(bits, ir.IntType(vty.count))
+    mask = builder.bitcast(word, ir.VectorType(ir.IntType(1), vty.count))
+    value = _masked_load(builder, vty, src.data, s0, mask)
+    _masked_store(builder, vty, value, builder.gep(dst.data, [d0]), count)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _shifted(typingctx: Any, dst: Any, src: Any, d0: Any, s0: Any, count: Any,
+             bits: Any) -> Any:
+    return types.void(dst, src, d0, s0, count, bits), _lower_shifted
+
+
+@_jit
+def _run(cols: Any, x: Any, n: int, d: int, d_step: int, src: int, src_step: int,
+         segment: Any, step: int) -> None:
+    """n copies of one row segment, segment = (count, lo, hi): the k-th from
+    x[src + k src_step + l step] to cols[d + k d_step + l]. The masks are the same for
+    each, so the loop body is a load and a store."""
+    count, lo, hi = segment
+    if step == 1:
+        for k in range(n):
+            _unit(cols, x, d + k * d_step, src + k * src_step, count, lo, hi, step)
+    elif step == 2:
+        for k in range(n):
+            _pairs(cols, x, d + k * d_step, src + k * src_step, count, lo, hi, step)
+    else:
+        for k in range(n):
+            _strided(cols, x, d + k * d_step, src + k * src_step, count, lo, hi, step)
+
+
+@_jit
+def _by_planes(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, columns: Any,
+               block: int) -> None:
+    """Small planes: each output row's segment over ``block`` channels at a time."""
+    images, channels, h, w, kh, kw, oh, ow = dims
+    s0, s1, d0, _, p0, _ = geometry
+    sn, sc, si, sj, sa = dst
+    lanes = LANE_BYTES // cols.itemsize
+    for n in range(images):
+        for c0 in range(0, channels, block):
+            count = min(channels, c0 + block) - c0
+            for i in range(kh):
+                for a in range(oh):
+                    y = a * s0 + i * d0 - p0
+                    inside = 0 <= y < h
+                    for j in range(kw):
+                        d = n * sn + c0 * sc + i * si + j * sj + a * sa
+                        src = ((n * channels + c0) * h + y) * w + columns[0, j]
+                        lo = columns[1, j] if inside else 0
+                        hi = columns[2, j] if inside else 0
+                        for v in range(0, ow, lanes):
+                            _run(cols, x, count, d + v, sc, src + v * s1, h * w,
+                                 (min(lanes, ow - v), lo - v, hi - v), s1)
+
+
+@_jit
+def _by_rows(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, columns: Any,
+             rows: Any) -> None:
+    """Large planes: each kernel offset's output rows in turn, those that read inside
+    the plane (rows[:, i]: [first, stop)) with the same masks."""
+    images, channels, h, w, kh, kw, oh, ow = dims
+    s0, s1, d0, _, p0, _ = geometry
+    sn, sc, si, sj, sa = dst
+    lanes = LANE_BYTES // cols.itemsize
+    for r in range(images * channels):
+        n, c = r // channels, r % channels
+        for i in range(kh):
+            a0, a1 = rows[0, i], rows[1, i]
+            src = (r * h + a0 * s0 + i * d0 - p0) * w
+            for j in range(kw):
+                d = n * sn + c * sc + i * si + j * sj
+                for v in range(0, ow, lanes):
+                    count = min(lanes, ow - v)
+                    _run(cols, x, a0, d + v, sa, 0, 0, (count, 0, 0), s1)
+                    _run(cols, x, a1 - a0, d + a0 * sa + v, sa, src + columns[0, j] + v * s1,
+                         s0 * w, (count, columns[1, j] - v, columns[2, j] - v), s1)
+                    _run(cols, x, oh - a1, d + a1 * sa + v, sa, 0, 0, (count, 0, 0), s1)
+
+
+@_jit
+def _by_taps(cols: Any, x: Any, dims: Any, dst: Any, taps: Any, block: int) -> None:
+    """Unit strides and out width = in width: a tap's output plane is the input plane
+    shifted by taps[0, t], masked by the bits taps[1 + v, t] (vector v of the plane):
+    one masked load and store per vector, over ``block`` channels at a time."""
+    images, channels, h, w, kh, kw, oh, ow = dims
+    sn, sc, si, sj, _ = dst
+    lanes = LANE_BYTES // cols.itemsize
+    plane = oh * ow
+    for n in range(images):
+        for c0 in range(0, channels, block):
+            count = min(channels, c0 + block) - c0
+            for t in range(kh * kw):
+                d = n * sn + c0 * sc + (t // kw) * si + (t % kw) * sj
+                src = (n * channels + c0) * h * w + taps[0, t]
+                for v in range(0, plane, lanes):
+                    width, bits = min(lanes, plane - v), taps[1 + v // lanes, t]
+                    for k in range(count):
+                        _shifted(cols, x, d + k * sc + v, src + k * h * w + v, width, bits)  # type: ignore[call-arg]
+
+
+@_jit
+def copy_windows_2d(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, columns: Any,
+                    rows: Any, block: int, taps: Any) -> None:
+    """cols[n, c, i, j, a, b] <- x[n, c, a s0 + i d0 - p0, b s1 + j d1 - p1], or 0 in
+    the padding: every window of x (N, C, h, w), C-contiguous.
+
+    ``cols`` is any array whose first element is window (0, 0, 0, 0, 0, 0) and whose
+    element (n, c, i, j, a, b) lies ``n sn + c sc + i si + j sj + a sa + b`` items
+    after it, dst = (sn, sc, si, sj, sa). dims (N, C, h, w, kh, kw, oh, ow); geometry
+    (s0, s1, d0, d1, p0, p1); columns (3, kw): per kernel column j, its first input
+    column and the output columns [lo, hi) that read inside the row; rows (2, kh): per
+    kernel row i, the output rows that read inside the plane (a division costs more
+    than a row's copy). ``block`` channels at a time share each row's loop, or with
+    ``block`` 0, one plane's rows; or, where ``taps`` has columns, each tap's plane is
+    one shifted copy (see ``_by_taps``)."""
+    if taps.shape[1]:
+        _by_taps(cols, x, dims, dst, taps, block)
+    elif block:
+        _by_planes(cols, x, dims, geometry, dst, columns, block)
+    else:
+        _by_rows(cols, x, dims, geometry, dst, columns, rows)

@@ -1,0 +1,143 @@
+"""The compiled window copy behind ``npconv.im2col`` and the im2col and stacked paths.
+
+2-d float windows with zero padding and at least ``paths.windows.COMPILED_MIN_ELEMENTS``
+elements are copied by ``npconv.paths.windows_kernels`` (masked vector loads and
+stores, a two-register permute for stride 2, a gather for larger strides). Each of
+its three walks ('taps', 'rows', 'channels') is reached through ``npconv.im2col``
+and checked element for element against the reference's window view, from
+contiguous and strided inputs, batched and unbatched; hypothesis draws the
+geometries constructively.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import npconv
+from npconv import reference
+from npconv.geometry import ConvGeometry
+from npconv.testing import assert_close
+
+pytest.importorskip("numba")
+windows = importlib.import_module("npconv.paths.windows")
+
+
+def _reference_columns(x, geometry):
+    n, c = x.shape[:2]
+    view = reference.patches(x, geometry)
+    return np.ascontiguousarray(view).reshape(n, c * geometry.kernel_volume,
+                                              geometry.out_volume)
+
+
+def _check(x, kernel, stride, padding, dilation):
+    """im2col of x equals the reference's columns, and the compiled copy made them."""
+    geometry = ConvGeometry.build(x.shape[2:], kernel, stride, padding, dilation,
+                                  input_name="x")
+    elements = x.shape[0] * x.shape[1] * geometry.kernel_volume * geometry.out_volume
+    assert windows.takes_planes(np, geometry, elements, x.dtype)
+    assert windows.compiled(np, geometry, x.dtype)
+    before = x.copy()
+    cols = npconv.im2col(x, kernel, stride=stride, padding=padding, dilation=dilation)
+    want = _reference_columns(x, geometry)
+    assert cols.dtype == x.dtype and cols.flags.c_contiguous and cols.flags.writeable
+    np.testing.assert_array_equal(cols, want)
+    np.testing.assert_array_equal(x, before)
+    return geometry, cols
+
+
+CASES = [
+    # (x shape, kernel, stride, padding, dilation, walk)
+    ((4, 64, 3, 3), 3, 1, 1, 1, "taps"),  # ResNet's last stage: a vector a plane
+    ((2, 20, 6, 6), 3, 1, 1, 1, "taps"),  # 36 = 16 + 16 + 4: the last vector masked
+    ((2, 9, 11, 11), 5, 1, 2, 1, "taps"),  # rows past the plane in both directions
+    ((1, 40, 7, 7), 3, 1, (1, 2), (1, 2), "taps"),  # dilated columns
+    ((2, 16, 12, 12), 3, 2, 1, 1, "channels"),  # stride 2: the pair permute
+    ((1, 500, 6, 6), 1, 2, 0, 1, "channels"),  # ResNet's downsample, blocks of channels
+    ((2, 30, 10, 9), 3, 3, 2, 2, "channels"),  # stride 3: the gather
+    ((2, 4, 40, 41), 3, 1, 1, 1, "rows"),  # 41 wide: rows of 3 vectors, the last masked
+    ((1, 3, 50, 50), 7, 2, 3, 1, "rows"),  # ResNet's stem: stride 2, 25 = 16 + 9
+    ((1, 5, 30, 70), (2, 5), (1, 3), (0, 4), (1, 2), "rows"),  # stride 3, wide padding
+    ((1, 6, 20, 20), 3, 1, 6, 1, "rows"),  # padding past the kernel: rows of zeros only
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation, order", CASES)
+def test_each_walk_equals_the_reference(shape, kernel, stride, padding, dilation, order,
+                                        dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    geometry, cols = _check(x, kernel, stride, padding, dilation)
+    assert windows.walk(geometry) == order
+    # a strided input (copied contiguous first) and an unbatched one
+    wide = np.repeat(x, 2, axis=-1)[..., ::2]
+    np.testing.assert_array_equal(
+        npconv.im2col(wide, kernel, stride=stride, padding=padding, dilation=dilation), cols)
+    np.testing.assert_array_equal(
+        npconv.im2col(x[-1], kernel, stride=stride, padding=padding, dilation=dilation),
+        cols[-1])
+
+
+def test_same_padding_asymmetric():
+    """'same' with an even kernel pads one side more: the tables take each side."""
+    x = np.random.default_rng(6).standard_normal((2, 50, 7, 8)).astype(np.float32)
+    geometry, _ = _check(x, (4, 2), 1, "same", (1, 3))
+    assert geometry.pads == ((1, 2), (1, 2))
+
+
+@st.composite
+def _axis(draw):
+    """(size, kernel, stride, padding, dilation) of one axis with at least one output."""
+    k, s, d = (draw(st.integers(1, 5)), draw(st.integers(1, 4)), draw(st.integers(1, 3)))
+    out = draw(st.integers(1, 20))
+    base = (out - 1) * s + d * (k - 1) + 1
+    p = draw(st.integers(0, min(d * (k - 1) + 1, (base - 1) // 2)))
+    size = base - 2 * p + draw(st.integers(0, s - 1))
+    return size, k, s, p, d
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=_axis(), cols=_axis(), n=st.integers(1, 3), c=st.integers(1, 9),
+       dtype=st.sampled_from(["float32", "float64"]))
+def test_drawn_geometries_equal_the_reference(rows, cols, n, c, dtype):
+    axes = list(zip(rows, cols))
+    size, kernel, stride, padding, dilation = axes
+    k_vol = kernel[0] * kernel[1]
+    out = [(sz + 2 * p - d * (k - 1) - 1) // s + 1
+           for sz, k, s, p, d in zip(size, kernel, stride, padding, dilation)]
+    # enough channels for the compiled copy
+    c = max(c, math.ceil(windows.COMPILED_MIN_ELEMENTS / (n * k_vol * out[0] * out[1])))
+    x = np.random.default_rng(c).standard_normal((n, c) + tuple(size)).astype(dtype)
+    _check(x, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "stacked"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("stride, dilation", [(2, 1), (3, 2)])
+def test_strided_paths_copying_windows_equal_the_reference(algorithm, threads, stride,
+                                                           dilation):
+    """The im2col and stacked paths build a strided layer's columns with the compiled
+    copy (stacked: into its channel-major buffer): the reference's results."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 40, 13, 14))
+    w = rng.standard_normal((6, 40, 3, 3))
+    kw = dict(stride=stride, padding=1, dilation=dilation)
+    geometry = ConvGeometry.build((13, 14), 3, stride, 1, dilation)
+    assert windows.takes_planes(np, geometry, x.shape[0] * x.shape[1] * 9 * geometry.out_volume,
+                                x.dtype)
+    y_ref = npconv.conv(x, w, **kw, algorithm="reference")
+    gy = rng.standard_normal(y_ref.shape)
+    g_ref = npconv.conv_backward(gy, x, w, **kw, algorithm="reference")
+    with npconv.num_threads(threads, min_work_bytes=0):
+        y = npconv.conv(x, w, **kw, algorithm=algorithm)
+        grads = npconv.conv_backward(gy, x, w, **kw, algorithm=algorithm)
+    depth = 40 * 9
+    assert_close(y, y_ref, reduction=depth)
+    for got, want in zip(grads, g_ref):
+        assert_close(got, want, reduction=depth * gy.shape[0] * gy[0, 0].size)
