@@ -25,7 +25,7 @@ from .geometry import (
     spatial_rank,
 )
 from .paths.fold import fold_into, gather_windows, scatter_add
-from .paths.windows import copy_windows, takes_planes
+from .paths.windows import copy_windows_split, takes_planes
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -419,7 +419,7 @@ def im2col(
     elements = n * c * geometry.kernel_volume * geometry.out_volume
     if takes_planes(xp, geometry, elements, batch.dtype):
         cols = xp.empty(shape, dtype=batch.dtype)
-        copy_windows(cols, batch, geometry)
+        copy_windows_split(cols, batch, geometry)
     elif (backend.on_host(xp) and geometry.kernel_volume > 1
             and geometry.out_size[-1] <= GATHER_MAX_WIDTH and elements >= GATHER_MIN_ELEMENTS):
         cols = gather_windows(batch, geometry)

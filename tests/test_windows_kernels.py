@@ -1,4 +1,5 @@
-"""The compiled window copy behind ``npconv.im2col`` and the im2col and stacked paths.
+"""The compiled window copy behind ``npconv.im2col`` and the im2col and stacked paths,
+and the compiled fold behind ``npconv.col2im`` and the paths' folds.
 
 2-d float windows with zero padding and at least ``paths.windows.COMPILED_MIN_ELEMENTS``
 elements are copied by ``npconv.paths.windows_kernels`` (masked vector loads and
@@ -6,7 +7,8 @@ stores, a two-register permute for stride 2, a gather for larger strides). Each 
 its three walks ('taps', 'rows', 'channels') is reached through ``npconv.im2col``
 and checked element for element against the reference's window view, from
 contiguous and strided inputs, batched and unbatched; hypothesis draws the
-geometries constructively.
+geometries constructively. The fold (horizontal strides 1 and 2) is checked
+against the reference's fold within its rounding, the sums being in another order.
 """
 
 from __future__ import annotations
@@ -92,9 +94,10 @@ def test_same_padding_asymmetric():
 
 
 @st.composite
-def _axis(draw):
+def _axis(draw, max_stride=4):
     """(size, kernel, stride, padding, dilation) of one axis with at least one output."""
-    k, s, d = (draw(st.integers(1, 5)), draw(st.integers(1, 4)), draw(st.integers(1, 3)))
+    k, s, d = (draw(st.integers(1, 5)), draw(st.integers(1, max_stride)),
+               draw(st.integers(1, 3)))
     out = draw(st.integers(1, 20))
     base = (out - 1) * s + d * (k - 1) + 1
     p = draw(st.integers(0, min(d * (k - 1) + 1, (base - 1) // 2)))
@@ -141,3 +144,53 @@ def test_strided_paths_copying_windows_equal_the_reference(algorithm, threads, s
     assert_close(y, y_ref, reduction=depth)
     for got, want in zip(grads, g_ref):
         assert_close(got, want, reduction=depth * gy.shape[0] * gy[0, 0].size)
+
+
+def _check_fold(cols, size, kernel, stride, padding, dilation):
+    """col2im of cols equals the reference's fold, and the compiled fold made it."""
+    geometry = ConvGeometry.build(size, kernel, stride, padding, dilation,
+                                  input_name="output_size")
+    n, rows, _ = cols.shape
+    patches = cols.reshape((n, rows // geometry.kernel_volume) + geometry.kernel
+                           + geometry.out_size)
+    out = np.empty((n, patches.shape[1]) + tuple(size), dtype=cols.dtype)
+    assert windows.fold_compiled(out, patches, geometry)  # the kernel serves it
+    before = cols.copy()
+    got = npconv.col2im(cols, size, kernel, stride=stride, padding=padding,
+                        dilation=dilation)
+    want = reference.fold(patches.astype(np.float64), geometry)
+    assert got.dtype == cols.dtype and got.shape == want.shape
+    assert_close(got, want, reduction=geometry.kernel_volume)
+    np.testing.assert_array_equal(cols, before)
+    return got
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation, order",
+                         [c for c in CASES if np.max(c[2]) <= 2 or np.ndim(c[2])
+                          and c[2][-1] <= 2])
+def test_fold_equals_the_reference(shape, kernel, stride, padding, dilation, order, dtype):
+    del order
+    rng = np.random.default_rng(8)
+    geometry = ConvGeometry.build(shape[2:], kernel, stride, padding, dilation)
+    cols = rng.standard_normal((shape[0], shape[1] * geometry.kernel_volume,
+                                geometry.out_volume)).astype(dtype)
+    got = _check_fold(cols, shape[2:], kernel, stride, padding, dilation)
+    np.testing.assert_array_equal(
+        npconv.col2im(cols[-1], shape[2:], kernel, stride=stride, padding=padding,
+                      dilation=dilation), got[-1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=_axis(), cols=_axis(max_stride=2), n=st.integers(1, 3), c=st.integers(1, 9),
+       dtype=st.sampled_from(["float32", "float64"]))
+def test_drawn_folds_equal_the_reference(rows, cols, n, c, dtype):
+    """Horizontal strides 1 and 2 (the kernel's), any other geometry."""
+    size, kernel, stride, padding, dilation = zip(rows, cols)
+    geometry = ConvGeometry.build(size, kernel, stride, padding, dilation)
+    c = max(c, math.ceil(windows.COMPILED_MIN_ELEMENTS
+                         / (n * geometry.kernel_volume * geometry.out_volume)))
+    data = np.random.default_rng(c).standard_normal(
+        (n, c * geometry.kernel_volume, geometry.out_volume)).astype(dtype)
+    _check_fold(data, tuple(size), tuple(kernel), tuple(stride), tuple(padding),
+                tuple(dilation))

@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
+from .windows import fold_compiled
 
 # Slab bytes per block of the fold: larger blocks mean fewer NumPy calls, which beat
 # cache locality here (measured: 4 MiB against 256 KiB and 1 MiB).
@@ -184,6 +185,8 @@ def fold_into(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     unpadded image; other padding modes fold into a padded block and apply the
     padding's adjoint.
     """
+    if fold_compiled(out, grad_patches, geometry):
+        return
     zero_padded = geometry.zero_padded
     size = geometry.in_size if zero_padded else geometry.padded_size
     lead = out.shape[: out.ndim - geometry.nd]

@@ -33,7 +33,7 @@ import itertools
 import math
 from typing import Any
 
-from .. import backend
+from .. import backend, executor
 from ..geometry import ConvGeometry
 from .depthwise_jit import available
 
@@ -59,6 +59,8 @@ LANE_BYTES = 64  # the kernels' vectors (windows_kernels.LANE_BYTES)
 #   0.58 against 1.0-1.2 over blocks of channels; 128@12x12 0.23 against 0.27-0.32);
 # - shorter ones: a row at a time over blocks of CHANNEL_BLOCK channels (512@3x3 0.071
 #   against 0.57 by planes' rows; blocks of 8-128 channels: 64 best).
+# npconv.im2col splits compiled copies of this many bytes over threads (measured: ...)
+SPLIT_MIN_BYTES = 2**22
 TAPS_MAX_HEIGHT = 15
 TAP_BLOCK = 16
 ROWS_MIN_HEIGHT = 12
@@ -147,15 +149,39 @@ def _rows(xp: Any, x: Any, geometry: ConvGeometry) -> Any:
     return rows
 
 
+def copy_windows_split(cols: Any, x: Any, geometry: ConvGeometry) -> None:
+    """:func:`copy_windows` (a compiled one) split over the executor's threads, by
+    images or, with fewer images than threads, by channels, for copies of at least
+    SPLIT_MIN_BYTES: npconv.im2col's, whose large outputs are bound by memory (the
+    paths copy on their calling thread; see :func:`copy_windows`)."""
+    workers = executor.get_num_threads()
+    if cols.nbytes < SPLIT_MIN_BYTES or workers <= 1:
+        copy_windows(cols, x, geometry)
+        return
+    axis = 0 if x.shape[0] >= workers else 1
+    step = -(-x.shape[axis] // min(workers, x.shape[axis]))
+    spans = [(slice(None),) * axis + (slice(i, i + step),)
+             for i in range(0, x.shape[axis], step)]
+    executor.map_chunks(_copy_span, spans, cols, x, geometry, arrays=(cols,),
+                        work_bytes=cols.nbytes)
+
+
+def _copy_span(_: Any, span: tuple[slice, ...], cols: Any, x: Any,
+               geometry: ConvGeometry) -> None:
+    copy_windows(cols[span], x[span], geometry)
+
+
 def _copy_compiled(xp: Any, cols: Any, x: Any, geometry: ConvGeometry) -> None:
     """copy_windows by :func:`npconv.paths.windows_kernels.copy_windows_2d`."""
     from . import windows_kernels
 
-    x = xp.ascontiguousarray(x)
     item = cols.itemsize
+    if x.strides[2:] != (x.shape[3] * item, item):  # planes must be contiguous
+        x = xp.ascontiguousarray(x)
     sizes, params, columns, rows, block, taps = _kernel_args(xp, geometry, item)
     windows_kernels.copy_windows_2d(cols, x, x.shape + sizes, params,
-                                    tuple(st // item for st in cols.strides[:5]), columns,
+                                    tuple(st // item for st in cols.strides[:5]),
+                                    (x.strides[0] // item, x.strides[1] // item), columns,
                                     rows, block, taps)
 
 
@@ -221,3 +247,67 @@ def _reads_inside(e: int, out: tuple[int, int], size: tuple[int, int],
     """Whether element e of a (unit stride) output plane reads inside the input."""
     a, b = divmod(e, out[1])
     return e < out[0] * out[1] and 0 <= a + shift[0] < size[0] and 0 <= b + shift[1] < size[1]
+
+
+# --------------------------------------------------------------------------- folds
+# The compiled fold sums each output vector in registers over the windows covering it
+# and stores it once, a block of FOLD_BLOCK channels at a time (the same tables).
+FOLD_BLOCK = 16
+
+
+def fold_compiled(out: Any, grad_patches: Any, geometry: ConvGeometry) -> bool:
+    """``out[...] = fold(grad_patches)`` by the compiled kernel, where it serves:
+    ``compiled``'s conditions, a horizontal stride of 1 or 2, ``out``'s rows and each
+    (N, C) plane of ``grad_patches`` contiguous, and at least COMPILED_MIN_ELEMENTS
+    window elements. Returns whether it did."""
+    xp = backend.get_array_module(out, grad_patches)
+    item = out.itemsize
+    if (grad_patches.size < COMPILED_MIN_ELEMENTS or geometry.stride[-1] > 2
+            or not compiled(xp, geometry, out.dtype) or grad_patches.dtype != out.dtype
+            or out.ndim != 4 or grad_patches.ndim != 6 or out.strides[-1] != item
+            or grad_patches.strides[2:] != _contiguous(grad_patches.shape[2:], item)):
+        return False
+    from . import windows_kernels
+
+    rows, columns = _fold_tables(xp, geometry, item)
+    windows_kernels.fold_2d(out, grad_patches, out.shape,
+                            tuple(st // item for st in out.strides[:3]),
+                            tuple(st // item for st in grad_patches.strides[:2]), rows,
+                            columns, FOLD_BLOCK, geometry.stride[-1] == 2)
+    return True
+
+
+def _contiguous(shape: tuple[int, ...], item: int) -> tuple[int, ...]:
+    strides, step = [], item
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+@functools.lru_cache(maxsize=64)
+def _fold_tables(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, Any]:
+    """The compiled fold's tables (see ``windows_kernels.fold_2d``), read-only int64."""
+    (h, w), (kh, kw), (oh, ow) = geometry.in_size, geometry.kernel, geometry.out_size
+    (s0, s1), (d0, d1) = geometry.stride, geometry.dilation
+    p0, p1 = geometry.pads[0][0], geometry.pads[1][0]
+    rows = []
+    for y in range(h):
+        starts = [i * kw * oh * ow + (y + p0 - i * d0) // s0 * ow for i in range(kh)
+                  if (y + p0 - i * d0) % s0 == 0 and 0 <= (y + p0 - i * d0) // s0 < oh]
+        rows.append([len(starts)] + starts + [0] * (kh - len(starts)))
+    lanes = LANE_BYTES // item
+    columns = []
+    for v in range(-(-w // lanes)):
+        entry = []
+        for j in range(kw):
+            parity = (j * d1 - p1) % s1
+            first = (v * lanes + parity + p1 - j * d1) // s1  # exact
+            bits = sum(1 << m for m in range(lanes // s1)
+                       if 0 <= first + m < ow and v * lanes + parity + s1 * m < w)
+            entry += [j * oh * ow + first, bits, parity]
+        columns.append(entry)
+    tables = (xp.asarray(rows, dtype=xp.int64), xp.asarray(columns, dtype=xp.int64))
+    for table in tables:
+        table.flags.writeable = False
+    return tables

@@ -145,12 +145,13 @@ def _run(cols: Any, x: Any, n: int, d: int, d_step: int, src: int, src_step: int
 
 
 @_jit
-def _by_planes(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, columns: Any,
-               block: int) -> None:
+def _by_planes(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, source: Any,
+               columns: Any, block: int) -> None:
     """Small planes: each output row's segment over ``block`` channels at a time."""
     images, channels, h, w, kh, kw, oh, ow = dims
     s0, s1, d0, _, p0, _ = geometry
     sn, sc, si, sj, sa = dst
+    xn, xc = source
     lanes = LANE_BYTES // cols.itemsize
     for n in range(images):
         for c0 in range(0, channels, block):
@@ -161,28 +162,31 @@ def _by_planes(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, columns: A
                     inside = 0 <= y < h
                     for j in range(kw):
                         d = n * sn + c0 * sc + i * si + j * sj + a * sa
-                        src = ((n * channels + c0) * h + y) * w + columns[0, j]
+                        src = n * xn + c0 * xc + y * w + columns[0, j]
                         lo = columns[1, j] if inside else 0
                         hi = columns[2, j] if inside else 0
                         for v in range(0, ow, lanes):
-                            _run(cols, x, count, d + v, sc, src + v * s1, h * w,
+                            _run(cols, x, count, d + v, sc, src + v * s1, xc,
                                  (min(lanes, ow - v), lo - v, hi - v), s1)
 
 
 @_jit
-def _by_rows(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, columns: Any,
-             rows: Any) -> None:
+def _by_rows(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, source: Any,
+             columns: Any, rows: Any) -> None:
     """Large planes: each kernel offset's output rows in turn, those that read inside
-    the plane (rows[:, i]: [first, stop)) with the same masks."""
+    the plane (rows[:, i]: [first, stop)) with the same masks, a vector column of the
+    rows at a time (measured 2.8-5x faster than row after row, vector after vector, on
+    rows of 2-8 vectors: the loop keeps one mask and no per-row branches)."""
     images, channels, h, w, kh, kw, oh, ow = dims
     s0, s1, d0, _, p0, _ = geometry
     sn, sc, si, sj, sa = dst
+    xn, xc = source
     lanes = LANE_BYTES // cols.itemsize
     for r in range(images * channels):
         n, c = r // channels, r % channels
         for i in range(kh):
             a0, a1 = rows[0, i], rows[1, i]
-            src = (r * h + a0 * s0 + i * d0 - p0) * w
+            src = n * xn + c * xc + (a0 * s0 + i * d0 - p0) * w
             for j in range(kw):
                 d = n * sn + c * sc + i * si + j * sj
                 for v in range(0, ow, lanes):
@@ -194,12 +198,14 @@ def _by_rows(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, columns: Any
 
 
 @_jit
-def _by_taps(cols: Any, x: Any, dims: Any, dst: Any, taps: Any, block: int) -> None:
+def _by_taps(cols: Any, x: Any, dims: Any, dst: Any, source: Any, taps: Any,
+             block: int) -> None:
     """Unit strides and out width = in width: a tap's output plane is the input plane
     shifted by taps[0, t], masked by the bits taps[1 + v, t] (vector v of the plane):
     one masked load and store per vector, over ``block`` channels at a time."""
-    images, channels, h, w, kh, kw, oh, ow = dims
+    images, channels, _, _, kh, kw, oh, ow = dims
     sn, sc, si, sj, _ = dst
+    xn, xc = source
     lanes = LANE_BYTES // cols.itemsize
     plane = oh * ow
     for n in range(images):
@@ -207,18 +213,20 @@ def _by_taps(cols: Any, x: Any, dims: Any, dst: Any, taps: Any, block: int) -> N
             count = min(channels, c0 + block) - c0
             for t in range(kh * kw):
                 d = n * sn + c0 * sc + (t // kw) * si + (t % kw) * sj
-                src = (n * channels + c0) * h * w + taps[0, t]
+                src = n * xn + c0 * xc + taps[0, t]
                 for v in range(0, plane, lanes):
                     width, bits = min(lanes, plane - v), taps[1 + v // lanes, t]
                     for k in range(count):
-                        _shifted(cols, x, d + k * sc + v, src + k * h * w + v, width, bits)  # type: ignore[call-arg]
+                        _shifted(cols, x, d + k * sc + v, src + k * xc + v,  # type: ignore
+                                 width, bits)
 
 
 @_jit
-def copy_windows_2d(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, columns: Any,
-                    rows: Any, block: int, taps: Any) -> None:
+def copy_windows_2d(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, source: Any,
+                    columns: Any, rows: Any, block: int, taps: Any) -> None:
     """cols[n, c, i, j, a, b] <- x[n, c, a s0 + i d0 - p0, b s1 + j d1 - p1], or 0 in
-    the padding: every window of x (N, C, h, w), C-contiguous.
+    the padding: every window of x (N, C, h, w), whose (h, w) planes are contiguous,
+    plane (n, c) at n xn + c xc items, source = (xn, xc).
 
     ``cols`` is any array whose first element is window (0, 0, 0, 0, 0, 0) and whose
     element (n, c, i, j, a, b) lies ``n sn + c sc + i si + j sj + a sa + b`` items
@@ -230,8 +238,94 @@ def copy_windows_2d(cols: Any, x: Any, dims: Any, geometry: Any, dst: Any, colum
     ``block`` 0, one plane's rows; or, where ``taps`` has columns, each tap's plane is
     one shifted copy (see ``_by_taps``)."""
     if taps.shape[1]:
-        _by_taps(cols, x, dims, dst, taps, block)
+        _by_taps(cols, x, dims, dst, source, taps, block)
     elif block:
-        _by_planes(cols, x, dims, geometry, dst, columns, block)
+        _by_planes(cols, x, dims, geometry, dst, source, columns, block)
     else:
-        _by_rows(cols, x, dims, geometry, dst, columns, rows)
+        _by_rows(cols, x, dims, geometry, dst, source, columns, rows)
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def _fold_intrinsic(pairs: bool) -> Any:
+    """The sum of one vector of an image row (see :func:`fold_2d`): over the (i, a)
+    rows of ``rows[y]`` and the kernel columns j, a masked load of the columns (for
+    stride 2, L/2 of them, spread to every other lane)."""
+
+    def lower(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        out, cols, rows, columns = _arrays(context, builder, sig, args, 4)
+        d0, base, y, v, count = args[4:9]
+        vty = _vector(context, sig.args[0].dtype)
+        spread = [ir.Constant(ir.VectorType(ir.IntType(32), vty.count),
+                              [vty.count if (lane + q) % 2 else lane // 2
+                               for lane in range(vty.count)]) for q in (0, 1)]
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vty, None))
+        row_len = builder.extract_value(rows.shape, 1)
+        kw3 = builder.extract_value(columns.shape, 1)
+        row = builder.gep(rows.data, [builder.mul(y, row_len)])
+        col = builder.gep(columns.data, [builder.mul(v, kw3)])
+        with cgutils.for_range(builder, builder.load(row)) as k:
+            offset = builder.add(base, builder.load(builder.gep(row, [builder.add(
+                k.index, ir.Constant(I64, 1))])))
+            with cgutils.for_range(builder, builder.udiv(kw3, ir.Constant(I64, 3))) as j:
+                at = builder.gep(col, [builder.mul(j.index, ir.Constant(I64, 3))])
+                bits = builder.load(builder.gep(at, [ir.Constant(I64, 1)]))
+                mask = builder.bitcast(builder.trunc(bits, ir.IntType(vty.count)),
+                                       ir.VectorType(ir.IntType(1), vty.count))
+                value = _masked_load(builder, vty, cols.data,
+                                     builder.add(offset, builder.load(at)), mask)
+                if pairs:
+                    odd = builder.icmp_signed("!=", builder.load(builder.gep(
+                        at, [ir.Constant(I64, 2)])), ir.Constant(I64, 0))
+                    zero = ir.Constant(vty, None)
+                    value = builder.select(odd, builder.shuffle_vector(value, zero, spread[1]),
+                                           builder.shuffle_vector(value, zero, spread[0]))
+                builder.store(builder.fadd(builder.load(acc), value), acc)
+        _masked_store(builder, vty, builder.load(acc), builder.gep(out.data, [d0]), count)
+        return context.get_dummy_value()
+
+    def typer(typingctx: Any, out: Any, cols: Any, rows: Any, columns: Any, d0: Any,
+              base: Any, y: Any, v: Any, count: Any) -> Any:
+        return types.void(out, cols, rows, columns, d0, base, y, v, count), lower
+
+    return intrinsic(typer)
+
+
+_fold_unit = _fold_intrinsic(False)
+_fold_pairs = _fold_intrinsic(True)
+
+
+@_jit
+def fold_2d(out: Any, cols: Any, dims: Any, dst: Any, src: Any, rows: Any, columns: Any,
+            block: int, pairs: bool) -> None:
+    """out[n, c, y, x] = sum of cols[n, c, i, j, a, b] over the windows that cover
+    (y, x): a s0 + i d0 - p0 = y, b s1 + j d1 - p1 = x (s1 1 or 2, with ``pairs``).
+
+    Each output vector is summed in registers and stored once (no scatter, no
+    read-modify-write). dims (N, C, h, w); dst (sn, sc, sy): out's strides in items,
+    rows contiguous; src (sn, sc): cols' plane strides, each plane (kh, kw, oh, ow)
+    contiguous. rows (h, 1 + kh): per image row, how many (i, a) cover it, then each
+    one's offset in a plane; columns (vectors, 3 kw): per vector of a row and kernel
+    column j, the offset of its first column (j's included), the bits of the lanes
+    (for stride 2: of the L/2 columns) that land inside, and the parity of the lanes
+    it covers (stride 2). ``block`` channels at a time share the tables' rows."""
+    images, channels, h, w = dims
+    sn, sc, sy = dst
+    cn, cc = src
+    lanes = LANE_BYTES // out.itemsize
+    for n in range(images):
+        for c0 in range(0, channels, block):
+            c1 = min(channels, c0 + block)
+            for y in range(h):
+                for v in range((w + lanes - 1) // lanes):
+                    count = min(lanes, w - v * lanes)
+                    d = n * sn + y * sy + v * lanes
+                    if pairs:
+                        for c in range(c0, c1):
+                            _fold_pairs(out, cols, rows, columns, d + c * sc, n * cn + c * cc,
+                                        y, v, count)
+                    else:
+                        for c in range(c0, c1):
+                            _fold_unit(out, cols, rows, columns, d + c * sc, n * cn + c * cc,
+                                       y, v, count)
