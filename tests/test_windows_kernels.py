@@ -1,8 +1,9 @@
 """The compiled window copy behind ``npconv.im2col`` and the im2col and stacked paths,
 and the compiled fold behind ``npconv.col2im`` and the paths' folds.
 
-2-d float windows with zero padding and at least ``paths.windows.COMPILED_MIN_ELEMENTS``
-elements are copied by ``npconv.paths.windows_kernels`` (masked vector loads and
+2-d float windows with zero padding, output rows of at most
+``paths.windows.COMPILED_MAX_ROW_BYTES`` and at least ``COMPILED_MIN_ELEMENTS`` elements
+are copied by ``npconv.paths.windows_kernels`` (masked vector loads and
 stores, a two-register permute for stride 2, a gather for larger strides). Each of
 its three walks ('taps', 'rows', 'channels') is reached through ``npconv.im2col``
 and checked element for element against the reference's window view, from
@@ -62,10 +63,10 @@ CASES = [
     ((2, 16, 12, 12), 3, 2, 1, 1, "channels"),  # stride 2: the pair permute
     ((1, 500, 6, 6), 1, 2, 0, 1, "channels"),  # ResNet's downsample, blocks of channels
     ((2, 30, 10, 9), 3, 3, 2, 2, "channels"),  # stride 3: the gather
-    ((2, 4, 40, 41), 3, 1, 1, 1, "rows"),  # 41 wide: rows of 3 vectors, the last masked
-    ((1, 3, 50, 50), 7, 2, 3, 1, "rows"),  # ResNet's stem: stride 2, 25 = 16 + 9
+    ((2, 4, 40, 21), 3, 1, 1, 1, "rows"),  # 21 = 16 + 5 = 8 + 8 + 5: the last vector masked
+    ((1, 3, 44, 46), 7, 2, 3, 1, "rows"),  # ResNet's stem: stride 2, 23 wide
     ((1, 5, 30, 70), (2, 5), (1, 3), (0, 4), (1, 2), "rows"),  # stride 3, wide padding
-    ((1, 6, 20, 20), 3, 1, 6, 1, "rows"),  # padding past the kernel: rows of zeros only
+    ((1, 6, 10, 10), 3, 1, 6, 1, "rows"),  # padding past the kernel: rows of zeros only
 ]
 
 
@@ -194,3 +195,16 @@ def test_drawn_folds_equal_the_reference(rows, cols, n, c, dtype):
         (n, c * geometry.kernel_volume, geometry.out_volume)).astype(dtype)
     _check_fold(data, tuple(size), tuple(kernel), tuple(stride), tuple(padding),
                 tuple(dilation))
+
+
+@pytest.mark.parametrize("dtype, width", [("float32", 49), ("float64", 25)])
+def test_long_rows_take_numpys_copy(dtype, width):
+    """Rows longer than COMPILED_MAX_ROW_BYTES are NumPy's to copy (faster there):
+    the same columns."""
+    x = np.random.default_rng(9).standard_normal((2, 8, 20, width)).astype(dtype)
+    geometry = ConvGeometry.build((20, width), 3, 1, 1, 1)
+    assert geometry.out_size[-1] * x.itemsize > windows.COMPILED_MAX_ROW_BYTES
+    assert not windows.compiled(np, geometry, x.dtype) and windows.jit_float(np, geometry,
+                                                                            x.dtype)
+    np.testing.assert_array_equal(npconv.im2col(x, 3, padding=1),
+                                  _reference_columns(x, geometry))

@@ -47,6 +47,10 @@ MIN_WIDTH = 8
 MIN_ELEMENTS = 2**17
 # The compiled copy from this many elements: below, its call costs more than it saves.
 COMPILED_MIN_ELEMENTS = 2**12
+# ... for output rows up to this long: NumPy's copy of longer rows was faster (one
+# thread, ms, compiled / NumPy's view copy: rows of 64 float32 0.49 / 0.37 and 1.01 /
+# 0.74, of 64 float64 3.4 / 1.8; of 48 float32 0.50 / 0.58, of 32 0.57 / 0.85).
+COMPILED_MAX_ROW_BYTES = 192
 LANE_BYTES = 64  # the kernels' vectors (windows_kernels.LANE_BYTES)
 # How the compiled copy walks the windows (a loop of one load and one store each way;
 # one thread, docs/performance.md, 2026-12-04 (seventh session)):
@@ -59,8 +63,10 @@ LANE_BYTES = 64  # the kernels' vectors (windows_kernels.LANE_BYTES)
 #   0.58 against 1.0-1.2 over blocks of channels; 128@12x12 0.23 against 0.27-0.32);
 # - shorter ones: a row at a time over blocks of CHANNEL_BLOCK channels (512@3x3 0.071
 #   against 0.57 by planes' rows; blocks of 8-128 channels: 64 best).
-# npconv.im2col splits compiled copies of this many bytes over threads (measured: ...)
-SPLIT_MIN_BYTES = 2**22
+# npconv.im2col splits compiled copies of this many bytes over two threads (ms, one /
+# two threads: N4 64@32x32 3x3 9 MiB 0.57 / 0.50; N4 3@96x96 7x7 s2 5.2 MiB 0.50 / 0.45;
+# N4 256@16x16 9 MiB 0.65 / 0.66; N4 128@16x16 4.5 MiB 0.30 / 0.42; 512@8x8 0.36 / 0.44).
+SPLIT_MIN_BYTES = 2**23
 TAPS_MAX_HEIGHT = 15
 TAP_BLOCK = 16
 ROWS_MIN_HEIGHT = 12
@@ -68,8 +74,15 @@ CHANNEL_BLOCK = 64
 
 
 def compiled(xp: Any, geometry: ConvGeometry, dtype: Any) -> bool:
-    """Whether the compiled kernel copies ``geometry``'s windows: 2-d, zero padding,
-    float32 or float64 NumPy arrays, numba installed."""
+    """Whether the compiled kernel copies ``geometry``'s windows: ``jit_float``'s
+    conditions and output rows of at most COMPILED_MAX_ROW_BYTES."""
+    return (geometry.out_size[-1] * dtype.itemsize <= COMPILED_MAX_ROW_BYTES
+            and jit_float(xp, geometry, dtype))
+
+
+def jit_float(xp: Any, geometry: ConvGeometry, dtype: Any) -> bool:
+    """2-d, zero padding, float32 or float64 NumPy arrays, numba installed: what the
+    compiled copy and fold need."""
     return (geometry.nd == 2 and geometry.zero_padded and dtype.kind == "f"
             and dtype.itemsize in (4, 8) and dtype.isnative and backend.on_host(xp)
             and available())
@@ -263,7 +276,7 @@ def fold_compiled(out: Any, grad_patches: Any, geometry: ConvGeometry) -> bool:
     xp = backend.get_array_module(out, grad_patches)
     item = out.itemsize
     if (grad_patches.size < COMPILED_MIN_ELEMENTS or geometry.stride[-1] > 2
-            or not compiled(xp, geometry, out.dtype) or grad_patches.dtype != out.dtype
+            or not jit_float(xp, geometry, out.dtype) or grad_patches.dtype != out.dtype
             or out.ndim != 4 or grad_patches.ndim != 6 or out.strides[-1] != item
             or grad_patches.strides[2:] != _contiguous(grad_patches.shape[2:], item)):
         return False
