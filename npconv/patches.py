@@ -417,7 +417,11 @@ def im2col(
     shape = (n, c) + geometry.kernel + geometry.out_size
     xp = backend.get_array_module(batch)
     elements = n * c * geometry.kernel_volume * geometry.out_volume
-    if takes_planes(xp, geometry, elements, batch.dtype):
+    if geometry.kernel_volume == 1 and geometry.in_size == geometry.out_size:
+        # 1x1, unit strides, no padding: the columns are the input, one plain copy
+        cols = xp.empty(shape, dtype=batch.dtype)
+        cols.reshape(batch.shape)[...] = batch
+    elif takes_planes(xp, geometry, elements, batch.dtype):
         cols = xp.empty(shape, dtype=batch.dtype)
         copy_windows_split(cols, batch, geometry)
     elif (backend.on_host(xp) and geometry.kernel_volume > 1

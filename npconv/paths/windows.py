@@ -169,7 +169,11 @@ def copy_windows_split(cols: Any, x: Any, geometry: ConvGeometry) -> None:
     paths copy on their calling thread; see :func:`copy_windows`)."""
     workers = executor.get_num_threads()
     if cols.nbytes < SPLIT_MIN_BYTES or workers <= 1:
-        copy_windows(cols, x, geometry)
+        xp = backend.get_array_module(cols, x)
+        if compiled(xp, geometry, x.dtype) and cols.strides[-1] == cols.itemsize:
+            _copy_compiled(xp, cols, x, geometry)
+        else:
+            copy_windows(cols, x, geometry)
         return
     axis = 0 if x.shape[0] >= workers else 1
     step = -(-x.shape[axis] // min(workers, x.shape[axis]))
@@ -184,21 +188,44 @@ def _copy_span(_: Any, span: tuple[slice, ...], cols: Any, x: Any,
     copy_windows(cols[span], x[span], geometry)
 
 
-def _copy_compiled(xp: Any, cols: Any, x: Any, geometry: ConvGeometry) -> None:
-    """copy_windows by :func:`npconv.paths.windows_kernels.copy_windows_2d`."""
+@functools.cache
+def _kernels() -> Any:
     from . import windows_kernels
 
+    return windows_kernels
+
+
+# Per (geometry, item size): the kernels' arguments that depend on them only (a dict
+# lookup costs less than lru_cache's; small calls count every microsecond).
+_ARGS: dict[tuple[str, ConvGeometry, int], Any] = {}
+_ARGS_MAX = 256
+
+
+def _cached(kind: str, make: Any, xp: Any, geometry: ConvGeometry, item: int) -> Any:
+    key = (kind, geometry, item)
+    args = _ARGS.get(key)
+    if args is None:
+        args = make(xp, geometry, item)
+        if len(_ARGS) >= _ARGS_MAX:
+            _ARGS.clear()
+        _ARGS[key] = args
+    return args
+
+
+def _copy_compiled(xp: Any, cols: Any, x: Any, geometry: ConvGeometry) -> None:
+    """copy_windows by :func:`npconv.paths.windows_kernels.copy_windows_2d`."""
     item = cols.itemsize
     if x.strides[2:] != (x.shape[3] * item, item):  # planes must be contiguous
         x = xp.ascontiguousarray(x)
-    sizes, params, columns, rows, block, taps = _kernel_args(xp, geometry, item)
-    windows_kernels.copy_windows_2d(cols, x, x.shape + sizes, params,
-                                    tuple(st // item for st in cols.strides[:5]),
-                                    (x.strides[0] // item, x.strides[1] // item), columns,
-                                    rows, block, taps)
+    sizes, params, columns, rows, block, taps = _cached("copy", _kernel_args, xp, geometry,
+                                                        item)
+    st, xs = cols.strides, x.strides  # (spelled out: a generator costs a microsecond)
+    _kernels().copy_windows_2d(cols, x, x.shape + sizes, params,
+                               (st[0] // item, st[1] // item, st[2] // item, st[3] // item,
+                                st[4] // item), (xs[0] // item, xs[1] // item), columns, rows,
+                               block, taps)
 
 
-@functools.lru_cache(maxsize=64)
 def _kernel_args(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, ...]:
     """The kernel's arguments that depend on the geometry (and item size) only:
     (kernel + out sizes, strides + dilations + leading pads, columns, rows, block,
@@ -276,31 +303,21 @@ def fold_compiled(out: Any, grad_patches: Any, geometry: ConvGeometry) -> bool:
     xp = backend.get_array_module(out, grad_patches)
     item = out.itemsize
     if (grad_patches.size < COMPILED_MIN_ELEMENTS or geometry.stride[-1] > 2
-            or not jit_float(xp, geometry, out.dtype) or grad_patches.dtype != out.dtype
-            or out.ndim != 4 or grad_patches.ndim != 6 or out.strides[-1] != item
-            or grad_patches.strides[2:] != _contiguous(grad_patches.shape[2:], item)):
+            or out.ndim != 4 or grad_patches.ndim != 6 or grad_patches.dtype != out.dtype
+            or not jit_float(xp, geometry, out.dtype) or out.strides[-1] != item):
         return False
-    from . import windows_kernels
-
-    rows, columns = _fold_tables(xp, geometry, item)
-    windows_kernels.fold_2d(out, grad_patches, out.shape,
-                            tuple(st // item for st in out.strides[:3]),
-                            tuple(st // item for st in grad_patches.strides[:2]), rows,
-                            columns, FOLD_BLOCK, geometry.stride[-1] == 2)
+    plane, rows, columns = _cached("fold", _fold_tables, xp, geometry, item)
+    if grad_patches.strides[2:] != plane:
+        return False
+    _kernels().fold_2d(out, grad_patches, out.shape, tuple(st // item for st in out.strides[:3]),
+                       tuple(st // item for st in grad_patches.strides[:2]), rows, columns,
+                       FOLD_BLOCK, geometry.stride[-1] == 2)
     return True
 
 
-def _contiguous(shape: tuple[int, ...], item: int) -> tuple[int, ...]:
-    strides, step = [], item
-    for n in reversed(shape):
-        strides.append(step)
-        step *= n
-    return tuple(reversed(strides))
-
-
-@functools.lru_cache(maxsize=64)
-def _fold_tables(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, Any]:
-    """The compiled fold's tables (see ``windows_kernels.fold_2d``), read-only int64."""
+def _fold_tables(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, ...]:
+    """The byte strides of a contiguous (kh, kw, oh, ow) window plane and the compiled
+    fold's tables (see ``windows_kernels.fold_2d``), read-only int64."""
     (h, w), (kh, kw), (oh, ow) = geometry.in_size, geometry.kernel, geometry.out_size
     (s0, s1), (d0, d1) = geometry.stride, geometry.dilation
     p0, p1 = geometry.pads[0][0], geometry.pads[1][0]
@@ -323,4 +340,5 @@ def _fold_tables(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, Any]:
     tables = (xp.asarray(rows, dtype=xp.int64), xp.asarray(columns, dtype=xp.int64))
     for table in tables:
         table.flags.writeable = False
-    return tables
+    plane = (kw * oh * ow * item, oh * ow * item, ow * item, item)
+    return (plane,) + tables
