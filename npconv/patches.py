@@ -417,8 +417,10 @@ def im2col(
     shape = (n, c) + geometry.kernel + geometry.out_size
     xp = backend.get_array_module(batch)
     elements = n * c * geometry.kernel_volume * geometry.out_volume
-    if geometry.kernel_volume == 1 and geometry.in_size == geometry.out_size:
-        # 1x1, unit strides, no padding: the columns are the input, one plain copy
+    if (geometry.kernel_volume == 1 and not geometry.has_padding
+            and geometry.in_size == geometry.out_size):
+        # 1x1, no padding, as many outputs as inputs (unit strides, or a single one): the
+        # columns are the input, one plain copy
         cols = xp.empty(shape, dtype=batch.dtype)
         cols.reshape(batch.shape)[...] = batch
     elif takes_planes(xp, geometry, elements, batch.dtype):

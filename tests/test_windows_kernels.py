@@ -123,7 +123,7 @@ def test_drawn_geometries_equal_the_reference(rows, cols, n, c, dtype):
 
 @pytest.mark.parametrize("algorithm", ["im2col", "stacked"])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("stride, dilation", [(2, 1), (3, 2)])
+@pytest.mark.parametrize("stride, dilation", [(1, 2), (2, 1), (3, 2)])
 def test_strided_paths_copying_windows_equal_the_reference(algorithm, threads, stride,
                                                            dilation):
     """The im2col and stacked paths build a strided layer's columns with the compiled
@@ -208,3 +208,33 @@ def test_long_rows_take_numpys_copy(dtype, width):
                                                                             x.dtype)
     np.testing.assert_array_equal(npconv.im2col(x, 3, padding=1),
                                   _reference_columns(x, geometry))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fold_of_channel_major_windows(stride):
+    """The paths fold channel-major columns (C, kh, kw, b, oh, ow) seen as (b, C, kh,
+    kw, oh, ow): the compiled fold takes any strides but the last one's."""
+    geometry = ConvGeometry.build((9, 11), (3, 2), stride, (1, 0), (2, 1))
+    rng = np.random.default_rng(10)
+    buf = rng.standard_normal((70, 3, 2, 3) + geometry.out_size).astype(np.float32)
+    view = np.moveaxis(buf, 3, 0)
+    out = np.full((3, 70, 9, 11), np.nan, dtype=np.float32)
+    assert windows.fold_compiled(out, view, geometry)
+    want = reference.fold(np.ascontiguousarray(view).astype(np.float64), geometry)
+    assert_close(out, want, reduction=geometry.kernel_volume)
+
+
+@pytest.mark.parametrize("shape, stride, padding", [
+    ((2, 3, 5, 6), 1, 0),  # the plain copy: the columns are the input
+    ((2, 3, 2, 2), 2, 1),  # as many outputs as inputs, but strided and padded
+    ((1, 2, 1, 7), (2, 1), 0),  # one row: stride 2 along it changes nothing
+    ((2, 3, 4, 4), 1, (1, 0)),
+])
+def test_one_by_one_columns(shape, stride, padding):
+    """1x1 windows: unpadded ones with as many outputs as inputs are one plain copy
+    (the others are windows like any); both equal the reference's columns."""
+    x = np.random.default_rng(11).standard_normal(shape)
+    geometry = ConvGeometry.build(shape[2:], 1, stride, padding, 1)
+    cols = npconv.im2col(x, 1, stride=stride, padding=padding)
+    np.testing.assert_array_equal(cols, _reference_columns(x, geometry))
+    assert not np.shares_memory(cols, x)

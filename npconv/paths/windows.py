@@ -197,15 +197,15 @@ def _kernels() -> Any:
 
 # Per (geometry, item size): the kernels' arguments that depend on them only (a dict
 # lookup costs less than lru_cache's; small calls count every microsecond).
-_ARGS: dict[tuple[str, ConvGeometry, int], Any] = {}
+_ARGS: dict[tuple[str, ConvGeometry, Any], Any] = {}
 _ARGS_MAX = 256
 
 
-def _cached(kind: str, make: Any, xp: Any, geometry: ConvGeometry, item: int) -> Any:
-    key = (kind, geometry, item)
+def _cached(kind: str, make: Any, xp: Any, geometry: ConvGeometry, extra: Any) -> Any:
+    key = (kind, geometry, extra)
     args = _ARGS.get(key)
     if args is None:
-        args = make(xp, geometry, item)
+        args = make(xp, geometry, extra)
         if len(_ARGS) >= _ARGS_MAX:
             _ARGS.clear()
         _ARGS[key] = args
@@ -297,33 +297,39 @@ FOLD_BLOCK = 16
 
 def fold_compiled(out: Any, grad_patches: Any, geometry: ConvGeometry) -> bool:
     """``out[...] = fold(grad_patches)`` by the compiled kernel, where it serves:
-    ``compiled``'s conditions, a horizontal stride of 1 or 2, ``out``'s rows and each
-    (N, C) plane of ``grad_patches`` contiguous, and at least COMPILED_MIN_ELEMENTS
-    window elements. Returns whether it did."""
+    ``jit_float``'s conditions, a horizontal stride of 1 or 2, the last axis of ``out``
+    and of ``grad_patches`` (N, C, kh, kw, oh, ow) contiguous (any other strides: the
+    paths pass channel-major columns), and at least COMPILED_MIN_ELEMENTS window
+    elements. Returns whether it did."""
     xp = backend.get_array_module(out, grad_patches)
     item = out.itemsize
+    st = grad_patches.strides
     if (grad_patches.size < COMPILED_MIN_ELEMENTS or geometry.stride[-1] > 2
             or out.ndim != 4 or grad_patches.ndim != 6 or grad_patches.dtype != out.dtype
-            or not jit_float(xp, geometry, out.dtype) or out.strides[-1] != item):
+            or not jit_float(xp, geometry, out.dtype) or out.strides[-1] != item
+            or st[-1] != item or any(s % item for s in st) or any(s % item for s in out.strides)):
         return False
-    plane, rows, columns = _cached("fold", _fold_tables, xp, geometry, item)
-    if grad_patches.strides[2:] != plane:
-        return False
-    _kernels().fold_2d(out, grad_patches, out.shape, tuple(st // item for st in out.strides[:3]),
-                       tuple(st // item for st in grad_patches.strides[:2]), rows, columns,
-                       FOLD_BLOCK, geometry.stride[-1] == 2)
+    rows, columns = _cached("fold", _fold_tables, xp, geometry,
+                            (item, st[2] // item, st[3] // item, st[4] // item))
+    os_ = out.strides
+    _kernels().fold_2d(out, grad_patches, out.shape,
+                       (os_[0] // item, os_[1] // item, os_[2] // item),
+                       (st[0] // item, st[1] // item), rows, columns, FOLD_BLOCK,
+                       geometry.stride[-1] == 2)
     return True
 
 
-def _fold_tables(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, ...]:
-    """The byte strides of a contiguous (kh, kw, oh, ow) window plane and the compiled
-    fold's tables (see ``windows_kernels.fold_2d``), read-only int64."""
+def _fold_tables(xp: Any, geometry: ConvGeometry, layout: tuple[int, ...]) -> tuple[Any, ...]:
+    """The compiled fold's tables (see ``windows_kernels.fold_2d``), read-only int64, for
+    windows of item size and strides in items (kernel row, kernel column, output row):
+    ``layout`` = (item, si, sj, sa)."""
+    item, si, sj, sa = layout
     (h, w), (kh, kw), (oh, ow) = geometry.in_size, geometry.kernel, geometry.out_size
     (s0, s1), (d0, d1) = geometry.stride, geometry.dilation
     p0, p1 = geometry.pads[0][0], geometry.pads[1][0]
     rows = []
     for y in range(h):
-        starts = [i * kw * oh * ow + (y + p0 - i * d0) // s0 * ow for i in range(kh)
+        starts = [i * si + (y + p0 - i * d0) // s0 * sa for i in range(kh)
                   if (y + p0 - i * d0) % s0 == 0 and 0 <= (y + p0 - i * d0) // s0 < oh]
         rows.append([len(starts)] + starts + [0] * (kh - len(starts)))
     lanes = LANE_BYTES // item
@@ -335,10 +341,9 @@ def _fold_tables(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, ...]:
             first = (v * lanes + parity + p1 - j * d1) // s1  # exact
             bits = sum(1 << m for m in range(lanes // s1)
                        if 0 <= first + m < ow and v * lanes + parity + s1 * m < w)
-            entry += [j * oh * ow + first, bits, parity]
+            entry += [j * sj + first, bits, parity]
         columns.append(entry)
     tables = (xp.asarray(rows, dtype=xp.int64), xp.asarray(columns, dtype=xp.int64))
     for table in tables:
         table.flags.writeable = False
-    plane = (kw * oh * ow * item, oh * ow * item, ow * item, item)
-    return (plane,) + tables
+    return tables

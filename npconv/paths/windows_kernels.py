@@ -304,12 +304,13 @@ def fold_2d(out: Any, cols: Any, dims: Any, dst: Any, src: Any, rows: Any, colum
 
     Each output vector is summed in registers and stored once (no scatter, no
     read-modify-write). dims (N, C, h, w); dst (sn, sc, sy): out's strides in items,
-    rows contiguous; src (sn, sc): cols' plane strides, each plane (kh, kw, oh, ow)
-    contiguous. rows (h, 1 + kh): per image row, how many (i, a) cover it, then each
-    one's offset in a plane; columns (vectors, 3 kw): per vector of a row and kernel
-    column j, the offset of its first column (j's included), the bits of the lanes
-    (for stride 2: of the L/2 columns) that land inside, and the parity of the lanes
-    it covers (stride 2). ``block`` channels at a time share the tables' rows."""
+    rows contiguous; src (sn, sc): cols' plane strides (the tables hold its other
+    strides; its last axis is contiguous). rows (h, 1 + kh): per image row, how many
+    (i, a) cover it, then each one's offset in a plane; columns (vectors, 3 kw): per
+    vector of a row and kernel column j, the offset of its first column (j's
+    included), the bits of the lanes (for stride 2: of the L/2 columns) that land
+    inside, and the parity of the lanes it covers (stride 2). ``block`` channels at a
+    time share the tables' rows."""
     images, channels, h, w = dims
     sn, sc, sy = dst
     cn, cc = src
