@@ -56,6 +56,9 @@ PATHS = tuple(a for a in ALGORITHMS if a not in ("auto", "reference"))
 # maps a path computes with another path's code: measuring them again adds only noise
 ALIASES = {("flipped", "forward"): "im2col", ("flipped", "grad_weight"): "im2col"}
 MAPS = costmodel.MAPS  # forward, grad_input, grad_weight, backward (both at once)
+# Paths 'auto' takes by measured rules ahead of the model (npconv.plan): timed (their
+# rows stay in the data) but not fitted, so the model chooses among the others only.
+RULED = ("blocked", "depthwise_jit")
 HOLD_OUT = 4  # one layer in HOLD_OUT is kept out of the fit
 # Residuals weighted by t^-WEIGHT: 1 fits relative error (every layer alike), 0 absolute
 # error (large layers only). Between them: held-out total over the fastest path 1.095 /
@@ -321,7 +324,8 @@ def _choice_lines(layers: list[dict], title: str) -> list[str]:
 
 
 def _blas(meta: dict) -> str:
-    return ", ".join(str(b.get("architecture")) for b in meta["blas"])
+    # NumPy's and SciPy's OpenBLAS libraries: each kernel once
+    return ", ".join(dict.fromkeys(str(b.get("architecture")) for b in meta["blas"]))
 
 
 def report(meta: dict, table: dict, train: dict, test: dict, counts: tuple[int, int],
@@ -333,13 +337,11 @@ def report(meta: dict, table: dict, train: dict, test: dict, counts: tuple[int, 
              "coefficients (`npconv/_cost_table.py`) are fitted, per path and map, on "
              "timings of every distinct layer of the benchmark's network zoo and of "
              "randomly drawn layers. This page is written by the fit:", "", "```",
-             "python benchmarks/costfit.py measure --output benchmarks/costdata-1.json",
-             "python benchmarks/costfit.py measure --output benchmarks/costdata-2.json",
-             "# shifted re-timed after its rewrite (its rows in costdata-1/2.json dropped):",
+             "# two runs on the layers of the first fit's two runs (zoo + 160 random),",
+             "# every path re-timed after the compiled window copy and fold (the earlier",
+             "# runs' data, older code, dropped); OPENBLAS_CORETYPE=Haswell as before",
              "python benchmarks/costfit.py measure --like benchmarks/costdata-1.json "
-             "--paths shifted --output benchmarks/costdata-1-shifted.json   # and -2",
-             "# with two earlier runs (costdata-early-*.json: every path then existing;",
-             "# serial and stacked timed later on their layers with --like ... --paths)",
+             "--output benchmarks/costdata-1.json   # and -2",
              "python benchmarks/costfit.py fit benchmarks/costdata-*.json "
              "--table npconv/_cost_table.py --report docs/costmodel.md", "```", "",
              f"Residuals are weighted by t^-{WEIGHT} (1 would fit relative error, 0 "
@@ -404,7 +406,9 @@ def fit(args: argparse.Namespace) -> None:
     # matmul); fitted, they made im2col's chunked path look as cheap as that one.
     # Timings of a path on layers it no longer accepts (its domain narrowed after it was
     # measured) neither fit it nor count as the fastest choice.
-    rows = [row for row in data["rows"] if not _problem(row["spec"]).small
+    # Paths auto takes by rules (RULED) are neither fitted nor the fastest choice here.
+    rows = [row for row in data["rows"] if row["path"] not in RULED
+            and not _problem(row["spec"]).small
             and _accepts(_problem(row["spec"]), row["path"], row["map"])]
     train = [r for r in rows if not held_out(r["spec"])]
     test = [r for r in rows if held_out(r["spec"])]

@@ -1,4 +1,4 @@
-"""Window columns copied as whole output planes (unit strides, small images).
+"""Window columns copied fast: compiled, or as whole output planes; and the compiled fold.
 
 Copying the window view (b, C, *k, *out) walks one row of ``out[-1]`` elements
 per image, channel, kernel offset and output row. On small images NumPy's cost
@@ -19,11 +19,13 @@ the extra pass costs as much as it saves, and for outputs narrower than 8
 :func:`npconv.paths.fold.gather_windows` is faster.
 
 Where numba is installed, 2-d float windows with zero padding (any stride and
-dilation) are copied by a compiled kernel instead
-(:mod:`npconv.paths.windows_kernels`): each output row is one or two masked
-vector loads and a masked store, so short rows no longer cost a NumPy loop
-each. On the zoo's 2-d layers it took 0.2-0.45x torch's ``unfold`` time,
-against 0.3-1.3x for the copies above (docs/performance.md, 2026-12-04).
+dilation, output rows of at most COMPILED_MAX_ROW_BYTES) are copied by a
+compiled kernel instead (:mod:`npconv.paths.windows_kernels`): each output row
+is one or two masked vector loads and a masked store, so short rows no longer
+cost a NumPy loop each. On the zoo's 2-d layers it took 0.2-0.47x torch's
+``unfold`` time, against 0.3-1.3x for the copies above. The same module's
+compiled fold (:func:`fold_compiled`) sums each output vector over the windows
+that cover it (docs/performance.md, 2026-12-04, seventh session).
 """
 
 from __future__ import annotations
