@@ -238,3 +238,13 @@ def test_one_by_one_columns(shape, stride, padding):
     cols = npconv.im2col(x, 1, stride=stride, padding=padding)
     np.testing.assert_array_equal(cols, _reference_columns(x, geometry))
     assert not np.shares_memory(cols, x)
+
+
+def test_columns_of_another_dtype_take_numpys_copy():
+    """The kernel reads and writes one vector type: float32 windows copied into float64
+    columns go through NumPy's copy (and its cast)."""
+    x = np.random.default_rng(12).standard_normal((2, 30, 9, 9)).astype(np.float32)
+    geometry = ConvGeometry.build((9, 9), 3, 1, 1, 1)
+    cols = np.empty((2, 30, 3, 3, 9, 9), dtype=np.float64)
+    windows.copy_windows(cols, x, geometry)
+    np.testing.assert_array_equal(cols, reference.patches(x, geometry).astype(np.float64))

@@ -82,6 +82,13 @@ def compiled(xp: Any, geometry: ConvGeometry, dtype: Any) -> bool:
             and jit_float(xp, geometry, dtype))
 
 
+def _compiled_pair(xp: Any, geometry: ConvGeometry, cols: Any, x: Any) -> bool:
+    """Whether the compiled kernel copies x's windows into cols: ``compiled``, one dtype
+    (the kernel reads and writes vectors of one type) and contiguous column rows."""
+    return (cols.dtype == x.dtype and cols.strides[-1] == cols.itemsize
+            and compiled(xp, geometry, x.dtype))
+
+
 def jit_float(xp: Any, geometry: ConvGeometry, dtype: Any) -> bool:
     """2-d, zero padding, float32 or float64 NumPy arrays, numba installed: what the
     compiled copy and fold need."""
@@ -120,7 +127,7 @@ def copy_windows(cols: Any, x: Any, geometry: ConvGeometry) -> None:
     the BLAS at one thread for the rest of the call).
     """
     xp = backend.get_array_module(cols, x)
-    if compiled(xp, geometry, x.dtype) and cols.strides[-1] == cols.itemsize:
+    if _compiled_pair(xp, geometry, cols, x):
         _copy_compiled(xp, cols, x, geometry)
         return
     rows = _rows(xp, x, geometry)
@@ -172,7 +179,7 @@ def copy_windows_split(cols: Any, x: Any, geometry: ConvGeometry) -> None:
     workers = executor.get_num_threads()
     if cols.nbytes < SPLIT_MIN_BYTES or workers <= 1:
         xp = backend.get_array_module(cols, x)
-        if compiled(xp, geometry, x.dtype) and cols.strides[-1] == cols.itemsize:
+        if _compiled_pair(xp, geometry, cols, x):
             _copy_compiled(xp, cols, x, geometry)
         else:
             copy_windows(cols, x, geometry)
