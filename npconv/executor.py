@@ -547,8 +547,13 @@ def copy_into(dst: Any, src: Any) -> None:
         dst[...] = src
         return
     assert axis is not None
-    parts = min(workers, dst.shape[axis])
-    step = -(-dst.shape[axis] // parts)
+    map_chunks(_copy_part, axis_spans(dst.shape[axis], axis, workers), dst, src,
+               arrays=(dst,), work_bytes=size)
+
+
+def axis_spans(length: int, axis: int, workers: int) -> list[tuple[slice, ...]]:
+    """Index tuples cutting axis ``axis`` (of ``length``) into at most ``workers``
+    contiguous parts of equal size (the last shorter)."""
+    step = -(-length // max(1, min(workers, length)))
     lead = (slice(None),) * axis
-    spans = [lead + (slice(i, i + step),) for i in range(0, dst.shape[axis], step)]
-    map_chunks(_copy_part, spans, dst, src, arrays=(dst,), work_bytes=size)
+    return [lead + (slice(i, i + step),) for i in range(0, length, step)]

@@ -58,8 +58,13 @@ def _vector(context: Any, dtype: Any) -> Any:
     return ir.VectorType(element, LANE_BYTES // (4 if isinstance(element, ir.FloatType) else 8))
 
 
+def _suffix(vty: Any) -> str:
+    """The LLVM intrinsics' element type suffix of vector type ``vty``."""
+    return "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+
+
 def _fma(builder: Any, vty: Any) -> Any:
-    suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    suffix = _suffix(vty)
     fnty = ir.FunctionType(vty, [vty, vty, vty])
     return cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.v{vty.count}{suffix}")
 
@@ -181,7 +186,7 @@ def _masked_store(builder: Any, vty: Any, value: Any, ptr: Any, valid: Any) -> N
     lanes = ir.Constant(ir.VectorType(I64, vty.count), list(range(vty.count)))
     mask = builder.icmp_signed("<", lanes, _splat(builder, ir.VectorType(I64, vty.count),
                                                   valid))
-    suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    suffix = _suffix(vty)
     fnty = ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mask.type])
     store = cgutils.get_or_insert_function(builder.module, fnty,
                                            f"llvm.masked.store.v{vty.count}{suffix}.p0")

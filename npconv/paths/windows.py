@@ -172,24 +172,17 @@ def _rows(xp: Any, x: Any, geometry: ConvGeometry) -> Any:
 
 
 def copy_windows_split(cols: Any, x: Any, geometry: ConvGeometry) -> None:
-    """:func:`copy_windows` (a compiled one) split over the executor's threads, by
-    images or, with fewer images than threads, by channels, for copies of at least
-    SPLIT_MIN_BYTES: npconv.im2col's, whose large outputs are bound by memory (the
-    paths copy on their calling thread; see :func:`copy_windows`)."""
+    """:func:`copy_windows` split over the executor's threads, by images or, with fewer
+    images than threads, by channels, for copies of at least SPLIT_MIN_BYTES:
+    npconv.im2col's, whose large outputs are bound by memory (the paths copy on their
+    calling thread; see :func:`copy_windows`)."""
     workers = executor.get_num_threads()
     if cols.nbytes < SPLIT_MIN_BYTES or workers <= 1:
-        xp = backend.get_array_module(cols, x)
-        if _compiled_pair(xp, geometry, cols, x):
-            _copy_compiled(xp, cols, x, geometry)
-        else:
-            copy_windows(cols, x, geometry)
+        copy_windows(cols, x, geometry)
         return
     axis = 0 if x.shape[0] >= workers else 1
-    step = -(-x.shape[axis] // min(workers, x.shape[axis]))
-    spans = [(slice(None),) * axis + (slice(i, i + step),)
-             for i in range(0, x.shape[axis], step)]
-    executor.map_chunks(_copy_span, spans, cols, x, geometry, arrays=(cols,),
-                        work_bytes=cols.nbytes)
+    executor.map_chunks(_copy_span, executor.axis_spans(x.shape[axis], axis, workers), cols,
+                        x, geometry, arrays=(cols,), work_bytes=cols.nbytes)
 
 
 def _copy_span(_: Any, span: tuple[slice, ...], cols: Any, x: Any,
@@ -238,10 +231,10 @@ def _copy_compiled(xp: Any, cols: Any, x: Any, geometry: ConvGeometry) -> None:
 def _kernel_args(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, ...]:
     """The kernel's arguments that depend on the geometry (and item size) only:
     (kernel + out sizes, strides + dilations + leading pads, columns, rows, block,
-    taps), with the tables as
-    read-only int64 arrays: columns (3, kw), per kernel column, the first input column
-    of its windows and the output columns [lo, hi) that read inside the input; rows
-    (2, kh), the same [lo, hi) of output rows per kernel row."""
+    taps), with the tables as read-only int64 arrays: columns (3, kw), per kernel
+    column, the first input column of its windows and the output columns [lo, hi) that
+    read inside the input; rows (2, kh), the same [lo, hi) of output rows per kernel
+    row."""
     tables = []
     for axis in range(2):
         size, out = geometry.in_size[axis], geometry.out_size[axis]
@@ -310,13 +303,14 @@ def fold_compiled(out: Any, grad_patches: Any, geometry: ConvGeometry) -> bool:
     and of ``grad_patches`` (N, C, kh, kw, oh, ow) contiguous (any other strides: the
     paths pass channel-major columns), and at least COMPILED_MIN_ELEMENTS window
     elements. Returns whether it did."""
+    if (grad_patches.size < COMPILED_MIN_ELEMENTS or geometry.stride[-1] > 2
+            or out.ndim != 4 or grad_patches.ndim != 6 or grad_patches.dtype != out.dtype):
+        return False  # the cheapest tests first: every fold_into call passes here
     xp = backend.get_array_module(out, grad_patches)
     item = out.itemsize
     st = grad_patches.strides
-    if (grad_patches.size < COMPILED_MIN_ELEMENTS or geometry.stride[-1] > 2
-            or out.ndim != 4 or grad_patches.ndim != 6 or grad_patches.dtype != out.dtype
-            or not jit_float(xp, geometry, out.dtype) or out.strides[-1] != item
-            or st[-1] != item or any(s % item for s in st) or any(s % item for s in out.strides)):
+    if (not jit_float(xp, geometry, out.dtype) or out.strides[-1] != item or st[-1] != item
+            or any(s % item for s in st) or any(s % item for s in out.strides)):
         return False
     rows, columns = _cached("fold", _fold_tables, xp, geometry,
                             (item, st[2] // item, st[3] // item, st[4] // item))

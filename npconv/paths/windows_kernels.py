@@ -1,5 +1,5 @@
-"""Compiled window copies for :func:`npconv.im2col` (numba and llvmlite; imported only
-when one runs).
+"""Compiled window copies and folds for :func:`npconv.im2col`, :func:`npconv.col2im`
+and the paths' columns (numba and llvmlite; imported only when one runs).
 
 The columns of a 2-d (or 1-d) zero-padded window set are rows of ``out[-1]``
 elements, each a strided slice of one input row, zero where it runs into the
@@ -7,7 +7,8 @@ padding. NumPy copies a window view one such row per inner loop, and a row of a
 small image holds 3-16 elements, so its loop overhead dominates; numba's scalar
 loops over them cost 2-4 ns an element. Here each row is one or two masked
 vector loads (a masked gather for strided windows) and a masked store: lanes in
-the padding read nothing and store zero.
+the padding read nothing and store zero. The fold (:func:`fold_2d`) sums each
+output vector in registers over the windows that cover it and stores it once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .blocked_kernels import I64, LANE_BYTES, _align, _arrays, _masked_store, _splat, _vector
+from .blocked_kernels import (
+    I64,
+    LANE_BYTES,
+    _align,
+    _arrays,
+    _masked_store,
+    _splat,
+    _suffix,
+    _vector,
+)
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 
@@ -36,12 +46,18 @@ def _lane_mask(builder: Any, vty: Any, lo: Any, hi: Any) -> Any:
 def _masked_load(builder: Any, vty: Any, base: Any, start: Any, mask: Any) -> Any:
     """Lanes l of mask: base[start + l]; the others zero. No other memory read."""
     i32 = ir.IntType(32)
-    suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    suffix = _suffix(vty)
     fnty = ir.FunctionType(vty, [vty.as_pointer(), i32, mask.type, vty])
     load = cgutils.get_or_insert_function(builder.module, fnty,
                                           f"llvm.masked.load.v{vty.count}{suffix}.p0")
     ptr = builder.bitcast(builder.gep(base, [start]), vty.as_pointer())
     return builder.call(load, [ptr, ir.Constant(i32, _align(vty)), mask, ir.Constant(vty, None)])
+
+
+def _bits_mask(builder: Any, vty: Any, bits: Any) -> Any:
+    """The lanes whose bit is set in the integer ``bits``."""
+    return builder.bitcast(builder.trunc(bits, ir.IntType(vty.count)),
+                           ir.VectorType(ir.IntType(1), vty.count))
 
 
 def _read_pairs(builder: Any, vty: Any, base: Any, start: Any, lo: Any, hi: Any) -> Any:
@@ -60,7 +76,7 @@ def _read_pairs(builder: Any, vty: Any, base: Any, start: Any, lo: Any, hi: Any)
 def _gather(builder: Any, vty: Any, base: Any, start: Any, step: Any, mask: Any) -> Any:
     """Lanes l of mask: base[start + l step]; the others zero."""
     i32 = ir.IntType(32)
-    suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    suffix = _suffix(vty)
     ity = ir.VectorType(I64, vty.count)
     index = builder.add(_splat(builder, ity, start), builder.mul(
         ir.Constant(ity, list(range(vty.count))), _splat(builder, ity, step)))
@@ -113,9 +129,7 @@ def _lower_shifted(context: Any, builder: Any, sig: Any, args: Any) -> Any:
     dst, src = _arrays(context, builder, sig, args, 2)
     d0, s0, count, bits = args[2:6]
     vty = _vector(context, sig.args[0].dtype)
-    word = builder.trunc(bits, ir.IntType(vty.count))
-    mask = builder.bitcast(word, ir.VectorType(ir.IntType(1), vty.count))
-    value = _masked_load(builder, vty, src.data, s0, mask)
+    value = _masked_load(builder, vty, src.data, s0, _bits_mask(builder, vty, bits))
     _masked_store(builder, vty, value, builder.gep(dst.data, [d0]), count)
     return context.get_dummy_value()
 
@@ -271,10 +285,9 @@ def _fold_intrinsic(pairs: bool) -> Any:
             with cgutils.for_range(builder, builder.udiv(kw3, ir.Constant(I64, 3))) as j:
                 at = builder.gep(col, [builder.mul(j.index, ir.Constant(I64, 3))])
                 bits = builder.load(builder.gep(at, [ir.Constant(I64, 1)]))
-                mask = builder.bitcast(builder.trunc(bits, ir.IntType(vty.count)),
-                                       ir.VectorType(ir.IntType(1), vty.count))
                 value = _masked_load(builder, vty, cols.data,
-                                     builder.add(offset, builder.load(at)), mask)
+                                     builder.add(offset, builder.load(at)),
+                                     _bits_mask(builder, vty, bits))
                 if pairs:
                     odd = builder.icmp_signed("!=", builder.load(builder.gep(
                         at, [ir.Constant(I64, 2)])), ir.Constant(I64, 0))
