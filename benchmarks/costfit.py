@@ -4,7 +4,7 @@ Two steps, each its own command::
 
     python benchmarks/costfit.py measure --output benchmarks/costdata.json
     python benchmarks/costfit.py fit benchmarks/costdata.json \
-        --table npconv/_cost_table.py --report docs/costmodel-fit.md
+        --table npconv/_cost_table_skylakex.py --report docs/costmodel.md
 
 ``measure`` times every path that can compute each map (forward, grad input,
 grad weight, and both gradients in one call) of every distinct conv layer of
@@ -59,6 +59,11 @@ MAPS = costmodel.MAPS  # forward, grad_input, grad_weight, backward (both at onc
 # Paths 'auto' takes by measured rules ahead of the model (npconv.plan): timed (their
 # rows stay in the data) but not fitted, so the model chooses among the others only.
 RULED = ("blocked", "depthwise_jit")
+# Paths timed but left out of 'auto' altogether: winograd was the fastest path on none of
+# the 244 layers of the first SkylakeX run (within 10% of it on one), yet the model, whose
+# features do not describe its transforms, predicted it fastest on VGG-11's 256 -> 256
+# 16x16 forward, where it took 1.9x im2col's time. By name it stays available.
+UNCHOSEN = ("winograd",)
 HOLD_OUT = 4  # one layer in HOLD_OUT is kept out of the fit
 # Residuals weighted by t^-WEIGHT: 1 fits relative error (every layer alike), 0 absolute
 # error (large layers only). Between them: held-out total over the fastest path 1.095 /
@@ -329,21 +334,20 @@ def _blas(meta: dict) -> str:
 
 
 def report(meta: dict, table: dict, train: dict, test: dict, counts: tuple[int, int],
-           runs: int = 1) -> str:
+           runs: int, command: str) -> str:
     lines = ["# How 'auto' chooses: the cost model", "",
              "`algorithm='auto'` takes, for each map, the path of least predicted time "
              "among those that can compute it (`npconv.explain` shows the predictions). "
              "The model and its features are described in `npconv/costmodel.py`; its "
-             "coefficients (`npconv/_cost_table.py`) are fitted, per path and map, on "
-             "timings of every distinct layer of the benchmark's network zoo and of "
-             "randomly drawn layers. This page is written by the fit:", "", "```",
-             "# two runs on the layers of the first fit's two runs (zoo + 160 random),",
-             "# every path re-timed after the compiled window copy and fold (the earlier",
-             "# runs' data, older code, dropped); OPENBLAS_CORETYPE=Haswell as before",
-             "python benchmarks/costfit.py measure --like benchmarks/costdata-1.json "
-             "--output benchmarks/costdata-1.json   # and -2",
-             "python benchmarks/costfit.py fit benchmarks/costdata-*.json "
-             "--table npconv/_cost_table.py --report docs/costmodel.md", "```", "",
+             "coefficients are fitted, per path and map and per BLAS kernel family "
+             "(`npconv/_cost_table_skylakex.py` for OpenBLAS's AVX-512 kernels, "
+             "`npconv/_cost_table_haswell.py` for the others), on timings of every "
+             "distinct layer of the benchmark's network zoo and of randomly drawn layers. "
+             "This page is written by the fit of one of them:", "", "```",
+             "# each data file: every path timed on the same layers (those of costdata-haswell-1)",
+             "# (zoo + 160 random), the BLAS on the kernel named below",
+             "python benchmarks/costfit.py measure --like benchmarks/costdata-haswell-1.json "
+             "--output <data file>", command, "```", "",
              f"Residuals are weighted by t^-{WEIGHT} (1 would fit relative error, 0 "
              "absolute error); the exponent and the features were chosen looking at the "
              "held-out figures, so those are slightly optimistic.", "",
@@ -393,7 +397,8 @@ def write_table(path: str, table: dict, meta: dict) -> None:
         f"on {meta['machine']} ({meta['cpus']} CPUs, {meta['threads']} threads, BLAS kernel "
         f"{_blas(meta)}).\nPer path and map: seconds per unit of each feature of\n"
         f"npconv.costmodel.FEATURES (fft: FFT_FEATURES).\n"
-        f'"""\n\nCOEFFICIENTS: dict[str, dict[str, tuple[float, ...]]] = {body}\n')
+        f'"""\n\nKERNEL = {_blas(meta)!r}\n\n'
+        f"COEFFICIENTS: dict[str, dict[str, tuple[float, ...]]] = {body}\n")
 
 
 def fit(args: argparse.Namespace) -> None:
@@ -402,20 +407,31 @@ def fit(args: argparse.Namespace) -> None:
     meta = dict(runs[-1]["meta"], date=dates[0] if dates[0] == dates[-1]
                 else f"{dates[0]} to {dates[-1]}")
     data = dict(meta=meta, rows=[row for run in runs for row in run["rows"]])
+    families = {costmodel.table_name(_blas(run["meta"]).split(", ")[0]) for run in runs}
+    if len(families) > 1:
+        raise SystemExit(f"the data files were measured on different BLAS kernel families "
+                         f"({sorted(families)}): fit each family's files on their own")
+    if args.table and Path(args.table).stem != f"_cost_table_{families.pop()}":
+        raise SystemExit(f"{args.table}: this data was measured on BLAS kernel "
+                         f"{_blas(meta)}, whose table is _cost_table_"
+                         f"{costmodel.table_name(_blas(meta).split(', ')[0])}.py")
     # Calls under SMALL_CALL_BYTES never ask the model (auto takes im2col's whole-batch
     # matmul); fitted, they made im2col's chunked path look as cheap as that one.
     # Timings of a path on layers it no longer accepts (its domain narrowed after it was
     # measured) neither fit it nor count as the fastest choice.
     # Paths auto takes by rules (RULED) are neither fitted nor the fastest choice here.
-    rows = [row for row in data["rows"] if row["path"] not in RULED
+    rows = [row for row in data["rows"] if row["path"] not in RULED + UNCHOSEN
             and not _problem(row["spec"]).small
             and _accepts(_problem(row["spec"]), row["path"], row["map"])]
     train = [r for r in rows if not held_out(r["spec"])]
     test = [r for r in rows if held_out(r["spec"])]
     table = fit_table(train)
     counts = (len(_timings(train)), len(_timings(test)))
+    command = " ".join(["python benchmarks/costfit.py fit", *args.data]
+                       + [f"--{k} {v}" for k, v in (("table", args.table),
+                                                    ("report", args.report)) if v])
     text = report(data["meta"], table, evaluate(train, table), evaluate(test, table), counts,
-                  len(runs))
+                  len(runs), command)
     print(text)
     if args.report:
         Path(args.report).write_text(text)
@@ -437,7 +453,8 @@ def main(argv: list[str] | None = None) -> None:
     f = sub.add_parser("fit", help="fit the coefficients and report on held-out layers")
     f.add_argument("data", nargs="+", help="measure's output (several runs: all are fitted, "
                    "and each layer's times are averaged over them)")
-    f.add_argument("--table", help="write the coefficients here (npconv/_cost_table.py)")
+    f.add_argument("--table", help="write the coefficients here (npconv/_cost_table_<kernel>.py, "
+                   "the kernel family the data was measured with)")
     f.add_argument("--report", help="write the report here (markdown)")
     args = parser.parse_args(argv)
     if args.command == "measure":

@@ -556,7 +556,7 @@ def explain(x: Any, weight: Any, stride: IntOrTuple = 1, padding: Padding = 0,
     >>> plan.forward, plan.grad_input, plan.grad_weight
     ('fft', 'fft', 'fft')
     >>> plan.reasons["forward"]  # doctest: +ELLIPSIS
-    'cost model, predicted: fft ... ms, ...'
+    'cost model (... table), predicted: fft ... ms, ...'
     >>> print(npconv.explain(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 3, 3))))
     forward      im2col     a small call (columns under 64 KiB): one matmul
     grad_input   im2col     a small call (columns under 64 KiB): one matmul

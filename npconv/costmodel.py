@@ -18,10 +18,14 @@ per-frequency products in place of the flops and columns. The coefficients
 differ per path and map and are fitted on timings of the benchmark's network
 zoo plus randomly drawn layers by ``benchmarks/costfit.py``, which holds a
 quarter of the layers out of the fit and reports how well the model predicts
-them (``docs/costmodel.md``). They live in :mod:`npconv._cost_table`, with the
-machine they were measured on; on another machine absolute times differ but the
-ranking mostly holds, and ``npconv.set_autotune(True)`` measures instead of
-predicting.
+them (``docs/costmodel.md``). The rates of the matmul-bound paths depend on the
+BLAS's CPU kernel (OpenBLAS's AVX-512 kernel ran its sgemm about 1.5x faster than
+its AVX2 kernel on the same machine, which moved the best path of many layers), so
+there is one table per kernel family, each measured with that kernel:
+:mod:`npconv._cost_table_skylakex` (AVX-512) and :mod:`npconv._cost_table_haswell`
+(AVX2), chosen by the kernel the BLAS reports (:func:`table_name`). On another
+machine absolute times differ but the ranking mostly holds, and
+``npconv.set_autotune(True)`` measures instead of predicting.
 
 Maps are ``forward``, ``grad_input``, ``grad_weight`` and ``backward``: both
 gradients in one call of one path, which shares work between them.
@@ -29,10 +33,10 @@ gradients in one call of one path, which shares work between them.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 from typing import Any
-
-from ._cost_table import COEFFICIENTS
 
 MAPS = ("forward", "grad_input", "grad_weight", "backward")
 
@@ -71,11 +75,44 @@ def features(problem: Any, path: str = "im2col") -> tuple[float, ...]:
 
 Table = dict[str, dict[str, tuple[float, ...]]]
 
+# The fitted tables, by the kernel family they were measured with. OpenBLAS names its
+# AVX-512 kernels after the CPUs that brought them; every other kernel (AVX2 and
+# older, or a BLAS that does not say) takes the AVX2 table.
+TABLES = ("skylakex", "haswell")
+_AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+def table_name(kernel: str | None) -> str:
+    """The table (one of :data:`TABLES`) for a BLAS kernel name such as 'SkylakeX'.
+
+    >>> table_name("Cooperlake"), table_name("Zen"), table_name(None)
+    ('skylakex', 'haswell', 'haswell')
+    """
+    if kernel is not None and not isinstance(kernel, str):
+        raise TypeError(f"kernel must be a str or None, got {type(kernel).__name__}")
+    return "skylakex" if kernel and kernel.lower() in _AVX512_KERNELS else "haswell"
+
+
+@functools.cache
+def fitted_table(name: str) -> Table:
+    """The coefficients of table ``name`` (one of :data:`TABLES`)."""
+    if name not in TABLES:
+        raise ValueError(f"name must be one of {TABLES}, got {name!r}")
+    return importlib.import_module(f"{__package__}._cost_table_{name}").COEFFICIENTS
+
+
+@functools.cache
+def active_table() -> str:
+    """The table 'auto' uses in this process: that of the kernel the BLAS runs."""
+    from .executor import blas_kernel
+
+    return table_name(blas_kernel())
+
 
 def predict(problem: Any, op: str, path: str, table: Table | None = None) -> float | None:
     """Predicted seconds of ``path`` on map ``op`` (from ``table``, by default the
-    fitted one), or None if that path was not fitted on that map."""
-    coef = (COEFFICIENTS if table is None else table).get(path, {}).get(op)
+    :func:`active_table`), or None if that path was not fitted on that map."""
+    coef = (fitted_table(active_table()) if table is None else table).get(path, {}).get(op)
     if coef is None:
         return None
     return sum(a * b for a, b in zip(coef, features(problem, path)))

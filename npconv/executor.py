@@ -256,6 +256,17 @@ def blas_limited() -> bool:
     return _Blas.get() is not None
 
 
+def blas_kernel() -> str | None:
+    """The CPU kernel the BLAS runs (OpenBLAS's core type, e.g. 'SkylakeX', as
+    threadpoolctl reports it), or None where the BLAS does not say."""
+    controller = _Blas.get()
+    for lib in controller.lib_controllers if controller is not None else ():
+        kernel = getattr(lib, "architecture", None)
+        if kernel:
+            return str(kernel)
+    return None
+
+
 class _BlasHold:
     """One process-wide hold of the BLAS at one thread, counted: threadpoolctl's limits
     are process-wide and not thread-safe, so every holder shares one limiter, made by

@@ -401,9 +401,12 @@ def _cheapest(p: Problem, op: str, needs: tuple[str, ...],
     return sorted(found)
 
 
-def _why(ranked: list[tuple[float, str]], what: str = "predicted") -> str:
+def _why(ranked: list[tuple[float, str]], table: Any, what: str = "predicted") -> str:
+    from . import costmodel
+
     text = ", ".join(f"{n} {t * 1e3:.3g} ms" for t, n in ranked[:3])
-    return f"cost model, {what}: {text}"
+    source = "a given table" if table is not None else f"{costmodel.active_table()} table"
+    return f"cost model ({source}), {what}: {text}"
 
 
 def model_plan(p: Problem, table: Any = None, maps: tuple[str, ...] = MAPS) -> Plan | None:
@@ -413,7 +416,7 @@ def model_plan(p: Problem, table: Any = None, maps: tuple[str, ...] = MAPS) -> P
     ranked = {op: _cheapest(p, op, (op,), table) for op in MAPS}
     if not all(ranked.values()):
         return None
-    reasons = {op: _why(ranked[op]) for op in MAPS}
+    reasons = {op: _why(ranked[op], table) for op in MAPS}
     names = {op: ranked[op][0][1] for op in MAPS}
     if "grad_input" in maps and "grad_weight" in maps:
         fused = _cheapest(p, "backward", MAPS[1:], table)
@@ -421,7 +424,7 @@ def model_plan(p: Problem, table: Any = None, maps: tuple[str, ...] = MAPS) -> P
         if fused and fused[0][0] <= split:
             names["grad_input"] = names["grad_weight"] = fused[0][1]
             reasons["grad_input"] = reasons["grad_weight"] = (
-                _why(fused, "both gradients in one pass predicted")
+                _why(fused, table, "both gradients in one pass predicted")
                 + f" (best separate pair {split * 1e3:.3g} ms)")
     return Plan(names["forward"], names["grad_input"], names["grad_weight"], reasons)
 

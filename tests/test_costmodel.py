@@ -3,6 +3,7 @@ and the fit that produces its coefficients (benchmarks/costfit.py)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 import pathlib
@@ -59,6 +60,26 @@ def test_predict_is_the_fitted_sum_and_none_when_not_fitted():
     assert costmodel.predict(p, "forward", "direct", table) is None
     for op in costmodel.MAPS:  # the shipped table covers the general path on every map
         assert costmodel.predict(p, op, "im2col") > 0
+
+
+def test_each_blas_kernel_family_has_its_own_fitted_table():
+    assert costmodel.table_name("SkylakeX") == costmodel.table_name("SAPPHIRERAPIDS") == "skylakex"
+    for kernel in ("Haswell", "Zen", "Sandybridge", "", None):  # AVX2, older, or unsaid
+        assert costmodel.table_name(kernel) == "haswell"
+    with pytest.raises(TypeError, match="kernel"):
+        costmodel.table_name(512)
+    with pytest.raises(ValueError, match="'avx'"):
+        costmodel.fitted_table("avx")
+    p = _problem(n=8, c=64, o=64)
+    for name in costmodel.TABLES:  # each covers the general path on every map
+        table = costmodel.fitted_table(name)
+        module = importlib.import_module(f"npconv._cost_table_{name}")
+        assert costmodel.table_name(module.KERNEL) == name  # measured on its own family
+        for op in costmodel.MAPS:
+            assert costmodel.predict(p, op, "im2col", table) > 0
+    assert costmodel.active_table() in costmodel.TABLES
+    assert costmodel.predict(p, "forward", "im2col") == costmodel.predict(
+        p, "forward", "im2col", costmodel.fitted_table(costmodel.active_table()))
 
 
 def _flat(**per_path: float) -> dict:

@@ -6,6 +6,8 @@ Per path and map: seconds per unit of each feature of
 npconv.costmodel.FEATURES (fft: FFT_FEATURES).
 """
 
+KERNEL = 'Haswell'
+
 COEFFICIENTS: dict[str, dict[str, tuple[float, ...]]] = {
     "depthwise": {
         "backward": (9.644e-05, 0.0, 2.056e-10, 0.0,
@@ -102,15 +104,5 @@ COEFFICIENTS: dict[str, dict[str, tuple[float, ...]]] = {
             2.575e-10, 2.664e-10, 7.645e-10, 2.777e-11, 4.621e-08, 3.666e-10),
         "grad_weight": (9.658e-06, 0.0, 6.74e-12, 7.566e-10,
             4.828e-10, 3.584e-10, 7.238e-10, 1.574e-11, 0.0, 0.0),
-    },
-    "winograd": {
-        "backward": (0.0004119, 5.493e-07, 2.959e-12, 0.0,
-            6.959e-09, 6.816e-09, 5.131e-08, 0.0, 0.0, 0.0),
-        "forward": (0.0002018, 3.834e-07, 3.703e-12, 0.0,
-            0.0, 3.287e-09, 6.334e-09, 4.01e-10, 0.0, 0.0),
-        "grad_input": (0.0002583, 3.257e-07, 2.615e-12, 0.0,
-            3.613e-09, 3.258e-09, 8.875e-09, 0.0, 0.0, 0.0),
-        "grad_weight": (0.0002901, 3.09e-07, 0.0, 0.0,
-            2.756e-09, 3.945e-09, 2.899e-08, 0.0, 0.0, 0.0),
     },
 }
