@@ -19,8 +19,9 @@ differ per path and map and are fitted on timings of the benchmark's network
 zoo plus randomly drawn layers by ``benchmarks/costfit.py``, which holds a
 quarter of the layers out of the fit and reports how well the model predicts
 them (``docs/costmodel.md``). The rates of the matmul-bound paths depend on the
-BLAS's CPU kernel (OpenBLAS's AVX-512 kernel ran its sgemm about 1.5x faster than
-its AVX2 kernel on the same machine, which moved the best path of many layers), so
+BLAS's CPU kernel (OpenBLAS's AVX-512 kernel ran float32 matmuls of the zoo's shapes
+1.5-1.9x faster than its AVX2 kernel on the same machine, 2 threads: 202-285 against
+137-157 GFLOP/s, which moved the best path of many layers), so
 there is one table per kernel family, each measured with that kernel:
 :mod:`npconv._cost_table_skylakex` (AVX-512) and :mod:`npconv._cost_table_haswell`
 (AVX2), chosen by the kernel the BLAS reports (:func:`table_name`). On another
