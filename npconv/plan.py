@@ -160,6 +160,17 @@ BLOCKED_MID_POSITIONS = 256
 # one matmul each, with none of the chunk machinery, which costs more than the
 # arithmetic there (a 1x1x8x8 3x3 call: ~150 us through the chunked paths, measured).
 SMALL_CALL_BYTES = 64 * 2**10
+# Both gradients go to one path (its fused backward) unless the best pair of separate
+# paths is predicted at least this much cheaper. The model's pair is the sum of two
+# maps timed apart, but run back to back in one call they can cost more: VGG-11's
+# 512 -> 512 8x8 took 4.7 ms for im2col's grad input and 6.0 for stacked's grad
+# weight apart, 15.6-21 ms as the pair in one call, 12-13.7 ms as im2col's fused
+# backward; predicted 11.2 and 11.6 ms (eighth session, 2 threads). The first of the
+# pair runs on npconv's threads, which hold the BLAS at one thread to the call's end,
+# so the second's matmuls, made for the BLAS's threads, ran on one; letting the BLAS
+# go after the threaded stretch was no better (15.8-16.4 ms: its idle workers then
+# spin while npconv's threads want the cores, into the next call).
+SPLIT_MARGIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -412,7 +423,7 @@ def _why(ranked: list[tuple[float, str]], table: Any, what: str = "predicted") -
 def model_plan(p: Problem, table: Any = None, maps: tuple[str, ...] = MAPS) -> Plan | None:
     """The plan of least predicted time (:mod:`npconv.costmodel`, with ``table`` or the
     fitted coefficients), or None if a map has no fitted path. Both gradients go to one
-    path when its fused backward is predicted cheaper than the best pair."""
+    path unless the best pair is predicted cheaper by SPLIT_MARGIN."""
     ranked = {op: _cheapest(p, op, (op,), table) for op in MAPS}
     if not all(ranked.values()):
         return None
@@ -421,7 +432,7 @@ def model_plan(p: Problem, table: Any = None, maps: tuple[str, ...] = MAPS) -> P
     if "grad_input" in maps and "grad_weight" in maps:
         fused = _cheapest(p, "backward", MAPS[1:], table)
         split = ranked["grad_input"][0][0] + ranked["grad_weight"][0][0]
-        if fused and fused[0][0] <= split:
+        if fused and fused[0][0] * (1 - SPLIT_MARGIN) <= split:
             names["grad_input"] = names["grad_weight"] = fused[0][1]
             reasons["grad_input"] = reasons["grad_weight"] = (
                 _why(fused, table, "both gradients in one pass predicted")

@@ -105,6 +105,10 @@ def test_model_plan_fuses_the_gradients_only_when_predicted_cheaper():
     table["im2col"]["backward"] = (2.5e-3,) + (0,) * 9
     split = model_plan(p, table)  # best pair 2 ms < fused 3 ms (direct) or 2.5 ms (im2col)
     assert (split.grad_input, split.grad_weight) == ("direct", "im2col")
+    table["im2col"]["backward"] = (2.1e-3,) + (0,) * 9  # 5% dearer than the pair: fused
+    assert model_plan(p, table).grad_weight == model_plan(p, table).grad_input == "im2col"
+    table["im2col"]["backward"] = (2.3e-3,) + (0,) * 9  # 15% dearer: the pair
+    assert model_plan(p, table).grad_input == "direct"
     table["im2col"]["backward"] = (1.5e-3,) + (0,) * 9
     fused = model_plan(p, table)
     assert (fused.grad_input, fused.grad_weight) == ("im2col", "im2col")
