@@ -248,3 +248,39 @@ def test_columns_of_another_dtype_take_numpys_copy():
     cols = np.empty((2, 30, 3, 3, 9, 9), dtype=np.float64)
     windows.copy_windows(cols, x, geometry)
     np.testing.assert_array_equal(cols, reference.patches(x, geometry).astype(np.float64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 40),
+       st.sampled_from(["float32", "float64"]))
+def test_transpose_of_images_in_register_blocks(n, a, b, dtype):
+    """The depthwise path's channels-last moves: whole L x L blocks swapped in
+    registers and the ragged edges, each image apart, equal to NumPy's transpose."""
+    kernels = importlib.import_module("npconv.paths.windows_kernels")
+    src = np.arange(n * a * b, dtype=dtype).reshape(n, a, b)
+    dst = np.full((n, b, a), -1, dtype=dtype)
+    kernels.transpose_images(dst, src)
+    np.testing.assert_array_equal(dst, src.transpose(0, 2, 1))
+
+
+@pytest.mark.parametrize("size", [12, 4])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_channels_last_moves_against_the_reference(size, contiguous, stride):
+    """Small depthwise layers run channels last: the compiled transpose for contiguous
+    arrays with a whole block each way, NumPy's moves otherwise (a 2x2 output, a strided
+    input). Forward and backward against the reference."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 40, size, size * (1 if contiguous else 2))).astype(np.float32)
+    x = x if contiguous else x[..., ::2]
+    w = rng.standard_normal((40, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    kw = dict(stride=stride, padding=1, groups=40)
+    y = npconv.conv(x, w, b, algorithm="depthwise_jit", **kw)
+    assert_close(y, npconv.conv(x, w, b, algorithm="reference", **kw), reduction=9)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    got = npconv.conv_backward(gy, x, w, algorithm="depthwise_jit", **kw)
+    want = npconv.conv_backward(gy, x, w, algorithm="reference", **kw)
+    sums = (9, gy.shape[0] * gy.shape[2] * gy.shape[3], gy.size // gy.shape[1])
+    for g_got, g_want, reduction, name in zip(got, want, sums, ("input", "weight", "bias")):
+        assert_close(g_got, g_want, reduction=reduction, err_msg=f"grad {name}")

@@ -343,3 +343,74 @@ def fold_2d(out: Any, cols: Any, dims: Any, dst: Any, src: Any, rows: Any, colum
                         for c in range(c0, c1):
                             _fold_unit(out, cols, rows, columns, d + c * sc, n * cn + c * cc,
                                        y, v, count)
+
+
+# --------------------------------------------------------------------------- transpose
+
+
+def _block_swaps(builder: Any, rows: list[Any], lanes: int) -> list[Any]:
+    """The transpose of an L x L block held in L vectors: for s = L/2, ..., 1, rows i
+    and i + s (bit s of i clear) swap their off-diagonal s x s blocks (row i's lanes
+    with bit s set for row i + s's lanes with it clear). Once every bit has been
+    swapped, vector l holds column l: 4 stages of 16 two-register permutes (float32)."""
+    i32 = ir.IntType(32)
+    s = lanes // 2
+    while s:
+        low = ir.Constant(ir.VectorType(i32, lanes),
+                          [m if m & s == 0 else lanes + m - s for m in range(lanes)])
+        high = ir.Constant(ir.VectorType(i32, lanes),
+                           [m + s if m & s == 0 else lanes + m for m in range(lanes)])
+        for i in range(lanes):
+            if i & s == 0:
+                a, b = rows[i], rows[i + s]
+                rows[i] = builder.shuffle_vector(a, b, low)
+                rows[i + s] = builder.shuffle_vector(a, b, high)
+        s //= 2
+    return rows
+
+
+def _transpose_typer(typingctx: Any, dst: Any, src: Any, d0: Any, s0: Any, dst_row: Any,
+                     src_row: Any) -> Any:
+    """dst[d0 + l dst_row + r] = src[s0 + r src_row + l] for r, l < L (a vector's lanes):
+    L loads, the block swaps in registers, L stores."""
+
+    def lower(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        out, inp = _arrays(context, builder, sig, args, 2)
+        d0, s0, dst_row, src_row = args[2:6]
+        vty = _vector(context, sig.args[0].dtype)
+        lanes, align = vty.count, _align(vty)
+        rows = []
+        for r in range(lanes):
+            at = builder.add(s0, builder.mul(src_row, ir.Constant(I64, r)))
+            rows.append(builder.load(builder.bitcast(builder.gep(inp.data, [at]),
+                                                     vty.as_pointer()), align=align))
+        for r, value in enumerate(_block_swaps(builder, rows, lanes)):
+            at = builder.add(d0, builder.mul(dst_row, ir.Constant(I64, r)))
+            builder.store(value, builder.bitcast(builder.gep(out.data, [at]), vty.as_pointer()),
+                          align=align)
+        return context.get_dummy_value()
+
+    return types.void(dst, src, d0, s0, dst_row, src_row), lower
+
+
+_transpose_block: Any = intrinsic(_transpose_typer)
+
+
+@_jit
+def transpose_images(dst: Any, src: Any) -> None:
+    """dst (N, B, A) <- src (N, A, B) transposed image by image, both C-contiguous, of
+    one float dtype: L x L blocks swapped in registers, the ragged edges element by
+    element. (NumPy's copy of a moved axis walks one side a plane apart: 2.5x the time
+    of a plain copy of (4, 144, 576) float32, against 1.4x here.)"""
+    n, a, b = src.shape
+    lanes = LANE_BYTES // src.itemsize
+    flat_dst, flat_src = dst.reshape(-1), src.reshape(-1)
+    full_a, full_b = a - a % lanes, b - b % lanes
+    for i in range(n):
+        base = i * a * b
+        for p in range(0, full_a, lanes):
+            for q in range(0, full_b, lanes):
+                _transpose_block(flat_dst, flat_src, base + q * a + p, base + p * b + q, a, b)
+        for p in range(a):
+            for q in range(full_b if p < full_a else 0, b):
+                dst[i, q, p] = src[i, p, q]
