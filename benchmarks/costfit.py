@@ -411,10 +411,10 @@ def fit(args: argparse.Namespace) -> None:
     if len(families) > 1:
         raise SystemExit(f"the data files were measured on different BLAS kernel families "
                          f"({sorted(families)}): fit each family's files on their own")
-    if args.table and Path(args.table).stem != f"_cost_table_{families.pop()}":
+    family = families.pop()
+    if args.table and Path(args.table).stem != f"_cost_table_{family}":
         raise SystemExit(f"{args.table}: this data was measured on BLAS kernel "
-                         f"{_blas(meta)}, whose table is _cost_table_"
-                         f"{costmodel.table_name(_blas(meta).split(', ')[0])}.py")
+                         f"{_blas(meta)}, whose table is _cost_table_{family}.py")
     # Calls under SMALL_CALL_BYTES never ask the model (auto takes im2col's whole-batch
     # matmul); fitted, they made im2col's chunked path look as cheap as that one.
     # Timings of a path on layers it no longer accepts (its domain narrowed after it was

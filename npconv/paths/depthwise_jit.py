@@ -235,18 +235,17 @@ def _last(a: Any, size: tuple[int, int], xp: Any, repeat: int = 1) -> Any:
     """a (N, C, *size) channels last: a contiguous (N, *size2, C * repeat), each
     channel ``repeat`` times in a row."""
     if repeat == 1 and a.flags.c_contiguous:
-        return _transposed(xp, a, (a.shape[0],) + size + (a.shape[1],))
+        return _transpose_into(xp.empty((a.shape[0],) + size + (a.shape[1],), dtype=a.dtype), a)
     moved = xp.moveaxis(a.reshape(a.shape[:2] + size), 1, 3)
     return xp.ascontiguousarray(moved if repeat == 1 else xp.repeat(moved, repeat, axis=3))
 
 
-def _transposed(xp: Any, a: Any, shape: tuple[int, ...]) -> Any:
-    """A new C-contiguous array of ``shape``, (N, *rest, K), holding ``a`` (N, K, *rest),
-    C-contiguous, with its axis 1 moved last; or the other way round (channels last
-    back to planes) for ``a`` (N, *rest, K) and ``shape`` (N, K, *rest)."""
+def _transpose_into(out: Any, a: Any) -> Any:
+    """``out`` (N, *rest, K), C-contiguous, <- ``a`` (N, K, *rest), C-contiguous, with its
+    axis 1 moved last; or the other way round (channels last back to planes) for ``a``
+    (N, *rest, K) and ``out`` (N, K, *rest). Returns ``out``."""
     from .windows_kernels import LANE_BYTES, transpose_images
 
-    out = xp.empty(shape, dtype=a.dtype)
     n, rows = a.shape[0], a.shape[1]
     dst, src = out.reshape(n, -1, rows), a.reshape(n, rows, -1)
     if min(dst.shape[1], rows) * a.dtype.itemsize < LANE_BYTES:
@@ -284,7 +283,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
         call.run(kernels.forward_last, (yt, _last(x, lay.in2, xp, o // c),
                                         _taps_last(weight, lay, xp), b),
                  lay.params, rows=lay.out2[0])
-        return _transposed(xp, yt.reshape(n, -1, o), y.shape)
+        return _transpose_into(y, yt.reshape(n, -1, o))
     call.run(kernels.forward_planes, (y.reshape((n, o) + lay.out2), _planar(x, lay.in2, xp),
                                       _taps_planar(weight, lay, xp, c), b), call.planes_params)
     return y
@@ -303,7 +302,7 @@ def _backward_last(call: _Call, gy: Any, x: Any, weight: Any, need_input: bool,
         call.run(kernels.grad_input_last, (gxt, gyt, wt), lay.params, rows=lay.in2[0])
         if call.mult > 1:
             gxt = gxt.reshape((n,) + lay.in2 + (c, call.mult)).sum(axis=-1)
-        gx = _transposed(xp, gxt.reshape(n, -1, c), (n, c) + in_size)
+        gx = _transpose_into(xp.empty((n, c) + in_size, dtype=gy.dtype), gxt.reshape(n, -1, c))
     if need_weight:
         total = xp.zeros(lay.kernel2 + (o,), dtype=gy.dtype)
         call.run(kernels.grad_weight_last, (gyt, _last(x, lay.in2, xp, call.mult)),
