@@ -144,15 +144,17 @@ class Buffers:
         return view
 
 
-def flipped(weight: Any, groups: int) -> Any:
+def flipped(weight: Any, groups: int, contiguous: bool = True) -> Any:
     """W'[c, o] = W[o, c] flipped in space, per group: (O, C/g, *k) -> (C, O/g, *k), the
-    kernel of the adjoint of a stride-1 convolution (contiguous: BLAS wants + strides)."""
+    kernel of the adjoint of a stride-1 convolution: contiguous (BLAS wants + strides),
+    or with ``contiguous=False`` a view of ``weight`` where one exists (groups=1)."""
     xp = backend.get_array_module(weight)
     o, cg = weight.shape[:2]
     kernel = weight.shape[2:]
     w = weight.reshape((groups, o // groups, cg) + kernel).swapaxes(1, 2)
-    w = xp.flip(w, axis=tuple(range(3, 3 + len(kernel))))
-    return xp.ascontiguousarray(w).reshape((groups * cg, o // groups) + kernel)
+    w = xp.flip(w, axis=tuple(range(3, 3 + len(kernel)))).reshape(
+        (groups * cg, o // groups) + kernel)
+    return xp.ascontiguousarray(w) if contiguous else w
 
 
 def adjoint_problem(problem: Problem) -> Problem | None:
@@ -165,12 +167,14 @@ def adjoint_problem(problem: Problem) -> Problem | None:
 
 
 def grad_input_by_forward(problem: Problem, gy: Any, weight: Any,
-                          forward: Callable[[Problem, Any, Any, Any], Any]) -> Any:
+                          forward: Callable[[Problem, Any, Any, Any], Any],
+                          contiguous: bool = True) -> Any:
     """grad input of a stride-1, zero-padded convolution as a forward convolution of
-    ``gy`` with the flipped, channel-swapped kernel, computed by ``forward``."""
+    ``gy`` with the flipped, channel-swapped kernel (see :func:`flipped`), computed by
+    ``forward``."""
     adjoint = adjoint_problem(problem)
     assert adjoint is not None, "the caller checks full_correlation first"
-    return forward(adjoint, gy, flipped(weight, problem.groups), None)
+    return forward(adjoint, gy, flipped(weight, problem.groups, contiguous), None)
 
 
 def _phase_axis(n: int, out: int, k: int, s: int, d: int, lo: int,

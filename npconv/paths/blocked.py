@@ -273,7 +273,7 @@ def _blocked_weight(xp: Any, weight: Any, block: int) -> Any:
     taps = math.prod(weight.shape[2:])
     shape = (-(-o // block), taps, c, block)
     w = _held(xp, weight.dtype, math.prod(shape), "weight").reshape(shape)
-    kernels.block_weight(w, xp.ascontiguousarray(weight).reshape(o, c, taps), o)
+    kernels.block_weight(w, weight.reshape(o, c, taps), o)
     return w
 
 
@@ -415,7 +415,8 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
         return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
     gx = None
     if need_input and full_correlation(problem.geometry) is not None:
-        gx = grad_input_by_forward(problem, gy, weight, forward)
+        # the adjoint's kernel as a view: _blocked_weight packs it (one copy, not two)
+        gx = grad_input_by_forward(problem, gy, weight, forward, contiguous=False)
     elif need_input:
         gx = grad_input_by_phases(problem, gy, weight, forward, _work(problem))
     gw = _grad_weight(problem, gy, x, weight, xp) if need_weight else None

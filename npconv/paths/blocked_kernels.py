@@ -363,9 +363,12 @@ def grad_weight_tile(gw: Any, gyt: Any, x: Any, off: Any, stop: int) -> None:
 
 @_jit
 def block_weight(dst: Any, src: Any, count: int) -> None:
-    """dst (B, T, C, J) <- src (O, C, T)[b J + j, c, t], zero for b J + j >= count
-    (256 x 256 3x3: 0.42-0.44 ms, against 0.59 for NumPy's strided copy; a plain copy
-    of the same bytes took 0.19)."""
+    """dst (B, T, C, J) <- src (O, C, T)[b J + j, c, t], zero for b J + j >= count.
+
+    src may have any strides: grad input's flipped kernel is packed from a view
+    (128 x 64 3x3: 0.10 ms, against 0.23 for NumPy's flipped copy and the pack).
+    256 x 256 3x3: 0.42-0.44 ms, against 0.59 for NumPy's strided copy; a plain copy
+    of the same bytes took 0.19."""
     blocks, taps, channels, block = dst.shape
     for b in range(blocks):
         out = dst[b]
