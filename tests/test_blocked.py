@@ -36,6 +36,8 @@ CASES = [
     # float32, 24 + 24 + 20 in float64); the 1-d case above ends in a 1-vector block
     ((1, 8, 4, 5, 68), (3, 3, 3), 1, 1, 8),
     ((2, 6, 9, 21), (3, 3), 1, 1, 16),  # float64 only (float32: too short, a tile)
+    # tiles whose windows read only padding (the compiled fill writes zeros only)
+    ((1, 4, 3, 2000), (3, 3), (6, 1), 1, 8),
 ]
 
 

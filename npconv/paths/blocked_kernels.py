@@ -361,6 +361,104 @@ def grad_weight_tile(gw: Any, gyt: Any, x: Any, off: Any, stop: int) -> None:
                         _weight_wide(gw, gyt, x, t, off[t], c0, o0, start, end)
 
 
+def _run_pointer(context: Any, builder: Any, sig: Any, args: Any, which: int) -> Any:
+    """Pointer to element args[which + 1] of the C-contiguous array args[which], as i8*."""
+    array = context.make_array(sig.args[which])(context, builder, args[which])
+    return builder.bitcast(builder.gep(array.data, [args[which + 1]]), ir.IntType(8).as_pointer())
+
+
+def _itemsize(context: Any, array_type: Any) -> int:
+    return int(context.get_abi_sizeof(context.get_data_type(array_type.dtype)))
+
+
+@intrinsic
+def _copy_run(typingctx: Any, dst: Any, d: Any, src: Any, s: Any, count: Any) -> Any:
+    """dst.flat[d : d + count] = src.flat[s : s + count] (C-contiguous, one memcpy)."""
+
+    def lower(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        size = _itemsize(context, sig.args[0])
+        nbytes = builder.mul(args[4], _const(size))
+        cgutils.raw_memcpy(builder, _run_pointer(context, builder, sig, args, 0),
+                           _run_pointer(context, builder, sig, args, 2), nbytes, 1)
+        return context.get_dummy_value()
+
+    return types.void(dst, d, src, s, count), lower
+
+
+@intrinsic
+def _zero_run(typingctx: Any, dst: Any, d: Any, count: Any) -> Any:
+    """dst.flat[d : d + count] = 0 (C-contiguous, one memset)."""
+
+    def lower(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        nbytes = builder.mul(args[2], _const(_itemsize(context, sig.args[0])))
+        cgutils.memset(builder, _run_pointer(context, builder, sig, args, 0), nbytes, 0)
+        return context.get_dummy_value()
+
+    return types.void(dst, d, count), lower
+
+
+@_jit
+def fill_frame(slab: Any, img: Any, frame: Any, at: Any, start: Any, count: Any,
+               length: int) -> None:
+    """slab (C', >= length) <- zeros, except that channel c < C of its first F0 x F1 x F2
+    positions (a frame, row major) holds the box img (C, I0, I1, I2)[c, start + i] at
+    at + i (i < count, per axis): a tile's stride-1 slab, in memset and memcpy runs
+    (128 channels 16x16: 0.019 ms, against 0.024 for NumPy's fill and copy)."""
+    f0, f1, f2 = frame
+    a0, a1, a2 = at
+    s0, s1, s2 = start
+    n0, n1, n2 = count
+    i0, i1, i2 = img.shape[1], img.shape[2], img.shape[3]
+    width = slab.shape[1]
+    for ch in range(slab.shape[0]):
+        base, pos = ch * width, 0
+        if ch < img.shape[0]:
+            for q0 in range(f0):
+                for q1 in range(f1):
+                    if a0 <= q0 < a0 + n0 and a1 <= q1 < a1 + n1:
+                        _zero_run(slab, base + pos, a2)
+                        at_img = ((ch * i0 + s0 + q0 - a0) * i1 + s1 + q1 - a1) * i2 + s2
+                        _copy_run(slab, base + pos + a2, img, at_img, n2)
+                        _zero_run(slab, base + pos + a2 + n2, f2 - a2 - n2)
+                    else:
+                        _zero_run(slab, base + pos, f2)
+                    pos += f2
+        _zero_run(slab, base + pos, length - pos)
+
+
+@_jit
+def forward_rows_item(y: Any, slab: Any, img: Any, w: Any, off: Any, bias: Any,
+                      frame: Any, at: Any, start: Any, count: Any, length: int,
+                      runs: Any) -> None:
+    """One tile of the forward, written straight into y's rows: fill_frame, then
+    forward_rows (``runs``: its last eight arguments), in one call without the GIL."""
+    fill_frame(slab, img, frame, at, start, count, length)
+    forward_rows(y, slab, w, off, bias, runs[0], runs[1], runs[2], runs[3], runs[4], runs[5],
+                 runs[6], runs[7])
+
+
+@_jit
+def forward_tile_item(tile: Any, slab: Any, img: Any, w: Any, off: Any, bias: Any,
+                      frame: Any, at: Any, start: Any, count: Any, length: int, stop: int,
+                      step: int) -> None:
+    """One tile of the forward into ``tile``: fill_frame, then forward_tile."""
+    fill_frame(slab, img, frame, at, start, count, length)
+    forward_tile(tile, slab, w, off, bias, stop, step)
+
+
+@_jit
+def weight_item(gw: Any, tile: Any, slab: Any, img: Any, gy: Any, off: Any, frame: Any,
+                at: Any, start: Any, count: Any, length: int, stop: int, runs: Any) -> None:
+    """One tile of grad weight: fill_frame, grad_output channels last in ``tile`` (zero
+    at junk positions; transpose_tile, ``runs``: its last eight arguments), then
+    grad_weight_tile, in one call without the GIL."""
+    fill_frame(slab, img, frame, at, start, count, length)
+    _zero_run(tile, 0, stop * tile.shape[1])
+    transpose_tile(tile, gy, runs[0], runs[1], runs[2], runs[3], runs[4], runs[5], runs[6],
+                   runs[7])
+    grad_weight_tile(gw, tile, slab, off, stop)
+
+
 @_jit
 def block_weight(dst: Any, src: Any, count: int) -> None:
     """dst (B, T, C, J) <- src (O, C, T)[b J + j, c, t], zero for b J + j >= count.
