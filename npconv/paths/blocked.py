@@ -220,19 +220,19 @@ def _compiled_fill(x: Any, g: ConvGeometry, dtype: Any) -> bool:
 
 
 def _frame_args(x: Any, n: int, a: int, count: int, g: ConvGeometry,
-                tiling: Tiling) -> tuple[Any, ...]:
-    """kernels.fill_frame's arguments but the slab: image n of x, and the tile's planes
-    [a, a + count) of the padded frame, as three axes (leading ones of size 1)."""
+                tiling: Tiling) -> tuple[Any, tuple[Any, ...]]:
+    """kernels.fill_frame's image and box: image n of x, and the tile's planes [a, a +
+    count) of the padded frame, as three axes (leading ones of size 1)."""
     pad = (1,) * (3 - g.nd)
     img = x[n].reshape(x.shape[1:2] + pad + x.shape[2:])
     frame = pad + (count,) + tiling.grid[1:]
     sliced = _phase_slices(tiling.phases[0], g, a, count, tiling.grid)
     if sliced is None:  # no input pixel in these planes
-        return img, frame, (0, 0, 0), (0, 0, 0), (0, 0, 0), tiling.slab_length
+        return img, (frame, (0, 0, 0), (0, 0, 0), (0, 0, 0), tiling.slab_length)
     zero = (0,) * len(pad)
-    return (img, frame, zero + tuple(d.start for d in sliced[0]),
-            zero + tuple(r.start for r in sliced[1]),
-            pad + tuple(d.stop - d.start for d in sliced[0]), tiling.slab_length)
+    return img, (frame, zero + tuple(d.start for d in sliced[0]),
+                 zero + tuple(r.start for r in sliced[1]),
+                 pad + tuple(d.stop - d.start for d in sliced[0]), tiling.slab_length)
 
 
 def _valid(tile: Any, count: int, g: ConvGeometry, tiling: Tiling, o: int) -> Any:
@@ -273,12 +273,12 @@ def _forward_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], job: _Fo
     n, a, b = item
     o, out, t = job.y.shape[1], job.g.out_size, job.tiling
     if job.compiled:
-        img, *fill = _frame_args(job.x, n, a, b - a + t.span, job.g, t)
+        img, box = _frame_args(job.x, n, a, b - a + t.span, job.g, t)
         if job.direct:
-            kernels.forward_rows_item(job.y[n].reshape(o, -1), slab, img, job.w, job.off,
-                                      job.bias, *fill, _runs(out, a, b, t))
+            kernels.forward_rows_item(job.y[n].reshape(o, -1), slab, img, box, job.w,
+                                      job.off, job.bias, _runs(out, a, b, t))
             return
-        kernels.forward_tile_item(tile, slab, img, job.w, job.off, job.bias, *fill,
+        kernels.forward_tile_item(tile, slab, img, box, job.w, job.off, job.bias,
                                   t.positions(b - a), t.step)
     else:
         _fill_slab(slab, job.x, item, job.g, t)
@@ -396,8 +396,8 @@ def _weight_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], acc: Any,
     o, t = job.gy.shape[1], job.tiling
     stop, used = t.positions(b - a), (b - a) * t.plane
     if job.compiled:
-        img, *fill = _frame_args(job.x, n, a, b - a + t.span, job.g, t)
-        kernels.weight_item(acc, tile, slab, img, job.gy[n].reshape(o, -1), job.off, *fill,
+        img, box = _frame_args(job.x, n, a, b - a + t.span, job.g, t)
+        kernels.weight_item(acc, tile, slab, img, box, job.gy[n].reshape(o, -1), job.off,
                             stop, _runs(job.g.out_size, a, b, t))
         return acc
     _fill_slab(slab, job.x, item, job.g, job.tiling)
