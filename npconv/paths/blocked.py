@@ -230,9 +230,14 @@ def _frame_args(x: Any, n: int, a: int, count: int, g: ConvGeometry,
     if sliced is None:  # no input pixel in these planes
         return img, (frame, (0, 0, 0), (0, 0, 0), (0, 0, 0), tiling.slab_length)
     zero = (0,) * len(pad)
-    return img, (frame, zero + tuple(d.start for d in sliced[0]),
-                 zero + tuple(r.start for r in sliced[1]),
-                 pad + tuple(d.stop - d.start for d in sliced[0]), tiling.slab_length)
+    at, start = zero + tuple(d.start for d in sliced[0]), zero + tuple(r.start for r in sliced[1])
+    size = pad + tuple(d.stop - d.start for d in sliced[0])
+    # the kernel copies by raw memcpy: a box outside the frame or the image would write
+    # or read past them
+    assert math.prod(frame) <= tiling.slab_length and all(
+        0 <= p and p + k <= f and 0 <= q and q + k <= m
+        for p, q, k, f, m in zip(at, start, size, frame, img.shape[1:])), (frame, at, start)
+    return img, (frame, at, start, size, tiling.slab_length)
 
 
 def _valid(tile: Any, count: int, g: ConvGeometry, tiling: Tiling, o: int) -> Any:
@@ -253,7 +258,7 @@ class _Forward:
     g: ConvGeometry
     tiling: Tiling
     direct: bool  # the kernel writes y's rows (y C-contiguous, O a multiple of J, rank <= 3)
-    compiled: bool  # the kernels fill the slabs (_compiled_fill)
+    compiled: bool  # a tile is one compiled call (_compiled_fill, y C-contiguous)
 
 
 def _runs(out: tuple[int, ...], a: int, b: int, t: Tiling) -> tuple[int, ...]:
@@ -271,22 +276,22 @@ def _forward_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], job: _Fo
 
     slab, tile = scratch
     n, a, b = item
-    o, out, t = job.y.shape[1], job.g.out_size, job.tiling
-    if job.compiled:
+    o, t = job.y.shape[1], job.tiling
+    runs, stop = _runs(job.g.out_size, a, b, t), t.positions(b - a)
+    if job.compiled:  # one compiled call: fill, sums, and the valid positions into y
         img, box = _frame_args(job.x, n, a, b - a + t.span, job.g, t)
+        y = job.y[n].reshape(o, -1)
         if job.direct:
-            kernels.forward_rows_item(job.y[n].reshape(o, -1), slab, img, box, job.w,
-                                      job.off, job.bias, _runs(out, a, b, t))
-            return
-        kernels.forward_tile_item(tile, slab, img, box, job.w, job.off, job.bias,
-                                  t.positions(b - a), t.step)
-    else:
-        _fill_slab(slab, job.x, item, job.g, t)
-        if job.direct:
-            kernels.forward_rows(job.y[n].reshape(o, -1), slab, job.w, job.off, job.bias,
-                                 *_runs(out, a, b, t))
-            return
-        kernels.forward_tile(tile, slab, job.w, job.off, job.bias, t.positions(b - a), t.step)
+            kernels.forward_rows_item(y, slab, img, box, job.w, job.off, job.bias, runs)
+        else:
+            kernels.forward_tile_item(y, tile, slab, img, box, job.w, job.off, job.bias, stop,
+                                      t.step, runs)
+        return
+    _fill_slab(slab, job.x, item, job.g, t)
+    if job.direct:
+        kernels.forward_rows(job.y[n].reshape(o, -1), slab, job.w, job.off, job.bias, *runs)
+        return
+    kernels.forward_tile(tile, slab, job.w, job.off, job.bias, stop, t.step)
     job.y[n, :, a:b] = _valid(tile, b - a, job.g, t, o)
 
 
@@ -363,7 +368,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -
     direct = (out is None and o % kernels.OUT_BLOCK == 0 and g.nd <= 3
               and g.out_size[-1] >= DIRECT_MIN_VECTORS * kernels.lanes_of(x.dtype.itemsize))
     job = _Forward(y, x, w, xp.asarray(tiling.offsets, dtype=xp.int64), b, g, tiling, direct,
-                   _compiled_fill(x, g, x.dtype))
+                   _compiled_fill(x, g, x.dtype) and y.flags.c_contiguous)
     scratch = functools.partial(_scratch, xp, x.dtype, c, rows, tiling, tiling.tile_positions)
     executor.map_chunks(_forward_tile, tiling.tiles(n, g.out_size[0]), job, scratch=scratch,
                         per_worker_bytes=tiling.scratch_bytes(c, rows, x.itemsize),

@@ -439,11 +439,19 @@ def forward_rows_item(y: Any, slab: Any, img: Any, box: Any, w: Any, off: Any, b
 
 
 @_jit
-def forward_tile_item(tile: Any, slab: Any, img: Any, box: Any, w: Any, off: Any, bias: Any,
-                      stop: int, step: int) -> None:
-    """One tile of the forward into ``tile``: fill_frame, then forward_tile."""
+def forward_tile_item(y: Any, tile: Any, slab: Any, img: Any, box: Any, w: Any, off: Any,
+                      bias: Any, stop: int, step: int, runs: Any) -> None:
+    """One tile of the forward through ``tile``: fill_frame, forward_tile, then the
+    tile's valid positions into y (O, P), C-contiguous, as forward_rows lays out ``runs``
+    (each run one memcpy a channel)."""
     fill_frame(slab, img, box)
     forward_tile(tile, slab, w, off, bias, stop, step)
+    planes, rows, width, q0, q_plane, q_row, p_plane, p_row = runs
+    for c in range(y.shape[0]):
+        for i in range(planes):
+            for r in range(rows):
+                _copy_run(y, c * y.shape[1] + q0 + i * q_plane + r * q_row,  # type: ignore
+                          tile, c * tile.shape[1] + i * p_plane + r * p_row, width)
 
 
 @_jit
