@@ -44,7 +44,13 @@ from typing import Any
 from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
-from ._common import empty_grads, grad_input_by_forward, grad_input_by_phases
+from ._common import (
+    adjoint_problem,
+    empty_grads,
+    flipped,
+    grad_input_by_forward,
+    grad_input_by_phases,
+)
 from .depthwise_jit import compiled_needs
 
 # Multiply-adds per byte of the executor's work measure (see _work).
@@ -354,18 +360,16 @@ def _held(xp: Any, dtype: Any, size: int, use: str = "scratch") -> Any:
     return buffer[:size]
 
 
-def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -> Any:
-    """y (N, O, *out) = conv(x, weight) + bias, zero padding, groups=1 (written into
-    ``out``, any view of that shape, if given)."""
+def _forward_job(problem: Problem, x: Any, weight: Any, bias: Any,
+                 out: Any) -> tuple[_Forward, list[tuple[int, int, int]], Any, int]:
+    """A forward's job, tiles, worker scratch factory and scratch bytes a worker (the
+    output allocated, or ``out``; x has images and channels)."""
     from . import blocked_kernels as kernels
 
     xp = backend.get_array_module(x, weight)
     g = problem.geometry
     n, c, o = x.shape[0], x.shape[1], weight.shape[0]
     y = xp.empty((n, o) + g.out_size, dtype=x.dtype) if out is None else out
-    if y.size == 0 or c == 0:
-        y[...] = 0 if bias is None else bias.reshape((1, o) + (1,) * g.nd)
-        return y
     rows = -(-o // kernels.OUT_BLOCK) * kernels.OUT_BLOCK
     tiling = _fitted(g, _step(x.dtype.itemsize), c, rows, x.dtype.itemsize)
     w = _blocked_weight(xp, weight, kernels.OUT_BLOCK)
@@ -379,11 +383,23 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -
     job = _Forward(y, x, w, xp.asarray(tiling.offsets, dtype=xp.int64), b, g, tiling, direct,
                    _compiled_fill(x, g, x.dtype) and y.flags.c_contiguous)
     scratch = functools.partial(_scratch, xp, x.dtype, c, rows, tiling, tiling.tile_positions)
-    executor.map_chunks(_forward_tile, tiling.tiles(n, g.out_size[0]), job, scratch=scratch,
-                        per_worker_bytes=tiling.scratch_bytes(c, rows, x.itemsize),
-                        arrays=(x,),
-                        work_bytes=_work(problem))
-    return y
+    return (job, tiling.tiles(n, g.out_size[0]), scratch,
+            tiling.scratch_bytes(c, rows, x.itemsize))
+
+
+def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -> Any:
+    """y (N, O, *out) = conv(x, weight) + bias, zero padding, groups=1 (written into
+    ``out``, any view of that shape, if given)."""
+    g, (n, c), o = problem.geometry, x.shape[:2], weight.shape[0]
+    if n == 0 or c == 0 or o == 0 or g.out_volume == 0:
+        xp = backend.get_array_module(x, weight)
+        y = xp.empty((n, o) + g.out_size, dtype=x.dtype) if out is None else out
+        y[...] = 0 if bias is None else bias.reshape((1, o) + (1,) * g.nd)
+        return y
+    job, tiles, scratch, per_worker = _forward_job(problem, x, weight, bias, out)
+    executor.map_chunks(_forward_tile, tiles, job, scratch=scratch, per_worker_bytes=per_worker,
+                        arrays=(x,), work_bytes=_work(problem))
+    return job.y
 
 
 @dataclass(frozen=True)
@@ -437,10 +453,12 @@ def _weight_shape(c: int, o: int, taps: int, lanes: int) -> tuple[int, int, int]
     return taps, -(-c // rows) * rows, -(-o // (vectors * lanes)) * vectors * lanes
 
 
-def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any:
+def _weight_job(problem: Problem, gy: Any, x: Any,
+                xp: Any) -> tuple[_Weight, list[tuple[int, int, int]], Any, int]:
+    """Grad weight's job, tiles, worker scratch factory and scratch bytes a worker."""
     from . import blocked_kernels as kernels
 
-    g, (n, o), c = problem.geometry, gy.shape[:2], x.shape[1]
+    g, o, c = problem.geometry, gy.shape[1], x.shape[1]
     lanes = kernels.lanes_of(gy.dtype.itemsize)
     shape = _weight_shape(c, o, math.prod(g.kernel), lanes)
     tiling = _fitted(g, _step(gy.dtype.itemsize), shape[1], shape[2], gy.dtype.itemsize)
@@ -448,20 +466,80 @@ def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any
                   shape, g, tiling, _compiled_fill(x, g, gy.dtype))
     scratch = functools.partial(_scratch, xp, gy.dtype, shape[1], tiling.tile_positions,
                                 tiling, shape[2])
-    total = xp.zeros(shape, dtype=gy.dtype)
-    executor.reduce_chunks(_weight_tile, tiling.tiles(n, g.out_size[0]), total, job,
-                           scratch=scratch, arrays=(gy,),
-                           per_worker_bytes=tiling.scratch_bytes(shape[1], shape[2],
-                                                                 gy.itemsize),
-                           work_bytes=_work(problem))
+    return (job, tiling.tiles(gy.shape[0], g.out_size[0]), scratch,
+            tiling.scratch_bytes(shape[1], shape[2], gy.itemsize))
+
+
+def _weight_result(problem: Problem, total: Any, gy: Any, x: Any, weight: Any) -> Any:
+    """grad weight (O, C, *k) from the summed partials (T, C', O')."""
+    xp = backend.get_array_module(total)
+    o, c = gy.shape[1], x.shape[1]
     if not xp.isfinite(total[:, :c, :o]).all():
         # a junk position can read a non-finite pixel no window reads (0 * inf is nan):
         # sum again over the windows only
         from . import im2col
 
         return im2col.backward(problem, gy, x, weight, False, True)[1]
-    # (T, C', O') -> (O, C, *k)
     return xp.ascontiguousarray(total.transpose(2, 1, 0)[:o, :c]).reshape(weight.shape)
+
+
+def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any:
+    job, tiles, scratch, per_worker = _weight_job(problem, gy, x, xp)
+    total = xp.zeros(job.shape, dtype=gy.dtype)
+    executor.reduce_chunks(_weight_tile, tiles, total, job, scratch=scratch, arrays=(gy,),
+                           per_worker_bytes=per_worker, work_bytes=_work(problem))
+    return _weight_result(problem, total, gy, x, weight)
+
+
+def _both_item(scratch: tuple[Any, Any], item: tuple[bool, int, Any], forward_job: _Forward,
+               weight_job: _Weight, partials: list[Any]) -> None:
+    """One item of a backward run as one map: a tile of grad input's forward, or a lane
+    of grad weight's tiles (its partial sum kept by lane)."""
+    is_lane, index, work = item
+    if not is_lane:
+        _forward_tile(scratch[0](), work, forward_job)
+        return
+    acc = None
+    for tile in work:
+        acc = _weight_tile(scratch[1](), tile, acc, weight_job)
+    partials[index] = acc
+
+
+def _both(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> tuple[Any, Any]:
+    """Both gradients of a layer whose grad input is a forward (stride 1), as one map
+    of executor chunks: grad weight's lanes (summed in lane order, as reduce_chunks
+    does) and grad input's tiles, so that the threads start once and share out both."""
+    adjoint = adjoint_problem(problem)
+    assert adjoint is not None, "the caller checks full_correlation first"
+    # the adjoint's kernel as a view: _blocked_weight packs it (one copy, not two)
+    f_job, f_tiles, f_scratch, f_bytes = _forward_job(
+        adjoint, gy, flipped(weight, problem.groups, contiguous=False), None, None)
+    w_job, w_tiles, w_scratch, w_bytes = _weight_job(problem, gy, x, xp)
+    total = xp.zeros(w_job.shape, dtype=gy.dtype)
+    lanes = executor.lanes_of(w_tiles, total.nbytes)
+    partials: list[Any] = [None] * len(lanes)
+    items = ([(True, i, lane) for i, lane in enumerate(lanes)]
+             + [(False, 0, tile) for tile in f_tiles])
+    executor.map_chunks(_both_item, items, f_job, w_job, partials,
+                        scratch=lambda: (_Lazy(f_scratch), _Lazy(w_scratch)),
+                        per_worker_bytes=max(f_bytes, w_bytes), arrays=(gy,),
+                        work_bytes=2 * _work(problem))
+    for part in partials:
+        if part is not None:
+            total += part
+    return f_job.y, _weight_result(problem, total, gy, x, weight)
+
+
+class _Lazy:
+    """A worker's scratch of one kind, made on first use (a thread may get none)."""
+
+    def __init__(self, make: Any) -> None:
+        self.make, self.made = make, None
+
+    def __call__(self) -> Any:
+        if self.made is None:
+            self.made = self.make()
+        return self.made
 
 
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
@@ -471,7 +549,10 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     if gy.size == 0 or problem.in_channels == 0 or not (need_input or need_weight):
         return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
     gx = None
-    if need_input and full_correlation(problem.geometry) is not None:
+    stride_one = full_correlation(problem.geometry) is not None
+    if need_input and need_weight and stride_one:
+        return _both(problem, gy, x, weight, xp)
+    if need_input and stride_one:
         # the adjoint's kernel as a view: _blocked_weight packs it (one copy, not two)
         gx = grad_input_by_forward(problem, gy, weight, forward, contiguous=False)
     elif need_input:
