@@ -523,7 +523,7 @@ def _both(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> tuple[Any,
     executor.map_chunks(_both_item, items, f_job, w_job, partials,
                         scratch=lambda: (_Lazy(f_scratch), _Lazy(w_scratch)),
                         per_worker_bytes=max(f_bytes, w_bytes), arrays=(gy,),
-                        work_bytes=2 * _work(problem))
+                        work_bytes=_work(problem))  # threaded where one map alone is
     for part in partials:
         if part is not None:
             total += part
