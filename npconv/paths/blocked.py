@@ -27,9 +27,13 @@ over the whole sum, which a BLAS matmul on columns cannot do for 16-64
 channels, where the columns are 9-27x the input.
 
 It takes groups=1, zero padding, float32 or float64 on NumPy, when numba is
-installed (``pip install "npconv[jit]"``). Tiles run on the executor's threads, each worker with its
-own slab and tile (kept by the thread from call to call); grad weight's partial
-sums are added in a fixed order.
+installed (``pip install "npconv[jit]"``). Tiles run on the executor's threads,
+each worker with its own slab and tile (kept by the thread from call to call);
+grad weight's partial sums are added in a fixed order. For stride 1, rank <= 3 and
+a C-contiguous input, a tile is one compiled call (slab filled by memset and
+memcpy runs, the sums, grad output's channels-last copy or the output's rows), so a
+thread takes the GIL back once a tile; and both gradients run as one map of
+chunks, so the threads start once a backward.
 """
 
 from __future__ import annotations
