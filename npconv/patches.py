@@ -25,7 +25,7 @@ from .geometry import (
     spatial_rank,
 )
 from .paths.fold import fold_into, gather_windows, scatter_add
-from .paths.windows import copy_windows_split, takes_planes
+from .paths.windows import copy_windows_split, split_pays, takes_planes
 
 _NUMPY_PAD_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -431,7 +431,11 @@ def im2col(
         cols = gather_windows(batch, geometry)
     else:
         cols = xp.empty(shape, dtype=batch.dtype)  # a copy even where the view is contiguous
-        executor.copy_into(cols, window_view(pad(batch, geometry), geometry))
+        view = window_view(pad(batch, geometry), geometry)
+        if split_pays(cols.nbytes):
+            executor.copy_into(cols, view)
+        else:
+            cols[...] = view
     cols = cols.reshape(n, c * geometry.kernel_volume, geometry.out_volume)
     return cols if batched else cols[0]
 

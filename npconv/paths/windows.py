@@ -67,8 +67,15 @@ LANE_BYTES = 64  # the kernels' vectors (windows_kernels.LANE_BYTES)
 #   against 0.57 by planes' rows; blocks of 8-128 channels: 64 best).
 # npconv.im2col splits compiled copies of this many bytes over two threads (ms, one /
 # two threads: N4 64@32x32 3x3 9 MiB 0.57 / 0.50; N4 3@96x96 7x7 s2 5.2 MiB 0.50 / 0.45;
-# N4 256@16x16 9 MiB 0.65 / 0.66; N4 128@16x16 4.5 MiB 0.30 / 0.42; 512@8x8 0.36 / 0.44).
+# N4 256@16x16 9 MiB 0.65 / 0.66; N4 128@16x16 4.5 MiB 0.30 / 0.42; 512@8x8 0.36 / 0.44),
+# and NumPy's copies of the window view likewise (rows of 64: N2 16@64x64 3x3 4.5 MiB
+# 0.38 / 0.49, N2 32@64x64 9 MiB 0.94 / 0.71; interleaved medians of 25).
 SPLIT_MIN_BYTES = 2**23
+
+
+def split_pays(nbytes: int) -> bool:
+    """Whether npconv.im2col's copy of ``nbytes`` goes over the executor's threads."""
+    return nbytes >= SPLIT_MIN_BYTES and executor.get_num_threads() > 1
 TAPS_MAX_HEIGHT = 15
 TAP_BLOCK = 16
 ROWS_MIN_HEIGHT = 12
@@ -176,10 +183,10 @@ def copy_windows_split(cols: Any, x: Any, geometry: ConvGeometry) -> None:
     images than threads, by channels, for copies of at least SPLIT_MIN_BYTES:
     npconv.im2col's, whose large outputs are bound by memory (the paths copy on their
     calling thread; see :func:`copy_windows`)."""
-    workers = executor.get_num_threads()
-    if cols.nbytes < SPLIT_MIN_BYTES or workers <= 1:
+    if not split_pays(cols.nbytes):
         copy_windows(cols, x, geometry)
         return
+    workers = executor.get_num_threads()
     axis = 0 if x.shape[0] >= workers else 1
     executor.map_chunks(_copy_span, executor.axis_spans(x.shape[axis], axis, workers), cols,
                         x, geometry, arrays=(cols,), work_bytes=cols.nbytes)
