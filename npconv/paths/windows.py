@@ -71,11 +71,6 @@ LANE_BYTES = 64  # the kernels' vectors (windows_kernels.LANE_BYTES)
 # and NumPy's copies of the window view likewise (rows of 64: N2 16@64x64 3x3 4.5 MiB
 # 0.38 / 0.49, N2 32@64x64 9 MiB 0.94 / 0.71; interleaved medians of 25).
 SPLIT_MIN_BYTES = 2**23
-
-
-def split_pays(nbytes: int) -> bool:
-    """Whether npconv.im2col's copy of ``nbytes`` goes over the executor's threads."""
-    return nbytes >= SPLIT_MIN_BYTES and executor.get_num_threads() > 1
 TAPS_MAX_HEIGHT = 15
 TAP_BLOCK = 16
 ROWS_MIN_HEIGHT = 12
@@ -176,6 +171,11 @@ def _rows(xp: Any, x: Any, geometry: ConvGeometry) -> Any:
             shift = j * dw - lo_w
             target[..., first:last] = x[..., first + shift:last + shift]
     return rows
+
+
+def split_pays(nbytes: int) -> bool:
+    """Whether npconv.im2col's copy of ``nbytes`` goes over the executor's threads."""
+    return nbytes >= SPLIT_MIN_BYTES and executor.get_num_threads() > 1
 
 
 def copy_windows_split(cols: Any, x: Any, geometry: ConvGeometry) -> None:

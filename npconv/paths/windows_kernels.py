@@ -30,6 +30,7 @@ from .blocked_kernels import (
     _splat,
     _suffix,
     _vector,
+    block_swaps,
 )
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -348,27 +349,6 @@ def fold_2d(out: Any, cols: Any, dims: Any, dst: Any, src: Any, rows: Any, colum
 # --------------------------------------------------------------------------- transpose
 
 
-def _block_swaps(builder: Any, rows: list[Any], lanes: int) -> list[Any]:
-    """The transpose of an L x L block held in L vectors: for s = L/2, ..., 1, rows i
-    and i + s (bit s of i clear) swap their off-diagonal s x s blocks (row i's lanes
-    with bit s set for row i + s's lanes with it clear). Once every bit has been
-    swapped, vector l holds column l: 4 stages of 16 two-register permutes (float32)."""
-    i32 = ir.IntType(32)
-    s = lanes // 2
-    while s:
-        low = ir.Constant(ir.VectorType(i32, lanes),
-                          [m if m & s == 0 else lanes + m - s for m in range(lanes)])
-        high = ir.Constant(ir.VectorType(i32, lanes),
-                           [m + s if m & s == 0 else lanes + m for m in range(lanes)])
-        for i in range(lanes):
-            if i & s == 0:
-                a, b = rows[i], rows[i + s]
-                rows[i] = builder.shuffle_vector(a, b, low)
-                rows[i + s] = builder.shuffle_vector(a, b, high)
-        s //= 2
-    return rows
-
-
 def _transpose_typer(typingctx: Any, dst: Any, src: Any, d0: Any, s0: Any, dst_row: Any,
                      src_row: Any) -> Any:
     """dst[d0 + l dst_row + r] = src[s0 + r src_row + l] for r, l < L (a vector's lanes):
@@ -384,7 +364,7 @@ def _transpose_typer(typingctx: Any, dst: Any, src: Any, d0: Any, s0: Any, dst_r
             at = builder.add(s0, builder.mul(src_row, ir.Constant(I64, r)))
             rows.append(builder.load(builder.bitcast(builder.gep(inp.data, [at]),
                                                      vty.as_pointer()), align=align))
-        for r, value in enumerate(_block_swaps(builder, rows, lanes)):
+        for r, value in enumerate(block_swaps(builder, rows, lanes)):
             at = builder.add(d0, builder.mul(dst_row, ir.Constant(I64, r)))
             builder.store(value, builder.bitcast(builder.gep(out.data, [at]), vty.as_pointer()),
                           align=align)
