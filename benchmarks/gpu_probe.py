@@ -436,7 +436,8 @@ def _suite_ops(dev: Device, case: tuple) -> list[tuple[str, dict, Any, dict]]:
 def _gpu_ms(func: Any) -> float:
     import cupyx.profiler
 
-    return float(cupyx.profiler.benchmark(func, n_repeat=10, n_warmup=3).gpu_times.mean()) * 1e3
+    result = cupyx.profiler.benchmark(func, name="torch", n_repeat=10, n_warmup=3)
+    return float(result.gpu_times.mean()) * 1e3
 
 
 def _time_op(dev: Device, name: str, op: str, label: str, ours: Any, torch_ms: float,
@@ -445,7 +446,8 @@ def _time_op(dev: Device, name: str, op: str, label: str, ours: Any, torch_ms: f
     import cupyx.profiler
 
     pool = cupy.get_default_memory_pool()
-    a = cupyx.profiler.benchmark(ours, n_repeat=10, n_warmup=3)
+    # name=: benchmark() reads func.__name__ by default, which a partial lacks
+    a = cupyx.profiler.benchmark(ours, name=label, n_repeat=10, n_warmup=3)
     real = cupy.matmul
     cupy.matmul, calls[0] = counting, 0
     try:

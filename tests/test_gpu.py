@@ -105,7 +105,7 @@ def test_im2col_col2im_patches_cupy_match_numpy(cupy, cfg, seed):
 
 def test_col2im_is_deterministic_on_gpu(cupy):
     rng = np.random.default_rng(0)
-    cols = cupy.asarray(rng.standard_normal((2, 3 * 9, 36)))
+    cols = cupy.asarray(rng.standard_normal((2, 3 * 9, 64)))  # 8x8 blocks: padding 1
     first = npconv.col2im(cols, (8, 8), 3, padding=1, stride=1)
     for _ in range(3):
         cupy.testing.assert_array_equal(npconv.col2im(cols, (8, 8), 3, padding=1), first)
