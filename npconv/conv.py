@@ -160,9 +160,11 @@ def _sum_bias(grad_output: Any) -> Any:
     # einsum's sum-of-products loop ran 3x faster than sum over axes (0, 2, ...) on
     # 8x64x32x32 and 1.5x on 2x64x4x4; on 256 elements or fewer its setup costs more
     # than the sum (1x4x8x8: 2.3 against 1.6 us)
-    if grad_output.size <= _SUM_MAX_SIZE:
-        return grad_output.sum(axis=_summed_axes(grad_output.ndim))
+    # on a device CuPy's einsum costs several launches and much Python (about 0.2 ms
+    # a call on an H200, profiled), its reduction kernel one launch
     xp = backend.get_array_module(grad_output)
+    if grad_output.size <= _SUM_MAX_SIZE or not backend.on_host(xp):
+        return grad_output.sum(axis=_summed_axes(grad_output.ndim))
     spatial = "abcdefghijklm"[: grad_output.ndim - 2]
     return xp.einsum(f"no{spatial}->o", grad_output)
 

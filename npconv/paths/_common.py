@@ -33,9 +33,11 @@ def out_block(y: Any, start: int, stop: int, rows: slice, g: int) -> Any:
 
 
 # On a device, a batch of at most this many matrices whose operands CuPy would copy is
-# computed one 2-d matmul per matrix (a launch each, 5-20 us); a larger batch is left
-# to CuPy's copies, which cost one pass over the operands and a single launch.
-DEVICE_MAX_MATRICES = 32
+# computed one 2-d matmul per matrix; a larger batch is left to CuPy's copies. On an
+# H200 (CuPy 14.2) a small matmul cost 23 us of host time and a copy 10-15 us, so
+# one matmul per matrix pays for a single matrix only (a batch of 32 made the
+# pointwise weight gradient of 32 images cost 1.95 ms, against torch's 0.12).
+DEVICE_MAX_MATRICES = 1
 
 
 def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
@@ -45,10 +47,10 @@ def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
     into a temporary and copies it when ``out`` is not C-contiguous, copies operands of
     3 or more dims that are not C-contiguous, and CuPy 13 materialises an operand
     broadcast over the batch. On a device the call is made as is when none of that
-    applies; a broadcast operand smaller than the other one is expanded once; a few
-    matrices with transposed operands become 2-d matmuls, whose transposed operands
-    cuBLAS reads in place. A non-contiguous ``out`` still costs a temporary and a copy
-    (as CuPy would make): the paths give such sites contiguous targets on a device.
+    applies; a broadcast operand is expanded once; a single matrix with transposed
+    operands becomes a 2-d matmul, whose transposed operands cuBLAS reads in place.
+    A non-contiguous ``out`` still costs a temporary and a copy (as CuPy would make):
+    the paths give such sites contiguous targets on a device.
     """
     if backend.on_host(xp) or a.ndim < 2 or b.ndim < 2:
         return xp.matmul(a, b, out=out)
@@ -63,8 +65,7 @@ def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
         return xp.matmul(a, b, out=out)
     for small, other in ((a, b), (b, a)):
         if (small.shape[:-2] != batch and other.shape[:-2] == batch
-                and small.flags.c_contiguous and other.flags.c_contiguous
-                and math.prod(batch) * math.prod(small.shape[-2:]) <= other.size):
+                and small.flags.c_contiguous and other.flags.c_contiguous):
             full = xp.ascontiguousarray(xp.broadcast_to(small, batch + small.shape[-2:]))
             a, b = (full, b) if small is a else (a, full)
             return xp.matmul(a, b, out=out)
@@ -100,6 +101,45 @@ def matmul_tall(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
         return result
     out[...] = result
     return out
+
+
+def device_contiguous(xp: Any, a: Any) -> Any:
+    """``a`` as a matmul operand: on a device a C-contiguous copy if it is not one.
+
+    For a small operand (a weight, transposed) one explicit copy costs a launch,
+    where CuPy would also copy it inside ``matmul`` and one matmul per matrix of
+    the batch costs a launch each. On a host it is ``a``: BLAS reads it in place.
+    """
+    if backend.on_host(xp) or a.flags.c_contiguous:
+        return a
+    return xp.ascontiguousarray(a)
+
+
+def device_weight_grad(xp: Any, gy4: Any, windows: Any, kernel_rank: int) -> Any:
+    """sum over n of gy4[n] @ cols[n]^T on a device, (g, O/g, C/g*K): one matmul whose
+    contraction runs over the images and positions together (N*L).
+
+    ``gy4`` is (N, g, O/g, L) and ``windows`` (N, C, *kernel, *out), the window view
+    (or, with ``kernel_rank`` 0, the input itself). cuBLAS splits a long contraction
+    over the GPU, where a batch of N products, each with a small result and a
+    contraction of L, left it idle (a 3-d U-Net layer's weight gradient took
+    twice as long that way on an H200).
+    """
+    n, g, og, length = gy4.shape
+    c = windows.shape[1]
+    depth = c // g * math.prod(windows.shape[2:2 + kernel_rank])
+    grouped = windows.reshape((n, g, c // g) + windows.shape[2:])
+    kernel_axes = tuple(range(3, 3 + kernel_rank))
+    out_axes = tuple(range(3 + kernel_rank, grouped.ndim))
+    gy_t = gy4[0] if n == 1 else xp.ascontiguousarray(gy4.transpose(1, 2, 0, 3))
+    gy_t = gy_t.reshape(g, og, n * length)  # (g, O/g, N*L)
+    if g == 1:  # (C*K, N*L), copied along the output positions, as the windows lie
+        cols = xp.ascontiguousarray(grouped.transpose((1, 2) + kernel_axes + (0,) + out_axes))
+        # (O, N*L) @ (N*L, C*K) -> (O, C*K): cuBLAS reads the transposed columns in place
+        return matmul(xp, gy_t[0], cols.reshape(depth, n * length).T)[None]
+    cols = xp.ascontiguousarray(grouped.transpose((1, 0) + out_axes + (2,) + kernel_axes))
+    # (g, O/g, N*L) @ (g, N*L, C/g*K) -> (g, O/g, C/g*K)
+    return matmul(xp, gy_t, cols.reshape(g, n * length, depth))
 
 
 def _batch_shape(sa: tuple[int, ...], sb: tuple[int, ...]) -> tuple[int, ...]:

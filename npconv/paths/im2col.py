@@ -29,7 +29,17 @@ from .. import backend, executor, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, fold_into, pad, window_view
 from ..plan import Problem
-from ._common import empty_grads, image_of, matmul, matmul_tall, out_block, row_blocks, take
+from ._common import (
+    device_contiguous,
+    device_weight_grad,
+    empty_grads,
+    image_of,
+    matmul,
+    matmul_tall,
+    out_block,
+    row_blocks,
+    take,
+)
 from .fold import small_fold
 from .windows import copy_windows, takes_planes
 
@@ -280,9 +290,13 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
 
 
 def _small(problem: Problem) -> bool:
-    """A call whose whole column matrix is tiny: one chunk, and none of the chunk
-    machinery (row blocks, scratch, executor), which cost more than the matmul."""
-    return problem.small and problem.column_bytes <= workspace.get_workspace_limit()
+    """A call computed whole, without the chunk machinery (row blocks, scratch,
+    executor): on a host when its column matrix is tiny, as that machinery costs
+    more than the matmul; on a device whenever the columns fit the workspace, as
+    a call there is bound by its launches (one device chunk would be the whole
+    batch anyway, and the whole-batch code launches fewer kernels)."""
+    return ((problem.small or not problem.host_threads)
+            and problem.column_bytes <= workspace.device_target())
 
 
 class _Whole(NamedTuple):
@@ -328,13 +342,18 @@ def whole_backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: b
     gy4 = gy.reshape(shapes.gy)
     gx = gw = None
     if need_weight:
-        cols = window_view(pad(x, geometry), geometry).reshape(shapes.cols)
-        # sum over N of (g, O/g, L) @ (g, L, C/g*K) -> (g, O/g, C/g*K)
-        gw = matmul_tall(xp, gy4, cols.transpose(0, 1, 3, 2))
-        gw = (gw[0] if problem.batch == 1 else gw.sum(axis=0)).reshape(weight.shape)
+        view = window_view(pad(x, geometry), geometry)
+        if backend.on_host(xp):
+            cols = view.reshape(shapes.cols)
+            # sum over N of (g, O/g, L) @ (g, L, C/g*K) -> (g, O/g, C/g*K)
+            gw = matmul_tall(xp, gy4, cols.transpose(0, 1, 3, 2))
+            gw = gw[0] if problem.batch == 1 else gw.sum(axis=0)
+        else:
+            gw = device_weight_grad(xp, gy4, view, geometry.nd)
+        gw = gw.reshape(weight.shape)
     if need_input:
         # (g, C/g*K, O/g) @ (N, g, O/g, L) -> (N, g, C/g*K, L): the column gradient, folded
-        w_t = weight.reshape(shapes.weight).transpose(0, 2, 1)
+        w_t = device_contiguous(xp, weight.reshape(shapes.weight).transpose(0, 2, 1))
         cols_grad = matmul(xp, w_t, gy4).reshape(shapes.cols_grad)
         gx = xp.empty(shapes.gx, dtype=gy.dtype)
         if problem.small:  # fold_into's choice for small folds, without its checks

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import backend, workspace
 from ..plan import Problem
-from ._common import empty_grads, matmul, matmul_tall
+from ._common import device_contiguous, device_weight_grad, empty_grads, matmul, matmul_tall
 
 # Weight-gradient products of a block of images are summed after their matmul: a block
 # holds at most this many bytes of them (one image a block at least).
@@ -55,7 +55,9 @@ def _bias_in_matmul(problem: Problem, itemsize: int) -> bool:
     copy fits the workspace limit."""
     copy_bytes = (problem.batch * (problem.in_channels + problem.groups)
                   * problem.geometry.in_volume * itemsize)
-    return (problem.out_channels >= BIAS_FOLD_RATIO * problem.in_channels
+    # on a device the fold costs four launches (the weight's concatenation, the
+    # input's copy, the row of ones) where the bias addition costs one
+    return (problem.host_threads and problem.out_channels >= BIAS_FOLD_RATIO * problem.in_channels
             and copy_bytes <= workspace.get_workspace_limit())
 
 
@@ -89,14 +91,19 @@ def _grad_weight(xp: Any, gy4: Any, x4: Any) -> Any:
     products fit PARTIAL_BYTES, summed in image order."""
     n, g, og = gy4.shape[:3]
     cg = x4.shape[2]
+    if not backend.on_host(xp):
+        return device_weight_grad(xp, gy4, x4.reshape(n, g * cg, x4.shape[3]), 0)
     per_image = g * og * cg * gy4.dtype.itemsize
     block = max(1, min(PARTIAL_BYTES, workspace.get_workspace_limit() // 4) // per_image)
-    total = xp.zeros((g, og, cg), dtype=gy4.dtype)
+    total = None
     for start in range(0, n, block):
         stop = min(n, start + block)
         # (b, g, O/g, L) @ (b, g, L, C/g) -> (b, g, O/g, C/g), summed over the block
         parts = matmul_tall(xp, gy4[start:stop], x4[start:stop].swapaxes(-1, -2))
-        total += parts.sum(axis=0)
+        if total is None:
+            total = parts.sum(axis=0)
+        else:
+            total += parts.sum(axis=0)
     return total
 
 
@@ -114,7 +121,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     gx = gw = None
     if need_input:
         gx = xp.empty((n, c) + geometry.in_size, dtype=gy.dtype)
-        w_t = weight.reshape(g, o // g, c // g).swapaxes(1, 2)  # (g, C/g, O/g)
+        w_t = device_contiguous(xp, weight.reshape(g, o // g, c // g).swapaxes(1, 2))
         # (g, C/g, O/g) @ (N, g, O/g, L) -> (N, g, C/g, L), into gx
         matmul(xp, w_t, gy4, out=gx.reshape(n, g, c // g, length))
     if need_weight:
