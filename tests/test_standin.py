@@ -322,6 +322,27 @@ def test_device_calls_do_not_split_a_batch_that_fits():
     assert _standin.MATMULS[0] == before + 1
 
 
+@pytest.mark.parametrize("name, x_shape, w_shape, kw", [
+    ("im2col", (8, 4, 10, 10), (6, 4, 3, 3), dict(padding=1)),
+    ("im2col", (8, 4, 10, 10), (6, 2, 3, 3), dict(padding=1, groups=2)),
+    ("im2col", (8, 4, 10, 10), (6, 4, 3, 3), dict(padding=1, stride=2)),
+    ("pointwise", (32, 8, 6, 6), (4, 8, 1, 1), {}),
+])
+def test_a_device_backward_makes_one_matmul_per_gradient(name, x_shape, w_shape, kw):
+    """Not one per image: on a GPU each matmul is a launch that holds the host 20-35 us
+    (an H200 with CuPy 14), and the weight gradient contracts over the whole batch."""
+    rng = np.random.default_rng(2)
+    x, w = dev(rng.standard_normal(x_shape)), dev(rng.standard_normal(w_shape))
+    gy = npconv.conv2d(x, w, **kw, algorithm=name)
+    before = _standin.MATMULS[0]
+    gx, gw, _ = npconv.conv2d_backward(gy, x, w, **kw, algorithm=name)
+    assert _standin.MATMULS[0] == before + 2
+    hx, hw, hgy = x.get(), w.get(), gy.get()
+    rgx, rgw, _ = npconv.conv2d_backward(hgy, hx, hw, **kw, algorithm="reference")
+    np.testing.assert_allclose(gx.get(), rgx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw.get(), rgw, rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- matmul targets
 
 COPY_FREE = [  # (path, x shape, weight shape, kwargs): CuPy would copy no matmul operand
