@@ -30,10 +30,16 @@ LAYERS = {  # name: (x shape, weight shape, keyword arguments)
 }
 
 
+STAT = "median"  # or "mean" (--stat): how one figure sums up the repeats
+
+
 def bench(cupyx, f, repeat):
-    """Mean host and device milliseconds of one call."""
+    """Host and device milliseconds of one call (their median, or mean: STAT)."""
+    import numpy
+
     r = cupyx.profiler.benchmark(f, n_repeat=repeat, n_warmup=10)
-    return r.cpu_times.mean() * 1e3, r.gpu_times[0].mean() * 1e3
+    summary = getattr(numpy, STAT)
+    return float(summary(r.cpu_times)) * 1e3, float(summary(r.gpu_times[0])) * 1e3
 
 
 def torch_ms(torch, f, repeat):
@@ -142,7 +148,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--stat", choices=("median", "mean"), default="median",
+                        help="summary of the repeats (the 2026-12-04 runs used mean)")
     args = parser.parse_args()
+    global STAT
+    STAT = args.stat
     import cupy as cp
     import cupyx.profiler
     import torch
