@@ -95,15 +95,12 @@ def _grad_weight(xp: Any, gy4: Any, x4: Any) -> Any:
         return device_weight_grad(xp, gy4, x4.reshape(n, g * cg, x4.shape[3]), 0)
     per_image = g * og * cg * gy4.dtype.itemsize
     block = max(1, min(PARTIAL_BYTES, workspace.get_workspace_limit() // 4) // per_image)
-    total = None
+    total = xp.zeros((g, og, cg), dtype=gy4.dtype)
     for start in range(0, n, block):
         stop = min(n, start + block)
         # (b, g, O/g, L) @ (b, g, L, C/g) -> (b, g, O/g, C/g), summed over the block
         parts = matmul_tall(xp, gy4[start:stop], x4[start:stop].swapaxes(-1, -2))
-        if total is None:
-            total = parts.sum(axis=0)
-        else:
-            total += parts.sum(axis=0)
+        total += parts.sum(axis=0)
     return total
 
 
@@ -121,7 +118,8 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     gx = gw = None
     if need_input:
         gx = xp.empty((n, c) + geometry.in_size, dtype=gy.dtype)
-        w_t = device_contiguous(xp, weight.reshape(g, o // g, c // g).swapaxes(1, 2))
+        w_t = weight.reshape(g, o // g, c // g).swapaxes(1, 2)  # (g, C/g, O/g)
+        w_t = device_contiguous(xp, w_t)
         # (g, C/g, O/g) @ (N, g, O/g, L) -> (N, g, C/g, L), into gx
         matmul(xp, w_t, gy4, out=gx.reshape(n, g, c // g, length))
     if need_weight:
