@@ -47,8 +47,9 @@ def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
     into a temporary and copies it when ``out`` is not C-contiguous, copies operands of
     3 or more dims that are not C-contiguous, and CuPy 13 materialises an operand
     broadcast over the batch. On a device the call is made as is when none of that
-    applies; a broadcast operand is expanded once; a single matrix with transposed
-    operands becomes a 2-d matmul, whose transposed operands cuBLAS reads in place.
+    applies; a broadcast operand (of any strides: a transposed weight too) is expanded
+    in one copy; a single matrix with transposed operands becomes a 2-d matmul, whose
+    transposed operands cuBLAS reads in place.
     A non-contiguous ``out`` still costs a temporary and a copy (as CuPy would make):
     the paths give such sites contiguous targets on a device.
     """
@@ -64,8 +65,8 @@ def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
                            and a.shape[:-2] == b.shape[:-2]):
         return xp.matmul(a, b, out=out)
     for small, other in ((a, b), (b, a)):
-        if (small.shape[:-2] != batch and other.shape[:-2] == batch
-                and small.flags.c_contiguous and other.flags.c_contiguous):
+        if small.shape[:-2] != batch and other.shape[:-2] == batch and other.flags.c_contiguous:
+            # one copy, whatever the small operand's strides (a transposed weight too)
             full = xp.ascontiguousarray(xp.broadcast_to(small, batch + small.shape[-2:]))
             a, b = (full, b) if small is a else (a, full)
             return xp.matmul(a, b, out=out)
@@ -101,18 +102,6 @@ def matmul_tall(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
         return result
     out[...] = result
     return out
-
-
-def device_contiguous(xp: Any, a: Any) -> Any:
-    """``a`` as a matmul operand: on a device a C-contiguous copy if it is not one.
-
-    For a small operand (a weight, transposed) one explicit copy costs a launch,
-    where CuPy would also copy it inside ``matmul`` and one matmul per matrix of
-    the batch costs a launch each. On a host it is ``a``: BLAS reads it in place.
-    """
-    if backend.on_host(xp) or a.flags.c_contiguous:
-        return a
-    return xp.ascontiguousarray(a)
 
 
 def device_weight_grad(xp: Any, gy4: Any, windows: Any, kernel_rank: int) -> Any:

@@ -262,22 +262,28 @@ def _lower_transpose(context: Any, builder: Any, sig: Any, args: Any) -> Any:
     every 2k x 2k block, k = L/2, ..., 1)."""
     dst, src = _arrays(context, builder, sig, args, 2)
     d, s, c0 = args[2:5]
-    vty = _vector(context, sig.args[0].dtype)
-    lanes = vty.count
     width = builder.extract_value(dst.shape, 1)
     length = builder.extract_value(src.shape, 1)
-    rows = [_load(builder, vty, src.data, builder.add(builder.mul(builder.add(c0, _const(i)),
-                                                                  length), s))
-            for i in range(lanes)]
-    rows = block_swaps(builder, rows, lanes)
-    for j in range(lanes):
-        at = builder.gep(dst.data, [builder.add(builder.mul(builder.add(d, _const(j)), width),
-                                                c0)])
-        builder.store(rows[j], builder.bitcast(at, vty.as_pointer()), align=_align(vty))
+    transpose_block(builder, _vector(context, sig.args[0].dtype),
+                    dst.data, builder.add(builder.mul(d, width), c0), width,
+                    src.data, builder.add(builder.mul(c0, length), s), length)
     return context.get_dummy_value()
 
 
-def block_swaps(builder: Any, rows: list[Any], lanes: int) -> list[Any]:
+def transpose_block(builder: Any, vty: Any, dst: Any, d0: Any, dst_row: Any, src: Any,
+                    s0: Any, src_row: Any) -> None:
+    """dst[d0 + l dst_row + r] = src[s0 + r src_row + l] for r, l < L (``vty``'s lanes),
+    through element pointers ``dst`` and ``src``: L vector loads, the block's transpose
+    in registers (:func:`_block_swaps`), L vector stores."""
+    lanes = vty.count
+    rows = [_load(builder, vty, src, builder.add(s0, builder.mul(src_row, _const(r))))
+            for r in range(lanes)]
+    for r, value in enumerate(_block_swaps(builder, rows, lanes)):
+        at = builder.gep(dst, [builder.add(d0, builder.mul(dst_row, _const(r)))])
+        builder.store(value, builder.bitcast(at, vty.as_pointer()), align=_align(vty))
+
+
+def _block_swaps(builder: Any, rows: list[Any], lanes: int) -> list[Any]:
     """The transpose of an L x L block held in L vectors: for k = L/2, ..., 1, rows i
     and i + k (bit k of i clear) swap their off-diagonal k x k blocks (row i's lanes
     with bit k set for row i + k's lanes with it clear). Once every bit has been

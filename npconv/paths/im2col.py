@@ -30,7 +30,6 @@ from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, fold_into, pad, window_view
 from ..plan import Problem
 from ._common import (
-    device_contiguous,
     device_weight_grad,
     empty_grads,
     image_of,
@@ -354,7 +353,6 @@ def whole_backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: b
     if need_input:
         # (g, C/g*K, O/g) @ (N, g, O/g, L) -> (N, g, C/g*K, L): the column gradient, folded
         w_t = weight.reshape(shapes.weight).transpose(0, 2, 1)  # (g, C/g*K, O/g)
-        w_t = device_contiguous(xp, w_t)
         cols_grad = matmul(xp, w_t, gy4).reshape(shapes.cols_grad)
         gx = xp.empty(shapes.gx, dtype=gy.dtype)
         if problem.small:  # fold_into's choice for small folds, without its checks

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import backend, workspace
 from ..plan import Problem
-from ._common import device_contiguous, device_weight_grad, empty_grads, matmul, matmul_tall
+from ._common import device_weight_grad, empty_grads, matmul, matmul_tall
 
 # Weight-gradient products of a block of images are summed after their matmul: a block
 # holds at most this many bytes of them (one image a block at least).
@@ -119,7 +119,6 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     if need_input:
         gx = xp.empty((n, c) + geometry.in_size, dtype=gy.dtype)
         w_t = weight.reshape(g, o // g, c // g).swapaxes(1, 2)  # (g, C/g, O/g)
-        w_t = device_contiguous(xp, w_t)
         # (g, C/g, O/g) @ (N, g, O/g, L) -> (N, g, C/g, L), into gx
         matmul(xp, w_t, gy4, out=gx.reshape(n, g, c // g, length))
     if need_weight:

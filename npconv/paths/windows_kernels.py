@@ -30,7 +30,7 @@ from .blocked_kernels import (
     _splat,
     _suffix,
     _vector,
-    block_swaps,
+    transpose_block,
 )
 
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -352,22 +352,13 @@ def fold_2d(out: Any, cols: Any, dims: Any, dst: Any, src: Any, rows: Any, colum
 def _transpose_typer(typingctx: Any, dst: Any, src: Any, d0: Any, s0: Any, dst_row: Any,
                      src_row: Any) -> Any:
     """dst[d0 + l dst_row + r] = src[s0 + r src_row + l] for r, l < L (a vector's lanes):
-    L loads, the block swaps in registers, L stores."""
+    blocked_kernels.transpose_block on flat arrays."""
 
     def lower(context: Any, builder: Any, sig: Any, args: Any) -> Any:
         out, inp = _arrays(context, builder, sig, args, 2)
         d0, s0, dst_row, src_row = args[2:6]
-        vty = _vector(context, sig.args[0].dtype)
-        lanes, align = vty.count, _align(vty)
-        rows = []
-        for r in range(lanes):
-            at = builder.add(s0, builder.mul(src_row, ir.Constant(I64, r)))
-            rows.append(builder.load(builder.bitcast(builder.gep(inp.data, [at]),
-                                                     vty.as_pointer()), align=align))
-        for r, value in enumerate(block_swaps(builder, rows, lanes)):
-            at = builder.add(d0, builder.mul(dst_row, ir.Constant(I64, r)))
-            builder.store(value, builder.bitcast(builder.gep(out.data, [at]), vty.as_pointer()),
-                          align=align)
+        transpose_block(builder, _vector(context, sig.args[0].dtype), out.data, d0, dst_row,
+                        inp.data, s0, src_row)
         return context.get_dummy_value()
 
     return types.void(dst, src, d0, s0, dst_row, src_row), lower
