@@ -30,7 +30,7 @@ from .geometry import ConvGeometry
 #: 'reference' is :mod:`npconv.reference`, the formulas as written.
 ALGORITHMS = ("auto", "reference", "im2col", "flipped", "pointwise", "direct", "depthwise",
               "winograd", "phases", "fft", "serial", "stacked", "shifted", "depthwise_jit",
-              "blocked")
+              "blocked", "winograd_jit")
 
 MAPS = ("forward", "grad_input", "grad_weight")
 
@@ -41,6 +41,16 @@ WINOGRAD_MIN_CHANNELS = 16
 # and tile transforms. Measured with idle BLAS threads not spinning: below this,
 # im2col won or tied (N1 C32 64x64, N4 C64 56x56, N2 C256 14x14).
 WINOGRAD_MIN_POSITIONS = 32768
+# The compiled Winograd path (paths/winograd_jit.py) takes a map of a 3x3 layer with at
+# least this many channels each way and this many 4x4 output tiles a call, ahead of the
+# cost model (not fitted on it). Measured per map against 'auto' without it, calls
+# interleaved, 2 threads (docs/performance.md, eleventh session): VGG-11 N4 128->256
+# and 256->256 16x16 (64 tiles) forward 0.78-0.95x, grad input 0.54-0.71x, grad weight
+# 0.36-0.58x; N4 128@12x12 (36 tiles) forward 0.87x, grad weight 0.73x, grad input
+# 1.54x; 16 tiles lost (N4 256->512 8x8 forward 1.67x), as did 64 channels and fewer
+# against the compiled direct path (N4 64@24x24 1.2-1.4x).
+WINOGRAD_JIT_MIN_CHANNELS = 128
+WINOGRAD_JIT_MIN_TILES = {"forward": 32, "grad_input": 64, "grad_weight": 32}
 # Stride-1 layers with at most this many input channels per group are differentiated
 # by the direct path (measured faster for C = 3, 8, 16; not 32), unless the output
 # channels per group exceed 2 C/g + 16: there im2col's larger matmuls won (measured:
@@ -491,10 +501,13 @@ def plan(problem: Problem, algorithm: str = "auto", maps: tuple[str, ...] = MAPS
         why = "depthwise, numba installed: compiled multiply-adds per channel plane"
         return Plan("depthwise_jit", "depthwise_jit", "depthwise_jit", dict.fromkeys(MAPS, why))
     blocked = _blocked_maps(problem, maps)
+    winograd = _winograd_jit_maps(problem, maps)
     if len(blocked) == len(MAPS):  # nothing left for the model to choose
-        return Plan("blocked", "blocked", "blocked", dict.fromkeys(MAPS, _BLOCKED_WHY))
-    chosen = model_plan(problem, maps=maps) or rule_plan(problem)
-    return _with_blocked(chosen, blocked) if blocked else chosen
+        chosen = Plan("blocked", "blocked", "blocked", dict.fromkeys(MAPS, _BLOCKED_WHY))
+    else:
+        chosen = model_plan(problem, maps=maps) or rule_plan(problem)
+        chosen = _with(chosen, blocked, "blocked", _BLOCKED_WHY)
+    return _with(chosen, winograd, "winograd_jit", _WINOGRAD_JIT_WHY)
 
 
 def _blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
@@ -532,10 +545,31 @@ _BLOCKED_WHY = ("compiled direct convolution (numba): registers hold a block of 
                 "over the whole sum, no columns")
 
 
-def _with_blocked(plan: Plan, maps: tuple[str, ...]) -> Plan:
-    """``plan`` with ``maps`` given to the compiled direct path."""
-    return replace(plan, **dict.fromkeys(maps, "blocked"),
-                   reasons={**plan.reasons, **dict.fromkeys(maps, _BLOCKED_WHY)})
+_WINOGRAD_JIT_WHY = (f"3x3 stride 1, >= {WINOGRAD_JIT_MIN_CHANNELS} channels each way and "
+                     "enough 4x4 tiles: compiled Winograd F(4x4, 3x3), 4x fewer multiply-adds")
+
+
+def _with(plan: Plan, maps: tuple[str, ...], path: str, why: str) -> Plan:
+    """``plan`` with ``maps`` given to ``path`` for reason ``why``."""
+    if not maps:
+        return plan
+    return replace(plan, **dict.fromkeys(maps, path),
+                   reasons={**plan.reasons, **dict.fromkeys(maps, why)})
+
+
+def _winograd_jit_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
+    """The maps that 'auto' gives the compiled Winograd path (see WINOGRAD_JIT_MIN_TILES)."""
+    g = problem.geometry
+    if g.kernel != (3, 3) or min(problem.cg, problem.og) < WINOGRAD_JIT_MIN_CHANNELS:
+        return ()
+    from .paths import get_path
+
+    path = get_path("winograd_jit")
+    if not path.fits(problem):
+        return ()
+    tiles = problem.batch * math.prod(path.tiles(g.out_size))
+    return tuple(m for m in maps
+                 if tiles >= WINOGRAD_JIT_MIN_TILES[m] and path.requires(problem, m) is None)
 
 
 def _compiled_depthwise(problem: Problem, maps: tuple[str, ...]) -> bool:

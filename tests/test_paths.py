@@ -64,6 +64,9 @@ ACCEPTED = {
                             max_batch=3, max_padding=3, max_output=9),
     "winograd": conv_configs(ndim=2, min_kernel=3, max_kernel=3, max_stride=1,
                              max_dilation=1, max_channels=6, max_batch=3, max_output=13),
+    "winograd_jit": conv_configs(ndim=2, groups=False, min_kernel=3, max_kernel=3,
+                                 max_stride=1, max_dilation=1, max_channels=6, max_batch=3,
+                                 max_output=13),
     "phases": conv_configs(ndim=(1, 2, 3), max_stride=3, max_kernel=5, max_channels=4,
                            max_batch=3, max_output=7).filter(lambda c: max(c.stride) > 1),
     # kernels up to 9 (dilated up to 17 taps), strides up to 3 (polyphase), every mode
@@ -197,7 +200,7 @@ def test_every_path_equals_the_reference_or_refuses(name, config, dtype, layout)
 @given(data=st.data(), layout=st.sampled_from(LAYOUTS))
 def test_each_path_on_the_geometries_it_accepts(name, data, layout):
     config = data.draw(ACCEPTED[name], label="config")
-    real_only = name in ("winograd", "depthwise_jit", "blocked")
+    real_only = name in ("winograd", "winograd_jit", "depthwise_jit", "blocked")
     dtypes = ["float64", "float32"] if real_only else ["float64", "float32", "complex64"]
     _check_conv(name, config, data.draw(st.sampled_from(dtypes), label="dtype"), layout)
 
@@ -234,7 +237,7 @@ def test_refusals_name_what_the_path_needs(name):
         npconv.conv(x, w, stride=2, padding=2, groups=2, padding_mode="reflect", algorithm=name)
     except ValueError as exc:
         assert name in ("pointwise", "winograd", "phases", "stacked", "shifted",
-                        "depthwise_jit", "blocked")
+                        "depthwise_jit", "blocked", "winograd_jit")
         assert "it needs" in str(exc) and len(str(exc)) > 60
     else:
         assert name in ("auto", "im2col", "direct", "depthwise", "flipped", "fft", "serial")
@@ -250,8 +253,9 @@ def test_algorithms_lists_auto_reference_and_every_path():
 
 
 def test_explain_names_a_path_and_a_reason_for_each_map():
-    # wide channels on small images: no compiled direct path, the cost model decides
-    x = np.zeros((16, 128, 8, 8), np.float32)
+    # wide channels on small images: no compiled direct path, too few 4x4 tiles for the
+    # compiled Winograd path (16), the cost model decides
+    x = np.zeros((16, 128, 4, 4), np.float32)
     plan = npconv.explain(x, np.zeros((128, 128, 3, 3), np.float32), padding=1)
     text = str(plan)
     assert all(m in text for m in ("forward", "grad_input", "grad_weight", "cost model"))
@@ -278,7 +282,7 @@ def test_explain_names_a_path_and_a_reason_for_each_map():
 
 
 @pytest.mark.parametrize("name, stride", [
-    ("im2col", 1), ("winograd", 1), ("direct", 1), ("phases", 2), ("flipped", 1), ("fft", 1),
+    ("im2col", 1), ("winograd", 1), ("winograd_jit", 1), ("direct", 1), ("phases", 2), ("flipped", 1), ("fft", 1),
     ("shifted", 1), ("shifted", 2)])  # shifted: grad input by its forward, and run by run
 def test_a_tiny_workspace_chunks_every_path_without_changing_the_result(name, stride):
     """The workspace limit cuts the work into many chunks (public setter, no monkeypatch)."""

@@ -37,6 +37,7 @@ _MODULES = {
     "depthwise_jit": "npconv.paths.depthwise_jit",
     "blocked": "npconv.paths.blocked",
     "winograd": "npconv.paths.winograd",
+    "winograd_jit": "npconv.paths.winograd_jit",
     "phases": "npconv.paths.phases",
     "fft": "npconv.paths.fft",
     "serial": "npconv.paths.serial",

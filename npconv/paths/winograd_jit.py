@@ -1,0 +1,220 @@
+"""Winograd path with compiled transforms, channels last: F(m x m, 3 x 3) for 2-d 3x3 layers.
+
+The :mod:`npconv.paths.winograd` path transforms NCHW tiles with NumPy calls;
+on the zoo's layers its transforms and its per-image chunks left it slower than
+im2col. This one lays the images out channels last, so that each tile's
+transforms are multiply-adds of whole channel vectors, compiled by numba
+(:mod:`npconv.paths.winograd_jit_kernels`), and contracts every tile of a chunk
+of images at once. With T tiles, a = m + 2 and B^T, G, A^T of F(m x m, 3 x 3):
+
+    forward
+        U = (G kron G) vec(w)        (a, a, O, C)  one matmul, (a^2, 9) @ (9, O C)
+        V = B^T d_t B                (a, a, T, C)  input_tiles, x channels last
+        M = V @ U^T                  (a, a, T, O)  a^2 matmuls, (T, C) @ (C, O)
+        y = A^T M_t A + b            (N, Ho, Wo, O) output_tiles, then to NCHW
+    grad weight  (y's tiles are linear in U: dL/dU_t = (A e_t A^T) * V_t, e_t gy's tile)
+        E = A e_t A^T                (a, a, T, O)  grad_tiles, gy channels last
+        S = sum over chunks E^T @ V  (a, a, O, C)  a^2 matmuls, (O, T) @ (T, C)
+        gW = (G kron G)^T S          (O, C, 3, 3)  one matmul, (O C, a^2) @ (a^2, 9)
+    grad input
+        of a 3x3 stride-1 convolution it is such a convolution: of grad_output, padded
+        2 - p, with the kernel flipped and its channel axes swapped
+        (:func:`npconv.paths._common.grad_input_by_forward`), computed by ``forward``.
+
+The contraction costs 2 a^2 O C per m^2 outputs, against 18 O C for im2col: 4x
+fewer multiply-adds for m = 4 (the default), 2.25x for m = 2. The transforms'
+entries (up to 5 in B^T, 1/24 in G) cost float32 accuracy: errors stay within a
+few times those of im2col (tested against the reference with its tolerance).
+
+It takes 2-d 3x3 kernels with stride 1, dilation 1, zero padding and groups=1,
+in float32 or float64, on NumPy, with numba installed. Chunks of images run one
+after another on the calling thread, and the matmuls use the BLAS's threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+from .. import backend, executor, workspace
+from ..plan import MAPS, Problem, full_correlation
+from ._common import empty_grads, grad_input_by_forward, matmul
+from .depthwise_jit import compiled_needs
+from .winograd_transforms import MATRICES, constants
+
+DEFAULT_TILE = 4
+# Bytes of one chunk's tiles (V and M, or V and E): large enough that the a^2 matmuls
+# have hundreds of rows, small enough to stay near the caches.
+TARGET_CHUNK_BYTES = 16 * 2**20
+
+_NEEDS = "a 2-d 3x3 kernel with stride 1, dilation 1, zero padding and groups=1"
+
+
+def requires(problem: Problem, op: str) -> str | None:
+    """None if this path computes ``op`` for ``problem``, else what it needs."""
+    if op not in MAPS:
+        raise ValueError(f"op must be one of {MAPS}, got {op!r}")
+    g = problem.geometry
+    if not (g.kernel == (3, 3) and g.stride == (1, 1) and g.dilation == (1, 1)
+            and g.zero_padded and problem.groups == 1):
+        return (f"{_NEEDS}; got kernel {g.kernel}, stride {g.stride}, dilation "
+                f"{g.dilation}, padding mode {g.padding_mode!r}, groups {problem.groups}")
+    if op == "grad_input" and full_correlation(g) is None:
+        return ("padding of at most 2 on each side and no input beyond the last window (grad "
+                "input is a Winograd convolution of grad_output padded 2 - padding); got "
+                f"padding {g.pads}, input size {g.in_size}, output size {g.out_size}")
+    return compiled_needs(problem)
+
+
+def _check(problem: Problem, op: str, tile: int) -> None:
+    need = requires(problem, op)
+    if need is not None:
+        raise ValueError(f"the winograd_jit path cannot compute the {op.replace('_', ' ')} "
+                         f"here: it needs {need}")
+    if tile not in MATRICES:
+        raise ValueError(f"tile must be one of {tuple(MATRICES)}, got {tile!r}")
+
+
+@functools.cache
+def _kernels() -> Any:
+    from . import winograd_jit_kernels
+
+    return winograd_jit_kernels
+
+
+def tiles(out_size: tuple[int, ...], tile: int = DEFAULT_TILE) -> tuple[int, int]:
+    """(tile rows, tiles per row) of an output of ``out_size`` in m x m tiles."""
+    return -(-out_size[0] // tile), -(-out_size[1] // tile)
+
+
+def _image_bytes(c: int, o: int, out_size: tuple[int, ...], itemsize: int,
+                 tile: int = DEFAULT_TILE) -> int:
+    """Bytes of one image's transformed tiles (V and M, or V and E)."""
+    return (tile + 2) ** 2 * math.prod(tiles(out_size, tile)) * (c + o) * itemsize
+
+
+def fits(problem: Problem) -> bool:
+    """Whether one image's tiles fit the workspace limit (else the maps raise
+    ``MemoryError``)."""
+    g = problem.geometry
+    return _image_bytes(problem.in_channels, problem.out_channels, g.out_size,
+                        problem.dtype.itemsize) <= workspace.get_workspace_limit()
+
+
+def _chunks(n: int, per_image_bytes: int) -> list[tuple[int, int]]:
+    images = workspace.chunk_length(per_image_bytes, n, "one image (Winograd tiles)",
+                                    target=TARGET_CHUNK_BYTES)
+    return [(start, min(n, start + images)) for start in range(0, n, images)]
+
+
+def _tiles_of(kern: Any, t1: Any, x: Any, top: int, left: int, m: int, th: int, tw: int,
+              bt: Any) -> Any:
+    """V (a, a, B th tw, C) of the images x (B, C, H, W)."""
+    xp, a = backend.get_array_module(x), m + 2
+    xt = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))  # (B, H, W, C)
+    v = xp.empty((a, a, x.shape[0] * th * tw, x.shape[1]), dtype=x.dtype)
+    kern.input_tiles(xt, top, left, m, th, tw, bt, v, t1)
+    return v
+
+
+def _forward_chunk(scratch: tuple[Any, Any], item: tuple[int, int], x: Any, u: Any,
+                   bias: Any, y: Any, m: int, pads: tuple[int, int], k: Any) -> None:
+    """y[start:stop] of the images x[start:stop]: tiles, a^2 matmuls, output tiles."""
+    start, stop = item
+    xp, kern = backend.get_array_module(x), _kernels()
+    th, tw = tiles(y.shape[2:], m)
+    v = _tiles_of(kern, scratch[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
+    mm = matmul(xp, v, u.transpose(0, 1, 3, 2))  # (a, a, T, C) @ (a, a, C, O)
+    yt = xp.empty((stop - start,) + y.shape[2:] + (y.shape[1],), dtype=y.dtype)
+    kern.output_tiles(mm, m, th, tw, k.a_t, bias, yt, scratch[1])  # (B, Ho, Wo, O)
+    y[start:stop] = yt.transpose(0, 3, 1, 2)
+
+
+def _scratch(xp: Any, dtype: Any, first: tuple[int, ...], second: tuple[int, ...]) -> Any:
+    return xp.empty(first, dtype=dtype), xp.empty(second, dtype=dtype)
+
+
+def forward(problem: Problem, x: Any, weight: Any, bias: Any, *,
+            tile: int = DEFAULT_TILE) -> Any:
+    """y (N, O, Ho, Wo) = conv2d(x, weight, stride 1, zero padding) + bias.
+
+    ``tile`` is m of the F(m x m, 3 x 3) tiles (2 or 4). Raises ``ValueError`` if the
+    path cannot compute this forward (see :func:`requires`), ``MemoryError`` if one
+    image's tiles exceed the workspace limit.
+    """
+    _check(problem, "forward", tile)
+    xp = backend.get_array_module(x, weight)
+    n, c = x.shape[:2]
+    o, dtype, m, a = weight.shape[0], x.dtype, tile, tile + 2
+    g = problem.geometry
+    y = xp.empty((n, o) + g.out_size, dtype=dtype)
+    if y.size == 0:
+        return y
+    k = constants(xp, dtype, m)
+    u = matmul(xp, k.gg, weight.reshape(o * c, 9).T).reshape(a, a, o, c)  # G w G^T
+    b = xp.zeros(o, dtype=dtype) if bias is None else bias
+    per_image = _image_bytes(c, o, g.out_size, dtype.itemsize, m)
+    executor.map_chunks(_forward_chunk, _chunks(n, per_image), x, u, b, y, m,
+                        (g.pads[0][0], g.pads[1][0]), k,
+                        scratch=functools.partial(_scratch, xp, dtype, (a, a, c), (m, a, o)),
+                        per_worker_bytes=2 * per_image, arrays=(x,), work_bytes=n * per_image)
+    return y
+
+
+def _grad_weight_chunk(scratch: tuple[Any, Any], item: tuple[int, int], acc: Any, gy: Any,
+                       x: Any, m: int, pads: tuple[int, int], k: Any) -> Any:
+    """acc + E^T V (a, a, O, C) of the images [start, stop)."""
+    start, stop = item
+    xp, kern = backend.get_array_module(x), _kernels()
+    th, tw = tiles(gy.shape[2:], m)
+    v = _tiles_of(kern, scratch[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
+    gyt = xp.ascontiguousarray(gy[start:stop].transpose(0, 2, 3, 1))  # (B, Ho, Wo, O)
+    e = xp.empty(v.shape[:3] + (gy.shape[1],), dtype=gy.dtype)
+    kern.grad_tiles(gyt, m, th, tw, k.a_t, e, scratch[1])
+    part = matmul(xp, e.transpose(0, 1, 3, 2), v)  # (a, a, O, T) @ (a, a, T, C)
+    if acc is None:
+        return part
+    acc += part
+    return acc
+
+
+def _finish(gg: Any, s: Any) -> Any:
+    """gW (O, C, 3, 3) = (G kron G)^T S of a sum S (a, a, O, C)."""
+    o, c = s.shape[2:]
+    return matmul(backend.get_array_module(s), s.reshape(-1, o * c).T, gg).reshape(o, c, 3, 3)
+
+
+def grad_weight(problem: Problem, gy: Any, x: Any, *, tile: int = DEFAULT_TILE) -> Any:
+    """gW (O, C, 3, 3) = sum over images and positions of gy (x) the windows of x."""
+    _check(problem, "grad_weight", tile)
+    xp = backend.get_array_module(gy, x)
+    n, c = x.shape[:2]
+    o, dtype, m, a = gy.shape[1], gy.dtype, tile, tile + 2
+    g = problem.geometry
+    k = constants(xp, dtype, m)
+    gw = xp.zeros((o, c, 3, 3), dtype=dtype)
+    per_image = _image_bytes(c, o, g.out_size, dtype.itemsize, m)
+    executor.reduce_chunks(_grad_weight_chunk, _chunks(n, per_image), gw, gy, x, m,
+                           (g.pads[0][0], g.pads[1][0]), k,
+                           scratch=functools.partial(_scratch, xp, dtype, (a, a, c), (a, m, o)),
+                           per_worker_bytes=2 * per_image + a * a * o * c * dtype.itemsize,
+                           arrays=(x,), finish=functools.partial(_finish, k.gg),
+                           work_bytes=n * per_image)
+    return gw
+
+
+def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
+             need_weight: bool, *, tile: int = DEFAULT_TILE) -> tuple[Any, Any]:
+    """(grad input, grad weight), either None when not needed."""
+    xp = backend.get_array_module(gy, weight)
+    if gy.size == 0 or (x is not None and x.size == 0):
+        return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
+    gx = gw = None
+    if need_input:
+        _check(problem, "grad_input", tile)
+        gx = grad_input_by_forward(problem, gy, weight,
+                                   functools.partial(forward, tile=tile))
+    if need_weight:
+        gw = grad_weight(problem, gy, x, tile=tile)
+    return gx, gw
