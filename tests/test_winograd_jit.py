@@ -129,3 +129,13 @@ def test_auto_takes_it_for_wide_3x3_layers_with_enough_tiles():
     assert npconv.explain(x, w, padding=1, stride=2).forward != "winograd_jit"
     assert npconv.explain(x.astype(np.complex64), w.astype(np.complex64),
                           padding=1).forward != "winograd_jit"
+
+
+@pytest.mark.parametrize("padding", [3, (4, 0)])
+def test_padding_past_the_kernel_span(padding):
+    """Grad input is the forward's adjoint (tiles added back), not a forward of the
+    flipped kernel, so padding wider than 2 works in every map."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6, 7))
+    w = rng.standard_normal((4, 3, 3, 3))
+    _check(x, w, rng.standard_normal(4), padding)

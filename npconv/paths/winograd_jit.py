@@ -13,22 +13,26 @@ of images at once. With T tiles, a = m + 2 and B^T, G, A^T of F(m x m, 3 x 3):
         M = V @ U^T                  (a, a, T, O)  a^2 matmuls, (T, C) @ (C, O)
         y = A^T M_t A + b            (N, Ho, Wo, O) output_tiles, then to NCHW
     grad weight  (y's tiles are linear in U: dL/dU_t = (A e_t A^T) * V_t, e_t gy's tile)
-        E = A e_t A^T                (a, a, T, O)  grad_tiles, gy channels last
+        E = A e_t A^T                (a, a, T, O)  grad_tiles, gy channels last (one E for
+                                                   both gradients)
         S = sum over chunks E^T @ V  (a, a, O, C)  a^2 matmuls, (O, T) @ (T, C)
         gW = (G kron G)^T S          (O, C, 3, 3)  one matmul, (O C, a^2) @ (a^2, 9)
-    grad input
-        of a 3x3 stride-1 convolution it is such a convolution: of grad_output, padded
-        2 - p, with the kernel flipped and its channel axes swapped
-        (:func:`npconv.paths._common.grad_input_by_forward`), computed by ``forward``.
+    grad input  (the forward's adjoint, from the same E)
+        Z = E @ U                    (a, a, T, C)  a^2 matmuls, (T, O) @ (O, C)
+        gx += B Z_t B^T              (N, H, W, C)  input_tiles_adjoint: overlapping tiles
+                                                   add up, then to NCHW
 
 The contraction costs 2 a^2 O C per m^2 outputs, against 18 O C for im2col: 4x
 fewer multiply-adds for m = 4 (the default), 2.25x for m = 2. The transforms'
 entries (up to 5 in B^T, 1/24 in G) cost float32 accuracy: errors stay within a
 few times those of im2col (tested against the reference with its tolerance).
 
-It takes 2-d 3x3 kernels with stride 1, dilation 1, zero padding and groups=1,
-in float32 or float64, on NumPy, with numba installed. Chunks of images run one
-after another on the calling thread, and the matmuls use the BLAS's threads.
+It takes 2-d 3x3 kernels with stride 1, dilation 1, zero padding (any amount)
+and groups=1, in float32 or float64, on NumPy, with numba installed. A call is cut
+into chunks of whole images (:data:`TARGET_CHUNK_BYTES` of tiles each) run by the
+executor: one chunk, as on the zoo's layers, runs on the calling thread with the
+BLAS's threads; several run on npconv's threads, the grad-weight sums added in
+chunk order.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ import math
 from typing import Any
 
 from .. import backend, executor, workspace
-from ..plan import MAPS, Problem, full_correlation
-from ._common import empty_grads, grad_input_by_forward, matmul
+from ..plan import MAPS, Problem
+from ._common import empty_grads, matmul
 from .depthwise_jit import compiled_needs
 from .winograd_transforms import MATRICES, constants
 
@@ -60,10 +64,6 @@ def requires(problem: Problem, op: str) -> str | None:
             and g.zero_padded and problem.groups == 1):
         return (f"{_NEEDS}; got kernel {g.kernel}, stride {g.stride}, dilation "
                 f"{g.dilation}, padding mode {g.padding_mode!r}, groups {problem.groups}")
-    if op == "grad_input" and full_correlation(g) is None:
-        return ("padding of at most 2 on each side and no input beyond the last window (grad "
-                "input is a Winograd convolution of grad_output padded 2 - padding); got "
-                f"padding {g.pads}, input size {g.in_size}, output size {g.out_size}")
     return compiled_needs(problem)
 
 
@@ -162,21 +162,33 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, *,
     return y
 
 
-def _grad_weight_chunk(scratch: tuple[Any, Any], item: tuple[int, int], acc: Any, gy: Any,
-                       x: Any, m: int, pads: tuple[int, int], k: Any) -> Any:
-    """acc + E^T V (a, a, O, C) of the images [start, stop)."""
+def _backward_chunk(scratch: tuple[Any, Any], item: tuple[int, int], acc: Any, gy: Any,
+                    x: Any, u: Any, gx: Any, m: int, pads: tuple[int, int], k: Any) -> Any:
+    """The images [start, stop): gx[start:stop] (if gx is given) and acc + E^T V (if x is
+    given), both from one E."""
     start, stop = item
-    xp, kern = backend.get_array_module(x), _kernels()
+    xp, kern = backend.get_array_module(gy), _kernels()
     th, tw = tiles(gy.shape[2:], m)
-    v = _tiles_of(kern, scratch[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
     gyt = xp.ascontiguousarray(gy[start:stop].transpose(0, 2, 3, 1))  # (B, Ho, Wo, O)
-    e = xp.empty(v.shape[:3] + (gy.shape[1],), dtype=gy.dtype)
-    kern.grad_tiles(gyt, m, th, tw, k.a_t, e, scratch[1])
+    e = xp.empty((m + 2, m + 2, (stop - start) * th * tw, gy.shape[1]), dtype=gy.dtype)
+    kern.grad_tiles(gyt, m, th, tw, k.a_t, e, scratch[1])  # (a, a, T, O)
+    if gx is not None:
+        z = matmul(xp, e, u)  # (a, a, T, O) @ (a, a, O, C): the tiles' V gradient
+        gxt = xp.zeros((stop - start,) + gx.shape[2:] + (gx.shape[1],), dtype=gx.dtype)
+        kern.input_tiles_adjoint(z, pads[0], pads[1], m, th, tw, k.b_t, gxt, scratch[0])
+        gx[start:stop] = gxt.transpose(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+    if x is None:
+        return acc
+    v = _tiles_of(kern, scratch[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
     part = matmul(xp, e.transpose(0, 1, 3, 2), v)  # (a, a, O, T) @ (a, a, T, C)
     if acc is None:
         return part
     acc += part
     return acc
+
+
+def _grad_input_chunk(scratch: tuple[Any, Any], item: tuple[int, int], *args: Any) -> None:
+    _backward_chunk(scratch, item, None, *args)
 
 
 def _finish(gg: Any, s: Any) -> Any:
@@ -185,36 +197,32 @@ def _finish(gg: Any, s: Any) -> Any:
     return matmul(backend.get_array_module(s), s.reshape(-1, o * c).T, gg).reshape(o, c, 3, 3)
 
 
-def grad_weight(problem: Problem, gy: Any, x: Any, *, tile: int = DEFAULT_TILE) -> Any:
-    """gW (O, C, 3, 3) = sum over images and positions of gy (x) the windows of x."""
-    _check(problem, "grad_weight", tile)
-    xp = backend.get_array_module(gy, x)
-    n, c = x.shape[:2]
-    o, dtype, m, a = gy.shape[1], gy.dtype, tile, tile + 2
-    g = problem.geometry
-    k = constants(xp, dtype, m)
-    gw = xp.zeros((o, c, 3, 3), dtype=dtype)
-    per_image = _image_bytes(c, o, g.out_size, dtype.itemsize, m)
-    executor.reduce_chunks(_grad_weight_chunk, _chunks(n, per_image), gw, gy, x, m,
-                           (g.pads[0][0], g.pads[1][0]), k,
-                           scratch=functools.partial(_scratch, xp, dtype, (a, a, c), (a, m, o)),
-                           per_worker_bytes=2 * per_image + a * a * o * c * dtype.itemsize,
-                           arrays=(x,), finish=functools.partial(_finish, k.gg),
-                           work_bytes=n * per_image)
-    return gw
-
-
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
              need_weight: bool, *, tile: int = DEFAULT_TILE) -> tuple[Any, Any]:
-    """(grad input, grad weight), either None when not needed."""
+    """(grad input, grad weight), either None when not needed: both from one transform
+    of grad_output's tiles, E."""
     xp = backend.get_array_module(gy, weight)
+    for op, needed in (("grad_input", need_input), ("grad_weight", need_weight)):
+        if needed:
+            _check(problem, op, tile)
     if gy.size == 0 or (x is not None and x.size == 0):
         return empty_grads(problem, xp, need_input, need_weight, tuple(weight.shape))
-    gx = gw = None
+    n, o, c = problem.batch, problem.out_channels, problem.in_channels
+    dtype, m, a, g = gy.dtype, tile, tile + 2, problem.geometry
+    k = constants(xp, dtype, m)
+    u = gx = None
     if need_input:
-        _check(problem, "grad_input", tile)
-        gx = grad_input_by_forward(problem, gy, weight,
-                                   functools.partial(forward, tile=tile))
-    if need_weight:
-        gw = grad_weight(problem, gy, x, tile=tile)
+        u = matmul(xp, k.gg, weight.reshape(o * c, 9).T).reshape(a, a, o, c)  # G w G^T
+        gx = xp.empty((n, c) + g.in_size, dtype=dtype)
+    per_image = _image_bytes(c, o, g.out_size, dtype.itemsize, m)
+    args = (gy, x if need_weight else None, u, gx, m, (g.pads[0][0], g.pads[1][0]), k)
+    options = dict(scratch=functools.partial(_scratch, xp, dtype, (a, a, c), (a, m, o)),
+                   per_worker_bytes=3 * per_image + a * a * o * c * dtype.itemsize,
+                   arrays=(gy,), work_bytes=n * per_image)
+    if not need_weight:
+        executor.map_chunks(_grad_input_chunk, _chunks(n, per_image), *args, **options)
+        return gx, None
+    gw = xp.zeros((o, c, 3, 3), dtype=dtype)
+    executor.reduce_chunks(_backward_chunk, _chunks(n, per_image), gw, *args,
+                           finish=functools.partial(_finish, k.gg), **options)
     return gx, gw

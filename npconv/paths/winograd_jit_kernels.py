@@ -9,9 +9,12 @@ outside the image. With B^T (a, a) and A^T (m, a) of F(m x m, 3 x 3):
     input_tiles    v[p, q, t, :] = sum_ks B^T[p, k] d_t[k, s, :] B^T[q, s]      d_t: x tile
     output_tiles   y[n, i m + p, j m + q, :] = bias + sum_ks A^T[p, k] M_t[k, s, :] A^T[q, s]
     grad_tiles     g[k, s, t, :] = sum_pq A^T[p, k] e_t[p, q, :] A^T[q, s]      e_t: gy tile
+    input_tiles_adjoint
+                   gx[n, i m - top + k, j m - left + s, :] += sum_pq B^T[p, k] Z_t[p, q, :] B^T[q, s]
 
-(the last is the adjoint of the output transform: grad_output's m x m tile, zero
-past the output's edge, taken back to the a x a transform domain). Each applies
+(grad_tiles is the adjoint of the output transform: grad_output's m x m tile, zero
+past the output's edge, taken back to the a x a transform domain; the last, of the
+input transform: overlapping tiles add up, pixels outside the image are dropped). Each applies
 its matrix to one tile axis, then the other, skipping the zero entries. Kernels
 release the GIL; the vectors are channel rows, so the loops vectorize.
 """
@@ -148,3 +151,45 @@ def grad_tiles(gyt: Any, m: int, th: int, tw: int, at: Any, g: Any, r: Any) -> N
                             src = r[k, q]
                             for o in range(channels):
                                 out[o] += coef * src[o]
+
+
+@_jit
+def input_tiles_adjoint(z: Any, top: int, left: int, m: int, th: int, tw: int, bt: Any,
+                        gxt: Any, t1: Any) -> None:
+    """gxt (B, H, W, C) += B Z_t B^T of every tile t of z (a, a, T, C), added back to the
+    a x a pixels tile t read (those inside the image): the adjoint of input_tiles.
+    t1 (a, a, C) scratch: B Z_t, the rows taken back."""
+    nb, h, w, channels = gxt.shape
+    a = bt.shape[0]
+    for n in range(nb):
+        gn = gxt[n]
+        for i in range(th):
+            for j in range(tw):
+                t = (n * th + i) * tw + j
+                for k in range(a):
+                    for q in range(a):
+                        acc = t1[k, q]
+                        for c in range(channels):
+                            acc[c] = 0.0
+                        for p in range(a):
+                            coef = bt[p, k]
+                            if coef == 0.0:
+                                continue
+                            src = z[p, q, t]
+                            for c in range(channels):
+                                acc[c] += coef * src[c]
+                for k in range(a):
+                    row = i * m - top + k
+                    if row < 0 or row >= h:
+                        continue
+                    for s in range(a):
+                        col = j * m - left + s
+                        if col < 0 or col >= w:
+                            continue
+                        for q in range(a):
+                            coef = bt[q, s]
+                            if coef == 0.0:
+                                continue
+                            src = t1[k, q]
+                            for c in range(channels):
+                                gn[row, col, c] += coef * src[c]
