@@ -43,14 +43,15 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_POSITIONS = 32768
 # The compiled Winograd path (paths/winograd_jit.py) takes a map of a 3x3 layer with at
 # least this many channels each way and this many 4x4 output tiles a call, ahead of the
-# cost model (not fitted on it). Measured per map against 'auto' without it, calls
-# interleaved, 2 threads (docs/performance.md, eleventh session): VGG-11 N4 128->256
-# and 256->256 16x16 (64 tiles) forward 0.78-0.95x, grad input 0.54-0.71x, grad weight
-# 0.36-0.58x; N4 128@12x12 (36 tiles) forward 0.87x, grad weight 0.73x, grad input
-# 1.54x; 16 tiles lost (N4 256->512 8x8 forward 1.67x), as did 64 channels and fewer
-# against the compiled direct path (N4 64@24x24 1.2-1.4x).
+# cost model (not fitted on it). Measured per map against 'auto' without it, 2 threads
+# (docs/performance.md, eleventh session): VGG-11 N4 128->256 and 256->256 16x16 (64
+# tiles) forward 0.78-0.95x, grad input 0.54-0.71x, grad weight 0.36-0.58x; N4 128@12x12
+# (36 tiles) forward 0.87x, grad weight 0.73x, and both gradients (one transform of
+# grad_output's tiles) 0.87x im2col's grad input beside Winograd's grad weight
+# (benchmarks/ab.py, 5 rounds); 16 tiles lost (N4 256->512 8x8 forward 1.67x), as did
+# 64 channels and fewer against the compiled direct path (N4 64@24x24 1.2-1.4x).
 WINOGRAD_JIT_MIN_CHANNELS = 128
-WINOGRAD_JIT_MIN_TILES = {"forward": 32, "grad_input": 64, "grad_weight": 32}
+WINOGRAD_JIT_MIN_TILES = 32
 # Stride-1 layers with at most this many input channels per group are differentiated
 # by the direct path (measured faster for C = 3, 8, 16; not 32), unless the output
 # channels per group exceed 2 C/g + 16: there im2col's larger matmuls won (measured:
@@ -569,7 +570,7 @@ def _winograd_jit_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ..
         return ()
     tiles = problem.batch * math.prod(path.tiles(g.out_size))
     return tuple(m for m in maps
-                 if tiles >= WINOGRAD_JIT_MIN_TILES[m] and path.requires(problem, m) is None)
+                 if tiles >= WINOGRAD_JIT_MIN_TILES and path.requires(problem, m) is None)
 
 
 def _compiled_depthwise(problem: Problem, maps: tuple[str, ...]) -> bool:
