@@ -41,17 +41,21 @@ WINOGRAD_MIN_CHANNELS = 16
 # and tile transforms. Measured with idle BLAS threads not spinning: below this,
 # im2col won or tied (N1 C32 64x64, N4 C64 56x56, N2 C256 14x14).
 WINOGRAD_MIN_POSITIONS = 32768
-# The compiled Winograd path (paths/winograd_jit.py) takes a map of a 3x3 layer with at
-# least this many channels each way and this many 4x4 output tiles a call, ahead of the
-# cost model (not fitted on it). Measured per map against 'auto' without it, 2 threads
-# (docs/performance.md, eleventh session): VGG-11 N4 128->256 and 256->256 16x16 (64
-# tiles) forward 0.78-0.95x, grad input 0.54-0.71x, grad weight 0.36-0.58x; N4 128@12x12
-# (36 tiles) forward 0.87x, grad weight 0.73x, and both gradients (one transform of
-# grad_output's tiles) 0.87x im2col's grad input beside Winograd's grad weight
-# (benchmarks/ab.py, 5 rounds); 16 tiles lost (N4 256->512 8x8 forward 1.67x), as did
-# 64 channels and fewer against the compiled direct path (N4 64@24x24 1.2-1.4x).
+# The compiled Winograd path (paths/winograd_jit.py) takes the maps of 3x3 layers with
+# this many channels each way and this many 4x4 output tiles a call, ahead of the cost
+# model (not fitted on it). Against 'auto' without it, 2 threads (docs/performance.md,
+# eleventh session): VGG-11 N4 128->256 and 256->256 16x16 (64 tiles) forward 0.78-0.95x,
+# grad input 0.54-0.71x, grad weight 0.36-0.58x; N4 128@12x12 (36 tiles) forward 0.87x,
+# both gradients (one transform of grad_output's tiles) 0.87x of im2col's grad input
+# beside Winograd's grad weight (benchmarks/ab.py, 5 rounds); 16 tiles lost (N4 256->512
+# 8x8 forward 1.67x).
 WINOGRAD_JIT_MIN_CHANNELS = 128
 WINOGRAD_JIT_MIN_TILES = 32
+# ... and the gradients only from this many channels with at most this many tiles: the
+# 2-d U-Net's N2 64@16x16 and 128->64 16x16 (32 tiles) backward 0.64-0.75x the compiled
+# direct path's time; larger images lost (ResNet-18's N4 64@24x24, 144 tiles; VGG-11's
+# 64->128 32x32, 256: 1.2-1.5x; benchmarks/ab.py, 3 rounds).
+WINOGRAD_JIT_GRAD_CHANNELS = (64, 64)
 # Stride-1 layers with at most this many input channels per group are differentiated
 # by the direct path (measured faster for C = 3, 8, 16; not 32), unless the output
 # channels per group exceed 2 C/g + 16: there im2col's larger matmuls won (measured:
@@ -546,8 +550,8 @@ _BLOCKED_WHY = ("compiled direct convolution (numba): registers hold a block of 
                 "over the whole sum, no columns")
 
 
-_WINOGRAD_JIT_WHY = (f"3x3 stride 1, >= {WINOGRAD_JIT_MIN_CHANNELS} channels each way and "
-                     "enough 4x4 tiles: compiled Winograd F(4x4, 3x3), 4x fewer multiply-adds")
+_WINOGRAD_JIT_WHY = ("3x3 stride 1, wide channels, enough 4x4 tiles: compiled Winograd "
+                     "F(4x4, 3x3), 4x fewer multiply-adds")
 
 
 def _with(plan: Plan, maps: tuple[str, ...], path: str, why: str) -> Plan:
@@ -559,27 +563,29 @@ def _with(plan: Plan, maps: tuple[str, ...], path: str, why: str) -> Plan:
 
 
 def _winograd_jit_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
-    """The maps that 'auto' gives the compiled Winograd path (see WINOGRAD_JIT_MIN_TILES)."""
-    g = problem.geometry
-    if g.kernel != (3, 3) or min(problem.cg, problem.og) < WINOGRAD_JIT_MIN_CHANNELS:
+    """The maps that 'auto' gives the compiled Winograd path (see WINOGRAD_JIT_MIN_TILES
+    and WINOGRAD_JIT_GRAD_CHANNELS)."""
+    g, narrow = problem.geometry, min(problem.cg, problem.og)
+    if g.kernel != (3, 3) or narrow < WINOGRAD_JIT_GRAD_CHANNELS[0]:
         return ()
     from .paths import get_path
 
     path = get_path("winograd_jit")
-    if not path.fits(problem):
-        return ()
     tiles = problem.batch * math.prod(path.tiles(g.out_size))
+    wide = narrow >= WINOGRAD_JIT_MIN_CHANNELS
+    if (tiles < WINOGRAD_JIT_MIN_TILES or not path.fits(problem)
+            or not (wide or tiles <= WINOGRAD_JIT_GRAD_CHANNELS[1])):
+        return ()
     return tuple(m for m in maps
-                 if tiles >= WINOGRAD_JIT_MIN_TILES and path.requires(problem, m) is None)
+                 if (wide or m != "forward") and path.requires(problem, m) is None)
 
 
 def _compiled_depthwise(problem: Problem, maps: tuple[str, ...]) -> bool:
     """Whether the compiled depthwise path computes every map here. Ahead of the cost
-    model (not fitted on it): on MobileNetV2's depthwise layers it ran forward and
-    backward 1.3-2.5x torch's time, against 3-5x for the NumPy depthwise path, the
-    model's choice (docs/performance.md, 2026-12-03, compiled depthwise)."""
+    model (not fitted on it): on MobileNetV2's depthwise layers 1.3-2.5x torch's time,
+    against 3-5x for the model's choice, the NumPy depthwise path (docs/performance.md,
+    2026-12-03)."""
     from .paths import get_path
-
     path = get_path("depthwise_jit")
     return all(path.requires(problem, m) is None for m in maps)
 
