@@ -58,7 +58,7 @@ ALIASES = {("flipped", "forward"): "im2col", ("flipped", "grad_weight"): "im2col
 MAPS = costmodel.MAPS  # forward, grad_input, grad_weight, backward (both at once)
 # Paths 'auto' takes by measured rules ahead of the model (npconv.plan): timed (their
 # rows stay in the data) but not fitted, so the model chooses among the others only.
-RULED = ("blocked", "depthwise_jit")
+RULED = ("blocked", "depthwise_jit", "winograd_jit")
 # Paths timed but left out of 'auto' altogether: winograd was the fastest path on none of
 # the 244 layers of the first SkylakeX run (within 10% of it on one), yet the model, whose
 # features do not describe its transforms, predicted it fastest on VGG-11's 256 -> 256

@@ -6,16 +6,17 @@ rows i m .. i m + m - 1 and columns j m .. j m + m - 1, and reads the a x a
 input pixels (i m - top + k, j m - left + s), k, s < a (a = m + 2), zero
 outside the image. With B^T (a, a) and A^T (m, a) of F(m x m, 3 x 3):
 
-    input_tiles    v[p, q, t, :] = sum_ks B^T[p, k] d_t[k, s, :] B^T[q, s]      d_t: x tile
-    output_tiles   y[n, i m + p, j m + q, :] = bias + sum_ks A^T[p, k] M_t[k, s, :] A^T[q, s]
-    grad_tiles     g[k, s, t, :] = sum_pq A^T[p, k] e_t[p, q, :] A^T[q, s]      e_t: gy tile
-    input_tiles_adjoint
-                   gx[n, i m - top + k, j m - left + s, :] += sum_pq B^T[p, k] Z_t[p, q, :] B^T[q, s]
+    input_tiles          v[p, q, t] = sum_ks B^T[p, k] d_t[k, s] B^T[q, s]      d_t: x tile
+    output_tiles         y[n, i m + p, j m + q] = b + sum_ks A^T[p, k] M_t[k, s] A^T[q, s]
+    grad_tiles           g[k, s, t] = sum_pq A^T[p, k] e_t[p, q] A^T[q, s]      e_t: gy tile
+    input_tiles_adjoint  gx[n, i m - top + k, j m - left + s]
+                             += sum_pq B^T[p, k] Z_t[p, q] B^T[q, s]
 
-(grad_tiles is the adjoint of the output transform: grad_output's m x m tile, zero
-past the output's edge, taken back to the a x a transform domain; the last, of the
-input transform: overlapping tiles add up, pixels outside the image are dropped). Each applies
-its matrix to one tile axis, then the other, skipping the zero entries. Kernels
+every entry a vector over the channels. grad_tiles is the adjoint of the output
+transform (grad_output's m x m tile, zero past the output's edge, taken back to the
+a x a transform domain), input_tiles_adjoint that of the input transform (overlapping
+tiles add up, pixels outside the image are dropped). Each applies its matrix to one
+tile axis, then the other, skipping the zero entries. Kernels
 release the GIL; the vectors are channel rows, so the loops vectorize.
 """
 
