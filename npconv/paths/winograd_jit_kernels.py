@@ -18,6 +18,11 @@ a x a transform domain), input_tiles_adjoint that of the input transform (overla
 tiles add up, pixels outside the image are dropped). Each applies its matrix to one
 tile axis, then the other, skipping the zero entries. Kernels
 release the GIL; the vectors are channel rows, so the loops vectorize.
+
+The four kernels spell out the same multiply-add loops on purpose: one helper taking
+(coefficients, source rows) as slices made every kernel about 3x slower (numba builds
+a view per slice, and slices across a strided axis lose the unit-stride loops; measured
+on VGG-11's 256@16x16: input transform 1.06 against 0.33-0.38 ms).
 """
 
 from __future__ import annotations
