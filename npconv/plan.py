@@ -55,7 +55,7 @@ WINOGRAD_JIT_MIN_TILES = 32
 # 2-d U-Net's N2 64@16x16 and 128->64 16x16 (32 tiles) backward 0.64-0.75x the compiled
 # direct path's time; larger images lost (ResNet-18's N4 64@24x24, 144 tiles; VGG-11's
 # 64->128 32x32, 256: 1.2-1.5x; benchmarks/ab.py, 3 rounds).
-WINOGRAD_JIT_GRAD_CHANNELS = (64, 64)
+WINOGRAD_JIT_GRADIENTS = (64, 64)  # (least channels each way, most tiles)
 # Stride-1 layers with at most this many input channels per group are differentiated
 # by the direct path (measured faster for C = 3, 8, 16; not 32), unless the output
 # channels per group exceed 2 C/g + 16: there im2col's larger matmuls won (measured:
@@ -564,9 +564,9 @@ def _with(plan: Plan, maps: tuple[str, ...], path: str, why: str) -> Plan:
 
 def _winograd_jit_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
     """The maps that 'auto' gives the compiled Winograd path (see WINOGRAD_JIT_MIN_TILES
-    and WINOGRAD_JIT_GRAD_CHANNELS)."""
+    and WINOGRAD_JIT_GRADIENTS)."""
     g, narrow = problem.geometry, min(problem.cg, problem.og)
-    if g.kernel != (3, 3) or narrow < WINOGRAD_JIT_GRAD_CHANNELS[0]:
+    if g.kernel != (3, 3) or narrow < WINOGRAD_JIT_GRADIENTS[0]:
         return ()
     from .paths import get_path
 
@@ -574,7 +574,7 @@ def _winograd_jit_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ..
     tiles = problem.batch * math.prod(path.tiles(g.out_size))
     wide = narrow >= WINOGRAD_JIT_MIN_CHANNELS
     if (tiles < WINOGRAD_JIT_MIN_TILES or not path.fits(problem)
-            or not (wide or tiles <= WINOGRAD_JIT_GRAD_CHANNELS[1])):
+            or not (wide or tiles <= WINOGRAD_JIT_GRADIENTS[1])):
         return ()
     return tuple(m for m in maps
                  if (wide or m != "forward") and path.requires(problem, m) is None)
