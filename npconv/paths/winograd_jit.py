@@ -45,7 +45,7 @@ from .. import backend, executor, workspace
 from ..plan import MAPS, Problem
 from ._common import empty_grads, matmul
 from .depthwise_jit import compiled_needs
-from .winograd_transforms import MATRICES, constants
+from .winograd_transforms import MATRICES, constants, filter_transforms
 
 DEFAULT_TILE = 4
 # Bytes of one chunk's tiles (V and M, or V and E): large enough that the a^2 matmuls
@@ -152,7 +152,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, *,
     if y.size == 0:
         return y
     k = constants(xp, dtype, m)
-    u = matmul(xp, k.gg, weight.reshape(o * c, 9).T).reshape(a, a, o, c)  # G w G^T
+    u = filter_transforms(xp, k, weight)  # (a, a, O, C): G w G^T
     b = xp.zeros(o, dtype=dtype) if bias is None else bias
     per_image = _image_bytes(c, o, g.out_size, dtype.itemsize, m)
     executor.map_chunks(_forward_chunk, _chunks(n, per_image), x, u, b, y, m,
@@ -212,7 +212,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     k = constants(xp, dtype, m)
     u = gx = None
     if need_input:
-        u = matmul(xp, k.gg, weight.reshape(o * c, 9).T).reshape(a, a, o, c)  # G w G^T
+        u = filter_transforms(xp, k, weight)  # (a, a, O, C): G w G^T
         gx = xp.empty((n, c) + g.in_size, dtype=dtype)
     per_image = _image_bytes(c, o, g.out_size, dtype.itemsize, m)
     args = (gy, x if need_weight else None, u, gx, m, (g.pads[0][0], g.pads[1][0]), k)

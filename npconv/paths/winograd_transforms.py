@@ -152,8 +152,8 @@ def output_transform(xp: Any, a_t: Any, mm: Any, tmp: Any, out: Any) -> None:
     matmul(xp, tmp.reshape(m, a, n).transpose(0, 2, 1), a_t.T, out=out.reshape(m, n, m))
 
 
-def weight_transform(xp: Any, k: Constants, weight: Any) -> Any:
-    """U (a_j, a_i, O, C/g) = G g G^T for every 3x3 filter, as V is laid out.
+def filter_transforms(xp: Any, k: Constants, weight: Any) -> Any:
+    """U (a_i, a_j, O, C/g) = G g G^T for every 3x3 filter g of ``weight`` (O, C/g, 3, 3).
 
     One matmul for all filters, (G kron G) (a^2, 9) @ vec(g) (9, O*C/g): a batch of
     per-filter G g G^T products cost more than the whole transform (measured).
@@ -161,8 +161,13 @@ def weight_transform(xp: Any, k: Constants, weight: Any) -> Any:
     o, cg = weight.shape[:2]
     a = k.g_mat.shape[0]
     # u (a*a, O*C/g) = (G kron G) (a^2, 9) @ vec(g)^T (9, O*C/g): vec(G g G^T) per filter
-    u = matmul(xp, k.gg, weight.reshape(o * cg, 9).T).reshape(a, a, o, cg)
-    return u.transpose(1, 0, 2, 3)
+    return matmul(xp, k.gg, weight.reshape(o * cg, 9).T).reshape(a, a, o, cg)
+
+
+def weight_transform(xp: Any, k: Constants, weight: Any) -> Any:
+    """U (a_j, a_i, O, C/g), as V is laid out: :func:`filter_transforms`, its tile
+    axes swapped."""
+    return filter_transforms(xp, k, weight).transpose(1, 0, 2, 3)
 
 
 def fill_rows(dst: Any, x: Any, first: int, top: int, left: int) -> None:
