@@ -58,7 +58,7 @@ from ._common import (
 from .depthwise_jit import compiled_needs
 
 # Multiply-adds per byte of the executor's work measure (see _work).
-WORK_PER_BYTE = 12
+WORK_PER_BYTE = 5
 # Scratch bytes a thread keeps between calls (see _held).
 HELD_BYTES = 8 * 2**20
 # The forward writes output rows straight from its registers (no tile, no junk computed)
@@ -317,10 +317,16 @@ def _forward_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], job: _Fo
 def _work(problem: Problem) -> int:
     """The executor's measure of a map's work, which decides whether to thread it: its
     multiply-adds over WORK_PER_BYTE, so that the default threshold (4 MiB) falls at
-    about 50 million. Time on 1 thread / on 2, forward and grad weight, medians of 15:
-    9-38 million multiply-adds (U-Net's 2-d layers) 0.49-0.88, ResNet-18's 85 million
-    0.76-0.83 (another run 1.0-1.08), a 1-d 101 million 1.25-1.53, the 3-D U-Net's
-    227-453 million 1.29-1.75 (one run of 0.98 forward); with the threshold at 100
+    about 21 million (a backward's map does two gradients: twice this).
+
+    A threaded map costs 70-100 us more than a serial one here (waking a thread and
+    handing the GIL back and forth, measured on empty and on 200 us items), against
+    the 200-450 us a thread spends on one 16-64 channel U-Net tile. On the 2-core AMD
+    EPYC (Zen 4) of the twelfth session, threading from 21 million (and backward maps
+    at twice the measure) took the 2-D U-Net's network total to 0.92x (0.91-0.96) in
+    ``benchmarks/ab.py``, ResNet-18 0.97, VGG-11 1.00, the 3-D U-Net 1.03 (0.98-1.07).
+    The earlier Xeon had measured the other way (1 thread / 2 on the U-Net's 9-38
+    million: 0.49-0.88), so the threshold then sat at 50 million; with it at 100
     million, WaveNet's 67-million layers took 1.31-1.48x as long backward (A/B)."""
     return problem.multiply_adds // WORK_PER_BYTE
 
@@ -527,7 +533,7 @@ def _both(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> tuple[Any,
     executor.map_chunks(_both_item, items, f_job, w_job, partials,
                         scratch=lambda: (_Lazy(f_scratch), _Lazy(w_scratch)),
                         per_worker_bytes=max(f_bytes, w_bytes), arrays=(gy,),
-                        work_bytes=_work(problem))  # threaded where one map alone is
+                        work_bytes=2 * _work(problem))  # both gradients' work
     for part in partials:
         if part is not None:
             total += part
