@@ -47,12 +47,10 @@ import contextlib
 import contextvars
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from . import backend, workspace
+from . import _workers, backend, workspace
 from .geometry import as_int
 
 # Below this many bytes of buffers per call (copies included), npconv's threads cost
@@ -112,7 +110,7 @@ class _State:
 
     threads = _environment_int("NPCONV_NUM_THREADS", _available_cpus(), 1)
     min_work_bytes = _environment_int("NPCONV_MIN_WORK_BYTES", TINY_WORK_BYTES, 0)
-    pool: ThreadPoolExecutor | None = None
+    pool: _workers.Pool | None = None
     pool_size = 0
     lock = threading.Lock()  # guards pool creation
     # One threaded region at a time in the process: BLAS thread counts are global.
@@ -392,12 +390,12 @@ def workers_for(count: int, per_worker_bytes: int, arrays: Sequence[Any],
     return workspace.workers_for(count, per_worker_bytes, get_num_threads())
 
 
-def _pool(size: int) -> ThreadPoolExecutor:
+def _pool(size: int) -> _workers.Pool:
     with _State.lock:
         if _State.pool is None or _State.pool_size < size:
             if _State.pool is not None:
-                _State.pool.shutdown(wait=False)
-            _State.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="npconv")
+                _State.pool.close()
+            _State.pool = _workers.Pool(size)
             _State.pool_size = size
         return _State.pool
 
@@ -463,20 +461,15 @@ def _run_threaded(queue: _Queue, work: Callable[[Any, int, Any], None],
     """The caller and ``workers - 1`` pool threads serve the queue; every worker has
     stopped before this returns or raises."""
     pool = _pool(workers - 1)
-    futures: list[Future[None]] = [pool.submit(_serve, queue, work, scratch)
-                                   for _ in range(workers - 1)]
+    pool.start(lambda: _serve(queue, work, scratch), workers - 1)
     error: BaseException | None = None
     try:
         _serve(queue, work, scratch)
     except BaseException as exc:  # wait for the others before raising
         error = exc
-    deadline = time.perf_counter() + POLL_SECONDS
-    while not all(f.done() for f in futures) and time.perf_counter() < deadline:
-        time.sleep(0)  # releases the GIL; keeps this CPU awake
-    for future in futures:
-        failure = future.exception()  # blocks until that worker has stopped
-        if error is None and failure is not None:
-            error = failure
+    failures = pool.join(POLL_SECONDS)  # every worker has stopped
+    if error is None and failures:
+        error = failures[0]
     if error is not None:
         raise error
 

@@ -165,6 +165,31 @@ def test_an_error_in_one_chunk_leaves_no_worker_writing_afterwards(restore_threa
     assert count < 39, "the other workers stopped taking chunks after the error"
 
 
+def _raise_off_the_caller(_, item, caller, done):
+    time.sleep(0.002)  # every thread gets items
+    if threading.get_ident() != caller:
+        raise _Boom(f"on a worker, item {item}")
+    done.append(item)
+
+
+def _record(_, item, out):
+    out[item] = threading.get_ident()
+
+
+def test_a_worker_threads_error_reaches_the_caller_and_the_pool_goes_on(restore_threads):
+    npconv.set_num_threads(2)
+    with executor.call(), pytest.raises(_Boom, match="on a worker"):
+        executor.map_chunks(_raise_off_the_caller, list(range(8)), threading.get_ident(), [],
+                            arrays=(np.zeros(1),), work_bytes=2**30)
+    for threads in (2, 3, 2):  # the pool grows, and its old workers are let go
+        npconv.set_num_threads(threads)
+        out = [None] * 64
+        with executor.call():
+            executor.map_chunks(_record, list(range(64)), out, arrays=(np.zeros(1),),
+                                work_bytes=2**30)
+        assert all(t is not None for t in out)
+
+
 def test_reduce_chunks_sums_lanes_in_order(restore_threads):
     total = np.zeros(3)
 
