@@ -62,6 +62,7 @@ CASES = [
     ((1, 40, 7, 7), 3, 1, (1, 2), (1, 2), "taps"),  # dilated columns
     ((2, 16, 12, 12), 3, 2, 1, 1, "channels"),  # stride 2: the pair permute
     ((1, 500, 6, 6), 1, 2, 0, 1, "channels"),  # ResNet's downsample, blocks of channels
+    ((2, 37, 16, 16), 2, 2, 0, 1, "channels"),  # U-Net up-conv: 1 KiB planes, 16 + 16 + 5
     ((2, 30, 10, 9), 3, 3, 2, 2, "channels"),  # stride 3: the gather
     ((2, 4, 40, 21), 3, 1, 1, 1, "rows"),  # 21 = 16 + 5 = 8 + 8 + 5: the last vector masked
     ((1, 3, 44, 46), 7, 2, 3, 1, "rows"),  # ResNet's stem: stride 2, 23 wide
