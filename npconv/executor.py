@@ -5,10 +5,10 @@ rows of one image) whose boundaries depend only on the shapes and the
 workspace limit, never on the thread count. It hands the executor a *kernel*,
 a top-level function ``kernel(scratch, item, *args)`` that computes one
 chunk, and a *scratch* factory that allocates one worker's buffers. The
-executor runs the chunks on a small pool of host threads, each thread with
-its own scratch, while the BLAS is held to one thread (two multi-threaded
-OpenBLAS calls at once fought over one pool and ran about 30x slower,
-measured).
+executor runs the chunks on a small pool of host threads (:mod:`npconv._workers`
+holds them), each thread with its own scratch, while the BLAS is held to one
+thread (two multi-threaded OpenBLAS calls at once fought over one pool and ran
+about 30x slower, measured).
 
 Why threads at all: NumPy runs elementwise loops on one core, and the
 mid-sized matmuls of a convolution chunk ran 1.5-3x faster as two
