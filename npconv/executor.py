@@ -111,7 +111,6 @@ class _State:
     threads = _environment_int("NPCONV_NUM_THREADS", _available_cpus(), 1)
     min_work_bytes = _environment_int("NPCONV_MIN_WORK_BYTES", TINY_WORK_BYTES, 0)
     pool: _workers.Pool | None = None
-    pool_size = 0
     lock = threading.Lock()  # guards pool creation
     # One threaded region at a time in the process: BLAS thread counts are global.
     region = threading.Lock()
@@ -126,7 +125,7 @@ _worker = threading.local()  # .busy: this thread runs chunks for a threaded reg
 
 def _reset_after_fork() -> None:
     # The parent's pool threads do not exist in the child; its locks may be held.
-    _State.pool, _State.pool_size = None, 0
+    _State.pool = None
     _State.lock = threading.Lock()
     _State.region = threading.Lock()
     _BlasHold.lock = threading.Lock()
@@ -392,11 +391,10 @@ def workers_for(count: int, per_worker_bytes: int, arrays: Sequence[Any],
 
 def _pool(size: int) -> _workers.Pool:
     with _State.lock:
-        if _State.pool is None or _State.pool_size < size:
+        if _State.pool is None or _State.pool.size < size:
             if _State.pool is not None:
                 _State.pool.close()
             _State.pool = _workers.Pool(size)
-            _State.pool_size = size
         return _State.pool
 
 
