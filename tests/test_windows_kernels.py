@@ -63,11 +63,12 @@ CASES = [
     ((2, 16, 12, 12), 3, 2, 1, 1, "channels"),  # stride 2: the pair permute
     ((1, 500, 6, 6), 1, 2, 0, 1, "channels"),  # ResNet's downsample, blocks of channels
     ((2, 37, 16, 16), 2, 2, 0, 1, "channels"),  # U-Net up-conv: 1 KiB planes, 16 + 16 + 5
+    ((2, 45, 24, 16), 3, 2, 1, 1, "channels"),  # 1.5 KiB planes: blocks of 32 (+ 13)
     ((2, 30, 10, 9), 3, 3, 2, 2, "channels"),  # stride 3: the gather
-    ((2, 4, 40, 21), 3, 1, 1, 1, "rows"),  # 21 = 16 + 5 = 8 + 8 + 5: the last vector masked
-    ((1, 3, 44, 46), 7, 2, 3, 1, "rows"),  # ResNet's stem: stride 2, 23 wide
-    ((1, 5, 30, 70), (2, 5), (1, 3), (0, 4), (1, 2), "rows"),  # stride 3, wide padding
-    ((1, 6, 10, 10), 3, 1, 6, 1, "rows"),  # padding past the kernel: rows of zeros only
+    ((1, 2, 400, 21), 3, 1, 1, 1, "rows"),  # 21 = 16 + 5 = 8 + 8 + 5: the last vector masked
+    ((1, 3, 200, 46), 7, 2, 3, 1, "rows"),  # a ResNet-like stem: stride 2, 23 wide
+    ((1, 5, 200, 70), (2, 5), (1, 3), (0, 4), (1, 2), "rows"),  # stride 3, wide padding
+    ((1, 6, 128, 8), 3, 1, 6, 1, "rows"),  # 4 KiB planes; padding past the kernel
 ]
 
 
@@ -78,7 +79,7 @@ def test_each_walk_equals_the_reference(shape, kernel, stride, padding, dilation
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape).astype(dtype)
     geometry, cols = _check(x, kernel, stride, padding, dilation)
-    assert windows.walk(geometry) == order
+    assert windows.walk(geometry, x.itemsize) == order
     # a strided input (copied contiguous first) and an unbatched one
     wide = np.repeat(x, 2, axis=-1)[..., ::2]
     np.testing.assert_array_equal(
@@ -285,3 +286,18 @@ def test_depthwise_channels_last_moves_against_the_reference(size, contiguous, s
     sums = (9, gy.shape[0] * gy.shape[2] * gy.shape[3], gy.size // gy.shape[1])
     for g_got, g_want, reduction, name in zip(got, want, sums, ("input", "weight", "bias")):
         assert_close(g_got, g_want, reduction=reduction, err_msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("shape, itemsize, block", [
+    ((16, 16), 4, 16),  # 1 KiB planes: 4 set offsets, 4 planes each
+    ((24, 16), 4, 32),  # 1.5 KiB: 8 offsets
+    ((16, 16), 8, 8),  # 2 KiB: 2 offsets
+    ((32, 32), 4, 4),  # 4 KiB: every plane in the same sets (the rows walk)
+    ((6, 6), 4, 64),  # small planes: CHANNEL_BLOCK
+    ((40, 40), 4, 32),  # 6.4 KiB: at most BLOCK_SPAN_BYTES of planes
+])
+def test_channel_blocks_follow_the_planes_cache_sets(shape, itemsize, block):
+    geometry = ConvGeometry.build(shape, 3, 2, 1, 1, input_name="x")
+    assert windows.channel_block(geometry, itemsize) == block
+    want = "channels" if block >= windows.MIN_CHANNEL_BLOCK else "rows"
+    assert windows.walk(geometry, itemsize) == want

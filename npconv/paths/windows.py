@@ -61,10 +61,9 @@ LANE_BYTES = 64  # the kernels' vectors (windows_kernels.LANE_BYTES)
 #   TAP_BLOCK channels. 512@3x3: 0.037 ms, against 0.071 by rows over blocks of channels;
 #   256@6x6 0.067 against 0.097; 128@12x12 0.16 against 0.23 by planes' rows; at 16x16
 #   the two tied, at 32x32 rows won (0.58 against 0.97);
-# - outputs at least ROWS_MIN_HEIGHT tall: a plane at a time, row after row (64@32x32:
-#   0.58 against 1.0-1.2 over blocks of channels; 128@12x12 0.23 against 0.27-0.32);
-# - shorter ones: a row at a time over blocks of CHANNEL_BLOCK channels (512@3x3 0.071
-#   against 0.57 by planes' rows; blocks of 8-128 channels: 64 best).
+# - otherwise a row at a time over blocks of channels (512@3x3 0.071 against 0.57 by
+#   planes' rows), unless the blocks would be shorter than MIN_CHANNEL_BLOCK: then a
+#   plane at a time, row after row (see :func:`channel_block`).
 # npconv.im2col splits compiled copies of this many bytes over two threads (ms, one /
 # two threads: N4 64@32x32 3x3 9 MiB 0.57 / 0.50; N4 3@96x96 7x7 s2 5.2 MiB 0.50 / 0.45;
 # N4 256@16x16 9 MiB 0.65 / 0.66; N4 128@16x16 4.5 MiB 0.30 / 0.42; 512@8x8 0.36 / 0.44),
@@ -73,15 +72,20 @@ LANE_BYTES = 64  # the kernels' vectors (windows_kernels.LANE_BYTES)
 SPLIT_MIN_BYTES = 2**23
 TAPS_MAX_HEIGHT = 15
 TAP_BLOCK = 16
-ROWS_MIN_HEIGHT = 12
+# The channels walk reads and writes a block's planes row by row, one plane apart; in
+# L1 (8 ways of L1_WAY_BYTES) planes a multiple of L1_WAY_BYTES apart fall in the same
+# sets, so a block holds at most ALIASED_PER_SET planes per set offset, at most
+# BLOCK_SPAN_BYTES of input and at most CHANNEL_BLOCK channels; below MIN_CHANNEL_BLOCK
+# the rows walk is faster. One thread, best of 3 medians, rows / blocks of 8 / 16 / 32
+# / 64 (thirteenth session, docs/performance.md): float32 N2 64@32x32 3x3 (4 KiB
+# planes) 182 / 490 / 578 / 668 / 718 us; 64@16x16 (1 KiB) 65 / 65 / 63 / 89 / 98;
+# 64@24x24 stride 2 66 / 51 / 41 / 38 / 38; float64 64@16x16 (2 KiB) 115 / 100 / 93 /
+# 165 / 160; 40x40 and 48x48 planes lost 13-17% at 64 against 32 or 16.
+L1_WAY_BYTES = 4096
+ALIASED_PER_SET = 4
+BLOCK_SPAN_BYTES = 256 * 2**10
 CHANNEL_BLOCK = 64
-# ... or of SMALL_CHANNEL_BLOCK where an input plane holds at least LARGE_PLANE_BYTES: a
-# block's planes then stay in L1 across its rows' passes (N2 64@16x16 2x2 stride 2,
-# float32, kernel alone, best of 3 medians: 10.0 us against 16.2 over blocks of 64, 12.0
-# of 32, 13.0 of 8; planes under 1 KiB kept 64: 128@8x8 2x2 s2 7.5 us against 9.9 over
-# 16, 128@12x12 1x1 s2 7.3 against 9.0; twelfth session).
-SMALL_CHANNEL_BLOCK = 16
-LARGE_PLANE_BYTES = 1024
+MIN_CHANNEL_BLOCK = 8
 
 
 def compiled(xp: Any, geometry: ConvGeometry, dtype: Any) -> bool:
@@ -189,14 +193,22 @@ def copy_windows_split(cols: Any, x: Any, geometry: ConvGeometry) -> None:
     """:func:`copy_windows` split over the executor's threads, by images or, with fewer
     images than threads, by channels, for copies of at least SPLIT_MIN_BYTES:
     npconv.im2col's, whose large outputs are bound by memory (the paths copy on their
-    calling thread; see :func:`copy_windows`)."""
-    if not split_pays(cols.nbytes):
+    calling thread; see :func:`copy_windows`). The compiled 'channels' walk stays on one
+    thread: over two, into a fresh array, it took twice its one thread's time (N4
+    256@16x16 3x3, 9 MiB: 0.72-0.75 ms against 0.33-0.34; the 'rows' walk 0.31 on two)."""
+    if not split_pays(cols.nbytes) or _one_thread_walk(cols, x, geometry):
         copy_windows(cols, x, geometry)
         return
     workers = executor.get_num_threads()
     axis = 0 if x.shape[0] >= workers else 1
     executor.map_chunks(_copy_span, executor.axis_spans(x.shape[axis], axis, workers), cols,
                         x, geometry, arrays=(cols,), work_bytes=cols.nbytes)
+
+
+def _one_thread_walk(cols: Any, x: Any, geometry: ConvGeometry) -> bool:
+    xp = backend.get_array_module(cols, x)
+    return (_compiled_pair(xp, geometry, cols, x)
+            and walk(geometry, x.itemsize) == "channels")
 
 
 def _copy_span(_: Any, span: tuple[slice, ...], cols: Any, x: Any,
@@ -261,25 +273,35 @@ def _kernel_args(xp: Any, geometry: ConvGeometry, item: int) -> tuple[Any, ...]:
         table.flags.writeable = False
         tables.append(table)
     params = geometry.stride + geometry.dilation + tuple(lo for lo, _ in geometry.pads)
-    order = walk(geometry)
+    order = walk(geometry, item)
     taps = _taps(xp, geometry, item) if order == "taps" else xp.zeros((2, 0), dtype=xp.int64)
     taps.flags.writeable = False
-    wide = math.prod(geometry.in_size) * item >= LARGE_PLANE_BYTES
-    block = {"taps": TAP_BLOCK, "rows": 0,
-             "channels": SMALL_CHANNEL_BLOCK if wide else CHANNEL_BLOCK}[order]
+    block = {"taps": TAP_BLOCK, "rows": 0, "channels": channel_block(geometry, item)}[order]
     return (geometry.kernel + geometry.out_size, params, tables[1], tables[0][1:], block,
             taps)
 
 
-def walk(geometry: ConvGeometry) -> str:
-    """How the compiled copy walks ``geometry``'s windows: 'taps' (a tap's output plane
-    is its input plane shifted: unit strides, the output as wide as the input and at
-    most TAPS_MAX_HEIGHT rows), 'rows' (a plane at a time, outputs at least
-    ROWS_MIN_HEIGHT tall) or 'channels' (a row at a time over blocks of channels)."""
+def walk(geometry: ConvGeometry, item: int) -> str:
+    """How the compiled copy walks ``geometry``'s windows (items of ``item`` bytes):
+    'taps' (a tap's output plane is its input plane shifted: unit strides, the output
+    as wide as the input and at most TAPS_MAX_HEIGHT rows), 'channels' (a row at a time
+    over blocks of channels, where :func:`channel_block` allows blocks of at least
+    MIN_CHANNEL_BLOCK) or 'rows' (a plane at a time)."""
     (oh, ow), w = geometry.out_size, geometry.in_size[1]
     if geometry.stride == (1, 1) and ow == w and oh <= TAPS_MAX_HEIGHT:
         return "taps"
-    return "rows" if oh >= ROWS_MIN_HEIGHT else "channels"
+    return "channels" if channel_block(geometry, item) >= MIN_CHANNEL_BLOCK else "rows"
+
+
+def channel_block(geometry: ConvGeometry, item: int) -> int:
+    """The channels a block of the 'channels' walk holds: at most ALIASED_PER_SET
+    planes per L1 set offset (planes of p bytes take L1_WAY_BYTES / gcd(p,
+    L1_WAY_BYTES) offsets), at most BLOCK_SPAN_BYTES of planes (a power of two) and at
+    most CHANNEL_BLOCK."""
+    plane = math.prod(geometry.in_size) * item
+    offsets = L1_WAY_BYTES // math.gcd(plane, L1_WAY_BYTES)
+    span = max(1, BLOCK_SPAN_BYTES // plane)
+    return min(CHANNEL_BLOCK, ALIASED_PER_SET * offsets, 1 << (span.bit_length() - 1))
 
 
 def _taps(xp: Any, geometry: ConvGeometry, item: int) -> Any:
