@@ -74,6 +74,14 @@ def _read_pairs(builder: Any, vty: Any, base: Any, start: Any, lo: Any, hi: Any)
     return builder.shuffle_vector(low, high, even)
 
 
+def _read_pair(builder: Any, vty: Any, base: Any, start: Any, lo: Any, hi: Any) -> Any:
+    """``_read_pairs`` where 2 hi - 1 <= L: one masked load, then its even lanes."""
+    first, last = builder.add(lo, lo), builder.sub(builder.add(hi, hi), ir.Constant(I64, 1))
+    low = _masked_load(builder, vty, base, start, _lane_mask(builder, vty, first, last))
+    even = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), list(range(0, 2 * vty.count, 2)))
+    return builder.shuffle_vector(low, ir.Constant(vty, None), even)
+
+
 def _gather(builder: Any, vty: Any, base: Any, start: Any, step: Any, mask: Any) -> Any:
     """Lanes l of mask: base[start + l step]; the others zero."""
     i32 = ir.IntType(32)
@@ -106,6 +114,8 @@ def _segment_intrinsic(step: int) -> Any:
             value = _masked_load(builder, vty, src.data, s0, _lane_mask(builder, vty, lo, hi))
         elif step == 2:
             value = _read_pairs(builder, vty, src.data, s0, lo, hi)
+        elif step == -2:  # stride 2, the row's last element within the first L
+            value = _read_pair(builder, vty, src.data, s0, lo, hi)
         else:
             value = _gather(builder, vty, src.data, s0, stride,
                             _lane_mask(builder, vty, lo, hi))
@@ -121,6 +131,7 @@ def _segment_intrinsic(step: int) -> Any:
 
 _unit = _segment_intrinsic(1)
 _pairs = _segment_intrinsic(2)
+_pair = _segment_intrinsic(-2)
 _strided = _segment_intrinsic(0)
 
 
@@ -151,6 +162,9 @@ def _run(cols: Any, x: Any, n: int, d: int, d_step: int, src: int, src_step: int
     if step == 1:
         for k in range(n):
             _unit(cols, x, d + k * d_step, src + k * src_step, count, lo, hi, step)
+    elif step == 2 and 2 * hi <= LANE_BYTES // cols.itemsize:
+        for k in range(n):
+            _pair(cols, x, d + k * d_step, src + k * src_step, count, lo, hi, step)
     elif step == 2:
         for k in range(n):
             _pairs(cols, x, d + k * d_step, src + k * src_step, count, lo, hi, step)
