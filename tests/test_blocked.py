@@ -131,7 +131,10 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     assert plan(16, 2, (64, 64)).forward != "blocked"  # 2 output channels
     assert "blocked" not in vars(plan(16, 16, (64, 64), kernel=1)).values()  # pointwise
     assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
-    assert plan(64, 64, (16, 16)).forward == "blocked"  # 64 channels: from 256 positions
+    mid = plan(64, 64, (16, 16))  # 64 channels at 256 positions:
+    assert mid.forward == "stacked"  # the forward goes to the stacked path
+    assert plan(64, 64, (16, 20)).forward == "blocked"  # 320 positions: past stacked's
+    assert plan(32, 64, (16, 16)).forward == "blocked"  # 32 channels: blocked
     assert "blocked" not in vars(plan(128, 256, (16, 16))).values()  # wider: from 512
     assert plan(16, 16, (64, 64), kernel=7).forward == "blocked"  # ahead of FFT
     assert plan(16, 16, (64, 64), kernel=13).forward != "blocked"
