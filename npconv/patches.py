@@ -425,7 +425,7 @@ def im2col(
         cols.reshape(batch.shape)[...] = batch
     elif takes_planes(xp, geometry, elements, batch.dtype):
         cols = xp.empty(shape, dtype=batch.dtype)
-        copy_windows_split(cols, batch, geometry)
+        copy_windows_split(cols, batch, geometry, xp)
     elif (backend.on_host(xp) and geometry.kernel_volume > 1
             and geometry.out_size[-1] <= GATHER_MAX_WIDTH and elements >= GATHER_MIN_ELEMENTS):
         cols = gather_windows(batch, geometry)

@@ -301,3 +301,22 @@ def test_channel_blocks_follow_the_planes_cache_sets(shape, itemsize, block):
     assert windows.channel_block(geometry, itemsize) == block
     want = "channels" if block >= windows.MIN_CHANNEL_BLOCK else "rows"
     assert windows.walk(geometry, itemsize) == want
+
+
+@pytest.mark.parametrize("shape, dtype, order", [
+    ((4, 64, 32, 32), "float32", "rows"),  # compiled, split over the threads
+    ((4, 256, 16, 16), "float32", "channels"),  # compiled, kept on one thread
+    ((8, 64, 32, 32), "float16", None),  # not compiled: NumPy's copies, split
+])
+def test_large_columns_split_over_threads_equal_the_reference(shape, dtype, order):
+    """npconv.im2col's copies of at least SPLIT_MIN_BYTES, with two threads."""
+    x = np.random.default_rng(7).standard_normal(shape).astype(dtype)
+    geometry = ConvGeometry.build(x.shape[2:], 3, 1, 1, 1, input_name="x")
+    assert x.size * 9 * x.itemsize >= windows.SPLIT_MIN_BYTES
+    assert windows.compiled(np, geometry, x.dtype) == (order is not None)
+    if order is not None:
+        assert windows.walk(geometry, x.itemsize) == order
+    with npconv.num_threads(2):
+        assert windows.split_pays(x.size * 9 * x.itemsize)
+        cols = npconv.im2col(x, 3, padding=1)
+    np.testing.assert_array_equal(cols, _reference_columns(x, geometry))

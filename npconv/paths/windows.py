@@ -90,9 +90,20 @@ MIN_CHANNEL_BLOCK = 8
 
 def compiled(xp: Any, geometry: ConvGeometry, dtype: Any) -> bool:
     """Whether the compiled kernel copies ``geometry``'s windows: ``jit_float``'s
-    conditions and output rows of at most COMPILED_MAX_ROW_BYTES."""
-    return (geometry.out_size[-1] * dtype.itemsize <= COMPILED_MAX_ROW_BYTES
-            and jit_float(xp, geometry, dtype))
+    conditions and output rows of at most COMPILED_MAX_ROW_BYTES (remembered per
+    array module, geometry and dtype: small calls count every microsecond)."""
+    key = (xp, geometry, dtype)
+    known = _COMPILED.get(key)
+    if known is None:
+        known = (geometry.out_size[-1] * dtype.itemsize <= COMPILED_MAX_ROW_BYTES
+                 and jit_float(xp, geometry, dtype))
+        if len(_COMPILED) >= _ARGS_MAX:
+            _COMPILED.clear()
+        _COMPILED[key] = known
+    return known
+
+
+_COMPILED: dict[tuple[Any, ConvGeometry, Any], bool] = {}
 
 
 def _compiled_pair(xp: Any, geometry: ConvGeometry, cols: Any, x: Any) -> bool:
@@ -189,26 +200,25 @@ def split_pays(nbytes: int) -> bool:
     return nbytes >= SPLIT_MIN_BYTES and executor.get_num_threads() > 1
 
 
-def copy_windows_split(cols: Any, x: Any, geometry: ConvGeometry) -> None:
-    """:func:`copy_windows` split over the executor's threads, by images or, with fewer
-    images than threads, by channels, for copies of at least SPLIT_MIN_BYTES:
-    npconv.im2col's, whose large outputs are bound by memory (the paths copy on their
-    calling thread; see :func:`copy_windows`). The compiled 'channels' walk stays on one
-    thread: over two, into a fresh array, it took twice its one thread's time (N4
-    256@16x16 3x3, 9 MiB: 0.72-0.75 ms against 0.33-0.34; the 'rows' walk 0.31 on two)."""
-    if not split_pays(cols.nbytes) or _one_thread_walk(cols, x, geometry):
-        copy_windows(cols, x, geometry)
+def copy_windows_split(cols: Any, x: Any, geometry: ConvGeometry, xp: Any) -> None:
+    """:func:`copy_windows` into columns that ``xp.empty`` just made (C-contiguous, of
+    ``x``'s dtype: npconv.im2col's), split over the executor's threads, by images or,
+    with fewer images than threads, by channels, for copies of at least
+    SPLIT_MIN_BYTES (the paths copy on their calling thread; see
+    :func:`copy_windows`). The compiled 'channels' walk stays on one thread: over two,
+    into a fresh array, it took twice its one thread's time (N4 256@16x16 3x3, 9 MiB:
+    0.72-0.75 ms against 0.33-0.34; the 'rows' walk 0.31 on two)."""
+    fast = compiled(xp, geometry, x.dtype)
+    if not split_pays(cols.nbytes) or (fast and walk(geometry, x.itemsize) == "channels"):
+        if fast:
+            _copy_compiled(xp, cols, x, geometry)
+        else:
+            copy_windows(cols, x, geometry)
         return
     workers = executor.get_num_threads()
     axis = 0 if x.shape[0] >= workers else 1
     executor.map_chunks(_copy_span, executor.axis_spans(x.shape[axis], axis, workers), cols,
                         x, geometry, arrays=(cols,), work_bytes=cols.nbytes)
-
-
-def _one_thread_walk(cols: Any, x: Any, geometry: ConvGeometry) -> bool:
-    xp = backend.get_array_module(cols, x)
-    return (_compiled_pair(xp, geometry, cols, x)
-            and walk(geometry, x.itemsize) == "channels")
 
 
 def _copy_span(_: Any, span: tuple[slice, ...], cols: Any, x: Any,
