@@ -118,7 +118,8 @@ def overrides(problem: Problem, maps: tuple[str, ...],
 
 
 def stacked_forward(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
-    """('forward',) where the stacked forward rule holds (see STACKED_WHY), else ()."""
+    """('forward',) where the stacked forward rule holds (see STACKED_WHY), else (): in
+    place of ``blocked``, so only where that path could compute the forward."""
     g, narrow = problem.geometry, min(problem.cg, problem.og)
     if ("forward" not in maps or g.nd != 2 or not problem.stride_one
             or g.kernel_volume == 1 or problem.depthwise
@@ -127,7 +128,9 @@ def stacked_forward(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
         return ()
     from .paths import get_path
 
-    return ("forward",) if get_path("stacked").requires(problem, "forward") is None else ()
+    able = all(get_path(name).requires(problem, "forward") is None
+               for name in ("blocked", "stacked"))
+    return ("forward",) if able else ()
 
 
 def blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import npconv
+from npconv import compiled_rules
 from npconv.testing import assert_close
 
 pytest.importorskip("numba")
@@ -245,3 +246,14 @@ def test_tiles_shrink_to_the_workspace_limit_or_refuse(restore_limit):
     w3 = rng.standard_normal((8, 4, 3, 3, 3)).astype(np.float32)
     with pytest.raises(MemoryError, match=r"0\.1\d MiB .* workspace limit of 0\.06 MiB"):
         npconv.conv(x3, w3, padding=1, algorithm="blocked")
+
+
+def test_the_stacked_forward_rule_stands_in_for_blocked_only():
+    """The 16x16 forward band goes to stacked in float32; in complex64 (which the
+    compiled paths do not take) the cost model chooses, as before the rule."""
+    x = np.zeros((2, 64, 16, 16), np.float32)
+    w = np.zeros((64, 64, 3, 3), np.float32)
+    real = npconv.explain(x, w, padding=1)
+    assert real.forward == "stacked" and real.reasons["forward"] == compiled_rules.STACKED_WHY
+    complex_plan = npconv.explain(x.astype(np.complex64), w.astype(np.complex64), padding=1)
+    assert complex_plan.reasons["forward"].startswith("cost model")
