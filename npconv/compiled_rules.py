@@ -110,8 +110,9 @@ WINOGRAD_JIT_WHY = ("3x3 stride 1, wide channels, enough 4x4 tiles: compiled Win
 def overrides(problem: Problem, maps: tuple[str, ...],
               blocked: tuple[str, ...]) -> list[tuple[tuple[str, ...], str, str]]:
     """(maps, path, why) in the order :func:`npconv.plan.plan` applies them, after the
-    cost model: ``blocked``'s maps (from :func:`blocked_maps`), the stacked forward,
-    then the compiled Winograd path's maps (the last word)."""
+    cost model: ``blocked``'s maps (from :func:`blocked_maps`), then the stacked
+    forward (which takes the forward from ``blocked`` in its band), then the compiled
+    Winograd path's maps (the last word)."""
     return [(blocked, "blocked", BLOCKED_WHY),
             (stacked_forward(problem, maps), "stacked", STACKED_WHY),
             (winograd_jit_maps(problem, maps), "winograd_jit", WINOGRAD_JIT_WHY)]
@@ -148,7 +149,7 @@ def blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
         return ()
     c, o, taps = problem.cg, problem.og, g.kernel_volume
     least, contraction = BLOCKED_MIN_CHANNELS, BLOCKED_MIN_CONTRACTION
-    wanted = {"forward": o >= least and not stacked_forward(problem, maps),
+    wanted = {"forward": o >= least,
               "grad_input": c >= least and taps * o >= contraction
               and (problem.stride_one or problem.multiply_adds >= BLOCKED_STRIDED_MIN_MACS),
               "grad_weight": min(c, o) >= least}

@@ -92,18 +92,13 @@ def compiled(xp: Any, geometry: ConvGeometry, dtype: Any) -> bool:
     """Whether the compiled kernel copies ``geometry``'s windows: ``jit_float``'s
     conditions and output rows of at most COMPILED_MAX_ROW_BYTES (remembered per
     array module, geometry and dtype: small calls count every microsecond)."""
-    key = (xp, geometry, dtype)
-    known = _COMPILED.get(key)
-    if known is None:
-        known = (geometry.out_size[-1] * dtype.itemsize <= COMPILED_MAX_ROW_BYTES
-                 and jit_float(xp, geometry, dtype))
-        if len(_COMPILED) >= _ARGS_MAX:
-            _COMPILED.clear()
-        _COMPILED[key] = known
-    return known
+    return _cached("compiled", _compiled_now, xp, geometry, (xp, dtype))
 
 
-_COMPILED: dict[tuple[Any, ConvGeometry, Any], bool] = {}
+def _compiled_now(xp: Any, geometry: ConvGeometry, key: tuple[Any, Any]) -> bool:
+    dtype = key[1]
+    return (geometry.out_size[-1] * dtype.itemsize <= COMPILED_MAX_ROW_BYTES
+            and jit_float(xp, geometry, dtype))
 
 
 def _compiled_pair(xp: Any, geometry: ConvGeometry, cols: Any, x: Any) -> bool:
@@ -233,8 +228,9 @@ def _kernels() -> Any:
     return windows_kernels
 
 
-# Per (geometry, item size): the kernels' arguments that depend on them only (a dict
-# lookup costs less than lru_cache's; small calls count every microsecond).
+# Per (geometry, item size): the kernels' arguments that depend on them only, and
+# whether the compiled copy serves (a dict lookup costs less than lru_cache's; small
+# calls count every microsecond).
 _ARGS: dict[tuple[str, ConvGeometry, Any], Any] = {}
 _ARGS_MAX = 256
 

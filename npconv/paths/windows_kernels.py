@@ -61,25 +61,20 @@ def _bits_mask(builder: Any, vty: Any, bits: Any) -> Any:
                            ir.VectorType(ir.IntType(1), vty.count))
 
 
-def _read_pairs(builder: Any, vty: Any, base: Any, start: Any, lo: Any, hi: Any) -> Any:
+def _read_pairs(builder: Any, vty: Any, base: Any, start: Any, lo: Any, hi: Any,
+                single: bool) -> Any:
     """Stride 2: lanes l in [lo, hi): base[start + 2 l], else zero. Two masked loads of
     the 2 L elements (those from 2 lo to 2 hi - 2 lie inside the row), then the even
-    lanes of the pair (a two-register permute)."""
+    lanes of the pair (a two-register permute); with ``single`` (2 hi - 1 <= L), the
+    first load only."""
     lanes = ir.Constant(I64, vty.count)
     first, last = builder.add(lo, lo), builder.sub(builder.add(hi, hi), ir.Constant(I64, 1))
     low = _masked_load(builder, vty, base, start, _lane_mask(builder, vty, first, last))
-    high = _masked_load(builder, vty, base, builder.add(start, lanes), _lane_mask(
-        builder, vty, builder.sub(first, lanes), builder.sub(last, lanes)))
+    high = ir.Constant(vty, None) if single else _masked_load(
+        builder, vty, base, builder.add(start, lanes),
+        _lane_mask(builder, vty, builder.sub(first, lanes), builder.sub(last, lanes)))
     even = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), list(range(0, 2 * vty.count, 2)))
     return builder.shuffle_vector(low, high, even)
-
-
-def _read_pair(builder: Any, vty: Any, base: Any, start: Any, lo: Any, hi: Any) -> Any:
-    """``_read_pairs`` where 2 hi - 1 <= L: one masked load, then its even lanes."""
-    first, last = builder.add(lo, lo), builder.sub(builder.add(hi, hi), ir.Constant(I64, 1))
-    low = _masked_load(builder, vty, base, start, _lane_mask(builder, vty, first, last))
-    even = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), list(range(0, 2 * vty.count, 2)))
-    return builder.shuffle_vector(low, ir.Constant(vty, None), even)
 
 
 def _gather(builder: Any, vty: Any, base: Any, start: Any, step: Any, mask: Any) -> Any:
@@ -112,10 +107,8 @@ def _segment_intrinsic(step: int) -> Any:
         vty = _vector(context, sig.args[0].dtype)
         if step == 1:
             value = _masked_load(builder, vty, src.data, s0, _lane_mask(builder, vty, lo, hi))
-        elif step == 2:
-            value = _read_pairs(builder, vty, src.data, s0, lo, hi)
-        elif step == -2:  # stride 2, the row's last element within the first L
-            value = _read_pair(builder, vty, src.data, s0, lo, hi)
+        elif step in (2, -2):  # -2: stride 2, the row's last element within the first L
+            value = _read_pairs(builder, vty, src.data, s0, lo, hi, step == -2)
         else:
             value = _gather(builder, vty, src.data, s0, stride,
                             _lane_mask(builder, vty, lo, hi))
