@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -399,11 +400,17 @@ def _pool(size: int) -> _workers.Pool:
 
 
 class _Queue:
-    """Hands out items in order under a lock; stops handing out after a failure."""
+    """Hands out items in order under a lock; stops handing out after a failure.
+
+    In a threaded region it also keeps the chunks' errors, and counts finished
+    chunks in a tally that the caller waits on (:meth:`settle`)."""
 
     def __init__(self, items: Sequence[Any]):
         self.items, self.next, self.failed = items, 0, False
+        self.errors: list[BaseException] = []
         self.lock = threading.Lock()
+        self.tally: Any = None  # a threaded region's: the pool's _workers.Tally
+        self.base = 0  # the tally's count when the region began
 
     def take(self) -> tuple[int, Any] | None:
         with self.lock:
@@ -417,23 +424,49 @@ class _Queue:
         while (got := self.take()) is not None:
             yield got
 
+    def fail(self, error: BaseException) -> None:
+        with self.lock:
+            self.failed = True
+            self.errors.append(error)
+
+    def settle(self, poll_seconds: float) -> None:
+        """Wait until every chunk handed out has finished (call once none is left)."""
+        with self.lock:
+            handed_out = self.next
+        self.tally.wait_for(self.base + handed_out, poll_seconds)
+
 
 def _serve(queue: _Queue, work: Callable[[Any, int, Any], None],
            scratch: Callable[[], Any] | None, threaded: bool = True) -> None:
-    """One thread's loop: its own scratch, then items until the queue is empty.
-    In a threaded region the thread is marked busy, so nested work stays serial."""
+    """One thread's loop: its own scratch (made at its first item), then items until
+    the queue is empty. In a threaded region the thread is marked busy, so nested
+    work stays serial, and every finished chunk is counted."""
     busy = getattr(_worker, "busy", False)
     _worker.busy = busy or threaded
+    buffers, made = None, False
     try:
-        buffers = None if scratch is None else scratch()
         for index, item in queue:
-            work(buffers, index, item)
-    except BaseException:
-        with queue.lock:
-            queue.failed = True
-        raise
+            try:
+                if not made:
+                    buffers, made = (None if scratch is None else scratch()), True
+                work(buffers, index, item)
+            except BaseException as exc:
+                queue.fail(exc)
+                raise
+            finally:
+                if threaded:
+                    queue.tally.add()
     finally:
         _worker.busy = busy
+
+
+def _serve_quietly(queue: _Queue, work: Callable[[Any, int, Any], None],
+                   scratch: Callable[[], Any] | None) -> None:
+    """A pool thread's job: :func:`_serve`, its errors left in the queue."""
+    try:
+        _serve(queue, work, scratch)
+    except BaseException:  # kept in queue.errors; the caller raises it
+        pass
 
 
 def _drive(queue: _Queue, work: Callable[[Any, int, Any], None],
@@ -456,20 +489,21 @@ def _drive(queue: _Queue, work: Callable[[Any, int, Any], None],
 
 def _run_threaded(queue: _Queue, work: Callable[[Any, int, Any], None],
                   scratch: Callable[[], Any] | None, workers: int) -> None:
-    """The caller and ``workers - 1`` pool threads serve the queue; every worker has
-    stopped before this returns or raises."""
+    """The caller and up to ``workers - 1`` pool threads serve the queue. Every chunk
+    has finished before this returns or raises; a worker that starts later finds
+    nothing left to do."""
     pool = _pool(workers - 1)
-    pool.start(lambda: _serve(queue, work, scratch), workers - 1)
-    error: BaseException | None = None
+    queue.tally, queue.base = pool.tally, pool.tally.count.value
+    pool.start(functools.partial(_serve_quietly, queue, work, scratch), workers - 1)
     try:
         _serve(queue, work, scratch)
-    except BaseException as exc:  # wait for the others before raising
-        error = exc
-    failures = pool.join(POLL_SECONDS)  # every worker has stopped
-    if error is None and failures:
-        error = failures[0]
-    if error is not None:
-        raise error
+    except BaseException:  # kept in queue.errors; raised below
+        pass
+    finally:
+        queue.settle(POLL_SECONDS)
+        pool.end()
+    if queue.errors:
+        raise queue.errors[0]
 
 
 def map_chunks(kernel: Callable[..., None], items: Sequence[Any], *args: Any,
@@ -477,9 +511,9 @@ def map_chunks(kernel: Callable[..., None], items: Sequence[Any], *args: Any,
                arrays: Sequence[Any] = (), work_bytes: int | None = None) -> None:
     """``kernel(buffers, item, *args)`` for every item; items write disjoint memory.
 
-    ``scratch()`` makes one worker's ``buffers`` (once per thread). Items go to
-    whichever thread is free next, in order; which thread computes an item never
-    changes its result.
+    ``scratch()`` makes a thread's ``buffers``, once, before its first item (a
+    thread that gets no item makes none). Items go to whichever thread is free
+    next, in order; which thread computes an item never changes its result.
     """
     workers = workers_for(len(items), per_worker_bytes, arrays, work_bytes)
     if workers <= 1:  # serial: no queue, no lock (a small call's overhead matters)

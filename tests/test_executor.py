@@ -190,6 +190,39 @@ def test_a_worker_threads_error_reaches_the_caller_and_the_pool_goes_on(restore_
         assert all(t is not None for t in out)
 
 
+def _python_only(_, item, out):
+    out[item] = threading.get_ident()  # holds the GIL throughout: no other thread runs
+
+
+def test_a_region_ends_without_waiting_for_a_worker_that_has_not_started(restore_threads):
+    """With the GIL never let go, the caller computes every item itself and returns
+    at once; the parked worker makes no scratch and takes nothing, then or later."""
+    npconv.set_num_threads(2)
+    with executor.call():  # the pool's threads exist before the test's region
+        executor.map_chunks(_record, list(range(8)), [None] * 8, arrays=(np.zeros(1),),
+                            work_bytes=2**30)
+    time.sleep(0.05)  # its worker is parked again
+    made, out = [], [None] * 16
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60.0)
+    try:
+        with executor.call():
+            executor.map_chunks(_python_only, list(range(16)), out,
+                                scratch=lambda: made.append(threading.get_ident()),
+                                arrays=(np.zeros(1),), work_bytes=2**30)
+        done = list(out)
+    finally:
+        sys.setswitchinterval(interval)
+    time.sleep(0.05)  # the worker wakes now, and finds the region over
+    assert done == [threading.get_ident()] * 16 and out == done
+    assert made == [threading.get_ident()]
+    again = [None] * 64
+    with executor.call():
+        executor.map_chunks(_record, list(range(64)), again, arrays=(np.zeros(1),),
+                            work_bytes=2**30)
+    assert all(t is not None for t in again)
+
+
 def test_reduce_chunks_sums_lanes_in_order(restore_threads):
     total = np.zeros(3)
 
