@@ -58,7 +58,7 @@ from ._common import (
 from .depthwise_jit import compiled_needs
 
 # Multiply-adds per byte of the executor's work measure (see _work).
-WORK_PER_BYTE = 5
+WORK_PER_BYTE = 4
 # Scratch bytes a thread keeps between calls (see _held).
 HELD_BYTES = 8 * 2**20
 # The forward writes output rows straight from its registers (no tile, no junk computed)
@@ -317,7 +317,7 @@ def _forward_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], job: _Fo
 def _work(problem: Problem) -> int:
     """The executor's measure of a map's work, which decides whether to thread it: its
     multiply-adds over WORK_PER_BYTE, so that the default threshold (4 MiB) falls at
-    about 21 million (a backward's map does two gradients: twice this).
+    about 17 million (a backward's map does two gradients: twice this).
 
     A threaded map costs 70-100 us more than a serial one here (waking a thread and
     handing the GIL back and forth, measured on empty and on 200 us items), against
@@ -325,8 +325,11 @@ def _work(problem: Problem) -> int:
     EPYC (Zen 4) of the twelfth session, threading from 21 million (and backward maps
     at twice the measure) took the 2-D U-Net's network total to 0.92x (0.91-0.96) in
     ``benchmarks/ab.py``, ResNet-18 0.97, VGG-11 1.00, the 3-D U-Net 1.03 (0.98-1.07).
-    The earlier Xeon had measured the other way (1 thread / 2 on the U-Net's 9-38
-    million: 0.49-0.88), so the threshold then sat at 50 million; with it at 100
+    Once a region stopped waiting for a late worker (fourteenth session), 17 million
+    against 21 took the U-Net to 0.96-0.98 (its 19-million 16- and 32-channel
+    forwards 0.80-0.85), the float64 stencil network to 0.84, the other five networks
+    0.98-1.01. The earlier Xeon had measured the other way (1 thread / 2 on the
+    U-Net's 9-38 million: 0.49-0.88), so the threshold then sat at 50 million; with it at 100
     million, WaveNet's 67-million layers took 1.31-1.48x as long backward (A/B)."""
     return problem.multiply_adds // WORK_PER_BYTE
 
