@@ -73,6 +73,9 @@ def _step_aside(caller: int, cpu: int) -> None:
         pass
 
 
+_WAIT = _compiled_wait()
+
+
 class Tally:
     """A count of finished chunks that the caller can wait on without the GIL
     (one per pool: a region waits for its count to pass a target)."""
@@ -82,7 +85,6 @@ class Tally:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.sleeping = False  # the caller blocks on cond (it watched long enough)
-        self.wait = _WAIT
 
     def add(self) -> None:
         with self.lock:
@@ -96,18 +98,15 @@ class Tally:
         deadline = time.perf_counter() + poll_seconds
         address = ctypes.addressof(self.count)
         while self.count.value < target and time.perf_counter() < deadline:
-            if self.wait is None:
+            if _WAIT is None:
                 time.sleep(0)
             else:
-                self.wait(address, target, SPIN_ROUNDS)
+                _WAIT(address, target, SPIN_ROUNDS)
         with self.cond:
             self.sleeping = True
             while self.count.value < target:
                 self.cond.wait()
             self.sleeping = False
-
-
-_WAIT = _compiled_wait()
 
 
 class Pool:

@@ -26,7 +26,7 @@ Guarantees:
   added in lane order.
 * **No worker writes after a call returns or raises.** On an exception in
   one chunk the other threads stop taking new chunks, and the caller waits
-  for all of them before re-raising the first error.
+  for every chunk handed out before re-raising the first error.
 * Chunks are handed out under a lock (safe on free-threaded CPython), the
   pool is dropped in a forked child (``os.register_at_fork``), and the BLAS
   limit is entered at most once per public call (:func:`call`), lazily, so
