@@ -314,17 +314,27 @@ def _unfold_table(s: dict) -> list[str]:
         "im2col and col2im",
         "`npconv.im2col` vs `F.unfold` and `npconv.col2im` vs `F.fold` on every 2-D "
         "groups=1 layer of the zoo (for a transposed layer: its adjoint convolution's "
-        "input). One call, median over rounds.",
-        ("network", "layer", "shape", "im2col ms", "unfold ms", "ratio", "col2im ms",
-         "fold ms", "ratio"), "lllrrrrrr")
+        "input). One call, median over rounds. *Fresh MiB*: the memory one im2col "
+        "(unfold) call faulted in, median over rounds (4 KiB a minor page fault, 2 MiB a "
+        "transparent huge page); near the output's size where the allocator handed out "
+        "new pages, which the kernel zeroes, near 0 where it reused its own.",
+        ("network", "layer", "shape", "im2col ms", "unfold ms", "ratio", "fresh MiB",
+         "col2im ms", "fold ms", "ratio"), "lllrrrrrrr")
     for x in _jobs(s, "unfold", "im2col"):
         item = Layer.from_json(x["job"]["layer"])
         c = s.get(x["job"]["id"].rsplit(":", 1)[0] + ":col2im")
         lines.append(_row(item.net, item.name, item.describe(), fmt_ms(x["npconv"]),
-                          fmt_ms(x["torch"]), fmt_ratio(x["ratio"]), fmt_ms(c and c["npconv"]),
+                          fmt_ms(x["torch"]), fmt_ratio(x["ratio"]), _fresh(x),
+                          fmt_ms(c and c["npconv"]),
                           fmt_ms(c and c["torch"]), fmt_ratio(c and c["ratio"])))
     lines.append("")
     return lines
+
+
+def _fresh(x: dict) -> str:
+    """'npconv / torch' fresh MiB a call, or '' where a side did not measure it."""
+    got = [(x.get("fresh_mib") or {}).get(lib) for lib in ("npconv", "torch")]
+    return "" if None in got else f"{got[0]:.1f} / {got[1]:.1f}"
 
 
 def _tiny_table(s: dict) -> list[str]:

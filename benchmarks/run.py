@@ -258,12 +258,16 @@ def summarize(jobs: list[dict], raw: list[dict]) -> dict[str, dict]:
             check = fingerprints_match(first["npconv"]["fingerprint"],
                                        first["torch"]["fingerprint"], job["layer"]["dtype"])
         peaks = {lib: first[lib].get("peak_bytes") for lib in SIDES}
+        fresh = {lib: spread([(a.get(jid) or {}).get("fresh_bytes") for a in
+                              (answers[lib] for answers in raw)]) for lib in SIDES}
         out[jid] = {
             "job": job, "errors": sorted(set(errors)), "per_round": per_round,
             "npconv": spread(per_round["npconv"]), "torch": spread(per_round["torch"]),
             "ratio": spread(ratios), "ratios": ratios, "check": check,
             "plan": first["npconv"].get("plan"),
             "peak_mib": {lib: None if v is None else v / 2**20 for lib, v in peaks.items()},
+            "fresh_mib": {lib: None if v is None else v["median"] / 2**20
+                          for lib, v in fresh.items()},
         }
     return out
 

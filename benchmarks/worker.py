@@ -6,7 +6,8 @@
 
 It prints one ``@@JSON {...}`` line describing itself (versions, BLAS and its
 kernel, thread counts), then reads jobs from stdin, one JSON object a line, and
-answers each with one ``@@JSON {...}`` line: the time of every repetition, and,
+answers each with one ``@@JSON {...}`` line: the time of every repetition, on the
+CPU the memory a call faulted in (:func:`fresh_bytes`), and,
 when asked, a fingerprint of the result (to check both sides computed the same
 thing), the paths npconv's planner chose, and the peak extra memory of one call.
 Any other output (warnings) is ignored by the caller.
@@ -30,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import time
 import tracemalloc
@@ -434,6 +436,35 @@ def make_side(lib: str, device: str, threads: int) -> Side:
     raise SystemExit(f"unknown library {lib!r}")
 
 
+HUGE_PAGE = 2 * 2**20  # a transparent huge page (x86-64)
+
+
+def faults() -> tuple[int, int | None]:
+    """This process's minor page faults so far, and the machine's transparent-huge-page
+    faults (``thp_fault_alloc`` in /proc/vmstat; None where there is none)."""
+    minor = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    try:
+        with open("/proc/vmstat") as f:
+            huge = next((int(v) for k, v in (line.split() for line in f)
+                         if k == "thp_fault_alloc"), None)
+    except OSError:
+        huge = None
+    return minor, huge
+
+
+def fresh_bytes(before: tuple[int, int | None], after: tuple[int, int | None],
+                calls: int) -> float | None:
+    """Memory a call faulted in, on average: 4 KiB a minor fault, 2 MiB a huge-page
+    fault (those are counted machine-wide: the other side's worker is idle meanwhile).
+    It tells a call that reused its allocator's memory from one that got fresh pages,
+    which the kernel zeroes first (docs/performance.md, fifteenth session)."""
+    if before[1] is None or after[1] is None or calls <= 0:
+        return None
+    huge = max(0, after[1] - before[1])
+    small = max(0, after[0] - before[0] - huge)
+    return (small * resource.getpagesize() + huge * HUGE_PAGE) / calls
+
+
 def run_job(side: Side, job: dict) -> dict:
     layer = Layer.from_json(job["layer"])
     f = side.call(layer, job["op"])
@@ -444,8 +475,12 @@ def run_job(side: Side, job: dict) -> dict:
         parts = result if isinstance(result, (tuple, list)) else (result,)
         out["fingerprint"] = [fingerprint(side.to_host(a)) for a in parts]
         del result, parts
-    out["times"] = side.time_calls(f, job.get("warmup", 2), job.get("min_reps", 5),
+    warmup = job.get("warmup", 2)
+    before = faults()
+    out["times"] = side.time_calls(f, warmup, job.get("min_reps", 5),
                                    job.get("max_reps", 200), job.get("budget", 0.3))
+    if side.device == "cpu":
+        out["fresh_bytes"] = fresh_bytes(before, faults(), warmup + len(out["times"]))
     if job.get("memory"):
         out["peak_bytes"] = side.peak_bytes(f)
     if job.get("plan"):

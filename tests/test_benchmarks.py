@@ -4,6 +4,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -122,6 +123,8 @@ def test_tiny_run_end_to_end(tmp_path):
         assert x["check"] is True, jid  # both sides computed the same result
         assert x["ratio"]["n"] == 1
     assert summary["zoo:unet2d/up2.upconv:forward"]["plan"]["forward"]
+    fresh = summary["unfold:unet2d/up2.upconv:im2col"]["fresh_mib"]
+    assert all(v is None or v >= 0 for v in fresh.values())
     totals = run.network_totals(summary, {"t": [tiny]}, 1)
     assert totals["t"]["forward"]["ratio"]["median"] > 0
     # the report survives missing figures (None) on either device
@@ -140,6 +143,8 @@ def test_tiny_run_end_to_end(tmp_path):
                   "elapsed_s": 1.0, "command": "python benchmarks/run.py", "date": "today"}
         text = report.markdown(result)
         assert "## Network totals" in text and "## Must lines" in text
+        if device == "cpu" and fresh["npconv"] is not None:  # Linux: faults were counted
+            assert " / " in text.split("## im2col and col2im")[1].split("\n## ")[0]
         rates = text.split("## Arithmetic rates")[1].split("\n## ")[0]
         row = next(line for line in rates.splitlines() if line.startswith("| t |"))
         npconv_rate, torch_rate = (float(cell) for cell in row.split("|")[3:5])
@@ -150,6 +155,27 @@ def test_tiny_run_end_to_end(tmp_path):
         assert page.read_text().rstrip().endswith("## Dask\n\nkept")
     figure.plot(result, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_fresh_memory_a_call_tells_new_pages_from_reused_ones():
+    """worker.fresh_bytes: about the array's size where every call maps new memory (40
+    MiB, past glibc's largest dynamic mmap threshold), little where calls write into
+    one array."""
+    worker = pytest.importorskip("worker")
+    big = 5 * 2**20  # float64 elements: 40 MiB
+    kept = np.ones(big)  # its pages are in: filling it again faults none
+
+    def per_call(f, calls=8):
+        before = worker.faults()
+        for _ in range(calls):
+            f()
+        return worker.fresh_bytes(before, worker.faults(), calls)
+
+    fresh = per_call(lambda: np.ones(big))
+    if fresh is None:
+        pytest.skip("no /proc/vmstat: fresh memory is not measured here")
+    assert fresh >= 0.9 * kept.nbytes
+    assert per_call(lambda: kept.fill(1.0)) < 4 * 2**20
 
 
 def test_ab_runs_two_settings_against_each_other(capsys):
