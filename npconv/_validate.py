@@ -132,3 +132,22 @@ def array_key(a: Any) -> tuple[Any, ...] | None:
     if a is None:
         return None
     return (type(a), getattr(a, "shape", None), getattr(a, "dtype", None))
+
+
+def check_out(out: Any, like: Any, shape: tuple[int, ...]) -> None:
+    """``out`` can take a result of ``shape`` computed from ``like``: an array of the
+    same backend and dtype, of that shape, C-contiguous, writeable, sharing no memory
+    with ``like``; otherwise an error naming ``out``."""
+    owner = backend.backend_of(like)
+    if not owner.owns(out):
+        raise TypeError(f"out must be a {owner.name} array like x, got {type(out).__name__}")
+    if out.dtype != like.dtype:
+        raise TypeError(f"out must have x's dtype {like.dtype}, got {out.dtype}")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if not getattr(out.flags, "writeable", True):  # CuPy arrays are always writeable
+        raise ValueError("out is read-only")
+    if backend.get_array_module(out).may_share_memory(out, like):
+        raise ValueError("out must not share memory with x")

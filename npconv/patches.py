@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from . import backend, executor
-from ._validate import CheckedCache, array_key, check_ndim, prepare_data
+from ._validate import CheckedCache, array_key, check_ndim, check_out, prepare_data
 from .geometry import (
     INDEX_MAX,
     ConvGeometry,
@@ -377,6 +377,7 @@ def im2col(
     padding: Padding = 0,
     stride: IntOrTuple = 1,
     padding_mode: str = "zeros",
+    out: Any = None,
 ) -> Any:
     """Every receptive field as a column: ``torch.nn.functional.unfold``.
 
@@ -394,12 +395,20 @@ def im2col(
         As in torch (ints or tuples); ``padding`` may also be 'same', 'valid' or
         'same_upper'.
     padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, keyword-only
+    out : array, optional, keyword-only
+        Where to write the columns, and what is returned: an array of ``x``'s type
+        and dtype, of the result's shape, C-contiguous, writeable and sharing no
+        memory with ``x``. Reusing one across calls of the same shape spares each call
+        fresh pages, which the operating system zeroes before handing them over; that
+        costs as much as the copy itself on large columns (the figures are in
+        docs/performance.md).
 
     Returns
     -------
     cols : array, shape (N, C * prod(kernel_size), L), or (C * prod(kernel_size), L)
         Row ``c * prod(k) + flat_kernel_offset``, column = flat output position;
-        ``L`` is the number of windows. A new (contiguous) array of ``x``'s dtype.
+        ``L`` is the number of windows. A new (contiguous) array of ``x``'s dtype,
+        or ``out``.
 
     Examples
     --------
@@ -410,32 +419,40 @@ def im2col(
     (1, 4, 4)
     >>> cols[0, :, 0]                 # the top-left 2x2 window
     array([0, 1, 4, 5])
+    >>> same = npconv.im2col(x, kernel_size=2, stride=2, out=np.empty_like(cols))
+    >>> bool((same == cols).all())
+    True
     """
     batch, batched, geometry = _patch_setup(x, kernel_size, stride, padding, dilation,
                                             padding_mode, columns=True)
     n, c = batch.shape[:2]
     shape = (n, c) + geometry.kernel + geometry.out_size
     xp = backend.get_array_module(batch)
+    if out is None:
+        cols = xp.empty(shape, dtype=batch.dtype)
+    else:
+        rows = (c * geometry.kernel_volume, geometry.out_volume)
+        check_out(out, batch, (n,) + rows if batched else rows)
+        cols = out.reshape(shape)
     elements = n * c * geometry.kernel_volume * geometry.out_volume
     if (geometry.kernel_volume == 1 and not geometry.has_padding
             and geometry.in_size == geometry.out_size):
         # 1x1, no padding, as many outputs as inputs (unit strides, or a single one): the
         # columns are the input, one plain copy
-        cols = xp.empty(shape, dtype=batch.dtype)
         cols.reshape(batch.shape)[...] = batch
     elif takes_planes(xp, geometry, elements, batch.dtype):
-        cols = xp.empty(shape, dtype=batch.dtype)
         copy_windows_split(cols, batch, geometry, xp)
     elif (backend.on_host(xp) and geometry.kernel_volume > 1
             and geometry.out_size[-1] <= GATHER_MAX_WIDTH and elements >= GATHER_MIN_ELEMENTS):
-        cols = gather_windows(batch, geometry)
-    else:
-        cols = xp.empty(shape, dtype=batch.dtype)  # a copy even where the view is contiguous
+        gather_windows(batch, geometry, out=cols)
+    else:  # a copy even where the view is contiguous
         view = window_view(pad(batch, geometry), geometry)
         if split_pays(cols.nbytes):
             executor.copy_into(cols, view)
         else:
             cols[...] = view
+    if out is not None:
+        return out
     cols = cols.reshape(n, c * geometry.kernel_volume, geometry.out_volume)
     return cols if batched else cols[0]
 

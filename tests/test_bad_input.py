@@ -10,6 +10,14 @@ W = np.ones((8, 4, 3, 3))
 B = np.ones(8)
 COLS = npconv.im2col(X, 3)
 GY = np.ones((2, 8, 4, 4))
+_SHARED = np.zeros(2 * 36 * 16)  # x and out cut from one buffer
+
+
+def _read_only(shape):
+    a = np.zeros(shape)
+    a.flags.writeable = False
+    return a
+
 
 # (id, call, exception, regex the message must match)
 CASES = [
@@ -67,6 +75,15 @@ CASES = [
     ("patches int kernel rank", lambda: npconv.patches(np.ones((1, 1, 4, 4, 4)), 3), ValueError, r"x must be 3 or 4-dimensional.*an int kernel_size means 2 spatial dims"),
     ("fold_patches rank", lambda: npconv.fold_patches(np.ones((2, 4, 3, 3)), (6, 6), 3), ValueError, r"grad_patches must be 5 or 6-dimensional"),
     ("fold_patches unbatched shape", lambda: npconv.fold_patches(np.ones((4, 3, 3, 5, 5)), (6, 6), 3), ValueError, r"grad_patches must have shape \(4, 3, 3, 4, 4\).*got \(4, 3, 3, 5, 5\)"),
+    # im2col's out
+    ("im2col out type", lambda: npconv.im2col(X, 3, out=[0.0]), TypeError, r"out must be a numpy array like x, got list"),
+    ("im2col out dtype", lambda: npconv.im2col(X, 3, out=np.empty(COLS.shape, np.float32)), TypeError, r"out must have x's dtype float64, got float32"),
+    ("im2col out shape", lambda: npconv.im2col(X, 3, out=np.empty((2, 36, 15))), ValueError, r"out must have shape \(2, 36, 16\), got \(2, 36, 15\)"),
+    ("im2col out unbatched shape", lambda: npconv.im2col(X[0], 3, out=np.empty(COLS.shape)), ValueError, r"out must have shape \(36, 16\), got \(2, 36, 16\)"),
+    ("im2col out strided", lambda: npconv.im2col(X, 3, out=np.empty((2, 36, 32))[:, :, ::2]), ValueError, r"out must be C-contiguous"),
+    ("im2col out read-only", lambda: npconv.im2col(X, 3, out=np.broadcast_to(np.empty(16), COLS.shape)), ValueError, r"out must be C-contiguous"),
+    ("im2col out not writeable", lambda: npconv.im2col(X, 3, out=_read_only(COLS.shape)), ValueError, r"out is read-only"),
+    ("im2col out overlaps x", lambda: npconv.im2col(_SHARED[:288].reshape(X.shape), 3, out=_SHARED.reshape(COLS.shape)), ValueError, r"out must not share memory with x"),
     # geometry is keyword-only on the receptive-field functions (torch's unfold order differs)
     ("im2col positional", lambda: npconv.im2col(X, 3, 2), TypeError, r"positional argument"),
     ("col2im positional", lambda: npconv.col2im(COLS, (6, 6), 3, 1), TypeError, r"positional argument"),

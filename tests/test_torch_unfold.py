@@ -146,6 +146,36 @@ def test_im2col_nd_equals_identity_convolution(cfg, dtype, seed):
 
 
 @given(configs_nd, real_dtypes, seeds)
+def test_im2col_into_out_equals_torch(cfg, dtype, seed):
+    """Every element of ``out`` is written (it starts as NaN), and ``out`` is returned."""
+    x, _, _ = random_conv_arrays(cfg, dtype, seed, bias=False)
+    before = x.copy()
+    out = np.full(col_shape(cfg), np.nan, dtype=dtype)
+    got = npconv.im2col(x, **unfold_args(cfg), out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, torch_im2col(x, cfg))
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize(
+    "shape, kw, dtype",
+    [
+        ((2, 3, 5, 4), dict(kernel_size=1), "float64"),  # the columns are x: one copy
+        ((4, 64, 8, 8), dict(kernel_size=3, padding=1), "float32"),  # gathered: short rows
+        ((2, 16, 32, 32), dict(kernel_size=3, padding=1), "float32"),  # copied by planes
+        ((8, 16, 64, 64), dict(kernel_size=3, padding=1), "float64"),  # split over threads
+        ((2, 8, 40, 40), dict(kernel_size=3, stride=2, dilation=2), "float64"),  # the view
+        ((3, 20, 20), dict(kernel_size=3, padding=2), "float32"),  # unbatched
+    ],
+)
+def test_im2col_into_out_on_large_calls_equals_unfold(shape, kw, dtype):
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    out = np.full(npconv.im2col(x, **kw).shape, np.nan, dtype=dtype)
+    assert npconv.im2col(x, **kw, out=out) is out
+    np.testing.assert_array_equal(out, F.unfold(torch.from_numpy(x), **kw).numpy())
+
+
+@given(configs_nd, real_dtypes, seeds)
 def test_col2im_nd_equals_torch_vjp(cfg, dtype, seed):
     cols = np.random.default_rng(seed).uniform(-1, 1, col_shape(cfg)).astype(dtype)
     before = cols.copy()

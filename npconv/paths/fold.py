@@ -369,16 +369,24 @@ def _bin_sums(xp: Any, index: Any, weights: Any, images: int, volume: int) -> An
         images, volume + 1)[:, :volume]
 
 
-def gather_windows(x: Any, geometry: ConvGeometry) -> Any:
+def gather_windows(x: Any, geometry: ConvGeometry, out: Any = None) -> Any:
     """Every window of ``x`` (N, C, *in) as a new array (N, C, *kernel, *out), padding of
     any mode included: one ``take`` per image and channel through the cached input
     index of one window set (:func:`count_fold`'s, for a single image), from ``x`` with
     a zero appended per image and channel. Copying the strided window view instead
     walks rows of out_size[-1] elements each, which costs several times more when
-    they are short (see ``npconv.patches.GATHER_MAX_WIDTH``)."""
+    they are short (see ``npconv.patches.GATHER_MAX_WIDTH``). With ``out`` (C-contiguous,
+    of that shape and ``x``'s dtype) the windows go there."""
     xp = backend.get_array_module(x)
     nd = geometry.nd
     lead = x.shape[: x.ndim - nd]
     ext = with_zero_bin(x.reshape(math.prod(lead), geometry.in_volume))
-    cols = ext.take(window_index(xp, geometry), axis=1)
-    return cols.reshape(lead + geometry.kernel + geometry.out_size)
+    index = window_index(xp, geometry)
+    if out is None:
+        return ext.take(index, axis=1).reshape(lead + geometry.kernel + geometry.out_size)
+    flat = out.reshape(ext.shape[0], index.size)
+    if backend.on_host(xp):  # 'clip' (indices are in range) spares take a buffered copy
+        ext.take(index, axis=1, out=flat, mode="clip")
+    else:
+        flat[...] = ext.take(index, axis=1)
+    return out
