@@ -204,9 +204,18 @@ def _fill_slab(slab: Any, x: Any, item: tuple[int, int, int], g: ConvGeometry,
     """slab (C', >= length) <- for each phase of the tile's planes [a, b + span) of image
     n of x (N, C, *in), its pixels in its segment, zero elsewhere (padding, the
     channels from C on, what the last block reads past them): nothing a buffer held
-    before is read."""
+    before is read. Compiled (:func:`_phase_table`) for rank <= 3 and a C-contiguous
+    x of the slab's dtype."""
     n, a, b = item
     c, count = x.shape[1], b - a + tiling.span
+    if g.nd <= 3 and x.flags.c_contiguous and x.dtype == slab.dtype:
+        from . import blocked_kernels as kernels
+
+        xp = backend.get_array_module(x)
+        img = x[n].reshape(x.shape[1:2] + (1,) * (3 - g.nd) + x.shape[2:])
+        kernels.fill_phases(slab, img, _phase_table(xp, g, tiling, a, count),
+                            tiling.slab_length)
+        return
     slab[:, :tiling.slab_length] = 0
     for index, residue in enumerate(tiling.phases):
         sliced = _phase_slices(residue, g, a, count, tiling.grid)
@@ -216,6 +225,22 @@ def _fill_slab(slab: Any, x: Any, item: tuple[int, int, int], g: ConvGeometry,
         planes = slab[:c, base:base + count * tiling.plane].reshape(
             (c, count) + tiling.grid[1:])
         planes[(slice(None),) + sliced[0]] = x[(n, slice(None)) + sliced[1]]
+
+
+@functools.lru_cache(maxsize=1024)
+def _phase_table(xp: Any, g: ConvGeometry, tiling: Tiling, a: int, count: int) -> Any:
+    """kernels.fill_phases's table (int64, a row per phase with pixels) for a tile's
+    planes [a, a + count), in three axes (leading ones of size 1)."""
+    zeros, ones, frame = (0,) * (3 - g.nd), (1,) * (3 - g.nd), (count,) + tiling.grid[1:]
+    rows = []
+    for i, residue in enumerate(tiling.phases):
+        if (sliced := _phase_slices(residue, g, a, count, tiling.grid)) is not None:
+            dst, src = sliced
+            rows.append((i * tiling.segment,) + (ones + frame)[1:]
+                        + zeros + tuple(d.start for d in dst)
+                        + ones + tuple(d.stop - d.start for d in dst)
+                        + zeros + tuple(r.start for r in src) + ones + tuple(r.step for r in src))
+    return xp.asarray(rows, dtype=xp.int64).reshape(len(rows), 15)
 
 
 def _compiled_fill(x: Any, g: ConvGeometry, dtype: Any) -> bool:

@@ -444,6 +444,40 @@ def fill_frame(slab: Any, img: Any, box: Any) -> None:
 
 
 @_jit
+def fill_phases(slab: Any, img: Any, table: Any, length: int) -> None:
+    """slab (C', >= length) <- zeros, except the pixels of img (C, I0, I1, I2) that each
+    phase segment holds: per row (base, f1, f2, a0, a1, a2, n0, n1, n2, s0, s1, s2, t0,
+    t1, t2) of ``table``, position ((a0 + i0) f1 + a1 + i1) f2 + a2 + i2 of the segment
+    at ``base`` holds img[c, s0 + i0 t0, s1 + i1 t1, s2 + i2 t2] (i < n per axis): a
+    strided tile's slab, which NumPy filled in a dozen calls a tile."""
+    width = slab.shape[1]
+    for ch in range(slab.shape[0]):
+        _zero_run(slab, ch * width, length)  # type: ignore[call-arg]
+    dst, src = slab.reshape(slab.size), img.reshape(img.size)
+    i0_, i1_, i2_ = img.shape[1], img.shape[2], img.shape[3]
+    for ch in range(img.shape[0]):
+        for r in range(table.shape[0]):
+            base, f1, f2 = table[r, 0], table[r, 1], table[r, 2]
+            a0, a1, a2, n0, n1, n2 = table[r, 3:9]
+            s0, s1, s2, t0, t1, t2 = table[r, 9:15]
+            for i0 in range(n0):
+                for i1 in range(n1):
+                    at = ch * width + base + ((a0 + i0) * f1 + a1 + i1) * f2 + a2
+                    row = ((ch * i0_ + s0 + i0 * t0) * i1_ + s1 + i1 * t1) * i2_ + s2
+                    _strided_run(dst, at, src, row, n2, t2)
+
+
+@_jit
+def _strided_run(dst: Any, at: int, src: Any, row: int, count: int, step: int) -> None:
+    """dst[at + i] = src[row + i step] for i < count (all non-negative). Unsigned
+    indices spare numba's negative-index fix-up, which kept LLVM from vectorizing: 576
+    runs of 48 took 2.5 us at step 1 and 8 us at step 2, against 28 and 20."""
+    d, s, k = numba.uint64(at), numba.uint64(row), numba.uint64(step)
+    for i in range(numba.uint64(count)):
+        dst[d + i] = src[s + i * k]
+
+
+@_jit
 def forward_rows_item(y: Any, slab: Any, img: Any, box: Any, w: Any, off: Any, bias: Any,
                       runs: Any) -> None:
     """One tile of the forward, written straight into y's rows: fill_frame, then
