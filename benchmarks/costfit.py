@@ -87,10 +87,10 @@ def zoo_specs() -> list[dict]:
     return specs
 
 
-def _draw(rng: random.Random) -> dict:
+def _draw(rng: random.Random, strided: bool = False) -> dict:
     nd = rng.choice([1, 2, 2, 2, 2, 3])
     k = rng.choice([1, 1, 2, 3, 3, 3, 3, 5, 7, 9, 11] if nd < 3 else [1, 2, 3, 3, 5])
-    s = rng.choice([1, 1, 1, 2])
+    s = 2 if strided else rng.choice([1, 1, 1, 2])
     d = rng.choice([1, 1, 1, 1, 2]) if k > 1 else 1
     p = rng.randint(0, d * (k - 1) // 2 + (1 if k > 1 else 0)) if k > 1 else 0
     depthwise = nd == 2 and k > 1 and rng.random() < 0.15
@@ -115,11 +115,12 @@ def _flops(spec: dict) -> float:
     return 2.0 * n * o * (c // spec["groups"]) * taps * out
 
 
-def random_specs(count: int, seed: int) -> list[dict]:
-    """``count`` valid layers of 1e5 to 2e9 flops, drawn constructively."""
+def random_specs(count: int, seed: int, strided: bool = False) -> list[dict]:
+    """``count`` valid layers of 1e5 to 2e9 flops, drawn constructively (``strided``:
+    all of stride 2)."""
     rng, specs = random.Random(seed), []
     while len(specs) < count:
-        spec = _draw(rng)
+        spec = _draw(rng, strided)
         if 1e5 <= _flops(spec) <= 2e9:
             specs.append(spec)
     return specs
@@ -191,6 +192,8 @@ def measure(args: argparse.Namespace) -> None:
         for row in json.loads(Path(args.like).read_text())["rows"]:
             seen.setdefault(_key(row["spec"]), row["spec"])
         specs = list(seen.values())
+    elif args.strided:
+        specs = random_specs(args.strided, args.seed, strided=True)
     else:
         specs = zoo_specs() + random_specs(args.random, args.seed)
     rng = np.random.default_rng(0)
@@ -448,6 +451,9 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--seed", type=int, default=13)
     m.add_argument("--zoo-only", action="store_true")
     m.add_argument("--like", help="measure the layers of this earlier run's data instead")
+    m.add_argument("--strided", type=int, default=0,
+                   help="measure this many random stride-2 layers instead (no zoo): to "
+                        "add strided layers to earlier runs' data")
     m.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS,
                    help="time only these paths (to add a path to earlier runs' data)")
     f = sub.add_parser("fit", help="fit the coefficients and report on held-out layers")
