@@ -203,6 +203,17 @@ def test_im2col_col2im_nd_on_the_standin_equal_torch(cfg, dtype, seed):
     assert_close(host(back), torch_col2im(hcols, cfg), reduction=reduction)
 
 
+@given(configs_nd, st.sampled_from(["float32", "float64"]), seeds)
+def test_im2col_into_out_on_the_standin_equals_torch(cfg, dtype, seed):
+    hx = random_conv_arrays(cfg, dtype, seed, bias=False)[0]
+    out = dev(np.full(col_shape(cfg), np.nan, dtype=dtype))
+    got = on_device(lambda: npconv.im2col(dev(hx), **unfold_args(cfg), out=out))
+    assert got is out
+    np.testing.assert_array_equal(host(out), torch_im2col(hx, cfg))
+    with pytest.raises(TypeError, match="out must be a standin array like x, got ndarray"):
+        npconv.im2col(dev(hx), **unfold_args(cfg), out=np.empty(col_shape(cfg), dtype))
+
+
 @given(configs_nd, seeds)
 def test_patches_on_the_standin_equal_im2col_and_are_writable_views(cfg, seed):
     hx = random_conv_arrays(cfg, "float64", seed, bias=False)[0]
