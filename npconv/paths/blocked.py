@@ -204,18 +204,14 @@ def _fill_slab(slab: Any, x: Any, item: tuple[int, int, int], g: ConvGeometry,
     """slab (C', >= length) <- for each phase of the tile's planes [a, b + span) of image
     n of x (N, C, *in), its pixels in its segment, zero elsewhere (padding, the
     channels from C on, what the last block reads past them): nothing a buffer held
-    before is read. Compiled (:func:`_phase_table`) for rank <= 3 and a C-contiguous
-    x of the slab's dtype."""
+    before is read; by the kernels where :func:`_kernels_read`."""
     n, a, b = item
     c, count = x.shape[1], b - a + tiling.span
-    if g.nd <= 3 and x.flags.c_contiguous and x.dtype == slab.dtype:
+    if _kernels_read(x, g, slab.dtype):
         from . import blocked_kernels as kernels
 
-        xp = backend.get_array_module(x)
-        img = x[n].reshape(x.shape[1:2] + (1,) * (3 - g.nd) + x.shape[2:])
-        kernels.fill_phases(slab, img, _phase_table(xp, g, tiling, a, count),
-                            tiling.slab_length)
-        return
+        table = _phase_table(backend.get_array_module(x), g, tiling, a, count)
+        return kernels.fill_phases(slab, _image(x, n, g), table, tiling.slab_length)
     slab[:, :tiling.slab_length] = 0
     for index, residue in enumerate(tiling.phases):
         sliced = _phase_slices(residue, g, a, count, tiling.grid)
@@ -229,8 +225,7 @@ def _fill_slab(slab: Any, x: Any, item: tuple[int, int, int], g: ConvGeometry,
 
 @functools.lru_cache(maxsize=1024)
 def _phase_table(xp: Any, g: ConvGeometry, tiling: Tiling, a: int, count: int) -> Any:
-    """kernels.fill_phases's table (int64, a row per phase with pixels) for a tile's
-    planes [a, a + count), in three axes (leading ones of size 1)."""
+    """kernels.fill_phases's table (a row per phase with pixels) for planes [a, a + count)."""
     zeros, ones, frame = (0,) * (3 - g.nd), (1,) * (3 - g.nd), (count,) + tiling.grid[1:]
     rows = []
     for i, residue in enumerate(tiling.phases):
@@ -244,21 +239,27 @@ def _phase_table(xp: Any, g: ConvGeometry, tiling: Tiling, a: int, count: int) -
 
 
 def _compiled_fill(x: Any, g: ConvGeometry, dtype: Any) -> bool:
-    """Whether a tile's slab (of ``dtype``) is filled by the kernels (kernels.fill_frame,
-    in the same call as its arithmetic): stride 1, rank <= 3, x C-contiguous, of dtype.
+    """Whether kernels.fill_frame fills a tile's slab in the same call as its arithmetic:
+    stride 1 and :func:`_kernels_read`. Each return from a compiled call to Python takes
+    the GIL back, and when the other thread held it that took 50-100 us here: NumPy's fill
+    and copy on both threads took 0.06-0.15 ms a 64 -> 64 24x24 tile, against 0.025 on one."""
+    return all(s == 1 for s in g.stride) and _kernels_read(x, g, dtype)
 
-    Each return from a compiled call to Python takes the GIL back, and when the other
-    thread held it that took 50-100 us here: NumPy's fill and copy, both threads at
-    once, took 0.06-0.15 ms a tile against 0.025 on one thread (64 -> 64 24x24)."""
-    return (g.nd <= 3 and all(s == 1 for s in g.stride) and bool(x.flags.c_contiguous)
-            and x.dtype == dtype)
+
+def _kernels_read(x: Any, g: ConvGeometry, dtype: Any) -> bool:
+    """Whether the kernels' fills read x: rank <= 3, C-contiguous, of dtype."""
+    return g.nd <= 3 and bool(x.flags.c_contiguous) and x.dtype == dtype
+
+
+def _image(x: Any, n: int, g: ConvGeometry) -> Any:
+    """Image n of x in the kernels' three spatial axes (leading ones of size 1)."""
+    return x[n].reshape(x.shape[1:2] + (1,) * (3 - g.nd) + x.shape[2:])
 
 
 def _frame_args(x: Any, n: int, a: int, count: int, g: ConvGeometry,
                 tiling: Tiling) -> tuple[Any, tuple[Any, ...]]:
-    """kernels.fill_frame's image and box: image n of x, and the tile's planes [a, a +
-    count) of the padded frame, as three axes (leading ones of size 1)."""
-    img = x[n].reshape(x.shape[1:2] + (1,) * (3 - g.nd) + x.shape[2:])
+    """kernels.fill_frame's image n of x and box of the frame's planes [a, a + count)."""
+    img = _image(x, n, g)
     return img, _box(g, tiling, a, count, img.shape[1:])
 
 
