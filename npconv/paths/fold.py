@@ -384,9 +384,14 @@ def gather_windows(x: Any, geometry: ConvGeometry, out: Any = None) -> Any:
     index = window_index(xp, geometry)
     if out is None:
         return ext.take(index, axis=1).reshape(lead + geometry.kernel + geometry.out_size)
-    flat = out.reshape(ext.shape[0], index.size)
-    if backend.on_host(xp):  # 'clip' (indices are in range) spares take a buffered copy
-        ext.take(index, axis=1, out=flat, mode="clip")
-    else:
-        flat[...] = ext.take(index, axis=1)
+    take_columns(ext, index, out.reshape(ext.shape[0], index.size))
     return out
+
+
+def take_columns(src: Any, index: Any, out: Any) -> None:
+    """out (R, len(index)) <- src (R, M)[:, index], every index in range."""
+    xp = backend.get_array_module(src)
+    if backend.on_host(xp):  # 'clip' (indices are in range) spares take a buffered copy
+        xp.take(src, index, axis=1, out=out, mode="clip")
+    else:
+        out[...] = xp.take(src, index, axis=1)

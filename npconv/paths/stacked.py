@@ -33,7 +33,7 @@ from .. import backend, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
 from ._common import empty_grads, grad_input_by_forward, matmul, matmul_tall
-from .fold import fold_into, window_index, with_zero_bin
+from .fold import fold_into, take_columns, window_index, with_zero_bin
 from .windows import copy_windows, takes_planes
 
 # Columns per chunk: every image of a batch whose columns fit this goes into one
@@ -79,11 +79,7 @@ def gather(x: Any, geometry: ConvGeometry, out: Any) -> Any:
         return out
     ext = with_zero_bin(x.reshape(b, c, geometry.in_volume).swapaxes(0, 1))  # (C, b, V + 1)
     index = _index(xp, geometry, b)
-    flat = out.reshape(c, index.size)
-    if backend.on_host(xp):  # 'clip' (indices are in range) spares take a buffered copy
-        xp.take(ext.reshape(c, -1), index, axis=1, out=flat, mode="clip")
-    else:
-        flat[...] = xp.take(ext.reshape(c, -1), index, axis=1)
+    take_columns(ext.reshape(c, -1), index, out.reshape(c, index.size))
     return out
 
 
