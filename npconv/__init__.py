@@ -53,6 +53,7 @@ from .pooling import (
     max_pool3d_backward,
     max_pool_backward,
 )
+from .scratch import get_scratch_cache, set_scratch_cache
 from .workspace import get_workspace_limit, set_workspace_limit
 
 __all__ = [
@@ -92,6 +93,7 @@ __all__ = [
     "get_backend",
     "get_min_work_bytes",
     "get_num_threads",
+    "get_scratch_cache",
     "get_workspace_limit",
     "im2col",
     "max_pool",
@@ -109,6 +111,7 @@ __all__ = [
     "set_autotune",
     "set_backend",
     "set_num_threads",
+    "set_scratch_cache",
     "set_workspace_limit",
     "use_backend",
     "xp",

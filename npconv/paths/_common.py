@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .. import backend, executor
+from .. import backend, executor, scratch
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
 
@@ -161,7 +161,7 @@ class Buffers:
 
     def __init__(self, xp: Any, dtype: Any, sizes: dict[str, int], zeroed: tuple[str, ...]):
         self.zeroed = zeroed
-        self.flat = {name: (xp.zeros if name in zeroed else xp.empty)(size, dtype=dtype)
+        self.flat = {name: (scratch.zeros if name in zeroed else scratch.empty)(xp, (size,), dtype)
                      for name, size in sizes.items() if size}
         self.shapes: dict[str, tuple[int, ...]] = {}
 

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem
 from ._common import empty_grads
@@ -136,8 +136,8 @@ def _items(tasks: int, per_task: int) -> list[tuple[int, int]]:
 def _planes_scratch(xp: Any, dtype: Any, lay: Layout, nb: int) -> tuple[Any, Any]:
     """One worker's phase grid (zero: see depthwise_kernels._fill) and accumulator
     for blocks of ``nb`` images."""
-    return (xp.zeros(lay.phase_shape(nb), dtype=dtype),
-            xp.empty(nb * lay.rows * lay.width, dtype=dtype))
+    return (scratch.zeros(xp, lay.phase_shape(nb), dtype),
+            scratch.empty(xp, (nb * lay.rows * lay.width,), dtype))
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     b = xp.zeros(o, dtype=x.dtype) if bias is None else xp.ascontiguousarray(bias, dtype=x.dtype)
     call = _Call.of(problem, xp, x.dtype, n, o, (x, weight))
     if call.last:
-        yt = xp.empty((n,) + lay.out2 + (o,), dtype=x.dtype)
+        yt = scratch.empty(xp, (n,) + lay.out2 + (o,), x.dtype)
         call.run(kernels.forward_last, (yt, _last(x, lay.in2, xp, o // c),
                                         _taps_last(weight, lay, xp), b),
                  lay.params, rows=lay.out2[0])
@@ -298,7 +298,7 @@ def _backward_last(call: _Call, gy: Any, x: Any, weight: Any, need_input: bool,
     gyt, wt = _last(gy, lay.out2, xp), _taps_last(weight, lay, xp)
     gx = gw = None
     if need_input:
-        gxt = xp.empty((n,) + lay.in2 + (o,), dtype=gy.dtype)
+        gxt = scratch.empty(xp, (n,) + lay.in2 + (o,), gy.dtype)
         call.run(kernels.grad_input_last, (gxt, gyt, wt), lay.params, rows=lay.in2[0])
         if call.mult > 1:
             gxt = gxt.reshape((n,) + lay.in2 + (c, call.mult)).sum(axis=-1)

@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, unpad_add, window_view
 from ..plan import Problem
@@ -122,7 +122,7 @@ def flat_buffer(xp: Any, size: int | None, dtype: Any, zero: bool = True) -> Any
     """A flat scratch buffer of ``size`` elements (zero-filled, or empty); None for None."""
     if size is None:
         return None
-    return xp.zeros(size, dtype=dtype) if zero else xp.empty(size, dtype=dtype)
+    return (scratch.zeros if zero else scratch.empty)(xp, (size,), dtype)
 
 
 def arrays_of(*arrays: Any) -> tuple[Any, ...]:
@@ -159,8 +159,8 @@ def _forward_scratch(job: _Forward) -> _ForwardScratch:
     o, dtype = job.y.shape[1], job.y.dtype
     extent = lay.volume if lay.flat else lay.length
     return _ForwardScratch(ChunkPadder(job.x, lay.geometry, job.chunk),
-                           xp.empty(job.chunk * o * extent, dtype=dtype),
-                           xp.empty(job.chunk * o * lay.length, dtype=dtype))
+                           scratch.empty(xp, (job.chunk * o * extent,), dtype),
+                           scratch.empty(xp, (job.chunk * o * lay.length,), dtype))
 
 
 def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
@@ -273,11 +273,11 @@ def _flat_scratch(job: _Flat) -> _FlatScratch:
     o, c, k_vol = job.gy.shape[1], job.gx.shape[1], len(lay.taps)
     return _FlatScratch(
         # junk positions are never written: they stay zero for every chunk
-        xp.zeros(chunk * o * lay.volume, dtype=dtype),
+        scratch.zeros(xp, (chunk * o * lay.volume,), dtype),
         None if job.x is None else ChunkPadder(job.x, lay.geometry, chunk),
         # every chunk writes the same slab positions, so the rest stays zero from this fill
-        xp.zeros((k_vol, chunk, c, lay.volume), dtype=dtype),
-        xp.empty(chunk * c * lay.volume, dtype=dtype),
+        scratch.zeros(xp, (k_vol, chunk, c, lay.volume), dtype),
+        scratch.empty(xp, (chunk * c * lay.volume,), dtype),
         flat_buffer(xp, chunk * c * k_vol * lay.q if job.w_all is not None else None, dtype,
                       zero=False))
 
@@ -419,10 +419,10 @@ def _columns_scratch(job: _Columns) -> _ColumnsScratch:
     # Zero-filled once: the junk positions of gy stay zero, and the columns' tails
     # past lay.q (never written) stay finite, for every chunk.
     return _ColumnsScratch(ChunkPadder(job.x, lay.geometry, chunk),
-                           xp.zeros((g, c // g, len(lay.taps), chunk, math.prod(job.rows)),
-                                    dtype=dtype),
-                           xp.zeros((o, chunk) + job.rows, dtype=dtype),
-                           xp.empty((g, c // g * len(lay.taps), o // g), dtype=dtype))
+                           scratch.zeros(xp, (g, c // g, len(lay.taps), chunk,
+                                              math.prod(job.rows)), dtype),
+                           scratch.zeros(xp, (o, chunk) + job.rows, dtype),
+                           scratch.empty(xp, (g, c // g * len(lay.taps), o // g), dtype))
 
 
 def _grad_weight_columns(problem: Problem, xp: Any, gy: Any, x: Any,
@@ -503,8 +503,8 @@ def _strided_scratch(job: _Strided) -> _StridedScratch:
     if job.x is not None:
         return _StridedScratch(ChunkPadder(job.x, lay.geometry, chunk), None, None)
     c, dtype = job.gx.shape[1], job.gx.dtype
-    return _StridedScratch(None, xp.empty(chunk * c * lay.volume, dtype=dtype),
-                           xp.empty(chunk * c * lay.length, dtype=dtype))
+    return _StridedScratch(None, scratch.empty(xp, (chunk * c * lay.volume,), dtype),
+                           scratch.empty(xp, (chunk * c * lay.length,), dtype))
 
 
 def _grad_input_strided(problem: Problem, xp: Any, gy: Any, weight: Any) -> Any:

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from .windows import fold_compiled
 
@@ -125,9 +125,10 @@ class _Scratch:
 def _scratch(xp: Any, fold: _Fold, dtype: Any) -> _Scratch:
     # Every block copies to the same slab positions, so in a single pass the
     # positions no window reaches stay zero from this one fill.
-    stack = None if fold.direct else xp.zeros((fold.per_pass,) + fold.lead_shape + fold.size,
-                                              dtype)
-    padded = None if fold.geometry.zero_padded else xp.empty(fold.lead_shape + fold.size, dtype)
+    stack = None if fold.direct else scratch.zeros(
+        xp, (fold.per_pass,) + fold.lead_shape + fold.size, dtype)
+    padded = None if fold.geometry.zero_padded else scratch.empty(
+        xp, fold.lead_shape + fold.size, dtype)
     return _Scratch(stack, padded)
 
 
@@ -261,7 +262,7 @@ def planes_last_fold(out: Any, grad_patches: Any, geometry: ConvGeometry) -> Non
         # (count, K*L) -> (*kernel, *out, count): every plane's windows side by side
         block = xp.ascontiguousarray(windows[start:start + count].T)
         block = block.reshape(g.kernel + g.out_size + (count,))
-        frame = xp.zeros(g.padded_size + (count,), dtype=out.dtype)
+        frame = scratch.zeros(xp, g.padded_size + (count,), out.dtype)
         for tap, span in _tap_spans(g):
             frame[span] += block[tap]
         flat_out[start:start + count] = frame[inner].reshape(g.in_volume, count).T
@@ -292,7 +293,7 @@ def scatter_add(out: Any, grad_patches: Any, geometry: ConvGeometry) -> None:
     lows = [lo for lo, _ in geometry.pads] if zero_padded else [0] * geometry.nd
     xp = backend.get_array_module(out, grad_patches)
     lead = out.shape[: out.ndim - geometry.nd]
-    target = out if zero_padded else xp.empty(lead + size, dtype=out.dtype)
+    target = out if zero_padded else scratch.empty(xp, lead + size, out.dtype)
     target[...] = 0
     alone = geometry.kernel_volume == 1  # windows never overlap: copy, nothing to add
     for slab in fold_slabs(geometry, size, lows):

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, fold_into, pad, window_view
 from ..plan import Problem
@@ -121,7 +121,7 @@ class _ForwardBuffers:
 def _forward_buffers(x: Any, geometry: ConvGeometry, images: int, depth: int, span: int,
                      fused: bool) -> _ForwardBuffers:
     xp = backend.get_array_module(x)
-    flat = xp.empty((images, depth, span), dtype=x.dtype)
+    flat = scratch.empty(xp, (images, depth, span), x.dtype)
     if fused:
         flat[:, -1, :] = 1  # the row of ones under the columns, never overwritten
     return _ForwardBuffers(_Windows(x, geometry, images), flat)
@@ -205,9 +205,9 @@ def _backward_buffers(gy: Any, x: Any, geometry: ConvGeometry, chunk: int, col_s
     """Windows of ``x`` and a partial of ``part_shape`` only for grad weight."""
     xp, dtype = backend.get_array_module(gy), gy.dtype
     windows = None if part_shape is None else _Windows(x, geometry, chunk)
-    part = None if part_shape is None else xp.empty(part_shape, dtype=dtype)
-    return _BackwardBuffers(windows, xp.empty(col_size, dtype=dtype),
-                            xp.empty(gy_size, dtype=dtype), part)
+    part = None if part_shape is None else scratch.empty(xp, part_shape, dtype)
+    return _BackwardBuffers(windows, scratch.empty(xp, (col_size,), dtype),
+                            scratch.empty(xp, (gy_size,), dtype), part)
 
 
 def _backward_chunk(buffers: _BackwardBuffers, start: int, acc: Any, gy: Any, gx: Any,

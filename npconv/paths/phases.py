@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem
 from ._common import empty_grads, image_of, matmul, matmul_tall, out_block, row_blocks, take
@@ -121,7 +121,7 @@ class Phases:
 
     def zeros(self, xp: Any, dtype: Any) -> Any:
         """A flat buffer for the phase images, zero (their border stays so)."""
-        return xp.zeros(self.size, dtype=dtype)
+        return scratch.zeros(xp, (self.size,), dtype)
 
     def view(self, buf: Any) -> Any:
         """(count, images, C, *q) over a buffer from :meth:`zeros`."""
@@ -211,10 +211,10 @@ def _forward_worker(layout: Phases, xp: Any, dtype: Any, depth: int, o: int, row
                     fused: bool) -> _ForwardWorker:
     """Allocate one forward worker's buffers (the scratch factory)."""
     buf = layout.zeros(xp, dtype)
-    cols = xp.empty((layout.images, depth, rows * layout.pitch), dtype=dtype)
+    cols = scratch.empty(xp, (layout.images, depth, rows * layout.pitch), dtype)
     if fused:
         cols[:, -1, :] = 1  # the row of ones under the columns: never overwritten
-    ext = xp.empty((layout.images, o, rows * layout.pitch), dtype=dtype)
+    ext = scratch.empty(xp, (layout.images, o, rows * layout.pitch), dtype)
     return _ForwardWorker(buf, cols, ext, layout.group_views(buf))
 
 
@@ -340,9 +340,9 @@ def _backward_worker(layout: Phases, xp: Any, dtype: Any, o: int, groups: int,
         x_buf=x_buf,
         g_runs=[] if g_buf is None else layout.runs(g_buf, writable=True),
         g_buf=g_buf,
-        gy_ext=xp.zeros((o, chunk, layout.length), dtype=dtype),  # junk stays zero
-        cols=xp.empty(c * k_vol * chunk * layout.length, dtype=dtype),
-        part=xp.empty((groups, c // groups * k_vol, o // groups), dtype=dtype)
+        gy_ext=scratch.zeros(xp, (o, chunk, layout.length), dtype),  # junk stays zero
+        cols=scratch.empty(xp, (c * k_vol * chunk * layout.length,), dtype),
+        part=scratch.empty(xp, (groups, c // groups * k_vol, o // groups), dtype)
         if need_weight else None)
 
 

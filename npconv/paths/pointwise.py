@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import backend, workspace
+from .. import backend, scratch, workspace
 from ..plan import Problem
 from ._common import device_weight_grad, empty_grads, matmul, matmul_tall
 
@@ -75,7 +75,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     out = y.reshape(n, g, o // g, length)  # (N, g, O/g, L), a view of y
     if bias is not None and _bias_in_matmul(problem, x.dtype.itemsize):
         w = xp.concatenate([w, bias.reshape(g, o // g, 1)], axis=2)  # (g, O/g, C/g + 1)
-        with_ones = xp.empty((n, g, c // g + 1, length), dtype=x.dtype)
+        with_ones = scratch.empty(xp, (n, g, c // g + 1, length), x.dtype)
         with_ones[:, :, :-1] = x_cols
         with_ones[:, :, -1] = 1
         x_cols, bias = with_ones, None

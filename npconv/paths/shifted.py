@@ -31,7 +31,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..patches import pad
 from ..plan import Problem, full_correlation
@@ -108,7 +108,7 @@ def _phase_rows(xp: Any, lay: Phases, x: Any) -> Any:
     """(C, P, N*V + margin): the phase images of x (N, C, *in) one after another per
     channel and phase, a zero margin behind for the taps' shifts."""
     n, c = x.shape[:2]
-    rows = xp.zeros((c, lay.count, n * lay.volume + lay.margin), dtype=x.dtype)
+    rows = scratch.zeros(xp, (c, lay.count, n * lay.volume + lay.margin), x.dtype)
     lay.fill(rows, x, None if lay.geometry.zero_padded else pad(x, lay.geometry))
     return rows
 

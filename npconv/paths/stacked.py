@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .. import backend, workspace
+from .. import backend, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
 from ._common import empty_grads, grad_input_by_forward, matmul, matmul_tall
@@ -96,8 +96,8 @@ def _columns(problem: Problem, x: Any, start: int, stop: int) -> Any:
     """The columns of images start:stop, (g, C/g*K, b*L)."""
     xp = backend.get_array_module(x)
     g = problem.geometry
-    cols = xp.empty((problem.in_channels, g.kernel_volume, stop - start, g.out_volume),
-                    dtype=x.dtype)
+    cols = scratch.empty(xp, (problem.in_channels, g.kernel_volume, stop - start, g.out_volume),
+                         x.dtype)
     gather(x[start:stop], g, cols)
     return cols.reshape(problem.groups, -1, (stop - start) * g.out_volume)
 
@@ -118,7 +118,8 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
             acc = matmul(xp, w, cols, out=y[start].reshape(groups, o // groups, length))
         else:
             # (g, O/g, C/g*K) @ (g, C/g*K, bL) -> (g, O/g, bL) = (O, b, L)
-            acc = matmul(xp, w, cols)
+            acc = matmul(xp, w, cols, out=scratch.empty(xp, (groups, o // groups, cols.shape[-1]),
+                                                        x.dtype))
         acc = acc.reshape(o, b, length)
         if bias is not None:
             acc += bias.reshape(o, 1, 1)

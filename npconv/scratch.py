@@ -1,0 +1,196 @@
+"""Temporary host buffers kept between calls, so that a layer called again reuses its own.
+
+A call's temporaries (the columns of the stacked and im2col paths, a matmul's
+result before it is laid out) came from ``malloc`` afresh on every call. What
+``malloc`` hands back is often memory that the previous call's matmul had just
+written on the BLAS's other thread, so the first writes to it pull each cache
+line over from the other core. Measured on the 2-core benchmark machine (ResNet-18
+layer3.0.conv2, N4 256@6x6, 3x3: 1.3 MiB of columns): the gather took 0.068 ms
+into a buffer kept across calls, 0.16-0.18 ms into a fresh one after a
+convolution, and in some processes 0.80 ms; with the buffer kept, the whole
+forward took 1.09 ms instead of 1.09-1.83. glibc also gave some calls new pages to
+zero, 114 faults a call on a U-Net layer (docs/performance.md, sixteenth session).
+
+So the paths take their temporaries from here: :func:`empty` returns a view of a
+cached buffer that nothing else refers to, or of a new one that it keeps. A buffer
+is free when the cache holds the only reference to it (every NumPy view refers to
+the array that owns its memory), so nothing still in use, or handed to a caller,
+is ever written: reuse needs no release call, and a result that escaped by mistake
+only stays out of the pool. The cache keeps at most :func:`get_scratch_cache` bytes
+(``NPCONV_SCRATCH_CACHE_MB``, default 64); :func:`set_scratch_cache` changes it,
+and 0 drops every buffer. Device arrays are left to their own pools (CuPy's), and
+buffers below MIN_BYTES to ``malloc``'s bins. Where reference counts do not tell a
+free buffer (an interpreter other than CPython, or one without the GIL) nothing is
+cached.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import sysconfig
+import threading
+from typing import Any
+
+from . import backend
+from .geometry import as_int
+
+DEFAULT_CACHE_MB = 64
+# Smaller temporaries come from malloc's bins, whose reuse is cheap enough; the lock
+# and the scan cost about 1 us, which tiny calls would feel.
+MIN_BYTES = 64 * 2**10
+# A cached buffer serves requests of at least this fraction of its size: a small
+# temporary does not pin a large buffer that a later, larger one wants.
+MIN_FILL = 0.5
+
+
+def _from_environment() -> int:
+    raw = os.environ.get("NPCONV_SCRATCH_CACHE_MB", "").strip()
+    if not raw:
+        return DEFAULT_CACHE_MB * 2**20
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"NPCONV_SCRATCH_CACHE_MB must be a number of MiB >= 0, got {raw!r}") from None
+    if not mb >= 0:
+        raise ValueError(f"NPCONV_SCRATCH_CACHE_MB must be a number of MiB >= 0, got {raw!r}")
+    return int(mb * 2**20)
+
+
+def _refs(buffers: list[Any], index: int) -> int:
+    return sys.getrefcount(buffers[index])
+
+
+def _counts_refs() -> tuple[bool, int]:
+    """Whether reference counts tell a free buffer here, and the count of one that
+    only the cache's list refers to (measured, not assumed)."""
+    if sys.implementation.name != "cpython" or sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return False, 0
+    return True, _refs([object()], 0)
+
+
+_USABLE, _FREE_REFS = _counts_refs()
+_lock = threading.Lock()
+_buffers: list[Any] = []  # least recently used first
+_owners: list[int] = []  # the thread each buffer serves (its cache lines are there)
+_limit = _from_environment()
+
+
+def get_scratch_cache() -> int:
+    """Bytes of temporary buffers npconv may keep between calls for reuse.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> npconv.get_scratch_cache() >= 0
+    True
+    """
+    return _limit
+
+
+def set_scratch_cache(nbytes: int) -> None:
+    """Keep up to ``nbytes`` bytes of temporary buffers between calls (0: none).
+
+    A layer called again then writes its temporaries into memory it used before,
+    not into whatever ``malloc`` hands back (see docs/performance.md). Lowering the
+    limit drops the least recently used buffers, those no call is using first.
+
+    Examples
+    --------
+    >>> import npconv
+    >>> old = npconv.get_scratch_cache()
+    >>> npconv.set_scratch_cache(0)  # drop every cached buffer
+    >>> npconv.get_scratch_cache()
+    0
+    >>> npconv.set_scratch_cache(old)
+    """
+    global _limit
+    value = as_int(nbytes, "nbytes")
+    if value < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes!r}")
+    with _lock:
+        _limit = value
+        _evict(0)
+        _evict(0, busy=True)
+
+
+def _drop(index: int) -> int:
+    del _owners[index]
+    return int(_buffers.pop(index).nbytes)
+
+
+def cached_bytes() -> int:
+    """Bytes the cache holds now, buffers in use included."""
+    with _lock:
+        return sum(b.nbytes for b in _buffers)
+
+
+def _evict(room: int, busy: bool = False) -> bool:
+    """Drop free buffers, oldest first, until ``room`` more bytes fit the limit; with
+    ``busy``, then buffers in use too (they leave the cache, not their users)."""
+    held = sum(b.nbytes for b in _buffers)
+    index = 0
+    while held + room > _limit and index < len(_buffers):
+        if busy or _refs(_buffers, index) <= _FREE_REFS:
+            held -= _drop(index)
+        else:
+            index += 1
+    return held + room <= _limit
+
+
+def _take(nbytes: int, owner: int) -> int:
+    """Index of the smallest free buffer of thread ``owner`` that serves ``nbytes``, or
+    -1. Each thread gets its own buffers back: a worker's scratch stays in its core's
+    cache, and the calling thread's columns are not last written on another core."""
+    best, size = -1, math.inf
+    for index in range(len(_buffers)):  # no loop variable: it would hold a reference
+        held = _buffers[index].nbytes
+        if _owners[index] == owner and nbytes <= held < size and nbytes >= MIN_FILL * held \
+                and _refs(_buffers, index) <= _FREE_REFS:
+            best, size = index, held
+    return best
+
+
+def empty(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    """``xp.empty(shape, dtype)`` for a temporary, in a cached buffer where one serves.
+
+    Never hand the result, or a view of it, to a caller: it would be safe (a buffer
+    referred to is never reused) but it would stay out of the pool.
+    """
+    if not (_USABLE and backend.on_host(xp)):
+        return xp.empty(shape, dtype=dtype)
+    dtype = backend.numpy_dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < MIN_BYTES or nbytes > _limit:
+        return xp.empty(shape, dtype=dtype)
+    owner = threading.get_ident()
+    with _lock:
+        index = _take(nbytes, owner)
+        if index >= 0:
+            del _owners[index]
+            buffer = _buffers.pop(index)
+        else:
+            buffer = xp.empty(nbytes, dtype=xp.uint8)
+            if not _evict(nbytes):
+                return buffer.view(dtype).reshape(shape)
+        _buffers.append(buffer)  # most recently used last
+        _owners.append(owner)
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+def zeros(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    """``xp.zeros(shape, dtype)`` for a temporary (:func:`empty`, then zeroed)."""
+    out = empty(xp, shape, dtype)
+    out.fill(0)
+    return out
+
+
+def _after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # a fork taken while another thread held it
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
