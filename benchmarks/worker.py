@@ -247,6 +247,10 @@ class NpconvSide(Side):
     def peak_bytes(self, f) -> int | None:
         if self.device == "cuda":
             return cupy_pool_peak(self.xp, f, self.sync)
+        # Buffers kept from earlier calls would not count: the call makes its own here.
+        kept = self.npconv.get_scratch_cache()
+        self.npconv.set_scratch_cache(0)
+        self.npconv.set_scratch_cache(kept)
         tracemalloc.start()
         try:
             tracemalloc.reset_peak()
