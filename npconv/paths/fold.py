@@ -342,7 +342,7 @@ def with_zero_bin(rows: Any) -> Any:
     """``rows`` (..., V) as a new array (..., V + 1) whose last element is zero: the bin
     that :func:`window_index` sends reads of zero padding to."""
     xp = backend.get_array_module(rows)
-    ext = xp.empty(rows.shape[:-1] + (rows.shape[-1] + 1,), dtype=rows.dtype)
+    ext = scratch.empty(xp, rows.shape[:-1] + (rows.shape[-1] + 1,), rows.dtype)
     ext[..., -1] = 0
     ext[..., :-1] = rows
     return ext

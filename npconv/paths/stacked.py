@@ -133,7 +133,11 @@ def _gy_stacked(gy: Any, start: int, stop: int, groups: int) -> Any:
     xp = backend.get_array_module(gy)
     b, o = stop - start, gy.shape[1]
     block = gy[start:stop].reshape(b, o, -1)
-    stacked = block[0] if b == 1 else xp.ascontiguousarray(block.swapaxes(0, 1))
+    if b == 1:
+        stacked = block[0]
+    else:
+        stacked = scratch.empty(xp, (o, b, block.shape[2]), gy.dtype)
+        stacked[...] = block.swapaxes(0, 1)
     return stacked.reshape(groups, o // groups, -1)
 
 
@@ -163,7 +167,8 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
             gw += matmul_tall(xp, gy_s, _columns(problem, x, start, stop).transpose(0, 2, 1))
         if fold:
             # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL) = (C, *k, b, *out), folded
-            cols = matmul(xp, w_t, gy_s).reshape(
+            out = scratch.empty(xp, w_t.shape[:2] + gy_s.shape[2:], gy.dtype)
+            cols = matmul(xp, w_t, gy_s, out=out).reshape(
                 (c,) + geometry.kernel + (stop - start,) + geometry.out_size)
             fold_into(gx[start:stop], xp.moveaxis(cols, 1 + geometry.nd, 0), geometry)
     return gx, None if gw is None else gw.reshape(weight.shape)

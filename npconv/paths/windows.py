@@ -35,7 +35,7 @@ import itertools
 import math
 from typing import Any
 
-from .. import backend, executor
+from .. import backend, executor, scratch
 from ..geometry import ConvGeometry
 from .depthwise_jit import available
 
@@ -165,7 +165,7 @@ def _rows(xp: Any, x: Any, geometry: ConvGeometry) -> Any:
     kw, dw, width = geometry.kernel[-1], geometry.dilation[-1], geometry.out_size[-1]
     (lo_w, _), size_w = geometry.pads[-1], geometry.in_size[-1]
     lead_sizes = geometry.padded_size[:-1]
-    rows = xp.empty(x.shape[:2] + (kw,) + lead_sizes + (width,), dtype=x.dtype)
+    rows = scratch.empty(xp, x.shape[:2] + (kw,) + lead_sizes + (width,), x.dtype)
     everything = (slice(None),) * 3
     inside = []
     for a, ((lo, _), n) in enumerate(zip(geometry.pads[:-1], geometry.in_size[:-1])):

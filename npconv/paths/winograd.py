@@ -49,7 +49,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..plan import MAPS, Problem, full_correlation
 from . import _common
 from . import winograd_transforms as wt
@@ -182,9 +182,10 @@ def _make_scratch(xp: Any, dtype: Any, t: _Tiling, images: int, rows: int,
     """A worker's scratch: the tiling's regions for chunks of ``images`` x ``rows`` tile
     rows, then zero-filled buffers of ``zeros`` and empty ones of ``empties`` elements."""
     sizes = [images * (rows + 1) * size for size in t.regions]
-    bufs = [xp.zeros(sizes[0], dtype=dtype)] + [xp.empty(s, dtype=dtype) for s in sizes[1:]]
-    extra = [xp.zeros(s, dtype=dtype) for s in zeros] + [xp.empty(s, dtype=dtype)
-                                                         for s in empties]
+    bufs = [scratch.zeros(xp, (sizes[0],), dtype)] + [scratch.empty(xp, (s,), dtype)
+                                                        for s in sizes[1:]]
+    extra = [scratch.zeros(xp, (s,), dtype) for s in zeros] + [scratch.empty(xp, (s,), dtype)
+                                                               for s in empties]
     return _Scratch(bufs, extra, {})
 
 

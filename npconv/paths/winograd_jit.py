@@ -41,7 +41,7 @@ import functools
 import math
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..plan import MAPS, Problem
 from ._common import empty_grads, matmul
 from .depthwise_jit import compiled_needs
@@ -108,31 +108,40 @@ def _chunks(n: int, per_image_bytes: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + images)) for start in range(0, n, images)]
 
 
+def _channels_last(xp: Any, x: Any) -> Any:
+    """x (B, C, H, W) copied to a temporary (B, H, W, C)."""
+    out = scratch.empty(xp, (x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype)
+    out[...] = x.transpose(0, 2, 3, 1)
+    return out
+
+
 def _tiles_of(kern: Any, t1: Any, x: Any, top: int, left: int, m: int, th: int, tw: int,
               bt: Any) -> Any:
     """V (a, a, B th tw, C) of the images x (B, C, H, W)."""
     xp, a = backend.get_array_module(x), m + 2
-    xt = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))  # (B, H, W, C)
-    v = xp.empty((a, a, x.shape[0] * th * tw, x.shape[1]), dtype=x.dtype)
+    xt = _channels_last(xp, x)  # (B, H, W, C)
+    v = scratch.empty(xp, (a, a, x.shape[0] * th * tw, x.shape[1]), x.dtype)
     kern.input_tiles(xt, top, left, m, th, tw, bt, v, t1)
     return v
 
 
-def _forward_chunk(scratch: tuple[Any, Any], item: tuple[int, int], x: Any, u: Any,
+def _forward_chunk(held: tuple[Any, Any], item: tuple[int, int], x: Any, u: Any,
                    bias: Any, y: Any, m: int, pads: tuple[int, int], k: Any) -> None:
     """y[start:stop] of the images x[start:stop]: tiles, a^2 matmuls, output tiles."""
     start, stop = item
     xp, kern = backend.get_array_module(x), _kernels()
     th, tw = tiles(y.shape[2:], m)
-    v = _tiles_of(kern, scratch[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
-    mm = matmul(xp, v, u.transpose(0, 1, 3, 2))  # (a, a, T, C) @ (a, a, C, O)
-    yt = xp.empty((stop - start,) + y.shape[2:] + (y.shape[1],), dtype=y.dtype)
-    kern.output_tiles(mm, m, th, tw, k.a_t, bias, yt, scratch[1])  # (B, Ho, Wo, O)
+    v = _tiles_of(kern, held[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
+    # (a, a, T, C) @ (a, a, C, O) -> (a, a, T, O)
+    mm = matmul(xp, v, u.transpose(0, 1, 3, 2),
+                out=scratch.empty(xp, v.shape[:3] + u.shape[2:3], y.dtype))
+    yt = scratch.empty(xp, (stop - start,) + y.shape[2:] + (y.shape[1],), y.dtype)
+    kern.output_tiles(mm, m, th, tw, k.a_t, bias, yt, held[1])  # (B, Ho, Wo, O)
     y[start:stop] = yt.transpose(0, 3, 1, 2)
 
 
 def _scratch(xp: Any, dtype: Any, first: tuple[int, ...], second: tuple[int, ...]) -> Any:
-    return xp.empty(first, dtype=dtype), xp.empty(second, dtype=dtype)
+    return scratch.empty(xp, first, dtype), scratch.empty(xp, second, dtype)
 
 
 def forward(problem: Problem, x: Any, weight: Any, bias: Any, *,
@@ -162,39 +171,45 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, *,
     return y
 
 
-def _backward_chunk(scratch: tuple[Any, Any], item: tuple[int, int], acc: Any, gy: Any,
+def _backward_chunk(held: tuple[Any, Any], item: tuple[int, int], acc: Any, gy: Any,
                     x: Any, u: Any, gx: Any, m: int, pads: tuple[int, int], k: Any) -> Any:
     """The images [start, stop): gx[start:stop] (if gx is given) and acc + E^T V (if x is
     given), both from one E."""
     start, stop = item
     xp, kern = backend.get_array_module(gy), _kernels()
     th, tw = tiles(gy.shape[2:], m)
-    gyt = xp.ascontiguousarray(gy[start:stop].transpose(0, 2, 3, 1))  # (B, Ho, Wo, O)
-    e = xp.empty((m + 2, m + 2, (stop - start) * th * tw, gy.shape[1]), dtype=gy.dtype)
-    kern.grad_tiles(gyt, m, th, tw, k.a_t, e, scratch[1])  # (a, a, T, O)
+    gyt = _channels_last(xp, gy[start:stop])  # (B, Ho, Wo, O)
+    e = scratch.empty(xp, (m + 2, m + 2, (stop - start) * th * tw, gy.shape[1]), gy.dtype)
+    kern.grad_tiles(gyt, m, th, tw, k.a_t, e, held[1])  # (a, a, T, O)
     if gx is not None:
-        z = matmul(xp, e, u)  # (a, a, T, O) @ (a, a, O, C): the tiles' V gradient
-        gxt = xp.zeros((stop - start,) + gx.shape[2:] + (gx.shape[1],), dtype=gx.dtype)
-        kern.input_tiles_adjoint(z, pads[0], pads[1], m, th, tw, k.b_t, gxt, scratch[0])
+        # (a, a, T, O) @ (a, a, O, C) -> (a, a, T, C): the tiles' V gradient
+        z = matmul(xp, e, u, out=scratch.empty(xp, e.shape[:3] + u.shape[3:], e.dtype))
+        gxt = scratch.zeros(xp, (stop - start,) + gx.shape[2:] + (gx.shape[1],), gx.dtype)
+        kern.input_tiles_adjoint(z, pads[0], pads[1], m, th, tw, k.b_t, gxt, held[0])
         gx[start:stop] = gxt.transpose(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
     if x is None:
         return acc
-    v = _tiles_of(kern, scratch[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
-    part = matmul(xp, e.transpose(0, 1, 3, 2), v)  # (a, a, O, T) @ (a, a, T, C)
+    v = _tiles_of(kern, held[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
+    # (a, a, O, T) @ (a, a, T, C) -> (a, a, O, C); a partial of one chunk, or the sum
+    part = matmul(xp, e.transpose(0, 1, 3, 2), v,
+                  out=scratch.empty(xp, e.shape[:2] + (e.shape[3], v.shape[3]), e.dtype))
     if acc is None:
         return part
     acc += part
     return acc
 
 
-def _grad_input_chunk(scratch: tuple[Any, Any], item: tuple[int, int], *args: Any) -> None:
-    _backward_chunk(scratch, item, None, *args)
+def _grad_input_chunk(held: tuple[Any, Any], item: tuple[int, int], *args: Any) -> None:
+    _backward_chunk(held, item, None, *args)
 
 
 def _finish(gg: Any, s: Any) -> Any:
     """gW (O, C, 3, 3) = (G kron G)^T S of a sum S (a, a, O, C)."""
     o, c = s.shape[2:]
-    return matmul(backend.get_array_module(s), s.reshape(-1, o * c).T, gg).reshape(o, c, 3, 3)
+    xp = backend.get_array_module(s)
+    # (O*C, a*a) @ (a*a, 9) -> (O*C, 9); a temporary: the executor adds it to its total
+    out = scratch.empty(xp, (o * c, gg.shape[1]), xp.result_type(s.dtype, gg.dtype))
+    return matmul(xp, s.reshape(-1, o * c).T, gg, out=out).reshape(o, c, 3, 3)
 
 
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
