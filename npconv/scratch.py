@@ -40,9 +40,6 @@ DEFAULT_CACHE_MB = 64
 # Smaller temporaries come from malloc's bins, whose reuse is cheap enough; the lock
 # and the scan cost about 1 us, which tiny calls would feel.
 MIN_BYTES = 64 * 2**10
-# A cached buffer serves requests of at least this fraction of its size: a small
-# temporary does not pin a large buffer that a later, larger one wants.
-MIN_FILL = 0.5
 
 
 def _from_environment() -> int:
@@ -73,8 +70,10 @@ def _counts_refs() -> tuple[bool, int]:
 
 _USABLE, _FREE_REFS = _counts_refs()
 _lock = threading.Lock()
-_buffers: list[Any] = []  # least recently used first
-_owners: list[int] = []  # the thread each buffer serves (its cache lines are there)
+# (thread, bytes) -> buffers. Each thread gets its own back (a worker's scratch stays
+# in its core's cache); the dict's order is the keys' last use, oldest first.
+_pool: dict[tuple[int, int], list[Any]] = {}
+_held = 0  # bytes in _pool
 _limit = _from_environment()
 
 
@@ -116,68 +115,68 @@ def set_scratch_cache(nbytes: int) -> None:
         _evict(0, busy=True)
 
 
-def _drop(index: int) -> int:
-    del _owners[index]
-    return int(_buffers.pop(index).nbytes)
-
-
 def cached_bytes() -> int:
     """Bytes the cache holds now, buffers in use included."""
-    with _lock:
-        return sum(b.nbytes for b in _buffers)
+    return _held
 
 
 def _evict(room: int, busy: bool = False) -> bool:
-    """Drop free buffers, oldest first, until ``room`` more bytes fit the limit; with
-    ``busy``, then buffers in use too (they leave the cache, not their users)."""
-    held = sum(b.nbytes for b in _buffers)
-    index = 0
-    while held + room > _limit and index < len(_buffers):
-        if busy or _refs(_buffers, index) <= _FREE_REFS:
-            held -= _drop(index)
-        else:
-            index += 1
-    return held + room <= _limit
+    """Drop free buffers, least recently used first, until ``room`` more bytes fit the
+    limit; with ``busy``, buffers in use too (they leave the cache, not their users).
+    Whether they fit."""
+    global _held
+    for key in list(_pool):
+        bucket = _pool[key]
+        index = 0
+        while _held + room > _limit and index < len(bucket):
+            if busy or _refs(bucket, index) <= _FREE_REFS:
+                _held -= bucket.pop(index).nbytes
+            else:
+                index += 1
+        if not bucket:
+            del _pool[key]
+        if _held + room <= _limit:
+            return True
+    return _held + room <= _limit
 
 
-def _take(nbytes: int, owner: int) -> int:
-    """Index of the smallest free buffer of thread ``owner`` that serves ``nbytes``, or
-    -1. Each thread gets its own buffers back: a worker's scratch stays in its core's
-    cache, and the calling thread's columns are not last written on another core."""
-    best, size = -1, math.inf
-    for index in range(len(_buffers)):  # no loop variable: it would hold a reference
-        held = _buffers[index].nbytes
-        if _owners[index] == owner and nbytes <= held < size and nbytes >= MIN_FILL * held \
-                and _refs(_buffers, index) <= _FREE_REFS:
-            best, size = index, held
-    return best
+def _free_index(bucket: list[Any]) -> int:
+    for index in range(len(bucket)):  # no loop variable: it would hold a reference
+        if _refs(bucket, index) <= _FREE_REFS:
+            return index
+    return -1
 
 
 def empty(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
-    """``xp.empty(shape, dtype)`` for a temporary, in a cached buffer where one serves.
+    """``xp.empty(shape, dtype)`` for a temporary, in a cached buffer where one is free.
 
     Never hand the result, or a view of it, to a caller: it would be safe (a buffer
     referred to is never reused) but it would stay out of the pool.
     """
+    global _held
     if not (_USABLE and backend.on_host(xp)):
         return xp.empty(shape, dtype=dtype)
-    dtype = backend.numpy_dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
+    itemsize = getattr(dtype, "itemsize", None)
+    if not isinstance(itemsize, int):  # a type such as numpy.float32, not a dtype
+        dtype = backend.numpy_dtype(dtype)
+        itemsize = dtype.itemsize
+    nbytes = math.prod(shape) * itemsize
     if nbytes < MIN_BYTES or nbytes > _limit:
         return xp.empty(shape, dtype=dtype)
-    owner = threading.get_ident()
+    key = (threading.get_ident(), nbytes)
     with _lock:
-        index = _take(nbytes, owner)
+        bucket = _pool.pop(key, [])  # put back last: the most recently used key
+        index = _free_index(bucket)
         if index >= 0:
-            del _owners[index]
-            buffer = _buffers.pop(index)
+            buffer = bucket[index]
         else:
             buffer = xp.empty(nbytes, dtype=xp.uint8)
-            if not _evict(nbytes):
-                return buffer.view(dtype).reshape(shape)
-        _buffers.append(buffer)  # most recently used last
-        _owners.append(owner)
-        return buffer[:nbytes].view(dtype).reshape(shape)
+            if _evict(nbytes):
+                bucket.append(buffer)
+                _held += nbytes
+        if bucket:
+            _pool[key] = bucket
+    return xp.ndarray(shape, dtype=dtype, buffer=buffer)
 
 
 def zeros(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
