@@ -21,19 +21,25 @@ DEFAULT_LIMIT_MB = 256
 TARGET_CHUNK_BYTES = 2 * 2**20
 
 
-def _from_environment() -> int:
-    raw = os.environ.get("NPCONV_WORKSPACE_MB", "").strip()
+def mib_from_environment(name: str, default_mib: float, zero: bool = False) -> int:
+    """Bytes from the environment variable ``name``, a number of MiB (``default_mib``
+    where it is unset or blank); above 0, or with ``zero`` at least 0, else ValueError
+    naming the variable and its value."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_LIMIT_MB * 2**20
+        return int(default_mib * 2**20)
+    what = "a number of MiB >= 0" if zero else "a positive number of MiB"
     try:
         mb = float(raw)
     except ValueError:
-        raise ValueError(
-            f"NPCONV_WORKSPACE_MB must be a positive number of MiB, got {raw!r}"
-        ) from None
-    if not mb > 0:
-        raise ValueError(f"NPCONV_WORKSPACE_MB must be a positive number of MiB, got {raw!r}")
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
+    if not (mb >= 0 if zero else mb > 0):
+        raise ValueError(f"{name} must be {what}, got {raw!r}")
     return int(mb * 2**20)
+
+
+def _from_environment() -> int:
+    return mib_from_environment("NPCONV_WORKSPACE_MB", DEFAULT_LIMIT_MB)
 
 
 _limit = _from_environment()
