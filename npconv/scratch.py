@@ -169,6 +169,13 @@ def empty(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     return xp.ndarray(shape, dtype=dtype, buffer=buffer)
 
 
+def copy(xp: Any, a: Any) -> Any:
+    """``xp.ascontiguousarray(a)`` for a temporary (:func:`empty`, then filled)."""
+    out = empty(xp, a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def zeros(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     """``xp.zeros(shape, dtype)`` for a temporary (:func:`empty`, then zeroed)."""
     out = empty(xp, shape, dtype)

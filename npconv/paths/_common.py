@@ -85,6 +85,12 @@ TALL_MAX_ROWS = 64
 TALL_MIN_LENGTH = 2048
 
 
+def matmul_temp(xp: Any, a: Any, b: Any) -> Any:
+    """``a @ b`` into a temporary from :mod:`npconv.scratch` (never hand it to a caller)."""
+    shape = _batch_shape(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    return matmul(xp, a, b, out=scratch.empty(xp, shape, xp.result_type(a.dtype, b.dtype)))
+
+
 def matmul_tall(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
     """``a @ b`` for a long contraction (a weight gradient), computed with the result's
     long side as the BLAS rows, ``(b^T @ a^T)^T``, when the result is short and wide.

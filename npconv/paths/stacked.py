@@ -32,7 +32,7 @@ from typing import Any
 from .. import backend, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
-from ._common import empty_grads, grad_input_by_forward, matmul, matmul_tall
+from ._common import empty_grads, grad_input_by_forward, matmul, matmul_tall, matmul_temp
 from .fold import fold_into, take_columns, window_index, with_zero_bin
 from .windows import copy_windows, takes_planes
 
@@ -118,8 +118,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
             acc = matmul(xp, w, cols, out=y[start].reshape(groups, o // groups, length))
         else:
             # (g, O/g, C/g*K) @ (g, C/g*K, bL) -> (g, O/g, bL) = (O, b, L)
-            acc = matmul(xp, w, cols, out=scratch.empty(xp, (groups, o // groups, cols.shape[-1]),
-                                                        x.dtype))
+            acc = matmul_temp(xp, w, cols)
         acc = acc.reshape(o, b, length)
         if bias is not None:
             acc += bias.reshape(o, 1, 1)
@@ -133,11 +132,7 @@ def _gy_stacked(gy: Any, start: int, stop: int, groups: int) -> Any:
     xp = backend.get_array_module(gy)
     b, o = stop - start, gy.shape[1]
     block = gy[start:stop].reshape(b, o, -1)
-    if b == 1:
-        stacked = block[0]
-    else:
-        stacked = scratch.empty(xp, (o, b, block.shape[2]), gy.dtype)
-        stacked[...] = block.swapaxes(0, 1)
+    stacked = block[0] if b == 1 else scratch.copy(xp, block.swapaxes(0, 1))
     return stacked.reshape(groups, o // groups, -1)
 
 
@@ -167,8 +162,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
             gw += matmul_tall(xp, gy_s, _columns(problem, x, start, stop).transpose(0, 2, 1))
         if fold:
             # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL) = (C, *k, b, *out), folded
-            out = scratch.empty(xp, w_t.shape[:2] + gy_s.shape[2:], gy.dtype)
-            cols = matmul(xp, w_t, gy_s, out=out).reshape(
+            cols = matmul_temp(xp, w_t, gy_s).reshape(
                 (c,) + geometry.kernel + (stop - start,) + geometry.out_size)
             fold_into(gx[start:stop], xp.moveaxis(cols, 1 + geometry.nd, 0), geometry)
     return gx, None if gw is None else gw.reshape(weight.shape)

@@ -43,7 +43,7 @@ from typing import Any
 
 from .. import backend, executor, scratch, workspace
 from ..plan import MAPS, Problem
-from ._common import empty_grads, matmul
+from ._common import empty_grads, matmul_temp
 from .depthwise_jit import compiled_needs
 from .winograd_transforms import MATRICES, constants, filter_transforms
 
@@ -108,18 +108,11 @@ def _chunks(n: int, per_image_bytes: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + images)) for start in range(0, n, images)]
 
 
-def _channels_last(xp: Any, x: Any) -> Any:
-    """x (B, C, H, W) copied to a temporary (B, H, W, C)."""
-    out = scratch.empty(xp, (x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype)
-    out[...] = x.transpose(0, 2, 3, 1)
-    return out
-
-
 def _tiles_of(kern: Any, t1: Any, x: Any, top: int, left: int, m: int, th: int, tw: int,
               bt: Any) -> Any:
     """V (a, a, B th tw, C) of the images x (B, C, H, W)."""
     xp, a = backend.get_array_module(x), m + 2
-    xt = _channels_last(xp, x)  # (B, H, W, C)
+    xt = scratch.copy(xp, x.transpose(0, 2, 3, 1))  # (B, H, W, C)
     v = scratch.empty(xp, (a, a, x.shape[0] * th * tw, x.shape[1]), x.dtype)
     kern.input_tiles(xt, top, left, m, th, tw, bt, v, t1)
     return v
@@ -133,8 +126,7 @@ def _forward_chunk(held: tuple[Any, Any], item: tuple[int, int], x: Any, u: Any,
     th, tw = tiles(y.shape[2:], m)
     v = _tiles_of(kern, held[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
     # (a, a, T, C) @ (a, a, C, O) -> (a, a, T, O)
-    mm = matmul(xp, v, u.transpose(0, 1, 3, 2),
-                out=scratch.empty(xp, v.shape[:3] + u.shape[2:3], y.dtype))
+    mm = matmul_temp(xp, v, u.transpose(0, 1, 3, 2))
     yt = scratch.empty(xp, (stop - start,) + y.shape[2:] + (y.shape[1],), y.dtype)
     kern.output_tiles(mm, m, th, tw, k.a_t, bias, yt, held[1])  # (B, Ho, Wo, O)
     y[start:stop] = yt.transpose(0, 3, 1, 2)
@@ -178,12 +170,12 @@ def _backward_chunk(held: tuple[Any, Any], item: tuple[int, int], acc: Any, gy: 
     start, stop = item
     xp, kern = backend.get_array_module(gy), _kernels()
     th, tw = tiles(gy.shape[2:], m)
-    gyt = _channels_last(xp, gy[start:stop])  # (B, Ho, Wo, O)
+    gyt = scratch.copy(xp, gy[start:stop].transpose(0, 2, 3, 1))  # (B, Ho, Wo, O)
     e = scratch.empty(xp, (m + 2, m + 2, (stop - start) * th * tw, gy.shape[1]), gy.dtype)
     kern.grad_tiles(gyt, m, th, tw, k.a_t, e, held[1])  # (a, a, T, O)
     if gx is not None:
         # (a, a, T, O) @ (a, a, O, C) -> (a, a, T, C): the tiles' V gradient
-        z = matmul(xp, e, u, out=scratch.empty(xp, e.shape[:3] + u.shape[3:], e.dtype))
+        z = matmul_temp(xp, e, u)
         gxt = scratch.zeros(xp, (stop - start,) + gx.shape[2:] + (gx.shape[1],), gx.dtype)
         kern.input_tiles_adjoint(z, pads[0], pads[1], m, th, tw, k.b_t, gxt, held[0])
         gx[start:stop] = gxt.transpose(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
@@ -191,8 +183,7 @@ def _backward_chunk(held: tuple[Any, Any], item: tuple[int, int], acc: Any, gy: 
         return acc
     v = _tiles_of(kern, held[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
     # (a, a, O, T) @ (a, a, T, C) -> (a, a, O, C); a partial of one chunk, or the sum
-    part = matmul(xp, e.transpose(0, 1, 3, 2), v,
-                  out=scratch.empty(xp, e.shape[:2] + (e.shape[3], v.shape[3]), e.dtype))
+    part = matmul_temp(xp, e.transpose(0, 1, 3, 2), v)
     if acc is None:
         return part
     acc += part
@@ -206,10 +197,8 @@ def _grad_input_chunk(held: tuple[Any, Any], item: tuple[int, int], *args: Any) 
 def _finish(gg: Any, s: Any) -> Any:
     """gW (O, C, 3, 3) = (G kron G)^T S of a sum S (a, a, O, C)."""
     o, c = s.shape[2:]
-    xp = backend.get_array_module(s)
     # (O*C, a*a) @ (a*a, 9) -> (O*C, 9); a temporary: the executor adds it to its total
-    out = scratch.empty(xp, (o * c, gg.shape[1]), xp.result_type(s.dtype, gg.dtype))
-    return matmul(xp, s.reshape(-1, o * c).T, gg, out=out).reshape(o, c, 3, 3)
+    return matmul_temp(backend.get_array_module(s), s.reshape(-1, o * c).T, gg).reshape(o, c, 3, 3)
 
 
 def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,

@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import scratch
-from ._common import matmul
+from ._common import matmul, matmul_temp
 
 _Matrix = list[list[float]]
 # Transform matrices (B^T, G, A^T) of F(2x2, 3x3) and F(4x4, 3x3), Lavin & Gray (2015).
@@ -162,8 +161,7 @@ def filter_transforms(xp: Any, k: Constants, weight: Any) -> Any:
     o, cg = weight.shape[:2]
     a = k.g_mat.shape[0]
     # u (a*a, O*C/g) = (G kron G) (a^2, 9) @ vec(g)^T (9, O*C/g): vec(G g G^T) per filter
-    u = scratch.empty(xp, (a * a, o * cg), xp.result_type(k.gg.dtype, weight.dtype))
-    return matmul(xp, k.gg, weight.reshape(o * cg, 9).T, out=u).reshape(a, a, o, cg)
+    return matmul_temp(xp, k.gg, weight.reshape(o * cg, 9).T).reshape(a, a, o, cg)
 
 
 def weight_transform(xp: Any, k: Constants, weight: Any) -> Any:
