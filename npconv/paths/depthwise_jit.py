@@ -119,6 +119,14 @@ class Layout:
         last taps' runs overhang by up to a row)."""
         return self.params[0], self.params[1], nb * self.rows + 1, self.width
 
+    def accumulator_size(self, nb: int) -> int:
+        """Elements of a task's accumulator: an output grid of nb images, or (grad
+        input's gather, stride 1) a block's phase grid with the kernel's reach in
+        front of it."""
+        (kh, kw), (_, _, d0, d1, _, _) = self.kernel2, self.params
+        reach = (kh - 1) * d0 * self.width + (kw - 1) * d1
+        return max(nb * self.rows * self.width, math.prod(self.phase_shape(nb)) + reach)
+
 
 @functools.lru_cache(maxsize=256)
 def layout(geometry: ConvGeometry) -> Layout:
@@ -137,7 +145,7 @@ def _planes_scratch(xp: Any, dtype: Any, lay: Layout, nb: int) -> tuple[Any, Any
     """One worker's phase grid (zero: see depthwise_kernels._fill) and accumulator
     for blocks of ``nb`` images."""
     return (scratch.zeros(xp, lay.phase_shape(nb), dtype),
-            scratch.empty(xp, (nb * lay.rows * lay.width,), dtype))
+            scratch.empty(xp, (lay.accumulator_size(nb),), dtype))
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,7 @@ class _Call:
             return cls(lay, n, c, o // c, dtype, 0, tuple, 0, arrays)
         nb = lay.images(n)
         scratch = functools.partial(_planes_scratch, xp, dtype, lay, nb)
-        size = math.prod(lay.phase_shape(nb)) + nb * lay.rows * lay.width
+        size = math.prod(lay.phase_shape(nb)) + lay.accumulator_size(nb)
         return cls(lay, n, c, o // c, dtype, nb, scratch, size * dtype.itemsize, arrays)
 
     @property

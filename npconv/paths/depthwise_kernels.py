@@ -17,7 +17,9 @@ multiply-add over the whole block, however small its images:
     grad weight  gw[c, m, i, j]     += sum_e gyg[e] ph_ij[off_ij + e]
 
 where ``gyg`` is grad_output on the accumulator's grid, zero at the junk
-positions (columns b >= ow, rows a >= oh between images). Junk positions of the
+positions (columns b >= ow, rows a >= oh between images). A 3x3 stride-1 layer
+with one output channel per input channel gathers its grad input instead, in
+one pass: ``gph[f] = sum_ij w[c, 0, i, j] gyg[f - off_ij]`` (:func:`_gather_nine`). Junk positions of the
 forward read real pixels and are dropped. In grad weight a junk position can
 read a non-finite pixel that no window of its tap reads (0 * inf is nan): a nan
 sum is taken again over the valid positions only.
@@ -47,12 +49,22 @@ def _copy(dst: Any, src: Any) -> None:
 
 
 @_jit
-def _copy_block(dst: Any, src: Any) -> None:
-    """dst <- src, both (rows, columns): one view an image instead of one a row (a
-    row's view cost 15-25 ns, as much as copying its pixels; measured)."""
-    for r in range(src.shape[0]):
-        for q in range(src.shape[1]):
-            dst[r, q] = src[r, q]
+def _runs(dst: Any, at: int, pitch: int, step: int, src: Any, start: int, src_pitch: int,
+          src_step: int, rows: int, count: int) -> None:
+    """dst[at + r pitch + i step] = src[start + r src_pitch + i src_step] for r < rows,
+    i < count, between flat arrays (all indices non-negative). Offsets into flat arrays,
+    not views: a row's view cost 15-25 ns, as much as copying its pixels, and an image's
+    2-d view left the copy unvectorized (strides unknown). Unsigned indices spare numba's
+    negative-index fix-up, which also kept LLVM from vectorizing (as in
+    blocked_kernels._strided_run)."""
+    d, s = numba.uint64(at), numba.uint64(start)
+    p, sp = numba.uint64(pitch), numba.uint64(src_pitch)
+    k, sk = numba.uint64(step), numba.uint64(src_step)
+    for _ in range(rows):
+        for i in range(numba.uint64(count)):
+            dst[d + i * k] = src[s + i * sk]
+        d += p
+        s += sp
 
 
 @_jit
@@ -70,31 +82,40 @@ def _residue(h: int, s0: int, p0: int, u: int) -> tuple[int, int, int]:
 
 
 @_jit
-def _split(ph: Any, plane: Any, row0: int, s0: int, s1: int, p0: int, p1: int) -> None:
-    """The phase grid ph (s0, s1, rows, wt) from row row0 on <- ``plane`` (h, w),
+def _split(ph: Any, x: Any, n: int, ch: int, row0: int, s0: int, s1: int, p0: int,
+           p1: int) -> None:
+    """The phase grid ph (s0, s1, rows, wt) from row row0 on <- plane x[n, ch] (h, w),
     input pixel (r, q) to residue ((r + p0) % s0, (q + p1) % s1) at grid position
-    ((r + p0) // s0, (q + p1) // s1) (the padding is left as it is): one block copy
-    per residue."""
-    h, w = plane.shape
+    ((r + p0) // s0, (q + p1) // s1) (the padding is left as it is): one block of
+    runs per residue."""
+    h, w = x.shape[2], x.shape[3]
+    flat, pixels = ph.reshape(ph.size), x.reshape(x.size)
+    plane = (n * x.shape[1] + ch) * h * w
     for u in range(s0):
         r_first, rows, g0 = _residue(h, s0, p0, u)
         for v in range(s1):
             first, count, t0 = _columns(w, s1, p1, v)
-            _copy_block(ph[u, v, row0 + g0:row0 + g0 + rows, t0:t0 + count],
-                        plane[r_first::s0, first::s1])
+            at = ((u * s1 + v) * ph.shape[2] + row0 + g0) * ph.shape[3] + t0
+            _runs(flat, at, ph.shape[3], 1, pixels, plane + r_first * w + first, s0 * w, s1,
+                  rows, count)
 
 
 @_jit
-def _merge(plane: Any, ph: Any, row0: int, s0: int, s1: int, p0: int, p1: int) -> None:
-    """plane (h, w) <- its pixels of the phase grid from row row0 on: the adjoint of
-    :func:`_split` (each pixel lies in one residue, as the grid covers the input)."""
-    h, w = plane.shape
+def _merge(gx: Any, n: int, ch: int, ph: Any, row0: int, s0: int, s1: int, p0: int,
+           p1: int) -> None:
+    """Plane gx[n, ch] (h, w) <- its pixels of the phase grid from row row0 on: the
+    adjoint of :func:`_split` (each pixel lies in one residue, as the grid covers the
+    input)."""
+    h, w = gx.shape[2], gx.shape[3]
+    flat, pixels = ph.reshape(ph.size), gx.reshape(gx.size)
+    plane = (n * gx.shape[1] + ch) * h * w
     for u in range(s0):
         r_first, rows, g0 = _residue(h, s0, p0, u)
         for v in range(s1):
             first, count, t0 = _columns(w, s1, p1, v)
-            _copy_block(plane[r_first::s0, first::s1],
-                        ph[u, v, row0 + g0:row0 + g0 + rows, t0:t0 + count])
+            at = ((u * s1 + v) * ph.shape[2] + row0 + g0) * ph.shape[3] + t0
+            _runs(pixels, plane + r_first * w + first, s0 * w, s1, flat, at, ph.shape[3], 1,
+                  rows, count)
 
 
 @_jit
@@ -129,7 +150,7 @@ def _fill(ph: Any, x: Any, ch: int, n0: int, count: int, hb: int, s0: int, s1: i
     time: its padding stays zero. Rows past the last image of a short block keep an
     earlier block's pixels, which only junk positions read."""
     for k in range(count):
-        _split(ph, x[n0 + k, ch], k * hb, s0, s1, p0, p1)
+        _split(ph, x, n0 + k, ch, k * hb, s0, s1, p0, p1)
 
 
 @_jit
@@ -137,9 +158,10 @@ def _grid_gy(acc: Any, gy: Any, o: int, n0: int, count: int, hb: int, wt: int) -
     """acc <- gy[n0:n0 + count, o] on the accumulator's grid, zero at junk positions."""
     acc[:] = 0
     oh, ow = gy.shape[2], gy.shape[3]
-    rows = acc[:count * hb * wt].reshape(count * hb, wt)
+    flat = gy.reshape(gy.size)
     for k in range(count):
-        _copy_block(rows[k * hb:k * hb + oh, :ow], gy[n0 + k, o])
+        _runs(acc, k * hb * wt, wt, 1, flat, ((n0 + k) * gy.shape[1] + o) * oh * ow, ow, 1,
+              oh, ow)
 
 
 @_jit
@@ -201,6 +223,7 @@ def forward_planes(y: Any, x: Any, w: Any, bias: Any, ph: Any, acc: Any, start: 
     c, mult, kh, kw = w.shape
     n, oh, ow = y.shape[0], y.shape[2], y.shape[3]
     hb, wt, flat = _grid(ph, nb)
+    flat_y = y.reshape(y.size)
     for t in range(start, stop):
         ch, n0, count, q = _block(t, c, n, nb, hb, oh, wt)
         _fill(ph, x, ch, n0, count, hb, s0, s1, p0, p1)
@@ -211,9 +234,27 @@ def forward_planes(y: Any, x: Any, w: Any, bias: Any, ph: Any, acc: Any, start: 
             else:
                 acc[:q] = bias[o]
                 _all_taps(acc[:q], flat, w[ch, m], wt, s0, s1, d0, d1, False)
-            rows = acc[:count * hb * wt].reshape(count * hb, wt)
             for k in range(count):
-                _copy_block(y[n0 + k, o], rows[k * hb:k * hb + oh, :ow])
+                _runs(flat_y, ((n0 + k) * y.shape[1] + o) * oh * ow, ow, 1, acc, k * hb * wt,
+                      wt, 1, oh, ow)
+
+
+@_jit
+def _gather_nine(ph: Any, acc: Any, gy: Any, w: Any, o: int, n0: int, count: int, hb: int,
+                 wt: int, d0: int, d1: int) -> None:
+    """ph (1, 1, rows, wt) = a stride-1 3x3 layer's grad input of one task with one
+    output channel o, as a gather: gph[f] = sum_ij w[i, j] gyg[f - off_ij], the taps'
+    runs of gyg with the kernel's reach of zeros in front, in one pass
+    (:func:`_nine_taps` with the kernel flipped), where the scatter's nine passes each
+    read and write the grid."""
+    reach = 2 * d0 * wt + 2 * d1
+    whole = ph.reshape(ph.size)
+    padded = acc[:whole.shape[0] + reach]
+    _grid_gy(padded[reach:], gy, o, n0, count, hb, wt)
+    padded[:reach] = 0
+    zero = w.dtype.type(0)  # not w[0, 0] * 0: numba makes that a float64, and the sums too
+    _nine_taps(whole, padded.reshape(1, 1, padded.shape[0]), w[::-1, ::-1], zero, wt, 1, 1,
+               d0, d1)
 
 
 @_jit
@@ -224,14 +265,20 @@ def grad_input_planes(gx: Any, gy: Any, w: Any, ph: Any, acc: Any, start: int, s
     c, mult, kh, kw = w.shape
     n, oh = gy.shape[0], gy.shape[2]
     hb, wt, flat = _grid(ph, nb)
+    gather = kh == 3 and kw == 3 and s0 == 1 and s1 == 1 and mult == 1
     for t in range(start, stop):
         ch, n0, count, q = _block(t, c, n, nb, hb, oh, wt)
+        if gather:
+            _gather_nine(ph, acc, gy, w[ch, 0], ch, n0, count, hb, wt, d0, d1)
+            for k in range(count):
+                _merge(gx, n0 + k, ch, ph, k * hb, s0, s1, p0, p1)
+            continue
         ph[:] = 0
         for m in range(mult):
             _grid_gy(acc, gy, ch * mult + m, n0, count, hb, wt)
             _all_taps(acc[:q], flat, w[ch, m], wt, s0, s1, d0, d1, True)
         for k in range(count):
-            _merge(gx[n0 + k, ch], ph, k * hb, s0, s1, p0, p1)
+            _merge(gx, n0 + k, ch, ph, k * hb, s0, s1, p0, p1)
 
 
 @_jit_sum
@@ -239,7 +286,7 @@ def _dot_rows(gy: Any, o: int, n0: int, count: int, base: Any, off: int, hb: int
               wt: int) -> Any:
     """sum over valid positions of gy[n0 + k, o, a, b] base[off + (k hb + a) wt + b]."""
     oh, ow = gy.shape[2], gy.shape[3]
-    total = gy[n0, o, 0, 0] * 0
+    total = gy.dtype.type(0)
     for k in range(count):
         for a in range(oh):
             e = off + (k * hb + a) * wt
@@ -247,6 +294,41 @@ def _dot_rows(gy: Any, o: int, n0: int, count: int, base: Any, off: int, hb: int
             for b in range(ow):
                 total += row[b] * src[b]
     return total
+
+
+@_jit_sum
+def _dot(a: Any, b: Any) -> Any:
+    """sum_e a[e] b[e], in the arrays' precision (a float32 sum stays float32)."""
+    total = a.dtype.type(0)
+    for e in range(a.shape[0]):
+        total += a[e] * b[e]
+    return total
+
+
+@_jit_sum
+def _nine_dots(acc: Any, flat: Any, geo: tuple[int, ...], go: bool) -> Any:
+    """A 3x3 kernel's nine sums of acc times tap (i, j)'s run (at 3 i + j), in one pass
+    over acc; zeros unless ``go``. Nine passes of :func:`_dot`, each a chain of vector
+    adds waiting on the last, took 1.1-1.3x as long (MobileNetV2's 48x48 and 24x24
+    layers, one thread; measured)."""
+    zero = acc.dtype.type(0)
+    t00 = t01 = t02 = t10 = t11 = t12 = t20 = t21 = t22 = zero
+    if go:
+        a0, a1, a2 = _run(flat, 0, 0, geo), _run(flat, 0, 1, geo), _run(flat, 0, 2, geo)
+        b0, b1, b2 = _run(flat, 1, 0, geo), _run(flat, 1, 1, geo), _run(flat, 1, 2, geo)
+        c0, c1, c2 = _run(flat, 2, 0, geo), _run(flat, 2, 1, geo), _run(flat, 2, 2, geo)
+        for e in range(acc.shape[0]):
+            g = acc[e]
+            t00 += g * a0[e]
+            t01 += g * a1[e]
+            t02 += g * a2[e]
+            t10 += g * b0[e]
+            t11 += g * b1[e]
+            t12 += g * b2[e]
+            t20 += g * c0[e]
+            t21 += g * c1[e]
+            t22 += g * c2[e]
+    return (t00, t01, t02, t10, t11, t12, t20, t21, t22)
 
 
 @_jit_sum
@@ -263,13 +345,14 @@ def grad_weight_planes(gw: Any, gy: Any, x: Any, ph: Any, acc: Any, start: int, 
         for m in range(mult):
             o = ch * mult + m
             _grid_gy(acc, gy, o, n0, count, hb, wt)
+            nine = _nine_dots(acc[:q], flat, (s0, s1, d0, d1, wt, q), kh == 3 and kw == 3)
             for i in range(kh):
                 for j in range(kw):
                     base, off = _tap(flat, i, j, s0, s1, d0, d1, wt)
-                    src = base[off:off + q]
-                    total = acc[0] * 0
-                    for e in range(q):
-                        total += acc[e] * src[e]
+                    if kh == 3 and kw == 3:
+                        total = nine[3 * i + j]
+                    else:
+                        total = _dot(acc[:q], base[off:off + q])
                     if total != total:
                         total = _dot_rows(gy, o, n0, count, base, off, hb, wt)
                     gw[ch, m, i, j] += total
