@@ -45,7 +45,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
 from ._common import (
@@ -454,14 +454,14 @@ class _Weight:
     compiled: bool  # the kernels fill the slabs (_compiled_fill; rank <= 3 then)
 
 
-def _weight_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], acc: Any,
+def _weight_tile(buffers: tuple[Any, Any], item: tuple[int, int, int], acc: Any,
                  job: _Weight) -> Any:
     from . import blocked_kernels as kernels
 
-    slab, tile = scratch
+    slab, tile = buffers
     n, a, b = item
     if acc is None:
-        acc = backend.get_array_module(slab).zeros(job.shape, dtype=slab.dtype)
+        acc = scratch.zeros(backend.get_array_module(slab), job.shape, slab.dtype)
     o, t = job.gy.shape[1], job.tiling
     stop, used = t.positions(b - a), (b - a) * t.plane
     if job.compiled:
@@ -523,9 +523,9 @@ def _weight_result(problem: Problem, total: Any, gy: Any, x: Any, weight: Any) -
 
 
 def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any:
-    job, tiles, scratch, per_worker = _weight_job(problem, gy, x, xp)
-    total = xp.zeros(job.shape, dtype=gy.dtype)
-    executor.reduce_chunks(_weight_tile, tiles, total, job, scratch=scratch, arrays=(gy,),
+    job, tiles, buffers, per_worker = _weight_job(problem, gy, x, xp)
+    total = scratch.zeros(xp, job.shape, gy.dtype)  # (T, C', O'): the result is a copy
+    executor.reduce_chunks(_weight_tile, tiles, total, job, scratch=buffers, arrays=(gy,),
                            per_worker_bytes=per_worker, work_bytes=_work(problem))
     return _weight_result(problem, total, gy, x, weight)
 
@@ -554,7 +554,7 @@ def _both(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> tuple[Any,
     f_job, f_tiles, f_scratch, f_bytes = _forward_job(
         adjoint, gy, flipped(weight, problem.groups, contiguous=False), None, None)
     w_job, w_tiles, w_scratch, w_bytes = _weight_job(problem, gy, x, xp)
-    total = xp.zeros(w_job.shape, dtype=gy.dtype)
+    total = scratch.zeros(xp, w_job.shape, gy.dtype)
     lanes = executor.lanes_of(w_tiles, total.nbytes)
     partials: list[Any] = [None] * len(lanes)
     items = ([(True, i, lane) for i, lane in enumerate(lanes)]

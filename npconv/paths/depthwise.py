@@ -40,7 +40,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .. import backend, executor, workspace
+from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..patches import pad, unpad_add
 from ..plan import Problem
@@ -415,7 +415,7 @@ def _backward_chunk(buf: Buffers, item: tuple[int, int, int, int], acc: Any,
     """acc (C, mult, K) += gW of the chunk, and its gx when wanted."""
     rows = _gy_rows(buf, job, item)
     if acc is None:
-        acc = job.xp.zeros((job.w_in.shape[0], job.mult, len(job.lay.taps)), dtype=rows.dtype)
+        acc = scratch.zeros(job.xp, (job.w_in.shape[0], job.mult, len(job.lay.taps)), rows.dtype)
     _grad_weight(buf, job, item, rows, acc)
     if job.gx is not None:
         _grad_input(buf, job, item, rows)

@@ -218,8 +218,8 @@ class _Call:
             per_task = self.nb * per_image // self.c
         partial = None
         if total is not None:
-            partial = functools.partial(backend.get_array_module(total).zeros, total.shape,
-                                        dtype=total.dtype)
+            partial = functools.partial(scratch.zeros, backend.get_array_module(total),
+                                        total.shape, total.dtype)
         job = _Job(kernel, arrays, params, partial)
         common: dict[str, Any] = dict(
             scratch=self.scratch, per_worker_bytes=self.scratch_bytes, arrays=self.arrays,

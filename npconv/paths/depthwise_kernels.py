@@ -19,10 +19,10 @@ multiply-add over the whole block, however small its images:
 where ``gyg`` is grad_output on the accumulator's grid, zero at the junk
 positions (columns b >= ow, rows a >= oh between images). A 3x3 stride-1 layer
 with one output channel per input channel gathers its grad input instead, in
-one pass: ``gph[f] = sum_ij w[c, 0, i, j] gyg[f - off_ij]`` (:func:`_gather_nine`). Junk positions of the
-forward read real pixels and are dropped. In grad weight a junk position can
-read a non-finite pixel that no window of its tap reads (0 * inf is nan): a nan
-sum is taken again over the valid positions only.
+one pass: ``gph[f] = sum_ij w[c, 0, i, j] gyg[f - off_ij]`` (:func:`_gather_nine`).
+Junk positions of the forward read real pixels and are dropped. In grad weight a
+junk position can read a non-finite pixel that no window of its tap reads (0 * inf
+is nan): a nan sum is taken again over the valid positions only.
 
 Every array index is a loop counter into a slice taken beforehand: numba
 wraps negative indices, and an index it cannot prove non-negative kept the

@@ -35,7 +35,7 @@ from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, unpad_add, window_view
 from ..plan import Problem
-from ._common import empty_grads, matmul, matmul_tall, take
+from ._common import empty_grads, matmul, matmul_tall, matmul_tall_temp, take
 
 # Chunks this small keep the shifted operands of a depthwise layer in L2.
 TARGET_CHUNK_BYTES = 1 * 2**20
@@ -339,7 +339,7 @@ def _shifted_weight(buf: _FlatScratch, start: int, stop: int, gys: Any, acc: Any
     b, (cg, og), q, k_vol = stop - start, job.w_t.shape[1:3], lay.q, len(lay.taps)
     xf = lay.source(xp, buf.padder, start, stop).reshape(b, g, cg, lay.volume)
     if acc is None:
-        acc = xp.zeros((g, og, cg, k_vol), dtype=job.gy.dtype)
+        acc = scratch.zeros(xp, (g, og, cg, k_vol), job.gy.dtype)
     if job.w_all is not None:
         cols = take(buf.cols, (b, g, k_vol, cg, q))
         for k, off in enumerate(lay.offsets):
@@ -468,7 +468,7 @@ def _columns_chunk(buf: _ColumnsScratch, start: int, acc: Any, job: _Columns) ->
     cols = buf.cols[:, :, :, :b].reshape(g, cg * len(lay.taps), b * span)
     gy_t = buf.gy_buf[:, :b].reshape(g, o // g, b * span).transpose(0, 2, 1)
     if acc is None:
-        return matmul_tall(xp, cols, gy_t)
+        return matmul_tall_temp(xp, cols, gy_t)
     matmul_tall(xp, cols, gy_t, out=buf.partial)
     acc += buf.partial
     return acc
@@ -570,7 +570,7 @@ def _grad_weight_chunk(buf: _StridedScratch, start: int, acc: Any, job: _Strided
     gys = job.gy[start:stop].reshape(b, g, og, length)
     source = lay.source(xp, buf.padder, start, stop)
     if acc is None:
-        acc = xp.zeros((g, og, cg, len(lay.taps)), dtype=job.gy.dtype)
+        acc = scratch.zeros(xp, (g, og, cg, len(lay.taps)), job.gy.dtype)
     for k in range(len(lay.taps)):
         xs = lay.shifted(source, k).reshape(b, g, cg, length)
         # sum_n (b, g, O/g, L) @ (b, g, L, C/g) -> (g, O/g, C/g)

@@ -35,6 +35,7 @@ from ._common import (
     image_of,
     matmul,
     matmul_tall,
+    matmul_tall_temp,
     out_block,
     row_blocks,
     take,
@@ -231,7 +232,7 @@ def _backward_chunk(buffers: _BackwardBuffers, start: int, acc: Any, gy: Any, gx
         cols_t = cols_2d.transpose(0, 2, 1)
         # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over the lane
         if acc is None:
-            acc = matmul_tall(xp, gy_2d, cols_t)
+            acc = matmul_tall_temp(xp, gy_2d, cols_t)
         else:
             matmul_tall(xp, gy_2d, cols_t, out=buffers.part)
             acc += buffers.part

@@ -40,7 +40,16 @@ from typing import Any
 from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem
-from ._common import empty_grads, image_of, matmul, matmul_tall, out_block, row_blocks, take
+from ._common import (
+    empty_grads,
+    image_of,
+    matmul,
+    matmul_tall,
+    matmul_tall_temp,
+    out_block,
+    row_blocks,
+    take,
+)
 
 __all__ = ["backward", "forward", "requires"]
 
@@ -384,7 +393,7 @@ def _backward_chunk(work: _BackwardWorker, start: int, acc: Any, call: _Backward
             cols[:, :, k] = runs[:b].reshape(b, groups, c // groups, length).transpose(1, 2, 0, 3)
         # (g, C/g*K, bL) @ (g, bL, O/g) -> (g, C/g*K, O/g): the junk columns meet zeros
         if acc is None:
-            acc = matmul_tall(xp, cols_2d, gy_2d.transpose(0, 2, 1))
+            acc = matmul_tall_temp(xp, cols_2d, gy_2d.transpose(0, 2, 1))
         else:
             matmul_tall(xp, cols_2d, gy_2d.transpose(0, 2, 1), out=work.part)
             acc += work.part

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import backend, scratch, workspace
 from ..plan import Problem
-from ._common import device_weight_grad, empty_grads, matmul, matmul_tall
+from ._common import device_weight_grad, empty_grads, matmul, matmul_tall_temp
 
 # Weight-gradient products of a block of images are summed after their matmul: a block
 # holds at most this many bytes of them (one image a block at least).
@@ -99,8 +99,8 @@ def _grad_weight(xp: Any, gy4: Any, x4: Any) -> Any:
     for start in range(0, n, block):
         stop = min(n, start + block)
         # (b, g, O/g, L) @ (b, g, L, C/g) -> (b, g, O/g, C/g), summed over the block
-        parts = matmul_tall(xp, gy4[start:stop], x4[start:stop].swapaxes(-1, -2))
-        total += parts.sum(axis=0)
+        parts = matmul_tall_temp(xp, gy4[start:stop], x4[start:stop].swapaxes(-1, -2))
+        total += parts.sum(axis=0, out=scratch.empty(xp, total.shape, total.dtype))
     return total
 
 

@@ -35,7 +35,13 @@ from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..patches import pad
 from ..plan import Problem, full_correlation
-from ._common import Buffers, empty_grads, grad_input_by_forward, matmul, matmul_tall
+from ._common import (
+    Buffers,
+    empty_grads,
+    grad_input_by_forward,
+    matmul,
+    matmul_tall_temp,
+)
 from .depthwise import Phases, phases
 
 # Column bytes per block of positions (at least MIN_BLOCK positions). 2, 4 and 16 MiB
@@ -170,7 +176,7 @@ def _weight_block(buf: Buffers, item: tuple[int, int], acc: Any, job: _Job) -> A
     g = job.gy.shape[0]
     cols = _columns(buf, job.lay, job.rows, q0, q1).reshape(g, -1, q1 - q0)
     # (g, O/g, q) @ (g, q, C/g*K) -> (g, O/g, C/g*K)
-    part = matmul_tall(job.xp, job.gy[:, :, q0:q1], cols.transpose(0, 2, 1))
+    part = matmul_tall_temp(job.xp, job.gy[:, :, q0:q1], cols.transpose(0, 2, 1))
     if acc is None:
         return part
     acc += part

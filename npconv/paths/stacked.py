@@ -32,7 +32,7 @@ from typing import Any
 from .. import backend, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
-from ._common import empty_grads, grad_input_by_forward, matmul, matmul_tall, matmul_temp
+from ._common import empty_grads, grad_input_by_forward, matmul, matmul_tall_temp, matmul_temp
 from .fold import fold_into, take_columns, window_index, with_zero_bin
 from .windows import copy_windows, takes_planes
 
@@ -159,7 +159,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
         gy_s = _gy_stacked(gy, start, stop, groups)
         if need_weight:
             # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K)
-            gw += matmul_tall(xp, gy_s, _columns(problem, x, start, stop).transpose(0, 2, 1))
+            gw += matmul_tall_temp(xp, gy_s, _columns(problem, x, start, stop).transpose(0, 2, 1))
         if fold:
             # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL) = (C, *k, b, *out), folded
             cols = matmul_temp(xp, w_t, gy_s).reshape(

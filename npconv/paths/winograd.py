@@ -372,7 +372,7 @@ def _grad_weight_chunk(s: _Scratch, item: tuple[int, int, int, int], acc: Any, x
     hat = hat_buf[: a * a * cells].reshape(a, a, cells)
     _common.matmul(xp, a_mat, t1.reshape(a, m, cells), out=hat)
     if acc is None:
-        acc = xp.zeros((a, a, groups, og, cg), dtype=x.dtype)
+        acc = scratch.zeros(xp, (a, a, groups, og, cg), x.dtype)
     # S[j, i] (g, O/g, C/g) += hat[j, i] (g, O/g, T) @ V[j, i]^T (g, T, C/g)
     if t.blocked:
         hat6 = hat.reshape(a, a, b, groups, og, tiles)
