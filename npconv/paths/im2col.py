@@ -36,6 +36,7 @@ from ._common import (
     matmul,
     matmul_tall,
     matmul_tall_temp,
+    matmul_temp,
     out_block,
     row_blocks,
     take,
@@ -346,15 +347,17 @@ def whole_backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: b
         if backend.on_host(xp):
             cols = view.reshape(shapes.cols)
             # sum over N of (g, O/g, L) @ (g, L, C/g*K) -> (g, O/g, C/g*K)
-            gw = matmul_tall(xp, gy4, cols.transpose(0, 1, 3, 2))
-            gw = gw[0] if problem.batch == 1 else gw.sum(axis=0)
+            if problem.batch == 1:
+                gw = matmul_tall(xp, gy4, cols.transpose(0, 1, 3, 2))[0]
+            else:
+                gw = matmul_tall_temp(xp, gy4, cols.transpose(0, 1, 3, 2)).sum(axis=0)
         else:
             gw = device_weight_grad(xp, gy4, view, geometry.nd)
         gw = gw.reshape(weight.shape)
     if need_input:
         # (g, C/g*K, O/g) @ (N, g, O/g, L) -> (N, g, C/g*K, L): the column gradient, folded
         w_t = weight.reshape(shapes.weight).transpose(0, 2, 1)  # (g, C/g*K, O/g)
-        cols_grad = matmul(xp, w_t, gy4).reshape(shapes.cols_grad)
+        cols_grad = matmul_temp(xp, w_t, gy4).reshape(shapes.cols_grad)
         gx = xp.empty(shapes.gx, dtype=gy.dtype)
         if problem.small:  # fold_into's choice for small folds, without its checks
             small_fold(gx, cols_grad, geometry, problem.host_threads)
