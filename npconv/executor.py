@@ -540,13 +540,15 @@ def lanes_of(items: Sequence[Any], partial_bytes: int) -> list[Sequence[Any]]:
 def reduce_chunks(kernel: Callable[..., Any], items: Sequence[Any], total: Any, *args: Any,
                   scratch: Callable[[], Any] | None = None, per_worker_bytes: int = 0,
                   arrays: Sequence[Any] = (), finish: Callable[[Any], Any] | None = None,
-                  work_bytes: int | None = None) -> None:
-    """``total += sum over items`` of each chunk's partial, in a fixed order.
+                  work_bytes: int | None = None, fresh: bool = False) -> None:
+    """``total += sum over items`` of each chunk's partial, in a fixed order; with
+    ``fresh``, ``total = ...`` (its contents are never read: it may come from ``empty``).
 
     ``kernel(buffers, item, acc, *args)`` adds its chunk's partial to ``acc``
     (``None`` for a lane's first chunk: then it returns a new array) and returns
     it. Each lane's sum goes through ``finish`` (a linear map, if given) and the
-    lanes are added to ``total`` in lane order.
+    lanes are added to ``total`` in lane order (a fresh total takes the first lane's
+    sum as a copy: no zero fill, one add fewer).
     """
     lanes = lanes_of(items, total.nbytes)
     partials: list[Any] = [None] * len(lanes)
@@ -559,30 +561,31 @@ def reduce_chunks(kernel: Callable[..., Any], items: Sequence[Any], total: Any, 
 
     workers = workers_for(len(lanes), per_worker_bytes, arrays, work_bytes)
     _drive(_Queue(lanes), work, scratch, workers)
-    for part in partials:
-        if part is not None:
-            total += part.reshape(total.shape)
+    sum_lanes(total, partials, fresh)
+
+
+def sum_lanes(total: Any, partials: Sequence[Any], fresh: bool = False) -> None:
+    """``total +=`` (``fresh``: ``total =``) the lanes' partial sums (None: none), in order."""
+    parts = [part.reshape(total.shape) for part in partials if part is not None]
+    if fresh:
+        total[...] = parts.pop(0) if parts else 0
+    for part in parts:
+        total += part
 
 
 def _copy_part(_: Any, span: tuple[slice, ...], dst: Any, src: Any) -> None:
-    dst[span] = src[span]
+    dst[span] = src[span]  # one part of copy_into
 
 
 def copy_into(dst: Any, src: Any) -> None:
     """``dst[...] = src`` (same shapes), split over threads along the first axis
     longer than one when that pays."""
-    size = dst.nbytes
-    if size < get_min_work_bytes():
+    size, workers, busy = dst.nbytes, get_num_threads(), getattr(_worker, "busy", False)
+    axis = None if size < get_min_work_bytes() or workers <= 1 or busy else next(
+        (i for i, n in enumerate(dst.shape) if n > 1), None)
+    if axis is None or not backend.backend_of(dst).host_threads:  # a device: one kernel
         dst[...] = src
         return
-    axis = next((i for i, n in enumerate(dst.shape) if n > 1), None)
-    workers = 1 if axis is None else get_num_threads()
-    if workers > 1 and not backend.backend_of(dst).host_threads:
-        workers = 1  # a device copy is one kernel; parts would only add launches
-    if workers <= 1 or getattr(_worker, "busy", False):
-        dst[...] = src
-        return
-    assert axis is not None
     map_chunks(_copy_part, axis_spans(dst.shape[axis], axis, workers), dst, src,
                arrays=(dst,), work_bytes=size)
 

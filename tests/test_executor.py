@@ -236,6 +236,22 @@ def test_reduce_chunks_sums_lanes_in_order(restore_threads):
     assert (total == 4950).all()
 
 
+@pytest.mark.parametrize("count", [0, 1, 5, 100])
+def test_a_fresh_total_is_overwritten_not_added_to(count, restore_threads):
+    """``fresh``: the total's old contents are never read (it may come from ``empty``),
+    and with nothing to sum it is zero."""
+    def kernel(_, item, acc):
+        part = np.full(3, float(item))
+        return part if acc is None else acc + part
+
+    for threads in (1, 2):
+        total = np.full(3, np.nan)
+        with executor.call(), npconv.num_threads(threads):
+            executor.reduce_chunks(kernel, list(range(count)), total, arrays=(total,),
+                                   work_bytes=2**30, fresh=True)
+        assert (total == count * (count - 1) / 2).all()
+
+
 @pytest.mark.parametrize("bad, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
                                       ("2", TypeError), (True, TypeError)])
 def test_set_num_threads_rejects_bad_counts(bad, exc, restore_threads):

@@ -524,9 +524,9 @@ def _weight_result(problem: Problem, total: Any, gy: Any, x: Any, weight: Any) -
 
 def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any:
     job, tiles, buffers, per_worker = _weight_job(problem, gy, x, xp)
-    total = scratch.zeros(xp, job.shape, gy.dtype)  # (T, C', O'): the result is a copy
+    total = scratch.empty(xp, job.shape, gy.dtype)  # (T, C', O'): the result is a copy
     executor.reduce_chunks(_weight_tile, tiles, total, job, scratch=buffers, arrays=(gy,),
-                           per_worker_bytes=per_worker, work_bytes=_work(problem))
+                           per_worker_bytes=per_worker, work_bytes=_work(problem), fresh=True)
     return _weight_result(problem, total, gy, x, weight)
 
 
@@ -554,7 +554,7 @@ def _both(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> tuple[Any,
     f_job, f_tiles, f_scratch, f_bytes = _forward_job(
         adjoint, gy, flipped(weight, problem.groups, contiguous=False), None, None)
     w_job, w_tiles, w_scratch, w_bytes = _weight_job(problem, gy, x, xp)
-    total = scratch.zeros(xp, w_job.shape, gy.dtype)
+    total = scratch.empty(xp, w_job.shape, gy.dtype)
     lanes = executor.lanes_of(w_tiles, total.nbytes)
     partials: list[Any] = [None] * len(lanes)
     items = ([(True, i, lane) for i, lane in enumerate(lanes)]
@@ -563,9 +563,7 @@ def _both(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> tuple[Any,
                         scratch=lambda: (_Lazy(f_scratch), _Lazy(w_scratch)),
                         per_worker_bytes=max(f_bytes, w_bytes), arrays=(gy,),
                         work_bytes=2 * _work(problem))  # both gradients' work
-    for part in partials:
-        if part is not None:
-            total += part
+    executor.sum_lanes(total, partials, fresh=True)
     return f_job.y, _weight_result(problem, total, gy, x, weight)
 
 

@@ -307,8 +307,8 @@ def _backward_flat(problem: Problem, xp: Any, gy: Any, x: Any, weight: Any) -> t
     if x is None:
         executor.map_chunks(_flat_input_chunk, range(0, n, chunk), job, **common)
         return gx, None
-    total = xp.zeros((g, og, cg, k_vol), dtype=gy.dtype)
-    executor.reduce_chunks(_flat_chunk, range(0, n, chunk), total, job, **common)
+    total = xp.empty((g, og, cg, k_vol), dtype=gy.dtype)
+    executor.reduce_chunks(_flat_chunk, range(0, n, chunk), total, job, fresh=True, **common)
     return gx, total.reshape(weight.shape)
 
 
@@ -436,11 +436,12 @@ def _grad_weight_columns(problem: Problem, xp: Any, gy: Any, x: Any,
     rows = (geometry.out_size[0],) + lay.padded[1:]
     per_image = ((c * k_vol + o) * math.prod(rows) + c * lay.volume) * gy.dtype.itemsize
     chunk = chunk_of(per_image, n, target=None, positions=math.prod(rows))
-    total = xp.zeros((g, c // g * k_vol, o // g), dtype=gy.dtype)  # gW transposed
+    total = xp.empty((g, c // g * k_vol, o // g), dtype=gy.dtype)  # gW transposed
     job = _Columns(xp, gy, x, lay, chunk, g, rows)
     executor.reduce_chunks(_columns_chunk, range(0, n, chunk), total, job,
                            scratch=functools.partial(_columns_scratch, job),
-                           per_worker_bytes=chunk * per_image, arrays=arrays_of(gy, x))
+                           per_worker_bytes=chunk * per_image, arrays=arrays_of(gy, x),
+                           fresh=True)
     return total.transpose(0, 2, 1).reshape(shape)
 
 
@@ -552,11 +553,12 @@ def _grad_weight_strided(problem: Problem, xp: Any, gy: Any, x: Any,
     lay = Layout(geometry)
     per_image = (c * lay.volume + o * lay.length + c * lay.length) * gy.dtype.itemsize
     chunk = chunk_of(per_image, n)
-    total = xp.zeros((g, o // g, c // g, geometry.kernel_volume), dtype=gy.dtype)
+    total = xp.empty((g, o // g, c // g, geometry.kernel_volume), dtype=gy.dtype)
     job = _Strided(xp, gy, x, None, None, lay, chunk, g)
     executor.reduce_chunks(_grad_weight_chunk, range(0, n, chunk), total, job,
                            scratch=functools.partial(_strided_scratch, job),
-                           per_worker_bytes=chunk * per_image, arrays=arrays_of(gy, x))
+                           per_worker_bytes=chunk * per_image, arrays=arrays_of(gy, x),
+                           fresh=True)
     return total.reshape(shape)
 
 

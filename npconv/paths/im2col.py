@@ -281,9 +281,9 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
         executor.map_chunks(_backward_chunk, starts, None, *args, scratch=scratch,
                             per_worker_bytes=per_worker, arrays=(gy,))
         return gx, None
-    total = xp.zeros((g, og, cg * k_vol), dtype=dtype)
+    total = xp.empty((g, og, cg * k_vol), dtype=dtype)
     executor.reduce_chunks(_backward_chunk, starts, total, *args, scratch=scratch,
-                           per_worker_bytes=per_worker, arrays=(gy, x))
+                           per_worker_bytes=per_worker, arrays=(gy, x), fresh=True)
     return gx, total.reshape(weight.shape)
 
 

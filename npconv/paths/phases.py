@@ -454,8 +454,8 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     if not need_weight:
         executor.map_chunks(_grad_input_chunk, items, call, **common)
         return gx, None
-    total = xp.zeros((groups, c // groups * k_vol, o // groups), dtype=dtype)
-    executor.reduce_chunks(_backward_chunk, items, total, call, **common)
+    total = xp.empty((groups, c // groups * k_vol, o // groups), dtype=dtype)
+    executor.reduce_chunks(_backward_chunk, items, total, call, fresh=True, **common)
     # (g, C/g*K, O/g) -> (g, O/g, C/g*K) = (O, C/g, *k)
     gw = xp.ascontiguousarray(total.transpose(0, 2, 1)).reshape(weight.shape)
     return gx, gw

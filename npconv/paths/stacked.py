@@ -32,7 +32,14 @@ from typing import Any
 from .. import backend, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
-from ._common import empty_grads, grad_input_by_forward, matmul, matmul_tall_temp, matmul_temp
+from ._common import (
+    empty_grads,
+    grad_input_by_forward,
+    matmul,
+    matmul_tall,
+    matmul_tall_temp,
+    matmul_temp,
+)
 from .fold import fold_into, take_columns, window_index, with_zero_bin
 from .windows import copy_windows, takes_planes
 
@@ -154,12 +161,17 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     elif need_input:
         gx = grad_input_by_forward(problem, gy, weight, forward)
     w_t = weight.reshape(groups, o // groups, -1).transpose(0, 2, 1)  # (g, C/g*K, O/g)
-    gw = xp.zeros((groups, o // groups, w_t.shape[1]), dtype=gy.dtype) if need_weight else None
+    gw = xp.empty((groups, o // groups, w_t.shape[1]), dtype=gy.dtype) if need_weight else None
     for start, stop in _chunks(problem):
         gy_s = _gy_stacked(gy, start, stop, groups)
         if need_weight:
-            # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K)
-            gw += matmul_tall_temp(xp, gy_s, _columns(problem, x, start, stop).transpose(0, 2, 1))
+            # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K): the first chunk's product
+            # straight into gw, the others' added
+            cols_t = _columns(problem, x, start, stop).transpose(0, 2, 1)
+            if start == 0:
+                matmul_tall(xp, gy_s, cols_t, out=gw)
+            else:
+                gw += matmul_tall_temp(xp, gy_s, cols_t)
         if fold:
             # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL) = (C, *k, b, *out), folded
             cols = matmul_temp(xp, w_t, gy_s).reshape(

@@ -226,7 +226,7 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     if not need_weight:
         executor.map_chunks(_grad_input_chunk, _chunks(n, per_image), *args, **options)
         return gx, None
-    gw = xp.zeros((o, c, 3, 3), dtype=dtype)
+    gw = xp.empty((o, c, 3, 3), dtype=dtype)
     executor.reduce_chunks(_backward_chunk, _chunks(n, per_image), gw, *args,
-                           finish=functools.partial(_finish, k.gg), **options)
+                           finish=functools.partial(_finish, k.gg), fresh=True, **options)
     return gx, gw
