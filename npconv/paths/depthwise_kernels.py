@@ -315,6 +315,48 @@ def _gather_nine(ph: Any, acc: Any, gy: Any, w: Any, o: int, n0: int, count: int
 
 
 @_jit
+def _four_runs(out: Any, src: Any, at: int, wt: int, runs: int, a: Any, b: Any, c: Any,
+               d: Any) -> None:
+    """out[f] = a src[at + f] + b src[at - 1 + f] + c src[at - wt + f] + d src[at - wt - 1 + f],
+    in one pass, with only the runs ``runs`` names (0: a's; 1: a's and b's; 2: a's and
+    c's; 3: all four)."""
+    q = out.shape[0]
+    r0, r1 = src[at:at + q], src[at - 1:at - 1 + q]
+    r2, r3 = src[at - wt:at - wt + q], src[at - wt - 1:at - wt - 1 + q]
+    if runs == 0:
+        for f in range(q):
+            out[f] = a * r0[f]
+    elif runs == 1:
+        for f in range(q):
+            out[f] = a * r0[f] + b * r1[f]
+    elif runs == 2:
+        for f in range(q):
+            out[f] = a * r0[f] + c * r2[f]
+    else:
+        for f in range(q):
+            out[f] = a * r0[f] + b * r1[f] + c * r2[f] + d * r3[f]
+
+
+@_jit
+def _gather_stride2(ph: Any, acc: Any, gy: Any, w: Any, o: int, n0: int, count: int, hb: int,
+                    wt: int) -> None:
+    """ph (2, 2, rows, wt) = a 3x3 stride-2 layer's grad input of one task with one output
+    channel o, gathered as :func:`_gather_nine` does, residue by residue: residue (u, v)
+    gets the taps (i, j) with i % 2 = u and j % 2 = v, tap (i, j) at the flat shift
+    (i // 2) wt + j // 2, in one pass each."""
+    size = ph.shape[2] * wt
+    reach = wt + 1
+    padded = acc[:size + reach]
+    _grid_gy(padded[reach:], gy, o, n0, count, hb, wt)
+    padded[:reach] = 0
+    flat, zero = ph.reshape(4, size), w.dtype.type(0)
+    _four_runs(flat[0], padded, reach, wt, 3, w[0, 0], w[0, 2], w[2, 0], w[2, 2])
+    _four_runs(flat[1], padded, reach, wt, 2, w[0, 1], zero, w[2, 1], zero)
+    _four_runs(flat[2], padded, reach, wt, 1, w[1, 0], w[1, 2], zero, zero)
+    _four_runs(flat[3], padded, reach, wt, 0, w[1, 1], zero, zero, zero)
+
+
+@_jit
 def grad_input_planes(gx: Any, gy: Any, w: Any, ph: Any, acc: Any, start: int, stop: int,
                       nb: int, s0: int, s1: int, d0: int, d1: int, p0: int, p1: int) -> None:
     """gx[n, c] = sum_m sum_ij w[c, m, i, j] gy[n, c*mult + m] scattered back through
@@ -323,10 +365,14 @@ def grad_input_planes(gx: Any, gy: Any, w: Any, ph: Any, acc: Any, start: int, s
     n, oh = gy.shape[0], gy.shape[2]
     hb, wt, flat = _grid(ph, nb)
     gather = kh == 3 and kw == 3 and s0 == 1 and s1 == 1 and mult == 1
+    gather2 = kh == 3 and kw == 3 and s0 == 2 and s1 == 2 and d0 == 1 and d1 == 1 and mult == 1
     for t in range(start, stop):
         ch, n0, count, q = _block(t, c, n, nb, hb, oh, wt)
-        if gather:
-            _gather_nine(ph, acc, gy, w[ch, 0], ch, n0, count, hb, wt, d0, d1)
+        if gather or gather2:
+            if gather:
+                _gather_nine(ph, acc, gy, w[ch, 0], ch, n0, count, hb, wt, d0, d1)
+            else:
+                _gather_stride2(ph, acc, gy, w[ch, 0], ch, n0, count, hb, wt)
             for k in range(count):
                 _merge(gx, n0 + k, ch, ph, k * hb, s0, s1, p0, p1)
             continue
