@@ -109,7 +109,7 @@ def matmul_tall(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
         return matmul(xp, a, b, out=out)
     if out is None:
         return xp.matmul(b.swapaxes(-1, -2), a.swapaxes(-1, -2)).swapaxes(-1, -2)
-    out[...] = matmul_temp(xp, b.swapaxes(-1, -2), a.swapaxes(-1, -2)).swapaxes(-1, -2)
+    out[...] = matmul_tall_temp(xp, a, b)
     return out
 
 

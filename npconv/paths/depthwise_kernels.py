@@ -136,13 +136,15 @@ def _split(ph: Any, x: Any, n: int, ch: int, row0: int, s0: int, s1: int, p0: in
     h, w = x.shape[2], x.shape[3]
     flat, pixels = ph.reshape(ph.size), x.reshape(x.size)
     plane = (n * x.shape[1] + ch) * h * w
-    for u in range(s0 if s1 == 2 else 0):  # even and odd columns in one pass
-        r_first, rows, at, at_odd = _stride2_rows(ph, h, row0, s0, p0, p1, u)
-        start = plane + r_first * w
-        _deinterleave(flat, at, at_odd, ph.shape[3], pixels, start, s0 * w, rows, w // 2)
-        if w % 2:
-            _runs(flat, at + w // 2, ph.shape[3], 1, pixels, start + w - 1, s0 * w, 1, rows, 1)
-    for u in range(s0 if s1 != 2 else 0):
+    if s1 == 2:  # even and odd columns in one pass
+        for u in range(s0):
+            r_first, rows, at, at_odd = _stride2_rows(ph, h, row0, s0, p0, p1, u)
+            start = plane + r_first * w
+            _deinterleave(flat, at, at_odd, ph.shape[3], pixels, start, s0 * w, rows, w // 2)
+            if w % 2:
+                _runs(flat, at + w // 2, ph.shape[3], 1, pixels, start + w - 1, s0 * w, 1, rows, 1)
+        return
+    for u in range(s0):
         r_first, rows, g0 = _residue(h, s0, p0, u)
         for v in range(s1):
             first, count, t0 = _columns(w, s1, p1, v)
@@ -160,13 +162,15 @@ def _merge(gx: Any, n: int, ch: int, ph: Any, row0: int, s0: int, s1: int, p0: i
     h, w = gx.shape[2], gx.shape[3]
     flat, pixels = ph.reshape(ph.size), gx.reshape(gx.size)
     plane = (n * gx.shape[1] + ch) * h * w
-    for u in range(s0 if s1 == 2 else 0):
-        r_first, rows, at, at_odd = _stride2_rows(ph, h, row0, s0, p0, p1, u)
-        start = plane + r_first * w
-        _interleave(pixels, start, s0 * w, flat, at, at_odd, ph.shape[3], rows, w // 2)
-        if w % 2:
-            _runs(pixels, start + w - 1, s0 * w, 1, flat, at + w // 2, ph.shape[3], 1, rows, 1)
-    for u in range(s0 if s1 != 2 else 0):
+    if s1 == 2:
+        for u in range(s0):
+            r_first, rows, at, at_odd = _stride2_rows(ph, h, row0, s0, p0, p1, u)
+            start = plane + r_first * w
+            _interleave(pixels, start, s0 * w, flat, at, at_odd, ph.shape[3], rows, w // 2)
+            if w % 2:
+                _runs(pixels, start + w - 1, s0 * w, 1, flat, at + w // 2, ph.shape[3], 1, rows, 1)
+        return
+    for u in range(s0):
         r_first, rows, g0 = _residue(h, s0, p0, u)
         for v in range(s1):
             first, count, t0 = _columns(w, s1, p1, v)
