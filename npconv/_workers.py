@@ -140,6 +140,7 @@ class Pool:
             if _getcpu is not None and _getcpu() == self.caller_cpu:
                 _step_aside(self.caller, self.caller_cpu)
             job()
+            job = None  # parked, the thread must not keep the region's arrays alive
 
     def start(self, job: Callable[[], None], count: int) -> None:
         """Let ``count`` (at most ``size``) workers run ``job``; :meth:`end` after."""

@@ -45,6 +45,8 @@ def _calls(rng):
     gy3 = rng.standard_normal((16, 8, 40, 40)).astype(f32)
     gy7 = rng.standard_normal((3, 8, 30, 75)).astype(f32)
     cols = npconv.im2col(x.astype(np.float64), 3, padding=1, stride=2)  # a threaded fold
+    xs = rng.standard_normal((6, 16, 8, 8)).astype(f32)  # stacked: chunks of 2 images
+    bias = rng.standard_normal(8).astype(f32)
     return [
         lambda: (npconv.im2col(x, 3, padding=1, stride=2),),
         lambda: (npconv.col2im(cols, (40, 40), 3, padding=1, stride=2),),
@@ -64,6 +66,8 @@ def _calls(rng):
         lambda: (npconv.conv2d(x, wd, padding=1, groups=16),),
         lambda: npconv.conv2d_backward(gyd, x, wd, padding=1, groups=16),
         lambda: npconv.conv2d_backward(gy3, x3, w3, padding=1, algorithm="direct"),
+        lambda: (npconv.conv2d(xs, w, bias, padding=1, algorithm="stacked"),
+                 npconv.conv2d(x[:4, :, :16, :16], w, bias, padding=1, algorithm="stacked")),
     ]
 
 
@@ -360,3 +364,25 @@ def test_overlapping_calls_hold_the_blas_at_one_thread(restore_threads):
         after = _blas_threads()
     assert set(before) == {2} and set(after) == {2}
     assert set(seen["overlapping"]) == {1}
+
+
+def test_a_threaded_call_keeps_no_reference_to_its_arrays(restore_threads):
+    """A parked worker held its last job, and with it the call's arrays (a temporary
+    kernel of the stacked path's grad input stayed alive until the next region)."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
+    refs = []
+    with npconv.num_threads(2, min_work_bytes=0):
+        for _ in range(5):
+            x = rng.standard_normal((4, 16, 16, 16)).astype(np.float32)
+            npconv.conv2d(x, w, padding=1, algorithm="im2col")
+            refs.append(weakref.ref(x))
+            del x
+    deadline = time.monotonic() + 5
+    while any(r() is not None for r in refs) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert all(r() is None for r in refs)

@@ -32,6 +32,31 @@ def out_block(y: Any, start: int, stop: int, rows: slice, g: int) -> Any:
     return block.reshape(b, g, o // g, (rows.stop - rows.start) * rest)
 
 
+# Multiply-adds per byte of the executor's work measure (see map_work).
+WORK_PER_BYTE = 4
+
+
+def map_work(problem: Problem) -> int:
+    """The executor's measure of a map's work, which decides whether to thread it: its
+    multiply-adds over WORK_PER_BYTE, so that the default threshold (4 MiB) falls at
+    about 17 million (a backward's map does two gradients: twice this). Measured on
+    the blocked path, then also used by the stacked path's threaded chunks.
+
+    A threaded map costs 70-100 us more than a serial one here (waking a thread and
+    handing the GIL back and forth, measured on empty and on 200 us items), against
+    the 200-450 us a thread spends on one 16-64 channel U-Net tile. On the 2-core AMD
+    EPYC (Zen 4) of the twelfth session, threading from 21 million (and backward maps
+    at twice the measure) took the 2-D U-Net's network total to 0.92x (0.91-0.96) in
+    ``benchmarks/ab.py``, ResNet-18 0.97, VGG-11 1.00, the 3-D U-Net 1.03 (0.98-1.07).
+    Once a region stopped waiting for a late worker (fourteenth session), 17 million
+    against 21 took the U-Net to 0.96-0.98 (its 19-million 16- and 32-channel
+    forwards 0.80-0.85), the float64 stencil network to 0.84, the other five networks
+    0.98-1.01. The earlier Xeon had measured the other way (1 thread / 2 on the
+    U-Net's 9-38 million: 0.49-0.88), so the threshold then sat at 50 million; with it at 100
+    million, WaveNet's 67-million layers took 1.31-1.48x as long backward (A/B)."""
+    return problem.multiply_adds // WORK_PER_BYTE
+
+
 # On a device, a batch of at most this many matrices whose operands CuPy would copy is
 # computed one 2-d matmul per matrix; a larger batch is left to CuPy's copies. On an
 # H200 (CuPy 14.2) a small matmul cost 23 us of host time and a copy 10-15 us, so

@@ -54,11 +54,10 @@ from ._common import (
     flipped,
     grad_input_by_forward,
     grad_input_by_phases,
+    map_work,
 )
 from .depthwise_jit import compiled_needs
 
-# Multiply-adds per byte of the executor's work measure (see _work).
-WORK_PER_BYTE = 4
 # Scratch bytes a thread keeps between calls (see _held).
 HELD_BYTES = 8 * 2**20
 # The forward writes output rows straight from its registers (no tile, no junk computed)
@@ -340,26 +339,6 @@ def _forward_tile(scratch: tuple[Any, Any], item: tuple[int, int, int], job: _Fo
     job.y[n, :, a:b] = _valid(tile, b - a, job.g, t, o)
 
 
-def _work(problem: Problem) -> int:
-    """The executor's measure of a map's work, which decides whether to thread it: its
-    multiply-adds over WORK_PER_BYTE, so that the default threshold (4 MiB) falls at
-    about 17 million (a backward's map does two gradients: twice this).
-
-    A threaded map costs 70-100 us more than a serial one here (waking a thread and
-    handing the GIL back and forth, measured on empty and on 200 us items), against
-    the 200-450 us a thread spends on one 16-64 channel U-Net tile. On the 2-core AMD
-    EPYC (Zen 4) of the twelfth session, threading from 21 million (and backward maps
-    at twice the measure) took the 2-D U-Net's network total to 0.92x (0.91-0.96) in
-    ``benchmarks/ab.py``, ResNet-18 0.97, VGG-11 1.00, the 3-D U-Net 1.03 (0.98-1.07).
-    Once a region stopped waiting for a late worker (fourteenth session), 17 million
-    against 21 took the U-Net to 0.96-0.98 (its 19-million 16- and 32-channel
-    forwards 0.80-0.85), the float64 stencil network to 0.84, the other five networks
-    0.98-1.01. The earlier Xeon had measured the other way (1 thread / 2 on the
-    U-Net's 9-38 million: 0.49-0.88), so the threshold then sat at 50 million; with it at 100
-    million, WaveNet's 67-million layers took 1.31-1.48x as long backward (A/B)."""
-    return problem.multiply_adds // WORK_PER_BYTE
-
-
 def _blocked_weight(xp: Any, weight: Any, block: int) -> Any:
     """weight (O, C, *k) as (B, T, C, J), O padded with zero rows to B J."""
     from . import blocked_kernels as kernels
@@ -437,7 +416,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, out: Any = None) -
         return y
     job, tiles, scratch, per_worker = _forward_job(problem, x, weight, bias, out)
     executor.map_chunks(_forward_tile, tiles, job, scratch=scratch, per_worker_bytes=per_worker,
-                        arrays=(x,), work_bytes=_work(problem))
+                        arrays=(x,), work_bytes=map_work(problem))
     return job.y
 
 
@@ -526,7 +505,7 @@ def _grad_weight(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> Any
     job, tiles, buffers, per_worker = _weight_job(problem, gy, x, xp)
     total = scratch.empty(xp, job.shape, gy.dtype)  # (T, C', O'): the result is a copy
     executor.reduce_chunks(_weight_tile, tiles, total, job, scratch=buffers, arrays=(gy,),
-                           per_worker_bytes=per_worker, work_bytes=_work(problem), fresh=True)
+                           per_worker_bytes=per_worker, work_bytes=map_work(problem), fresh=True)
     return _weight_result(problem, total, gy, x, weight)
 
 
@@ -562,7 +541,7 @@ def _both(problem: Problem, gy: Any, x: Any, weight: Any, xp: Any) -> tuple[Any,
     executor.map_chunks(_both_item, items, f_job, w_job, partials,
                         scratch=lambda: (_Lazy(f_scratch), _Lazy(w_scratch)),
                         per_worker_bytes=max(f_bytes, w_bytes), arrays=(gy,),
-                        work_bytes=2 * _work(problem))  # both gradients' work
+                        work_bytes=2 * map_work(problem))  # both gradients' work
     executor.sum_lanes(total, partials, fresh=True)
     return f_job.y, _weight_result(problem, total, gy, x, weight)
 
@@ -593,6 +572,6 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
         # the adjoint's kernel as a view: _blocked_weight packs it (one copy, not two)
         gx = grad_input_by_forward(problem, gy, weight, forward, contiguous=False)
     elif need_input:
-        gx = grad_input_by_phases(problem, gy, weight, forward, _work(problem))
+        gx = grad_input_by_phases(problem, gy, weight, forward, map_work(problem))
     gw = _grad_weight(problem, gy, x, weight, xp) if need_weight else None
     return gx, gw

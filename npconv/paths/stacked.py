@@ -18,7 +18,9 @@ strides, outputs 8-48 wide), else one ``take`` per chunk through a cached index 
 every window element (padding of any mode included,
 :func:`npconv.paths.fold.window_index`), from the chunk laid out (C, b, in + 1) with
 a zero behind each image: no strided copy of short window rows. Chunks run in order
-on the calling thread and the BLAS brings its own threads to each matmul. Measured
+on the calling thread and the BLAS brings its own threads to each matmul, except a
+large forward whose chunks stack enough positions (:func:`_lanes`): there each of
+the executor's threads gathers and multiplies its own chunks on one BLAS thread. Measured
 before this path (2 cores, OpenBLAS): N4 512@3x3 -> 512, 3x3: 2.1 ms against
 im2col's 4.7; N2 64@8x8 -> 128: 0.34 ms against 0.82; at 24x24 outputs and above
 im2col was as fast or faster.
@@ -29,12 +31,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .. import backend, scratch, workspace
+from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem, full_correlation
 from ._common import (
     empty_grads,
     grad_input_by_forward,
+    map_work,
     matmul,
     matmul_tall,
     matmul_tall_temp,
@@ -51,6 +54,14 @@ CHUNK_BYTES = 16 * 2**20
 # with 8-31 positions, 20 of 64 with 64-255, 15 of 166 beyond; there a fit over all
 # sizes mispredicted it (grad input by its forward on 32³ outputs: 4x slower).
 MAX_POSITIONS = 256
+# The forward's chunks go to the executor's threads, one BLAS thread each, where a
+# chunk of at most half the batch stacks at least LANE_POSITIONS output positions.
+# On the 2-core benchmark machine a two-thread matmul of columns that this thread had
+# just gathered ran at a third of its rate in some minutes (N2 128@16x16 -> 64, 3x3:
+# 1.4-1.7 ms against 0.67; the other thread reads what this one wrote), while a
+# chunk's gather and matmul on one thread did not (0.62-0.76 ms then, 0.56-0.72
+# otherwise); see docs/performance.md (eighteenth session).
+LANE_POSITIONS = 128
 
 
 def requires(problem: Problem, op: str) -> str | None:
@@ -109,28 +120,66 @@ def _columns(problem: Problem, x: Any, start: int, stop: int) -> Any:
     return cols.reshape(problem.groups, -1, (stop - start) * g.out_volume)
 
 
+def _lanes(problem: Problem, x: Any) -> list[tuple[int, int]] | None:
+    """Chunks of images for the executor's threads, each chunk's matmul on one BLAS
+    thread, or None: one stacked matmul per chunk on the BLAS's own threads.
+
+    Threads take chunks where the map is large enough to thread
+    (:func:`npconv.paths._common.map_work`) and a chunk of at most half the batch stacks
+    LANE_POSITIONS output positions (fewer ran slower than one two-thread matmul: N2
+    128@8x8 -> 128, 3x3, 0.49 against 0.34 ms). The chunks depend only on the shapes,
+    never on the thread count."""
+    n, length = problem.batch, problem.geometry.out_volume
+    images = min(-(-LANE_POSITIONS // max(length, 1)), n // 2)
+    if images * length < LANE_POSITIONS:
+        return None
+    per_image = problem.column_bytes // n
+    images = min(images, workspace.chunk_length(per_image, n, target=CHUNK_BYTES))
+    chunks = [(start, min(n, start + images)) for start in range(0, n, images)]
+    if executor.workers_for(len(chunks), images * per_image, (x,), map_work(problem)) < 2:
+        return None
+    return chunks
+
+
+def _forward_chunk(_: Any, chunk: tuple[int, int], problem: Problem, x: Any, w: Any,
+                   bias: Any, y: Any) -> None:
+    """y[start:stop] = W @ the columns of images start:stop (+ bias)."""
+    xp = backend.get_array_module(x, w)
+    start, stop = chunk
+    b, groups = stop - start, problem.groups
+    o, length = problem.out_channels, problem.geometry.out_volume
+    cols = _columns(problem, x, start, stop)
+    if b == 1:  # the matmul writes the image's output in place
+        acc = matmul(xp, w, cols, out=y[start].reshape(groups, o // groups, length))
+    else:
+        # (g, O/g, C/g*K) @ (g, C/g*K, bL) -> (g, O/g, bL) = (O, b, L)
+        acc = matmul_temp(xp, w, cols)
+    acc = acc.reshape(o, b, length)
+    if bias is not None:
+        acc += bias.reshape(o, 1, 1)
+    if b > 1:
+        y[start:stop].reshape(b, o, length)[...] = acc.swapaxes(0, 1)
+
+
 def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
-    """y (N, O, *out) = conv(x, weight) + bias, one matmul per chunk of images."""
+    """y (N, O, *out) = conv(x, weight) + bias, one matmul per chunk of images: on the
+    executor's threads where :func:`_lanes` says so, else in order on this thread."""
     xp = backend.get_array_module(x, weight)
     geometry, groups = problem.geometry, problem.groups
-    n, o, length = problem.batch, problem.out_channels, geometry.out_volume
+    n, o = problem.batch, problem.out_channels
     y = xp.empty((n, o) + geometry.out_size, dtype=x.dtype)
-    if n == 0 or length == 0:
+    if n == 0 or geometry.out_volume == 0:
         return y
     w = weight.reshape(groups, o // groups, -1)  # (g, O/g, C/g*K)
-    for start, stop in _chunks(problem):
-        b = stop - start
-        cols = _columns(problem, x, start, stop)
-        if b == 1:  # the matmul writes the image's output in place
-            acc = matmul(xp, w, cols, out=y[start].reshape(groups, o // groups, length))
-        else:
-            # (g, O/g, C/g*K) @ (g, C/g*K, bL) -> (g, O/g, bL) = (O, b, L)
-            acc = matmul_temp(xp, w, cols)
-        acc = acc.reshape(o, b, length)
-        if bias is not None:
-            acc += bias.reshape(o, 1, 1)
-        if b > 1:
-            y[start:stop].reshape(b, o, length)[...] = acc.swapaxes(0, 1)
+    lanes = _lanes(problem, x)
+    if lanes is None:
+        for chunk in _chunks(problem):
+            _forward_chunk(None, chunk, problem, x, w, bias, y)
+    else:
+        per_worker = (lanes[0][1] - lanes[0][0]) * (problem.column_bytes // n)
+        executor.map_chunks(_forward_chunk, lanes, problem, x, w, bias, y,
+                            per_worker_bytes=per_worker, arrays=(x,),
+                            work_bytes=map_work(problem))
     return y
 
 
