@@ -54,13 +54,17 @@ CHUNK_BYTES = 16 * 2**20
 # with 8-31 positions, 20 of 64 with 64-255, 15 of 166 beyond; there a fit over all
 # sizes mispredicted it (grad input by its forward on 32³ outputs: 4x slower).
 MAX_POSITIONS = 256
-# The forward's chunks go to the executor's threads, one BLAS thread each, where a
-# chunk of at most half the batch stacks at least LANE_POSITIONS output positions.
-# On the 2-core benchmark machine a two-thread matmul of columns that this thread had
-# just gathered ran at a third of its rate in some minutes (N2 128@16x16 -> 64, 3x3:
-# 1.4-1.7 ms against 0.67; the other thread reads what this one wrote), while a
-# chunk's gather and matmul on one thread did not (0.62-0.76 ms then, 0.56-0.72
-# otherwise); see docs/performance.md (eighteenth session).
+# The forward's chunks go to the executor's threads, one BLAS thread each, where each
+# image has at least LANE_MIN_LENGTH output positions; a chunk stacks images up to
+# LANE_POSITIONS positions (at most half the batch). On the 2-core benchmark machine a
+# two-thread matmul of columns that this thread had just gathered ran at a third of
+# its rate in some minutes (the other thread reads what this one wrote), while a
+# chunk's gather and matmul on one thread did not. ms, those minutes / the others:
+# N2 128@16x16 -> 64, 3x3: 1.4-1.7 / 0.62-0.69 one matmul, 0.62-0.76 / 0.56-0.72
+# threaded; N2 128@8x8 -> 128: 0.70-0.72 / 0.34 and 0.38-0.43 / 0.37-0.40; N4 256@6x6
+# -> 256 in chunks of 2 images lost (1.29-1.43 / 1.08-1.09). See docs/performance.md
+# (eighteenth session).
+LANE_MIN_LENGTH = 64
 LANE_POSITIONS = 128
 
 
@@ -125,14 +129,15 @@ def _lanes(problem: Problem, x: Any) -> list[tuple[int, int]] | None:
     thread, or None: one stacked matmul per chunk on the BLAS's own threads.
 
     Threads take chunks where the map is large enough to thread
-    (:func:`npconv.paths._common.map_work`) and a chunk of at most half the batch stacks
-    LANE_POSITIONS output positions (fewer ran slower than one two-thread matmul: N2
-    128@8x8 -> 128, 3x3, 0.49 against 0.34 ms). The chunks depend only on the shapes,
-    never on the thread count."""
+    (:func:`npconv.paths._common.map_work`) and each image has LANE_MIN_LENGTH output
+    positions; a chunk stacks up to LANE_POSITIONS of them, at most half the batch. The
+    chunks depend only on the shapes; whether threads take them depends on the thread
+    count, and a chunk's output columns come out of the BLAS as they do from one matmul
+    over the batch (``tests/test_executor.py`` checks the results bitwise)."""
     n, length = problem.batch, problem.geometry.out_volume
-    images = min(-(-LANE_POSITIONS // max(length, 1)), n // 2)
-    if images * length < LANE_POSITIONS:
+    if length < LANE_MIN_LENGTH or n < 2:
         return None
+    images = min(-(-LANE_POSITIONS // length), n // 2)
     per_image = problem.column_bytes // n
     images = min(images, workspace.chunk_length(per_image, n, target=CHUNK_BYTES))
     chunks = [(start, min(n, start + images)) for start in range(0, n, images)]
