@@ -66,6 +66,12 @@ MAX_POSITIONS = 256
 # (eighteenth session).
 LANE_MIN_LENGTH = 64
 LANE_POSITIONS = 128
+# ... and where the map's work measure over LANE_WORK_DIVISOR still reaches the
+# executor's threshold (twice its multiply-adds: about 34 million by default). In the
+# benchmark's worker processes the 19-million U-Net maps lost threaded (down2.conv2,
+# N2 64@16x16 -> 64: 0.53-0.56 ms against 0.39; down3.conv2 0.59-0.61 against
+# 0.33-0.58), while the 38-million up2.conv1 ran 0.62-0.72 against 0.66-1.16.
+LANE_WORK_DIVISOR = 2
 
 
 def requires(problem: Problem, op: str) -> str | None:
@@ -129,11 +135,12 @@ def _lanes(problem: Problem, x: Any) -> list[tuple[int, int]] | None:
     thread, or None: one stacked matmul per chunk on the BLAS's own threads.
 
     Threads take chunks where the map is large enough to thread
-    (:func:`npconv.paths._common.map_work`) and each image has LANE_MIN_LENGTH output
-    positions; a chunk stacks up to LANE_POSITIONS of them, at most half the batch. The
-    chunks depend only on the shapes; whether threads take them depends on the thread
-    count, and a chunk's output columns come out of the BLAS as they do from one matmul
-    over the batch (``tests/test_executor.py`` checks the results bitwise)."""
+    (:func:`npconv.paths._common.map_work` over LANE_WORK_DIVISOR) and each image has
+    LANE_MIN_LENGTH output positions; a chunk stacks up to LANE_POSITIONS of them, at
+    most half the batch. The chunks depend only on the shapes; whether threads take them
+    depends on the thread count, and a chunk's output columns come out of the BLAS as
+    they do from one matmul over the batch (``tests/test_executor.py`` checks the
+    results bitwise)."""
     n, length = problem.batch, problem.geometry.out_volume
     if length < LANE_MIN_LENGTH or n < 2:
         return None
@@ -141,7 +148,8 @@ def _lanes(problem: Problem, x: Any) -> list[tuple[int, int]] | None:
     per_image = problem.column_bytes // n
     images = min(images, workspace.chunk_length(per_image, n, target=CHUNK_BYTES))
     chunks = [(start, min(n, start + images)) for start in range(0, n, images)]
-    if executor.workers_for(len(chunks), images * per_image, (x,), map_work(problem)) < 2:
+    work = map_work(problem) // LANE_WORK_DIVISOR
+    if executor.workers_for(len(chunks), images * per_image, (x,), work) < 2:
         return None
     return chunks
 
@@ -184,7 +192,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
         per_worker = (lanes[0][1] - lanes[0][0]) * (problem.column_bytes // n)
         executor.map_chunks(_forward_chunk, lanes, problem, x, w, bias, y,
                             per_worker_bytes=per_worker, arrays=(x,),
-                            work_bytes=map_work(problem))
+                            work_bytes=map_work(problem) // LANE_WORK_DIVISOR)
     return y
 
 
