@@ -149,6 +149,16 @@ def matmul_tall_temp(xp: Any, a: Any, b: Any) -> Any:
     return matmul_temp(xp, a, b)
 
 
+def add_tall(xp: Any, acc: Any, a: Any, b: Any, part: Any) -> Any:
+    """A lane's running weight-gradient sum plus ``a @ b`` (:func:`matmul_tall`): the
+    lane's first product into a temporary from the cache (``acc`` None), the others
+    through ``part``, a buffer of the product's shape, added to ``acc``; returns the sum."""
+    if acc is None:
+        return matmul_tall_temp(xp, a, b)
+    acc += matmul_tall(xp, a, b, out=part)
+    return acc
+
+
 def device_weight_grad(xp: Any, gy4: Any, windows: Any, kernel_rank: int) -> Any:
     """sum over n of gy4[n] @ cols[n]^T on a device, (g, O/g, C/g*K): one matmul whose
     contraction runs over the images and positions together (N*L).

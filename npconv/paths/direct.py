@@ -35,7 +35,7 @@ from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, unpad_add, window_view
 from ..plan import Problem
-from ._common import empty_grads, matmul, matmul_tall, matmul_tall_temp, take
+from ._common import add_tall, empty_grads, matmul, matmul_tall, take
 
 # Chunks this small keep the shifted operands of a depthwise layer in L2.
 TARGET_CHUNK_BYTES = 1 * 2**20
@@ -468,11 +468,7 @@ def _columns_chunk(buf: _ColumnsScratch, start: int, acc: Any, job: _Columns) ->
     # the long side first ran 1.3x faster here than gy @ cols^T
     cols = buf.cols[:, :, :, :b].reshape(g, cg * len(lay.taps), b * span)
     gy_t = buf.gy_buf[:, :b].reshape(g, o // g, b * span).transpose(0, 2, 1)
-    if acc is None:
-        return matmul_tall_temp(xp, cols, gy_t)
-    matmul_tall(xp, cols, gy_t, out=buf.partial)
-    acc += buf.partial
-    return acc
+    return add_tall(xp, acc, cols, gy_t, buf.partial)
 
 
 # --------------------------------------------------------------------------- other strides

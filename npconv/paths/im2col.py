@@ -30,6 +30,7 @@ from ..geometry import ConvGeometry
 from ..patches import ChunkPadder, fold_into, pad, window_view
 from ..plan import Problem
 from ._common import (
+    add_tall,
     device_weight_grad,
     empty_grads,
     image_of,
@@ -232,11 +233,7 @@ def _backward_chunk(buffers: _BackwardBuffers, start: int, acc: Any, gy: Any, gx
         buffers.windows.copy(xp.moveaxis(cols, 1 + nd, 0), start, stop)
         cols_t = cols_2d.transpose(0, 2, 1)
         # (g, O/g, bL) @ (g, bL, C/g*K) -> (g, O/g, C/g*K), summed over the lane
-        if acc is None:
-            acc = matmul_tall_temp(xp, gy_2d, cols_t)
-        else:
-            matmul_tall(xp, gy_2d, cols_t, out=buffers.part)
-            acc += buffers.part
+        acc = add_tall(xp, acc, gy_2d, cols_t, buffers.part)
     if gx is not None:
         # (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL): the column gradient, then fold
         matmul(xp, w_t, gy_2d, out=cols_2d)

@@ -40,16 +40,7 @@ from typing import Any
 from .. import backend, executor, scratch, workspace
 from ..geometry import ConvGeometry
 from ..plan import Problem
-from ._common import (
-    empty_grads,
-    image_of,
-    matmul,
-    matmul_tall,
-    matmul_tall_temp,
-    out_block,
-    row_blocks,
-    take,
-)
+from ._common import add_tall, empty_grads, image_of, matmul, out_block, row_blocks, take
 
 __all__ = ["backward", "forward", "requires"]
 
@@ -392,11 +383,7 @@ def _backward_chunk(work: _BackwardWorker, start: int, acc: Any, call: _Backward
             # (b, C, length) -> (g, C/g, b, length)
             cols[:, :, k] = runs[:b].reshape(b, groups, c // groups, length).transpose(1, 2, 0, 3)
         # (g, C/g*K, bL) @ (g, bL, O/g) -> (g, C/g*K, O/g): the junk columns meet zeros
-        if acc is None:
-            acc = matmul_tall_temp(xp, cols_2d, gy_2d.transpose(0, 2, 1))
-        else:
-            matmul_tall(xp, cols_2d, gy_2d.transpose(0, 2, 1), out=work.part)
-            acc += work.part
+        acc = add_tall(xp, acc, cols_2d, gy_2d.transpose(0, 2, 1), work.part)
     if work.g_buf is not None:
         # the column gradient (g, C/g*K, O/g) @ (g, O/g, bL) -> (g, C/g*K, bL), zero at
         # the junk positions, added back into the phase images run by run

@@ -130,9 +130,10 @@ def _columns(problem: Problem, x: Any, start: int, stop: int) -> Any:
     return cols.reshape(problem.groups, -1, (stop - start) * g.out_volume)
 
 
-def _lanes(problem: Problem, x: Any) -> list[tuple[int, int]] | None:
-    """Chunks of images for the executor's threads, each chunk's matmul on one BLAS
-    thread, or None: one stacked matmul per chunk on the BLAS's own threads.
+def _lanes(problem: Problem, x: Any) -> tuple[list[tuple[int, int]], int, int] | None:
+    """(chunks of images, bytes per worker, work measure) for the executor's threads,
+    each chunk's matmul on one BLAS thread, or None: one stacked matmul per chunk on
+    the BLAS's own threads.
 
     Threads take chunks where the map is large enough to thread
     (:func:`npconv.paths._common.map_work` over LANE_WORK_DIVISOR) and each image has
@@ -148,10 +149,10 @@ def _lanes(problem: Problem, x: Any) -> list[tuple[int, int]] | None:
     per_image = problem.column_bytes // n
     images = min(images, workspace.chunk_length(per_image, n, target=CHUNK_BYTES))
     chunks = [(start, min(n, start + images)) for start in range(0, n, images)]
-    work = map_work(problem) // LANE_WORK_DIVISOR
-    if executor.workers_for(len(chunks), images * per_image, (x,), work) < 2:
+    per_worker, work = images * per_image, map_work(problem) // LANE_WORK_DIVISOR
+    if executor.workers_for(len(chunks), per_worker, (x,), work) < 2:
         return None
-    return chunks
+    return chunks, per_worker, work
 
 
 def _forward_chunk(_: Any, chunk: tuple[int, int], problem: Problem, x: Any, w: Any,
@@ -189,10 +190,9 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
         for chunk in _chunks(problem):
             _forward_chunk(None, chunk, problem, x, w, bias, y)
     else:
-        per_worker = (lanes[0][1] - lanes[0][0]) * (problem.column_bytes // n)
-        executor.map_chunks(_forward_chunk, lanes, problem, x, w, bias, y,
-                            per_worker_bytes=per_worker, arrays=(x,),
-                            work_bytes=map_work(problem) // LANE_WORK_DIVISOR)
+        chunks, per_worker, work = lanes
+        executor.map_chunks(_forward_chunk, chunks, problem, x, w, bias, y,
+                            per_worker_bytes=per_worker, arrays=(x,), work_bytes=work)
     return y
 
 
