@@ -329,3 +329,26 @@ def test_stacked_cuts_a_batch_whose_columns_outgrow_the_workspace(stride):
     assert_close(y, y_ref, reduction=36)
     for got, want in zip(grads, g_ref):
         assert_close(got, want, reduction=12 * 12 * 14)
+
+
+@given(batch=st.integers(2, 6), groups=st.sampled_from([1, 2]), cg=st.integers(2, 4),
+       og=st.integers(1, 4), height=st.integers(8, 12), width=st.integers(8, 13),
+       kernel=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
+       bias=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_stacked_forward_on_threads_equals_the_reference(batch, groups, cg, og, height, width,
+                                                         kernel, stride, bias, dtype):
+    """The stacked forward's threaded chunks (outputs of at least 64 positions, two or
+    more images, threads forced on with ``min_work_bytes=0``; two or more input channels
+    a group, as the path needs): one image a chunk from 128 positions, two below, each
+    against the reference."""
+    rng = np.random.default_rng(batch * 1000 + height * 31 + width)
+    # input sized so that the output is height x width whatever the stride
+    x = rng.standard_normal((batch, groups * cg, stride * height, stride * width)).astype(dtype)
+    w = rng.standard_normal((groups * og, cg, kernel, kernel)).astype(dtype)
+    b = rng.standard_normal(groups * og).astype(dtype) if bias else None
+    kw = dict(stride=stride, padding=kernel // 2, groups=groups)
+    with npconv.num_threads(2, min_work_bytes=0):
+        y = npconv.conv(x, w, b, **kw, algorithm="stacked")
+    y_ref = npconv.conv(x, w, b, **kw, algorithm="reference")
+    assert y.shape[2:] == (height, width)
+    assert_close(y, y_ref, reduction=cg * kernel * kernel)
