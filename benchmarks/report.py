@@ -13,6 +13,7 @@ import platform
 import statistics
 import subprocess
 
+import phases
 from zoo import NETWORK_INPUTS, TINY, TINY_BUDGET_US, Layer
 
 SIDES = ("npconv", "torch")
@@ -399,6 +400,7 @@ def markdown(result: dict) -> str:
     lines = _preamble(result)
     lines += _network_table(result["totals"])
     lines += _musts_table(result["musts"], cuda)
+    lines += phases.table(result)
     lines += _rates_table(result["totals"], result["info"]["hello"])
     lines += _per_layer_table(result, s, cuda)
     lines += _unfold_table(s)
@@ -564,7 +566,7 @@ def compact(result: dict) -> dict:
         "totals": {net: row["total"]["ratio"]["median"] for net, row in result["totals"].items()
                    if row["total"]["ratio"]},
         "network_rows": result["totals"],
-        "musts": result["musts"],
+        "musts": result["musts"], "probes": result.get("probes"),
         "jobs": {jid: {"per_round": x["per_round"], "ratios": x["ratios"], "check": x["check"],
                        "plan": x["plan"], "peak_mib": x["peak_mib"], "errors": x["errors"]}
                  for jid, x in result["summary"].items()},

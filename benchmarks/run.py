@@ -45,6 +45,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import phases  # noqa: E402
 import zoo  # noqa: E402
 from figure import plot  # noqa: E402
 from musts import must_lines  # noqa: E402
@@ -181,14 +182,19 @@ def run_rounds(jobs: list[dict], args, settings: Settings, log=print) -> dict:
     hello: dict = {}
     loads = []
     env = worker_env(args.device)
+    probes: list[list[dict]] = []
     for r in range(settings.rounds):
         loads.append(load_average())
         workers = {lib: Worker(lib, args.threads, args.device, env) for lib in SIDES}
         hello = {lib: w.hello for lib, w in workers.items()}
         answers: dict[str, dict] = {lib: {} for lib in SIDES}
+        probes.append([])
         t0 = time.perf_counter()
         try:
             for i, job in enumerate(jobs):
+                if args.device == "cpu" and i % phases.EVERY == 0:
+                    time.sleep(settings.gap)
+                    probes[r].append(phases.probe(args.threads))
                 order = SIDES if (i + r) % 2 == 0 else SIDES[::-1]
                 for lib in order:
                     time.sleep(settings.gap)
@@ -207,11 +213,13 @@ def run_rounds(jobs: list[dict], args, settings: Settings, log=print) -> dict:
         finally:
             for w in workers.values():
                 w.close()
+        if args.device == "cpu":
+            probes[r].append(phases.probe(args.threads))
         raw.append(answers)
         log(f"round {r + 1}/{settings.rounds}: {len(jobs)} jobs in "
             f"{time.perf_counter() - t0:.1f} s, load average {load_average()}")
     loads.append(load_average())
-    return {"raw": raw, "hello": hello, "loads": loads}
+    return {"raw": raw, "hello": hello, "loads": loads, "probes": probes}
 
 
 def progress_line(job: dict, answers: dict) -> str:
@@ -295,9 +303,9 @@ def network_totals(summary: dict, networks: dict[str, list[Layer]], rounds: int)
                     counts = [item.count for item, _ in ids for op in ops]
                     sums[lib].append(None if any(v is None for v in values) else
                                      sum(c * v for c, v in zip(counts, values)))
+            ratios = [ratio_or_none(a, b) for a, b in zip(sums["npconv"], sums["torch"])]
             row[what] = {lib: spread(sums[lib]) for lib in SIDES}
-            row[what]["ratio"] = spread(
-                [ratio_or_none(a, b) for a, b in zip(sums["npconv"], sums["torch"])])
+            row[what]["ratio"], row[what]["per_round"] = spread(ratios), ratios
         totals[net] = row
     return totals
 
@@ -412,7 +420,8 @@ def main(argv=None) -> int:
         "summary": summary, "totals": totals, "musts": musts, "info": info,
         "args": {"threads": args.threads, "device": args.device, "quick": args.quick},
         "rounds": settings.rounds, "gap": settings.gap, "timing": settings.normal,
-        "loads": run["loads"], "elapsed_s": elapsed, "command": command_line(argv),
+        "loads": run["loads"], "probes": run["probes"], "elapsed_s": elapsed,
+        "command": command_line(argv),
         "note": args.note,
         "earlier": earlier_runs(args.output) if args.output else [],
         "plot_link": (os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.output)))

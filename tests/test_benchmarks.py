@@ -117,6 +117,9 @@ def test_tiny_run_end_to_end(tmp_path):
                                        "backward"]
     out = run.run_rounds(jobs, args, settings, log=lambda m: None)
     assert out["hello"]["npconv"]["blas"] and out["hello"]["torch"]["torch_threads"] == 2
+    # one round: a probe before the first job and one at the end
+    assert [len(p) for p in out["probes"]] == [2]
+    assert all(p["matmul_ms"] > 0 and p["ratio"] > 0 for p in out["probes"][0])
     summary = run.summarize(jobs, out["raw"])
     for jid, x in summary.items():
         assert not x["errors"], (jid, x["errors"])
@@ -140,11 +143,15 @@ def test_tiny_run_end_to_end(tmp_path):
         result = {"summary": summary, "totals": totals, "musts": musts,
                   "info": info, "args": {"threads": 2},
                   "rounds": 1, "gap": 0.0, "timing": settings.normal, "loads": out["loads"],
+                  "probes": out["probes"],
                   "elapsed_s": 1.0, "command": "python benchmarks/run.py", "date": "today"}
         text = report.markdown(result)
         assert "## Network totals" in text and "## Must lines" in text
         if device == "cpu" and fresh["npconv"] is not None:  # Linux: faults were counted
             assert " / " in text.split("## im2col and col2im")[1].split("\n## ")[0]
+        slow_rows = text.split("## Slow minutes")[1].split("\n## ")[0].splitlines()
+        assert next(r for r in slow_rows if r.startswith("| 1 |")).endswith(
+            f" | {totals['t']['total']['per_round'][0]:.2f} |")
         rates = text.split("## Arithmetic rates")[1].split("\n## ")[0]
         row = next(line for line in rates.splitlines() if line.startswith("| t |"))
         npconv_rate, torch_rate = (float(cell) for cell in row.split("|")[3:5])
@@ -223,3 +230,17 @@ def test_guard_is_not_compared_across_machines():
     assert skipped["status"] == "n/a" and "another machine" in skipped["note"]
     (slower,) = guard_rows(1.2, same)
     assert slower["status"] == "FAIL"
+
+
+def test_slow_minutes_table_counts_the_slow_probes_of_each_round():
+    phases = pytest.importorskip("phases")
+    fast, slow = {"ratio": 1.2}, {"ratio": phases.SLOW_RATIO + 0.5}
+    row = {"total": {"per_round": [1.1, None]}}
+    result = {"probes": [[fast, slow, slow], [fast]], "totals": {"net": row,
+              "partial": {"total": {"per_round": [1.0]}}}}
+    lines = phases.table(result)
+    assert lines[0] == "## Slow minutes"
+    assert "| net |" in lines[4] and "partial" not in lines[4]  # one figure per round
+    assert lines[6] == f"| 1 | 2 of 3 | {slow['ratio']:.2f} (1.20-{slow['ratio']:.2f}) | 1.10 |"
+    assert lines[7] == "| 2 | 0 of 1 | 1.20 (1.20-1.20) | - |"
+    assert phases.table({"probes": [[], []], "totals": {}}) == []
