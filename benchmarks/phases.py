@@ -60,11 +60,29 @@ def probe(threads: int, repeats: int = 20, batches: int = 3) -> dict:
         t_alone = _median_batch(alone, repeats, batches)
         t_after = _median_batch(after_write, repeats, batches)
     return {"at": time.time(), "matmul_ms": 1e3 * t_alone, "after_write_ms": 1e3 * t_after,
-            "ratio": t_after / t_alone}
+            "ratio": t_after / t_alone, "round_trip_ns": _round_trip()}
+
+
+def _round_trip() -> float | None:
+    """:func:`pingpong.round_trip_ns` between CPUs 0 and 1, or None without numba."""
+    try:
+        import pingpong
+    except ImportError:
+        return None
+    return pingpong.round_trip_ns()
 
 
 def slow(p: dict) -> bool:
     return p["ratio"] > SLOW_RATIO
+
+
+def _range(values: list, spec: str) -> str:
+    """'median (min-max)' of the values that are not None, or '-'."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    return (f"{statistics.median(values):{spec}} ({min(values):{spec}}-"
+            f"{max(values):{spec}})")
 
 
 def table(result: dict) -> list[str]:
@@ -81,19 +99,21 @@ def table(result: dict) -> list[str]:
         "at each round's end): a two-thread (64, 1152) @ (1152, 512) float32 matmul, timed "
         "alone and straight after the parent process rewrote its right operand. A probe is "
         f"slow when the rewrite makes it more than {SLOW_RATIO}x slower (about 1.25x in "
-        "normal minutes). Beside each round: its fwd+bwd ratio npconv / torch per network.",
+        "normal minutes). Each probe also times a cache line's round trip between CPUs 0 "
+        "and 1 (`benchmarks/pingpong.py`). Beside each round: its fwd+bwd ratio npconv / "
+        "torch per network.",
         "",
         "| round | slow probes | after-write / alone, median (min-max) | "
-        + " | ".join(nets) + " |",
-        "|---" * (3 + len(nets)) + "|",
+        "CPU 0 <-> 1 round trip, ns | " + " | ".join(nets) + " |",
+        "|---" * (4 + len(nets)) + "|",
     ]
     for r, probes in enumerate(rounds):
-        ratios = [p["ratio"] for p in probes]
         share = f"{sum(map(slow, probes))} of {len(probes)}"
         cells = [f"{result['totals'][net]['total']['per_round'][r]:.2f}"
                  if result["totals"][net]["total"]["per_round"][r] is not None else "-"
                  for net in nets]
-        lines.append(f"| {r + 1} | {share} | {statistics.median(ratios):.2f} "
-                     f"({min(ratios):.2f}-{max(ratios):.2f}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {r + 1} | {share} | {_range([p['ratio'] for p in probes], '.2f')} | "
+                     f"{_range([p.get('round_trip_ns') for p in probes], '.0f')} | "
+                     + " | ".join(cells) + " |")
     lines.append("")
     return lines

@@ -1,5 +1,6 @@
 """The benchmark's plumbing: zoo, worker processes, statistics, report (a tiny run, < 10 s)."""
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -120,6 +121,7 @@ def test_tiny_run_end_to_end(tmp_path):
     # one round: a probe before the first job and one at the end
     assert [len(p) for p in out["probes"]] == [2]
     assert all(p["matmul_ms"] > 0 and p["ratio"] > 0 for p in out["probes"][0])
+    assert all("round_trip_ns" in p for p in out["probes"][0])
     summary = run.summarize(jobs, out["raw"])
     for jid, x in summary.items():
         assert not x["errors"], (jid, x["errors"])
@@ -234,13 +236,25 @@ def test_guard_is_not_compared_across_machines():
 
 def test_slow_minutes_table_counts_the_slow_probes_of_each_round():
     phases = pytest.importorskip("phases")
-    fast, slow = {"ratio": 1.2}, {"ratio": phases.SLOW_RATIO + 0.5}
+    fast = {"ratio": 1.2, "round_trip_ns": 60.0}
+    slow = {"ratio": phases.SLOW_RATIO + 0.5, "round_trip_ns": 330.0}
     row = {"total": {"per_round": [1.1, None]}}
-    result = {"probes": [[fast, slow, slow], [fast]], "totals": {"net": row,
-              "partial": {"total": {"per_round": [1.0]}}}}
+    result = {"probes": [[fast, slow, slow], [dict(fast, round_trip_ns=None)]],
+              "totals": {"net": row, "partial": {"total": {"per_round": [1.0]}}}}
     lines = phases.table(result)
     assert lines[0] == "## Slow minutes"
     assert "| net |" in lines[4] and "partial" not in lines[4]  # one figure per round
-    assert lines[6] == f"| 1 | 2 of 3 | {slow['ratio']:.2f} (1.20-{slow['ratio']:.2f}) | 1.10 |"
-    assert lines[7] == "| 2 | 0 of 1 | 1.20 (1.20-1.20) | - |"
+    assert lines[6] == (f"| 1 | 2 of 3 | {slow['ratio']:.2f} (1.20-{slow['ratio']:.2f}) | "
+                        "330 (60-330) | 1.10 |")
+    assert lines[7] == "| 2 | 0 of 1 | 1.20 (1.20-1.20) | - | - |"
     assert phases.table({"probes": [[], []], "totals": {}}) == []
+
+
+def test_round_trip_is_timed_between_two_cpus_of_this_process():
+    pingpong = pytest.importorskip("pingpong")  # needs numba
+    if not (hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0)):
+        pytest.skip("needs CPUs 0 and 1 and thread affinity")
+    before = os.sched_getaffinity(0)
+    assert 0 < pingpong.round_trip_ns(rounds=2000) < 1e6
+    assert os.sched_getaffinity(0) == before  # the caller's affinity is given back
+    assert pingpong.round_trip_ns(cpus=(0, 10**6)) is None  # not this process's CPU
