@@ -3,6 +3,7 @@ user threads, a working pool after fork, and no worker writing after an error.""
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
 import subprocess
@@ -47,7 +48,13 @@ def _calls(rng):
     cols = npconv.im2col(x.astype(np.float64), 3, padding=1, stride=2)  # a threaded fold
     xs = rng.standard_normal((6, 16, 8, 8)).astype(f32)  # stacked: chunks of 2 images
     bias = rng.standard_normal(8).astype(f32)
-    return [
+    xw = rng.standard_normal((1, 128, 12, 12)).astype(f32)  # winograd_jit: 4 channel ranges
+    ww = rng.standard_normal((128, 128, 3, 3)).astype(f32)
+    compiled = [
+        lambda: (npconv.conv2d(xw, ww, ww[0, :, 0, 0], padding=1, algorithm="winograd_jit"),),
+        lambda: npconv.conv2d_backward(xw, xw, ww, padding=1, algorithm="winograd_jit"),
+    ] if importlib.util.find_spec("numba") else []
+    return compiled + [
         lambda: (npconv.im2col(x, 3, padding=1, stride=2),),
         lambda: (npconv.col2im(cols, (40, 40), 3, padding=1, stride=2),),
         lambda: (npconv.conv2d(x, w, padding=1, stride=2, algorithm="im2col"),),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import npconv
 from npconv.geometry import ConvGeometry
@@ -144,3 +146,33 @@ def test_padding_past_the_kernel_span(padding):
     x = rng.standard_normal((2, 3, 6, 7))
     w = rng.standard_normal((4, 3, 3, 3))
     _check(x, w, rng.standard_normal(4), padding)
+
+
+@given(n=st.integers(1, 2), c=st.integers(64, 100), o=st.integers(64, 100),
+       size=st.tuples(st.integers(16, 20), st.integers(16, 20)), padding=st.integers(0, 2),
+       threads=st.integers(1, 4), dtype=st.sampled_from(["float32", "float64"]))
+@settings(max_examples=20, deadline=None)
+def test_a_call_in_channel_ranges_equals_the_reference(n, c, o, size, padding, threads,
+                                                       dtype):
+    # the whole batch's tiles in one chunk and over 2^23 multiply-adds: the call runs in
+    # 2-4 ranges of output channels (forward) or input channels (backward), multiples
+    # of 8 with a shorter last one, on 1-4 threads with no work threshold
+    rng = np.random.default_rng(n * 1000 + c * 10 + o)
+    x = rng.standard_normal((n, c) + size).astype(dtype)
+    w = rng.standard_normal((o, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    with npconv.num_threads(threads, min_work_bytes=0):
+        _check(x, w, b, padding)
+        # conv_transpose's forward is the grad input map alone, its weight gradient the
+        # grad weight map alone
+        xt = rng.standard_normal((n, o) + size).astype(dtype)
+        wide = [a.astype(np.float64) for a in (xt, w)]
+        want = npconv.conv_transpose(*wide, padding=1, algorithm="reference")
+        got = npconv.conv_transpose(xt, w, padding=1, algorithm="winograd_jit")
+        assert_close(got, want, reduction=9 * o)
+        gy = rng.standard_normal(want.shape).astype(dtype)
+        want_gw = npconv.conv_transpose_backward(gy.astype(np.float64), *wide, padding=1,
+                                                 algorithm="reference")[1]
+        got_gw = npconv.conv_transpose_backward(gy, xt, w, padding=1,
+                                                algorithm="winograd_jit")[1]
+        assert_close(got_gw, want_gw, reduction=n * size[0] * size[1])

@@ -30,9 +30,12 @@ few times those of im2col (tested against the reference with its tolerance).
 It takes 2-d 3x3 kernels with stride 1, dilation 1, zero padding (any amount)
 and groups=1, in float32 or float64, on NumPy, with numba installed. A call is cut
 into chunks of whole images (:data:`TARGET_CHUNK_BYTES` of tiles each) run by the
-executor: one chunk, as on the zoo's layers, runs on the calling thread with the
-BLAS's threads; several run on npconv's threads, the grad-weight sums added in
-chunk order.
+executor on npconv's threads, the grad-weight sums added in chunk order. Where the
+whole batch is one chunk (the zoo's layers) and the map is large enough, it is cut
+into ranges of channels instead (:func:`_split`): output channels forward, each
+range with its own filter transforms and output tiles; input channels backward,
+each with its own grad-input tiles and weight-gradient sums, from one E per thread.
+Small calls run as one chunk on the calling thread with the BLAS's threads.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Any
 
 from .. import backend, executor, scratch, workspace
 from ..plan import MAPS, Problem
-from ._common import empty_grads, matmul_temp
+from ._common import empty_grads, map_work, matmul_temp
 from .depthwise_jit import compiled_needs
 from .winograd_transforms import MATRICES, constants, filter_transforms
 
@@ -51,6 +54,15 @@ DEFAULT_TILE = 4
 # Bytes of one chunk's tiles (V and M, or V and E): large enough that the a^2 matmuls
 # have hundreds of rows, small enough to stay near the caches.
 TARGET_CHUNK_BYTES = 16 * 2**20
+
+# A call whose tiles are one chunk and that has at least SPLIT_MIN_WORK multiply-adds
+# is computed in ranges of channels (see :func:`_split`): up to SPLIT_PARTS of them, of
+# at least SPLIT_MIN_CHANNELS channels each, multiples of 8 (whole SIMD vectors in the
+# transforms' channel loops). The ranges follow from the shapes only, so results do not
+# depend on the thread count.
+SPLIT_PARTS = 4
+SPLIT_MIN_CHANNELS = 32
+SPLIT_MIN_WORK = 2**23
 
 _NEEDS = "a 2-d 3x3 kernel with stride 1, dilation 1, zero padding and groups=1"
 
@@ -108,6 +120,34 @@ def _chunks(n: int, per_image_bytes: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + images)) for start in range(0, n, images)]
 
 
+def _split(problem: Problem, channels: int, per_image: int) -> list[tuple[int, int]] | None:
+    """Ranges of ``channels`` (output channels forward, input channels backward) that
+    the map is computed in, or None: one chunk of images (:func:`_chunks`).
+
+    Each range transforms its own share of the filters, multiplies the tiles of the
+    whole batch by it and writes its own outputs; an executor thread transforms the
+    tiles once, for its first range. So no thread reads what another wrote, where one
+    chunk's two-thread matmuls share their freshly written tiles and filter transforms:
+    N4 128@16x16 -> 256 (VGG-11 features.2) took 2.6-2.7 ms as one chunk in normal
+    minutes and 4.1-8.1 in slow ones on the 2-core benchmark machine, 2.2-2.4 split
+    by output channels when both threads ran (docs/performance.md, nineteenth
+    session). Used where the whole batch's tiles are one chunk and the map has
+    SPLIT_MIN_WORK multiply-adds."""
+    if (problem.multiply_adds < SPLIT_MIN_WORK or channels < 2 * SPLIT_MIN_CHANNELS
+            or len(_chunks(problem.batch, per_image)) > 1):
+        return None
+    parts = min(SPLIT_PARTS, channels // SPLIT_MIN_CHANNELS)
+    size = -(-channels // parts)
+    size = -(-size // 8) * 8
+    return [(start, min(channels, start + size)) for start in range(0, channels, size)]
+
+
+def _part_scratch(xp: Any, dtype: Any, first: tuple[int, ...],
+                  second: tuple[int, ...]) -> tuple[Any, Any, dict[str, Any]]:
+    """A thread's buffers for its ranges, and where it keeps the tiles it transformed."""
+    return scratch.empty(xp, first, dtype), scratch.empty(xp, second, dtype), {}
+
+
 def _tiles_of(kern: Any, t1: Any, x: Any, top: int, left: int, m: int, th: int, tw: int,
               bt: Any) -> Any:
     """V (a, a, B th tw, C) of the images x (B, C, H, W)."""
@@ -132,6 +172,24 @@ def _forward_chunk(held: tuple[Any, Any], item: tuple[int, int], x: Any, u: Any,
     y[start:stop] = yt.transpose(0, 3, 1, 2)
 
 
+def _forward_part(held: tuple[Any, Any, dict[str, Any]], part: tuple[int, int], x: Any,
+                  weight: Any, bias: Any, y: Any, m: int, pads: tuple[int, int],
+                  k: Any) -> None:
+    """y[:, o0:o1] of every image: the tiles of x (once per thread), the transforms of
+    filters o0:o1, a^2 matmuls, output tiles."""
+    o0, o1 = part
+    xp, kern = backend.get_array_module(x), _kernels()
+    th, tw = tiles(y.shape[2:], m)
+    if "v" not in held[2]:
+        held[2]["v"] = _tiles_of(kern, held[0], x, pads[0], pads[1], m, th, tw, k.b_t)
+    u = filter_transforms(xp, k, weight[o0:o1])  # (a, a, Op, C): G w G^T
+    # (a, a, T, C) @ (a, a, C, Op) -> (a, a, T, Op)
+    mm = matmul_temp(xp, held[2]["v"], u.transpose(0, 1, 3, 2))
+    yt = scratch.empty(xp, (x.shape[0],) + y.shape[2:] + (o1 - o0,), y.dtype)
+    kern.output_tiles(mm, m, th, tw, k.a_t, bias[o0:o1], yt, held[1])  # (N, Ho, Wo, Op)
+    y[:, o0:o1] = yt.transpose(0, 3, 1, 2)
+
+
 def _scratch(xp: Any, dtype: Any, first: tuple[int, ...], second: tuple[int, ...]) -> Any:
     return scratch.empty(xp, first, dtype), scratch.empty(xp, second, dtype)
 
@@ -153,11 +211,18 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any, *,
     if y.size == 0:
         return y
     k = constants(xp, dtype, m)
-    u = filter_transforms(xp, k, weight)  # (a, a, O, C): G w G^T
     b = xp.zeros(o, dtype=dtype) if bias is None else bias
     per_image = _image_bytes(c, o, g.out_size, dtype.itemsize, m)
-    executor.map_chunks(_forward_chunk, _chunks(n, per_image), x, u, b, y, m,
-                        (g.pads[0][0], g.pads[1][0]), k,
+    pads, parts = (g.pads[0][0], g.pads[1][0]), _split(problem, o, per_image)
+    if parts is not None:
+        executor.map_chunks(_forward_part, parts, x, weight, b, y, m, pads, k,
+                            scratch=functools.partial(_part_scratch, xp, dtype, (a, a, c),
+                                                      (m, a, o)),
+                            per_worker_bytes=n * per_image, arrays=(x,),
+                            work_bytes=map_work(problem))
+        return y
+    u = filter_transforms(xp, k, weight)  # (a, a, O, C): G w G^T
+    executor.map_chunks(_forward_chunk, _chunks(n, per_image), x, u, b, y, m, pads, k,
                         scratch=functools.partial(_scratch, xp, dtype, (a, a, c), (m, a, o)),
                         per_worker_bytes=2 * per_image, arrays=(x,), work_bytes=n * per_image)
     return y
@@ -190,6 +255,32 @@ def _backward_chunk(held: tuple[Any, Any], item: tuple[int, int], acc: Any, gy: 
     return acc
 
 
+def _backward_part(held: tuple[Any, Any, dict[str, Any]], part: tuple[int, int], gy: Any,
+                   x: Any, weight: Any, gx: Any, gw: Any, m: int, pads: tuple[int, int],
+                   k: Any) -> None:
+    """gx[:, c0:c1] (if gx is given) and gw[:, c0:c1] (if gw is given) of the whole batch,
+    both from the transform E of grad_output's tiles (made once per thread)."""
+    c0, c1 = part
+    xp, kern = backend.get_array_module(gy), _kernels()
+    th, tw = tiles(gy.shape[2:], m)
+    if "e" not in held[2]:
+        gyt = scratch.copy(xp, gy.transpose(0, 2, 3, 1))  # (N, Ho, Wo, O)
+        e = scratch.empty(xp, (m + 2, m + 2, gy.shape[0] * th * tw, gy.shape[1]), gy.dtype)
+        kern.grad_tiles(gyt, m, th, tw, k.a_t, e, held[1])  # (a, a, T, O)
+        held[2]["e"] = e
+    e = held[2]["e"]
+    if gx is not None:
+        u = filter_transforms(xp, k, weight[:, c0:c1])  # (a, a, O, Cp)
+        z = matmul_temp(xp, e, u)  # (a, a, T, O) @ (a, a, O, Cp) -> (a, a, T, Cp)
+        gxt = scratch.zeros(xp, (gx.shape[0],) + gx.shape[2:] + (c1 - c0,), gx.dtype)
+        kern.input_tiles_adjoint(z, pads[0], pads[1], m, th, tw, k.b_t, gxt, held[0])
+        gx[:, c0:c1] = gxt.transpose(0, 3, 1, 2)  # (N, H, W, Cp) -> (N, Cp, H, W)
+    if gw is not None:
+        v = _tiles_of(kern, held[0], x[:, c0:c1], pads[0], pads[1], m, th, tw, k.b_t)
+        # (a, a, O, T) @ (a, a, T, Cp) -> (a, a, O, Cp), then (O, Cp, 3, 3)
+        gw[:, c0:c1] = _finish(k.gg, matmul_temp(xp, e.transpose(0, 1, 3, 2), v))
+
+
 def _grad_input_chunk(held: tuple[Any, Any], item: tuple[int, int], *args: Any) -> None:
     _backward_chunk(held, item, None, *args)
 
@@ -214,11 +305,19 @@ def backward(problem: Problem, gy: Any, x: Any, weight: Any, need_input: bool,
     n, o, c = problem.batch, problem.out_channels, problem.in_channels
     dtype, m, a, g = gy.dtype, tile, tile + 2, problem.geometry
     k = constants(xp, dtype, m)
-    u = gx = None
-    if need_input:
-        u = filter_transforms(xp, k, weight)  # (a, a, O, C): G w G^T
-        gx = xp.empty((n, c) + g.in_size, dtype=dtype)
+    gx = xp.empty((n, c) + g.in_size, dtype=dtype) if need_input else None
     per_image = _image_bytes(c, o, g.out_size, dtype.itemsize, m)
+    parts = _split(problem, c, per_image)
+    if parts is not None:
+        gw = xp.empty((o, c, 3, 3), dtype=dtype) if need_weight else None
+        executor.map_chunks(_backward_part, parts, gy, x, weight, gx, gw, m,
+                            (g.pads[0][0], g.pads[1][0]), k,
+                            scratch=functools.partial(_part_scratch, xp, dtype, (a, a, c),
+                                                      (a, m, o)),
+                            per_worker_bytes=2 * n * per_image, arrays=(gy,),
+                            work_bytes=map_work(problem) * (int(need_input) + int(need_weight)))
+        return gx, gw
+    u = filter_transforms(xp, k, weight) if need_input else None  # (a, a, O, C): G w G^T
     args = (gy, x if need_weight else None, u, gx, m, (g.pads[0][0], g.pads[1][0]), k)
     options = dict(scratch=functools.partial(_scratch, xp, dtype, (a, a, c), (a, m, o)),
                    per_worker_bytes=3 * per_image + a * a * o * c * dtype.itemsize,
