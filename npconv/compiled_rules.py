@@ -32,6 +32,16 @@ WINOGRAD_JIT_MIN_TILES = 32
 # 64->128 32x32, 256: 1.2-1.5x; benchmarks/ab.py, 3 rounds). From 32 channels since the
 # thirteenth session: the U-Net's N2 32->64 16x16 backward 0.71x blocked's (5 rounds).
 WINOGRAD_JIT_GRADIENTS = (32, 64)  # (least channels each way, most tiles)
+# ... and, in place of the stacked path (STACKED_WHY's band), the forward from this many
+# channels each way where it runs in ranges of output channels (nineteenth session;
+# blocked kept the band's larger images: N2 64@16x20 -> 64 0.53 ms against 0.55-0.58
+# in slow minutes). Against the stacked path, ms,
+# alternating processes, normal / slow minutes of the 2-core benchmark machine: the
+# 2-D U-Net's N2 64@16x16 -> 64 0.40-0.50 / 0.41-0.49 against 0.41-0.42 / 0.91-0.93;
+# N2 128@16x16 -> 64 0.61-0.87 / 0.61-0.89 against 0.64-0.72 / 0.75-0.77; the network's
+# total in benchmarks/ab.py, 5 rounds, 0.99 (0.93-1.02). At 32 channels blocked stays
+# (N2 32@16x16 -> 64: 0.31 ms against 0.24).
+WINOGRAD_JIT_RANGES_MIN_CHANNELS = 64
 
 # The compiled direct path (paths/blocked.py, with numba) for a map of a float layer of
 # at most BLOCKED_MAX_TAPS taps (not 1x1) when its result has at least
@@ -179,8 +189,11 @@ def winograd_jit_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...
     if (tiles < WINOGRAD_JIT_MIN_TILES or not path.fits(problem)
             or not (wide or tiles <= WINOGRAD_JIT_GRADIENTS[1])):
         return ()
+    ranges = (narrow >= WINOGRAD_JIT_RANGES_MIN_CHANNELS
+              and stacked_forward(problem, maps) == ("forward",)
+              and path.in_ranges(problem, "forward"))
     return tuple(m for m in maps
-                 if (wide or m != "forward") and path.requires(problem, m) is None)
+                 if (wide or ranges or m != "forward") and path.requires(problem, m) is None)
 
 
 def compiled_depthwise(problem: Problem, maps: tuple[str, ...]) -> bool:

@@ -149,8 +149,9 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     assert plan(16, 2, (64, 64)).forward != "blocked"  # 2 output channels
     assert "blocked" not in vars(plan(16, 16, (64, 64), kernel=1)).values()  # pointwise
     assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
-    mid = plan(64, 64, (16, 16))  # 64 channels at 256 positions:
+    mid = plan(64, 64, (16, 16), kernel=5)  # 64 channels at 256 positions:
     assert mid.forward == "stacked"  # the forward goes to the stacked path
+    assert plan(64, 64, (16, 16)).forward == "winograd_jit"  # 3x3: Winograd in ranges
     assert plan(64, 64, (16, 20)).forward == "blocked"  # 320 positions: past stacked's
     assert plan(32, 64, (16, 16)).forward == "blocked"  # 32 channels: blocked
     assert "blocked" not in vars(plan(128, 256, (16, 16))).values()  # wider: from 512
@@ -266,11 +267,12 @@ def test_tiles_shrink_to_the_workspace_limit_or_refuse(restore_limit):
 
 
 def test_the_stacked_forward_rule_stands_in_for_blocked_only():
-    """The 16x16 forward band goes to stacked in float32; in complex64 (which the
-    compiled paths do not take) the cost model chooses, as before the rule."""
+    """The 16x16 forward band goes to stacked in float32 (5x5: not Winograd's); in
+    complex64 (which the compiled paths do not take) the cost model chooses, as before
+    the rule."""
     x = np.zeros((2, 64, 16, 16), np.float32)
-    w = np.zeros((64, 64, 3, 3), np.float32)
-    real = npconv.explain(x, w, padding=1)
+    w = np.zeros((64, 64, 5, 5), np.float32)
+    real = npconv.explain(x, w, padding=2)
     assert real.forward == "stacked" and real.reasons["forward"] == compiled_rules.STACKED_WHY
-    complex_plan = npconv.explain(x.astype(np.complex64), w.astype(np.complex64), padding=1)
+    complex_plan = npconv.explain(x.astype(np.complex64), w.astype(np.complex64), padding=2)
     assert complex_plan.reasons["forward"].startswith("cost model")
