@@ -151,12 +151,6 @@ def in_ranges(problem: Problem, op: str) -> bool:
     return _split(problem, channels, per_image) is not None
 
 
-def _part_scratch(xp: Any, dtype: Any, first: tuple[int, ...],
-                  second: tuple[int, ...]) -> tuple[Any, Any, dict[str, Any]]:
-    """A thread's buffers for its ranges, and where it keeps the tiles it transformed."""
-    return scratch.empty(xp, first, dtype), scratch.empty(xp, second, dtype), {}
-
-
 def _tiles_of(kern: Any, t1: Any, x: Any, top: int, left: int, m: int, th: int, tw: int,
               bt: Any) -> Any:
     """V (a, a, B th tw, C) of the images x (B, C, H, W)."""
@@ -165,6 +159,33 @@ def _tiles_of(kern: Any, t1: Any, x: Any, top: int, left: int, m: int, th: int, 
     v = scratch.empty(xp, (a, a, x.shape[0] * th * tw, x.shape[1]), x.dtype)
     kern.input_tiles(xt, top, left, m, th, tw, bt, v, t1)
     return v
+
+
+def _grad_tiles_of(kern: Any, r: Any, gy: Any, m: int, th: int, tw: int, at: Any) -> Any:
+    """E (a, a, B th tw, O) of grad_output gy (B, O, Ho, Wo)."""
+    xp, a = backend.get_array_module(gy), m + 2
+    gyt = scratch.copy(xp, gy.transpose(0, 2, 3, 1))  # (B, Ho, Wo, O)
+    e = scratch.empty(xp, (a, a, gy.shape[0] * th * tw, gy.shape[1]), gy.dtype)
+    kern.grad_tiles(gyt, m, th, tw, at, e, r)
+    return e
+
+
+def _outputs_into(kern: Any, r: Any, mm: Any, m: int, th: int, tw: int, at: Any, bias: Any,
+                  y: Any) -> None:
+    """y (B, O, Ho, Wo), a view of the result, <- bias + the output tiles of mm."""
+    xp = backend.get_array_module(mm)
+    yt = scratch.empty(xp, (y.shape[0],) + y.shape[2:] + (y.shape[1],), y.dtype)
+    kern.output_tiles(mm, m, th, tw, at, bias, yt, r)  # (B, Ho, Wo, O)
+    y[...] = yt.transpose(0, 3, 1, 2)
+
+
+def _input_grads_into(kern: Any, t1: Any, z: Any, pads: tuple[int, int], m: int, th: int,
+                      tw: int, bt: Any, gx: Any) -> None:
+    """gx (B, C, H, W), a view of the result, <- the tiles' V gradient z taken back."""
+    xp = backend.get_array_module(z)
+    gxt = scratch.zeros(xp, (gx.shape[0],) + gx.shape[2:] + (gx.shape[1],), gx.dtype)
+    kern.input_tiles_adjoint(z, pads[0], pads[1], m, th, tw, bt, gxt, t1)
+    gx[...] = gxt.transpose(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
 
 def _forward_chunk(held: tuple[Any, Any], item: tuple[int, int], x: Any, u: Any,
@@ -176,9 +197,7 @@ def _forward_chunk(held: tuple[Any, Any], item: tuple[int, int], x: Any, u: Any,
     v = _tiles_of(kern, held[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
     # (a, a, T, C) @ (a, a, C, O) -> (a, a, T, O)
     mm = matmul_temp(xp, v, u.transpose(0, 1, 3, 2))
-    yt = scratch.empty(xp, (stop - start,) + y.shape[2:] + (y.shape[1],), y.dtype)
-    kern.output_tiles(mm, m, th, tw, k.a_t, bias, yt, held[1])  # (B, Ho, Wo, O)
-    y[start:stop] = yt.transpose(0, 3, 1, 2)
+    _outputs_into(kern, held[1], mm, m, th, tw, k.a_t, bias, y[start:stop])
 
 
 def _forward_part(held: tuple[Any, Any, dict[str, Any]], part: tuple[int, int], x: Any,
@@ -194,13 +213,17 @@ def _forward_part(held: tuple[Any, Any, dict[str, Any]], part: tuple[int, int], 
     u = filter_transforms(xp, k, weight[o0:o1])  # (a, a, Op, C): G w G^T
     # (a, a, T, C) @ (a, a, C, Op) -> (a, a, T, Op)
     mm = matmul_temp(xp, held[2]["v"], u.transpose(0, 1, 3, 2))
-    yt = scratch.empty(xp, (x.shape[0],) + y.shape[2:] + (o1 - o0,), y.dtype)
-    kern.output_tiles(mm, m, th, tw, k.a_t, bias[o0:o1], yt, held[1])  # (N, Ho, Wo, Op)
-    y[:, o0:o1] = yt.transpose(0, 3, 1, 2)
+    _outputs_into(kern, held[1], mm, m, th, tw, k.a_t, bias[o0:o1], y[:, o0:o1])
 
 
 def _scratch(xp: Any, dtype: Any, first: tuple[int, ...], second: tuple[int, ...]) -> Any:
     return scratch.empty(xp, first, dtype), scratch.empty(xp, second, dtype)
+
+
+def _part_scratch(xp: Any, dtype: Any, first: tuple[int, ...],
+                  second: tuple[int, ...]) -> tuple[Any, Any, dict[str, Any]]:
+    """A thread's buffers for its ranges, and where it keeps the tiles it transformed."""
+    return (*_scratch(xp, dtype, first, second), {})
 
 
 def forward(problem: Problem, x: Any, weight: Any, bias: Any, *,
@@ -244,15 +267,11 @@ def _backward_chunk(held: tuple[Any, Any], item: tuple[int, int], acc: Any, gy: 
     start, stop = item
     xp, kern = backend.get_array_module(gy), _kernels()
     th, tw = tiles(gy.shape[2:], m)
-    gyt = scratch.copy(xp, gy[start:stop].transpose(0, 2, 3, 1))  # (B, Ho, Wo, O)
-    e = scratch.empty(xp, (m + 2, m + 2, (stop - start) * th * tw, gy.shape[1]), gy.dtype)
-    kern.grad_tiles(gyt, m, th, tw, k.a_t, e, held[1])  # (a, a, T, O)
+    e = _grad_tiles_of(kern, held[1], gy[start:stop], m, th, tw, k.a_t)  # (a, a, T, O)
     if gx is not None:
         # (a, a, T, O) @ (a, a, O, C) -> (a, a, T, C): the tiles' V gradient
         z = matmul_temp(xp, e, u)
-        gxt = scratch.zeros(xp, (stop - start,) + gx.shape[2:] + (gx.shape[1],), gx.dtype)
-        kern.input_tiles_adjoint(z, pads[0], pads[1], m, th, tw, k.b_t, gxt, held[0])
-        gx[start:stop] = gxt.transpose(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+        _input_grads_into(kern, held[0], z, pads, m, th, tw, k.b_t, gx[start:stop])
     if x is None:
         return acc
     v = _tiles_of(kern, held[0], x[start:stop], pads[0], pads[1], m, th, tw, k.b_t)
@@ -273,17 +292,12 @@ def _backward_part(held: tuple[Any, Any, dict[str, Any]], part: tuple[int, int],
     xp, kern = backend.get_array_module(gy), _kernels()
     th, tw = tiles(gy.shape[2:], m)
     if "e" not in held[2]:
-        gyt = scratch.copy(xp, gy.transpose(0, 2, 3, 1))  # (N, Ho, Wo, O)
-        e = scratch.empty(xp, (m + 2, m + 2, gy.shape[0] * th * tw, gy.shape[1]), gy.dtype)
-        kern.grad_tiles(gyt, m, th, tw, k.a_t, e, held[1])  # (a, a, T, O)
-        held[2]["e"] = e
+        held[2]["e"] = _grad_tiles_of(kern, held[1], gy, m, th, tw, k.a_t)  # (a, a, T, O)
     e = held[2]["e"]
     if gx is not None:
         u = filter_transforms(xp, k, weight[:, c0:c1])  # (a, a, O, Cp)
         z = matmul_temp(xp, e, u)  # (a, a, T, O) @ (a, a, O, Cp) -> (a, a, T, Cp)
-        gxt = scratch.zeros(xp, (gx.shape[0],) + gx.shape[2:] + (c1 - c0,), gx.dtype)
-        kern.input_tiles_adjoint(z, pads[0], pads[1], m, th, tw, k.b_t, gxt, held[0])
-        gx[:, c0:c1] = gxt.transpose(0, 3, 1, 2)  # (N, H, W, Cp) -> (N, Cp, H, W)
+        _input_grads_into(kern, held[0], z, pads, m, th, tw, k.b_t, gx[:, c0:c1])
     if gw is not None:
         v = _tiles_of(kern, held[0], x[:, c0:c1], pads[0], pads[1], m, th, tw, k.b_t)
         # (a, a, O, T) @ (a, a, T, Cp) -> (a, a, O, Cp), then (O, Cp, 3, 3)
