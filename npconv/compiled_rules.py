@@ -1,7 +1,7 @@
 """The rules that give maps to the compiled paths (numba) ahead of the cost model.
 
 :func:`npconv.plan.plan` asks the cost model (:mod:`npconv.costmodel`) for each map,
-then hands the maps these rules claim to ``blocked``, ``stacked`` or
+then hands the maps these rules claim to ``blocked`` or
 ``winograd_jit``, and depthwise layers to ``depthwise_jit``. The compiled paths are
 not in the model's fit; each rule states what it was measured against, on the
 benchmark's network zoo (``benchmarks/ab.py``: separate processes, sides
@@ -32,16 +32,6 @@ WINOGRAD_JIT_MIN_TILES = 32
 # 64->128 32x32, 256: 1.2-1.5x; benchmarks/ab.py, 3 rounds). From 32 channels since the
 # thirteenth session: the U-Net's N2 32->64 16x16 backward 0.71x blocked's (5 rounds).
 WINOGRAD_JIT_GRADIENTS = (32, 64)  # (least channels each way, most tiles)
-# ... and, in place of the stacked path (STACKED_WHY's band), the forward from this many
-# channels each way where it runs in ranges of output channels (nineteenth session;
-# blocked kept the band's larger images: N2 64@16x20 -> 64 0.53 ms against 0.55-0.58
-# in slow minutes). Against the stacked path, ms,
-# alternating processes, normal / slow minutes of the 2-core benchmark machine: the
-# 2-D U-Net's N2 64@16x16 -> 64 0.40-0.50 / 0.41-0.49 against 0.41-0.42 / 0.91-0.93;
-# N2 128@16x16 -> 64 0.61-0.87 / 0.61-0.89 against 0.64-0.72 / 0.75-0.77; the network's
-# total in benchmarks/ab.py, 5 rounds, 0.99 (0.93-1.02). At 32 channels blocked stays
-# (N2 32@16x16 -> 64: 0.31 ms against 0.24).
-WINOGRAD_JIT_RANGES_MIN_CHANNELS = 64
 
 # The compiled direct path (paths/blocked.py, with numba) for a map of a float layer of
 # at most BLOCKED_MAX_TAPS taps (not 1x1) when its result has at least
@@ -103,16 +93,19 @@ BLOCKED_WIDE_POSITIONS = 512
 BLOCKED_MID_CHANNELS = 64
 BLOCKED_MID_POSITIONS = 256
 # In that band (more than BLOCKED_WIDE_CHANNELS and at most BLOCKED_MID_CHANNELS
-# channels, images of BLOCKED_MID_POSITIONS up to BLOCKED_WIDE_POSITIONS) a 2-d
-# stride-1 forward that the stacked path can compute (at most 256 positions) goes
-# there instead (thirteenth session): benchmarks/ab.py against blocked, 5 rounds, the
-# 2-D U-Net's N2 64@16x16 forward 0.87x, 128->64 16x16 0.94x; the network 0.97x (with
-# WINOGRAD_JIT_GRADIENTS from 32 channels).
+# channels, images of BLOCKED_MID_POSITIONS up to BLOCKED_WIDE_POSITIONS) the forward had
+# gone to the stacked path (thirteenth session, AMD EPYC: the 2-D U-Net's N2 64@16x16
+# 0.87x blocked's time) and then, for 3x3 from 64 channels, to winograd_jit in ranges of
+# output channels (nineteenth session, EPYC: steady in its slow minutes, where stacked
+# took 2x). On the Intel Xeon (twentieth session) blocked beat both there, ms, forward
+# with bias, medians of 30, 3 alternating passes: N2 64@16x16 -> 64 3x3 blocked
+# 0.24-0.30, winograd_jit 0.36-0.41, stacked 0.40-0.43; 5x5 0.51-0.55 against stacked's
+# 0.66-0.77; N2 128@16x16 -> 64 0.37-0.50 against winograd_jit's 0.49-0.70; the 2-D
+# U-Net in benchmarks/ab.py, 5 rounds, 0.97 (0.93-1.04). So the band stays blocked's:
+# it loses at most about 13% to the others on the EPYC, and wins 25-40% on the Xeon.
 
 BLOCKED_WHY = ("compiled direct convolution (numba): registers hold a block of outputs "
                "over the whole sum, no columns")
-STACKED_WHY = ("2-d stride 1, 33-64 channels, 256 positions an image: the stacked path's "
-               "one matmul over every tap beat blocked here")
 WINOGRAD_JIT_WHY = ("3x3 stride 1, wide channels, enough 4x4 tiles: compiled Winograd "
                     "F(4x4, 3x3), 4x fewer multiply-adds")
 
@@ -120,28 +113,10 @@ WINOGRAD_JIT_WHY = ("3x3 stride 1, wide channels, enough 4x4 tiles: compiled Win
 def overrides(problem: Problem, maps: tuple[str, ...],
               blocked: tuple[str, ...]) -> list[tuple[tuple[str, ...], str, str]]:
     """(maps, path, why) in the order :func:`npconv.plan.plan` applies them, after the
-    cost model: ``blocked``'s maps (from :func:`blocked_maps`), then the stacked
-    forward (which takes the forward from ``blocked`` in its band), then the compiled
+    cost model: ``blocked``'s maps (from :func:`blocked_maps`), then the compiled
     Winograd path's maps (the last word)."""
     return [(blocked, "blocked", BLOCKED_WHY),
-            (stacked_forward(problem, maps), "stacked", STACKED_WHY),
             (winograd_jit_maps(problem, maps), "winograd_jit", WINOGRAD_JIT_WHY)]
-
-
-def stacked_forward(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
-    """('forward',) where the stacked forward rule holds (see STACKED_WHY), else (): in
-    place of ``blocked``, so only where that path could compute the forward."""
-    g, narrow = problem.geometry, min(problem.cg, problem.og)
-    if ("forward" not in maps or g.nd != 2 or not problem.stride_one
-            or g.kernel_volume == 1 or problem.depthwise
-            or not BLOCKED_WIDE_CHANNELS < narrow <= BLOCKED_MID_CHANNELS
-            or not BLOCKED_MID_POSITIONS <= g.out_volume < BLOCKED_WIDE_POSITIONS):
-        return ()
-    from .paths import get_path
-
-    able = all(get_path(name).requires(problem, "forward") is None
-               for name in ("blocked", "stacked"))
-    return ("forward",) if able else ()
 
 
 def blocked_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...]:
@@ -189,11 +164,8 @@ def winograd_jit_maps(problem: Problem, maps: tuple[str, ...]) -> tuple[str, ...
     if (tiles < WINOGRAD_JIT_MIN_TILES or not path.fits(problem)
             or not (wide or tiles <= WINOGRAD_JIT_GRADIENTS[1])):
         return ()
-    ranges = (narrow >= WINOGRAD_JIT_RANGES_MIN_CHANNELS
-              and stacked_forward(problem, maps) == ("forward",)
-              and path.in_ranges(problem, "forward"))
     return tuple(m for m in maps
-                 if (wide or ranges or m != "forward") and path.requires(problem, m) is None)
+                 if (wide or m != "forward") and path.requires(problem, m) is None)
 
 
 def compiled_depthwise(problem: Problem, maps: tuple[str, ...]) -> bool:

@@ -149,10 +149,9 @@ def test_auto_takes_it_only_where_it_was_measured_faster():
     assert plan(16, 2, (64, 64)).forward != "blocked"  # 2 output channels
     assert "blocked" not in vars(plan(16, 16, (64, 64), kernel=1)).values()  # pointwise
     assert "blocked" not in vars(plan(128, 128, (8, 8))).values()
-    mid = plan(64, 64, (16, 16), kernel=5)  # 64 channels at 256 positions:
-    assert mid.forward == "stacked"  # the forward goes to the stacked path
-    assert plan(64, 64, (16, 16)).forward == "winograd_jit"  # 3x3: Winograd in ranges
-    assert plan(64, 64, (16, 20)).forward == "blocked"  # 320 positions: past stacked's
+    assert plan(64, 64, (16, 16), kernel=5).forward == "blocked"  # 64 channels, 256
+    assert plan(64, 64, (16, 16)).forward == "blocked"  # positions: forward (3x3 too)
+    assert plan(64, 64, (16, 20)).forward == "blocked"
     assert plan(32, 64, (16, 16)).forward == "blocked"  # 32 channels: blocked
     assert "blocked" not in vars(plan(128, 256, (16, 16))).values()  # wider: from 512
     assert plan(16, 16, (64, 64), kernel=7).forward == "blocked"  # ahead of FFT
@@ -266,13 +265,14 @@ def test_tiles_shrink_to_the_workspace_limit_or_refuse(restore_limit):
         npconv.conv(x3, w3, padding=1, algorithm="blocked")
 
 
-def test_the_stacked_forward_rule_stands_in_for_blocked_only():
-    """The 16x16 forward band goes to stacked in float32 (5x5: not Winograd's); in
-    complex64 (which the compiled paths do not take) the cost model chooses, as before
-    the rule."""
+def test_the_16x16_band_forward_is_blocked_for_real_dtypes_only():
+    """64 channels at 16x16 (the band too narrow for BLAS's long matmuls): blocked
+    computes the forward in float32, 3x3 and 5x5; in complex64 (which the compiled
+    paths do not take) the cost model chooses."""
     x = np.zeros((2, 64, 16, 16), np.float32)
     w = np.zeros((64, 64, 5, 5), np.float32)
-    real = npconv.explain(x, w, padding=2)
-    assert real.forward == "stacked" and real.reasons["forward"] == compiled_rules.STACKED_WHY
+    for kernel in (w, w[:, :, 1:4, 1:4]):
+        real = npconv.explain(x, kernel, padding=kernel.shape[-1] // 2)
+        assert real.forward == "blocked" and real.reasons["forward"] == compiled_rules.BLOCKED_WHY
     complex_plan = npconv.explain(x.astype(np.complex64), w.astype(np.complex64), padding=2)
     assert complex_plan.reasons["forward"].startswith("cost model")

@@ -124,10 +124,10 @@ def test_auto_takes_it_for_wide_3x3_layers_with_enough_tiles():
     assert "Winograd" in reasons["forward"]
     *paths, _ = chosen(4, 128, 128, (12, 12))  # ResNet-18's layer2: 36 tiles
     assert paths == ["winograd_jit"] * 3
-    for ranges in [(2, 64, 64, (16, 16)),  # U-Net's 64 channels, 32 tiles: the forward in
-                   (2, 128, 64, (16, 16))]:  # ranges of output channels too
-        *paths, _ = chosen(*ranges)
-        assert paths == ["winograd_jit"] * 3
+    for band in [(2, 64, 64, (16, 16)),  # U-Net's 64 channels, 32 tiles: the gradients
+                 (2, 128, 64, (16, 16))]:  # (the forward is blocked's)
+        *paths, _ = chosen(*band)
+        assert paths == ["blocked", "winograd_jit", "winograd_jit"]
     *paths, _ = chosen(2, 32, 64, (16, 16))  # the gradients from 32 channels
     assert paths[0] != "winograd_jit" and paths[1] == paths[2] == "winograd_jit"
     for few in [(4, 256, 512, (8, 8)),  # 16 tiles

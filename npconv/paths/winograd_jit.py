@@ -142,15 +142,6 @@ def _split(problem: Problem, channels: int, per_image: int) -> list[tuple[int, i
     return [(start, min(channels, start + size)) for start in range(0, channels, size)]
 
 
-def in_ranges(problem: Problem, op: str) -> bool:
-    """Whether ``op`` ('forward', or a gradient) runs in ranges of channels here."""
-    g = problem.geometry
-    per_image = _image_bytes(problem.in_channels, problem.out_channels, g.out_size,
-                             problem.dtype.itemsize)
-    channels = problem.out_channels if op == "forward" else problem.in_channels
-    return _split(problem, channels, per_image) is not None
-
-
 def _tiles_of(kern: Any, t1: Any, x: Any, top: int, left: int, m: int, th: int, tw: int,
               bt: Any) -> Any:
     """V (a, a, B th tw, C) of the images x (B, C, H, W)."""
