@@ -34,6 +34,7 @@ from ._common import (
     device_weight_grad,
     empty_grads,
     image_of,
+    map_work,
     matmul,
     matmul_tall,
     matmul_tall_temp,
@@ -154,6 +155,12 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     """y (N, O, *out) = conv(x, weight) + bias: W @ cols per chunk of images (or of
     output rows of one image), straight into NCHW.
 
+    The executor's threads take the chunks by the columns' bytes or, as in the other
+    paths, by the multiply-adds (:func:`npconv.paths._common.map_work`): ResNet-18's N4
+    64@24x24 -> 128 3x3 stride 2, 42 million multiply-adds in 2 MiB of columns, took
+    0.72 ms in order on the BLAS's threads and 0.49 on the executor's (Intel Xeon,
+    2 threads).
+
     Raises
     ------
     MemoryError
@@ -185,7 +192,7 @@ def forward(problem: Problem, x: Any, weight: Any, bias: Any) -> Any:
     scratch = functools.partial(_forward_buffers, x, geometry, images, depth, rows * rest, fused)
     executor.map_chunks(_forward_chunk, _shares(items, per_worker, (x, w)), y, w, bias_col, g,
                         c, scratch=scratch, per_worker_bytes=per_worker, arrays=(x, w),
-                        work_bytes=len(items) * per_worker)
+                        work_bytes=max(len(items) * per_worker, map_work(problem)))
     return y
 
 
