@@ -155,7 +155,8 @@ def _guard_musts(musts: _Musts, totals: dict, device: str, baseline: dict | None
                     f"not compared: the earlier run was on another machine ({other})")
                 continue
             if before is not None:
-                ref, source = before, "the previous run (docs/benchmarks.json)"
+                ref = before
+                source = f"the previous run ({baseline.get('source', 'docs/benchmarks.json')})"
             else:
                 ref, source = reference, "issue 13's measurement (no earlier zoo run recorded)"
             add(name, None if now is None else now["median"] <= ref * GUARD_TOLERANCE,

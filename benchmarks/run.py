@@ -318,10 +318,12 @@ def sidecar(output: str) -> pathlib.Path:
 
 
 def load_baseline(path) -> dict | None:
+    """An earlier run's results, with the file they came from under 'source'."""
     try:
-        return json.loads(pathlib.Path(path).read_text())
+        earlier = json.loads(pathlib.Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return {**earlier, "source": str(path)} if isinstance(earlier, dict) else None
 
 
 def command_line(argv: list[str]) -> str:

@@ -227,7 +227,9 @@ def test_guard_is_not_compared_across_machines():
         return [row for row in rows if "not slower than before" in row["name"]]
 
     (kept,) = guard_rows(1.05, same)
-    assert kept["status"] == "PASS" and "previous run" in kept["note"]
+    assert kept["status"] == "PASS" and "previous run (docs/benchmarks.json)" in kept["note"]
+    (named,) = guard_rows(1.05, {**same, "source": "docs/earlier.json"})
+    assert "previous run (docs/earlier.json)" in named["note"]
     (skipped,) = guard_rows(1.05, other)
     assert skipped["status"] == "n/a" and "another machine" in skipped["note"]
     (slower,) = guard_rows(1.2, same)
