@@ -13,7 +13,7 @@ import functools
 import math
 from typing import Any
 
-from . import backend, executor
+from . import backend, executor, scratch
 from ._validate import CheckedCache, array_key, check_ndim, check_out, prepare_data
 from .geometry import (
     INDEX_MAX,
@@ -401,14 +401,16 @@ def im2col(
         memory with ``x``. Reusing one across calls of the same shape spares each call
         fresh pages, which the operating system zeroes before handing them over; that
         costs as much as the copy itself on large columns (the figures are in
-        docs/performance.md).
+        docs/performance.md). Without ``out``, columns of 32 MiB or more are written
+        into a buffer of npconv's scratch cache (:func:`npconv.set_scratch_cache`)
+        that an earlier result, since dropped, used.
 
     Returns
     -------
     cols : array, shape (N, C * prod(kernel_size), L), or (C * prod(kernel_size), L)
         Row ``c * prod(k) + flat_kernel_offset``, column = flat output position;
-        ``L`` is the number of windows. A new (contiguous) array of ``x``'s dtype,
-        or ``out``.
+        ``L`` is the number of windows. A new (contiguous, writeable) array of
+        ``x``'s dtype, sharing memory with no other live array, or ``out``.
 
     Examples
     --------
@@ -429,7 +431,7 @@ def im2col(
     shape = (n, c) + geometry.kernel + geometry.out_size
     xp = backend.get_array_module(batch)
     if out is None:
-        cols = xp.empty(shape, dtype=batch.dtype)
+        cols = scratch.result(xp, shape, batch.dtype)
     else:
         rows = (c * geometry.kernel_volume, geometry.out_volume)
         check_out(out, batch, (n,) + rows if batched else rows)

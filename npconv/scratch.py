@@ -140,8 +140,9 @@ def _free_index(bucket: list[Any]) -> int:
 def empty(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     """``xp.empty(shape, dtype)`` for a temporary, in a cached buffer where one is free.
 
-    Never hand the result, or a view of it, to a caller: it would be safe (a buffer
-    referred to is never reused) but it would stay out of the pool.
+    Results handed to a caller go through :func:`result` instead, which takes only
+    large ones from here: a buffer referred to is never reused, so a result is safe,
+    but it stays out of reuse for as long as the caller holds it.
     """
     global _held
     if not (_USABLE and backend.on_host(xp)):
@@ -167,6 +168,26 @@ def empty(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
         if bucket:
             _pool[key] = bucket
     return xp.ndarray(shape, dtype=dtype, buffer=buffer)
+
+
+# Results handed to the caller from at least this many bytes come from the cache too:
+# glibc's malloc maps a block this large afresh on every call (its dynamic mmap
+# threshold stops rising at 32 MiB on 64-bit), and the kernel zeroes each new page
+# first. The float64 stencil layer's im2col, 36 MiB of columns, took 4.6-5.1 ms into
+# fresh memory (530 faults a call) and 1.8-2.0 into memory used before (docs/
+# performance.md, twentieth session). Smaller blocks malloc reuses by itself.
+RESULT_MIN_BYTES = 32 * 2**20
+
+
+def result(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    """``xp.empty(shape, dtype)`` for a result handed to the caller: from a cached
+    buffer that no one refers to any more when it is at least RESULT_MIN_BYTES
+    (a view of it; the buffer stays out of reuse for as long as the caller, or any
+    view, holds it), else a new array."""
+    itemsize = backend.numpy_dtype(dtype).itemsize if backend.on_host(xp) else 0
+    if math.prod(shape) * itemsize < RESULT_MIN_BYTES:
+        return xp.empty(shape, dtype=dtype)
+    return empty(xp, shape, dtype)
 
 
 def copy(xp: Any, a: Any) -> Any:

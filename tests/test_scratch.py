@@ -183,3 +183,32 @@ def test_cache_size_from_environment(monkeypatch):
         monkeypatch.setenv("NPCONV_SCRATCH_CACHE_MB", bad)
         with pytest.raises(ValueError, match=f"NPCONV_SCRATCH_CACHE_MB.*{bad}"):
             scratch._from_environment()
+
+
+def test_large_im2col_results_reuse_a_dropped_result_and_never_a_live_one(restore_cache):
+    """Columns of at least RESULT_MIN_BYTES come from the cache: a result still held
+    (or a view of it) is never written by a later call; a dropped one's memory is
+    taken again; each result equals one written into a fresh ``out``."""
+    npconv.set_scratch_cache(0)
+    npconv.set_scratch_cache(64 * 2**20)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 16, 64, 64))  # float64 columns (8, 144, 4096): 36 MiB
+    y = rng.standard_normal(x.shape)
+    assert 8 * 144 * 4096 * 8 >= scratch.RESULT_MIN_BYTES
+    expected_x = npconv.im2col(x, 3, padding=1, out=np.empty((8, 144, 4096)))
+    first = npconv.im2col(x, 3, padding=1)
+    np.testing.assert_array_equal(first, expected_x)
+    address = first.ctypes.data
+    view = first[:, 7]
+    del first
+    second = npconv.im2col(y, 3, padding=1)  # the first's buffer is still in use (view)
+    assert not np.shares_memory(second, view)
+    np.testing.assert_array_equal(view, expected_x[:, 7])
+    del view
+    third = npconv.im2col(x, 3, padding=1)
+    assert third.ctypes.data == address and not np.shares_memory(third, second)
+    assert third.flags.writeable and third.flags.c_contiguous
+    np.testing.assert_array_equal(third, expected_x)
+    np.testing.assert_array_equal(second, npconv.im2col(y, 3, padding=1, out=np.empty_like(second)))
+    npconv.set_scratch_cache(0)  # no cache: a new array each call, the same values
+    np.testing.assert_array_equal(npconv.im2col(x, 3, padding=1), expected_x)
