@@ -19,9 +19,10 @@ is ever written: reuse needs no release call, and a result that escaped by mista
 only stays out of the pool. The cache keeps at most :func:`get_scratch_cache` bytes
 (``NPCONV_SCRATCH_CACHE_MB``, default 64); :func:`set_scratch_cache` changes it,
 and 0 drops every buffer. Device arrays are left to their own pools (CuPy's), and
-buffers below MIN_BYTES to ``malloc``'s bins. Where reference counts do not tell a
-free buffer (an interpreter other than CPython, or one without the GIL) nothing is
-cached.
+buffers below MIN_BYTES to ``malloc``'s bins. Large results handed to callers
+(``im2col``'s columns) may come from here too, through :func:`result`. Where
+reference counts do not tell a free buffer (an interpreter other than CPython, or one
+without the GIL) nothing is cached.
 """
 
 from __future__ import annotations
