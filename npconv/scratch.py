@@ -138,8 +138,9 @@ def _free_index(bucket: list[Any]) -> int:
     return -1
 
 
-def empty(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
-    """``xp.empty(shape, dtype)`` for a temporary, in a cached buffer where one is free.
+def empty(xp: Any, shape: tuple[int, ...], dtype: Any, least: int = MIN_BYTES) -> Any:
+    """``xp.empty(shape, dtype)`` for a temporary, in a cached buffer where one is free
+    (from ``least`` bytes; smaller arrays are new).
 
     Results handed to a caller go through :func:`result` instead, which takes only
     large ones from here: a buffer referred to is never reused, so a result is safe,
@@ -153,7 +154,7 @@ def empty(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
         dtype = backend.numpy_dtype(dtype)
         itemsize = dtype.itemsize
     nbytes = math.prod(shape) * itemsize
-    if nbytes < MIN_BYTES or nbytes > _limit:
+    if nbytes < least or nbytes > _limit:
         return xp.empty(shape, dtype=dtype)
     key = (threading.get_ident(), nbytes)
     with _lock:
@@ -185,10 +186,7 @@ def result(xp: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     buffer that no one refers to any more when it is at least RESULT_MIN_BYTES
     (a view of it; the buffer stays out of reuse for as long as the caller, or any
     view, holds it), else a new array."""
-    itemsize = backend.numpy_dtype(dtype).itemsize if backend.on_host(xp) else 0
-    if math.prod(shape) * itemsize < RESULT_MIN_BYTES:
-        return xp.empty(shape, dtype=dtype)
-    return empty(xp, shape, dtype)
+    return empty(xp, shape, dtype, least=RESULT_MIN_BYTES)
 
 
 def copy(xp: Any, a: Any) -> Any:
